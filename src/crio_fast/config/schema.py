@@ -1,0 +1,779 @@
+"""The configuration tree: one frozen dataclass per TOML table, with defaults,
+the comment each key gets in `crio-fast config`, and per-key validation.
+
+Every key is declared with :func:`setting`, which records in the field's
+metadata the TOML value kind (taken from the default's type), the checks a
+value must pass, and the documentation. The loader and the renderer walk these
+declarations; nothing else needs to know the list of keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crio_fast.config.durations import parse_duration
+
+DEFAULT_CONFIG_PATH = "/etc/crio-fast/crio.conf"
+DEFAULT_CONFIG_DIR = "/etc/crio-fast/crio.conf.d"
+
+DEFAULT_ROOT = "/var/lib/crio-fast"
+DEFAULT_RUNROOT = "/run/crio-fast"
+NATIVE_RUNTIME = "native"
+
+# Linux capabilities by number (include/uapi/linux/capability.h, up to 6.x).
+LINUX_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+# Resource names setrlimit(2) knows, as Docker and CRI-O spell them in "name=soft:hard".
+ULIMIT_NAMES = (
+    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+
+LOG_LEVELS = ("fatal", "panic", "error", "warn", "warning", "info", "debug", "trace")
+
+
+# --------------------------------------------------------------------------
+# Value kinds and checks
+# --------------------------------------------------------------------------
+
+STRING = "string"
+BOOLEAN = "boolean"
+INTEGER = "integer"
+STRING_LIST = "array of strings"
+STRING_MAP = "table of strings"
+
+_ARTICLES = {STRING: "a string", BOOLEAN: "a boolean", INTEGER: "an integer",
+             STRING_LIST: "an array of strings", STRING_MAP: "a table of strings"}  # fmt: skip
+
+
+class Invalid(ValueError):
+    """A value failed a check; the message says what was expected and what came."""
+
+
+Check = Callable[[Any], Any]
+
+
+def describe(value: Any) -> str:
+    """A value as an error message shows it: its TOML type, then the value."""
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        text = repr(value)
+        return f"array {text if len(text) <= 60 else text[:57] + '...'}"
+    if isinstance(value, dict):
+        return "table"
+    isoformat = getattr(value, "isoformat", None)
+    if isoformat is not None:
+        return f"date-time {isoformat()}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_kind(kind: str, value: Any) -> Any:
+    """Type-check a TOML value strictly: a boolean is not an integer, a float never is one."""
+    if kind == STRING:
+        ok = isinstance(value, str)
+    elif kind == BOOLEAN:
+        ok = isinstance(value, bool)
+    elif kind == INTEGER:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == STRING_LIST:
+        if not isinstance(value, list):
+            raise Invalid(f"expected {_ARTICLES[kind]}, got {describe(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise Invalid(f"expected {_ARTICLES[kind]}, got {describe(item)} as item {index + 1}")
+        return list(value)
+    elif kind == STRING_MAP:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected {_ARTICLES[kind]}, got {describe(value)}")
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise Invalid(f"expected {_ARTICLES[kind]}, got {describe(item)} for {key!r}")
+        return dict(value)
+    else:  # pragma: no cover - a declaration bug, not a user error
+        raise AssertionError(f"unknown kind {kind}")
+    if not ok:
+        raise Invalid(f"expected {_ARTICLES[kind]}, got {describe(value)}")
+    return value
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def at_least(minimum: int, meaning: str = "") -> Check:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise Invalid(f"expected an integer >= {minimum}{meaning}, got {value}")
+        return value
+
+    return check
+
+
+def in_range(low: int, high: int, what: str = "an integer") -> Check:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise Invalid(f"expected {what} from {low} to {high}, got {value}")
+        return value
+
+    return check
+
+
+def unlimited_or_positive(value: int) -> int:
+    if value != -1 and value <= 0:
+        raise Invalid(f"expected -1 (unlimited) or a positive integer, got {value}")
+    return value
+
+
+def absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise Invalid(f"expected an absolute path, got {value!r}")
+    return value
+
+
+def optional_absolute_path(value: str) -> str:
+    if value and not value.startswith("/"):
+        raise Invalid(f'expected an absolute path or "" (unset), got {value!r}')
+    return value
+
+
+def duration(value: str) -> str:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise Invalid(f'expected a duration such as "30s", "4h" or "1h30m", got {value!r}') from None
+    if seconds < 0:
+        raise Invalid(f"expected a duration that is not negative, got {value!r}")
+    return value
+
+
+def optional_duration(value: str) -> str:
+    return value if value == "" else duration(value)
+
+
+def port_string(value: str) -> str:
+    """CRI-O keeps stream_port as a string; "0" picks a free port."""
+    if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise Invalid(f'expected a port number from "0" (any free port) to "65535" as a string, got {value!r}')
+    return value
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise Invalid(f"expected an IP address or a host name, got {value!r}")
+    return value
+
+
+def capability_name(value: str) -> str:
+    """Normalise "cap_net_raw" / "CAP_NET_RAW" / "NET_RAW" to "NET_RAW"."""
+    name = value.strip().upper()
+    if name.startswith("CAP_"):
+        name = name[4:]
+    if name not in LINUX_CAPABILITIES:
+        raise Invalid(f"expected a Linux capability name such as NET_RAW or CAP_NET_RAW, got {value!r}")
+    return name
+
+
+_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+
+
+def sysctl(value: str) -> str:
+    key, sep, _ = value.partition("=")
+    if not sep or not _SYSCTL_KEY.fullmatch(key):
+        raise Invalid(f'expected "key=value" such as "net.ipv4.ping_group_range=0 2147483647", got {value!r}')
+    return value
+
+
+def _rlimit_value(text: str) -> int:
+    if text == "-1":
+        return -1
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+def ulimit(value: str) -> str:
+    """ "name=soft[:hard]", -1 meaning unlimited, soft not above hard."""
+    expected = 'expected "name=soft:hard" such as "nofile=1024:2048"'
+    name, sep, limits = value.partition("=")
+    if not sep:
+        raise Invalid(f"{expected}, got {value!r}")
+    if name not in ULIMIT_NAMES:
+        raise Invalid(f"{expected} with a name from {', '.join(ULIMIT_NAMES)}, got {value!r}")
+    soft_text, _, hard_text = limits.partition(":")
+    try:
+        soft = _rlimit_value(soft_text)
+        hard = _rlimit_value(hard_text) if hard_text else soft
+    except ValueError:
+        raise Invalid(f"{expected} with non-negative integer limits (or -1 for unlimited), got {value!r}") from None
+    if hard != -1 and (soft == -1 or soft > hard):
+        raise Invalid(f"{expected} with the soft limit not above the hard one, got {value!r}")
+    return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_var(value: str) -> str:
+    name, sep, _ = value.partition("=")
+    if not sep or not _ENV_NAME.fullmatch(name):
+        raise Invalid(f'expected "NAME=value", got {value!r}')
+    return value
+
+
+_CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
+
+
+def cpuset(value: str) -> str:
+    if value == "":
+        return value
+    if not _CPUSET.fullmatch(value):
+        raise Invalid(f'expected a CPU list such as "0-1,3" or "" (unset), got {value!r}')
+    for part in value.split(","):
+        first, _, last = part.partition("-")
+        if last and int(last) < int(first):
+            raise Invalid(f"expected CPU ranges in increasing order, got {part!r} in {value!r}")
+    return value
+
+
+def not_empty(value: str) -> str:
+    if value == "":
+        raise Invalid('expected a non-empty string, got ""')
+    return value
+
+
+def monitor_cgroup_name(value: str) -> str:
+    if value != "pod" and not (value.endswith(".slice") and len(value) > len(".slice")):
+        raise Invalid(f'expected "pod" or a systemd slice name ending in ".slice", got {value!r}')
+    return value
+
+
+_RUNTIME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def runtime_name(value: str) -> str:
+    """Runtime handler names become directory names and `--runtimes` fields."""
+    if not _RUNTIME_NAME.fullmatch(value):
+        raise Invalid(f"expected a runtime name of letters, digits, '.', '_' and '-', got {value!r}")
+    return value
+
+
+def each(check: Check) -> Check:
+    """Apply ``check`` to every item of a list, naming the item that failed."""
+
+    def check_items(values: list[str]) -> list[str]:
+        result = []
+        for index, item in enumerate(values):
+            try:
+                result.append(check(item))
+            except Invalid as exc:
+                raise Invalid(f"item {index + 1}: {exc}") from None
+        return result
+
+    return check_items
+
+
+def each_value(check: Check) -> Check:
+    def check_values(values: dict[str, str]) -> dict[str, str]:
+        result = {}
+        for key, item in values.items():
+            try:
+                result[key] = check(item)
+            except Invalid as exc:
+                raise Invalid(f"{key!r}: {exc}") from None
+        return result
+
+    return check_values
+
+
+def unique(values: list[str]) -> list[str]:
+    """Drop repeats, keeping first occurrences (after normalisation)."""
+    return list(dict.fromkeys(values))
+
+
+# --------------------------------------------------------------------------
+# Declaring keys
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the loader and the renderer know about one key."""
+
+    name: str
+    kind: str
+    doc: str
+    checks: tuple[Check, ...]
+    default: Any
+
+    def validate(self, value: Any) -> Any:
+        """The value, type-checked and normalised; Invalid otherwise."""
+        value = check_kind(self.kind, value)
+        for check in self.checks:
+            value = check(value)
+        return value
+
+
+def _kind_of(default: Any) -> str:
+    if isinstance(default, bool):
+        return BOOLEAN
+    if isinstance(default, int):
+        return INTEGER
+    if isinstance(default, str):
+        return STRING
+    if isinstance(default, list):
+        return STRING_LIST
+    if isinstance(default, dict):
+        return STRING_MAP
+    raise TypeError(f"no TOML kind for default {default!r}")
+
+
+def setting(default: Any, doc: str, *checks: Check) -> Any:
+    """A dataclass field for one TOML key (its name is the attribute's name)."""
+    metadata = {"kind": _kind_of(default), "doc": doc, "checks": checks}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@functools.cache
+def keys_of(cls: type) -> dict[str, KeyInfo]:
+    """The TOML keys a section dataclass declares, in declaration order."""
+    infos = {}
+    for f in dataclasses.fields(cls):
+        if "kind" not in f.metadata:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        infos[f.name] = KeyInfo(f.name, f.metadata["kind"], f.metadata["doc"], f.metadata["checks"], default)
+    return infos
+
+
+# --------------------------------------------------------------------------
+# The tables
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrioSection:
+    """[crio]"""
+
+    root: str = setting(
+        DEFAULT_ROOT,
+        "Directory holding persistent state: image layers, blobs, pod and container records.",
+        absolute_path,
+    )
+    runroot: str = setting(
+        DEFAULT_RUNROOT,
+        "Directory holding state that must not survive a reboot (on tmpfs): locks, sockets, exit files.",
+        absolute_path,
+    )
+    log_dir: str = setting(
+        "/var/log/crio-fast/pods",
+        "Default directory for container logs when the kubelet gives no log directory.",
+        absolute_path,
+    )
+    version_file: str = setting(
+        "/var/run/crio-fast/version",
+        "File recording the running version; keep it on tmpfs so that its absence reveals a reboot."
+        " Unless set, it is the file `version` in runroot (/var/run/crio-fast/version for the default runroot).",
+        absolute_path,
+    )
+    clean_shutdown_file: str = setting(
+        "/var/lib/crio-fast/clean.shutdown",
+        "File written on a clean shutdown; when it is missing at start, storage is checked for damage."
+        " Unless set, it is the file `clean.shutdown` in root.",
+        absolute_path,
+    )
+    internal_wipe: bool = setting(
+        True, "After a reboot, remove containers and images left over from before it (the engine does the wipe itself)."
+    )
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    """[crio.api]"""
+
+    listen: str = setting(
+        "/run/crio-fast/crio.sock", "Path of the unix socket serving the CRI v1 gRPC API.", absolute_path
+    )
+    stream_address: str = setting(
+        "127.0.0.1",
+        "IP address (or host name) the streaming server for exec, attach and port-forward binds to.",
+        not_empty,
+        host,
+    )
+    stream_port: str = setting("0", 'Port of the streaming server, as a string; "0" picks a free port.', port_string)
+    stream_enable_tls: bool = setting(
+        False, "Serve the streaming server over TLS (stream_tls_cert and stream_tls_key are then required)."
+    )
+    stream_tls_cert: str = setting("", "TLS certificate (PEM) of the streaming server.", optional_absolute_path)
+    stream_tls_key: str = setting("", "TLS private key (PEM) of the streaming server.", optional_absolute_path)
+    stream_tls_ca: str = setting(
+        "",
+        "CA bundle (PEM) for verifying streaming clients' certificates; empty accepts any client.",
+        optional_absolute_path,
+    )
+    stream_idle_timeout: str = setting(
+        "",
+        'Close a streaming connection idle for this long (Go duration such as "4h"); empty means never.',
+        optional_duration,
+    )
+    grpc_max_send_msg_size: int = setting(83886080, "Largest gRPC message the server sends, in bytes.", at_least(1))
+    grpc_max_recv_msg_size: int = setting(83886080, "Largest gRPC message the server accepts, in bytes.", at_least(1))
+
+
+@dataclass(frozen=True)
+class RuntimeHandler:
+    """[crio.runtime.runtimes.NAME]: one runtime handler a RuntimeClass can name."""
+
+    runtime_path: str = setting(
+        "",
+        "Absolute path of the OCI runtime binary (runc, crun); empty for the native runtime.",
+        optional_absolute_path,
+    )
+    runtime_type: str = setting(
+        "oci",
+        '"native": crio-fast starts containers itself through its per-pod monitor;'
+        ' "oci": the monitor drives an external OCI runtime (create/start), as conmon does.',
+        one_of("native", "oci"),
+    )
+    runtime_root: str = setting(
+        "",
+        "State directory handed to the runtime with --root. Unless set, it is runtimes/NAME in runroot.",
+        absolute_path,
+    )
+    runtime_config_path: str = setting(
+        "", "Configuration file handed to the runtime, if it takes one.", optional_absolute_path
+    )
+    monitor_path: str = setting(
+        "", "Monitor executable for this runtime; empty uses [crio.runtime] monitor_path.", optional_absolute_path
+    )
+    privileged_without_host_devices: bool = setting(
+        False, "Do not give privileged containers of this runtime the host's devices."
+    )
+    allowed_annotations: list[str] = setting([], "Pod and container annotations this runtime is allowed to act on.")
+    platform_runtime_paths: dict[str, str] = setting(
+        {},
+        'Runtime binary per platform ("os/arch" = "/path"), used instead of runtime_path on that platform.',
+        each_value(absolute_path),
+    )
+    hide_cgroup2_mount: bool = setting(
+        False,
+        "Start the runtime in a private mount namespace without the cgroup2 mount;"
+        " helps crun on hybrid cgroup v1/v2 hosts.",
+    )
+
+    @classmethod
+    def defaults_for(cls, name: str, runroot: str = DEFAULT_RUNROOT) -> RuntimeHandler:
+        """A handler named ``name`` with nothing configured yet."""
+        return cls(
+            runtime_type="native" if name == NATIVE_RUNTIME else "oci",
+            runtime_root=os.path.join(runroot, "runtimes", name),
+        )
+
+
+def _default_runtimes() -> dict[str, RuntimeHandler]:
+    return {NATIVE_RUNTIME: RuntimeHandler.defaults_for(NATIVE_RUNTIME)}
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    """[crio.runtime]"""
+
+    default_runtime: str = setting(
+        NATIVE_RUNTIME,
+        "Runtime handler used when a pod names no RuntimeClass; must be a table under crio.runtime.runtimes.",
+        not_empty,
+    )
+    cgroup_manager: str = setting(
+        "cgroupfs",
+        "Cgroup driver, reported to the kubelet; it must match the kubelet's cgroupDriver.",
+        one_of("cgroupfs", "systemd"),
+    )
+    monitor_path: str = setting(
+        "",
+        "Per-pod monitor executable; empty uses the crio-fast-monitor shipped in the package.",
+        optional_absolute_path,
+    )
+    monitor_cgroup: str = setting(
+        "pod",
+        'Cgroup of the per-pod monitor: "pod" puts it in the pod\'s cgroup;'
+        ' a systemd slice (like "system.slice") needs cgroup_manager = "systemd".',
+        monitor_cgroup_name,
+    )
+    monitor_env: list[str] = setting(
+        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        'Environment of the per-pod monitor, as "NAME=value".',
+        each(env_var),
+    )
+    default_capabilities: list[str] = setting(
+        ["CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE", "KILL"],
+        "Capabilities a container gets when its spec adds or drops none; names with or without the CAP_ prefix.",
+        each(capability_name),
+        unique,
+    )
+    default_sysctls: list[str] = setting([], 'Sysctls set in every pod, as "key=value".', each(sysctl))
+    default_ulimits: list[str] = setting(
+        [], 'Resource limits of every container, as "name=soft:hard" (-1 for unlimited).', each(ulimit)
+    )
+    pids_limit: int = setting(
+        -1, "Maximum number of processes in a container: -1 for unlimited, 0 for the runtime's default.", at_least(-1)
+    )
+    log_size_max: int = setting(
+        -1,
+        "Maximum size of a container log file in bytes before it is rotated; -1 for unlimited.",
+        unlimited_or_positive,
+    )
+    log_to_journald: bool = setting(False, "Also send container output to the systemd journal.")
+    container_exits_dir: str = setting(
+        "/run/crio-fast/exits",
+        "Directory where the monitor records container exit codes. Unless set, it is exits in runroot.",
+        absolute_path,
+    )
+    container_attach_socket_dir: str = setting(
+        "/run/crio-fast/attach",
+        "Directory of the monitor's attach sockets. Unless set, it is attach in runroot.",
+        absolute_path,
+    )
+    no_pivot: bool = setting(
+        False, "Enter the container root with MS_MOVE + chroot instead of pivot_root (needed on ramfs roots)."
+    )
+    selinux: bool = setting(False, "Label containers and their files with SELinux.")
+    seccomp_profile: str = setting(
+        "",
+        "Seccomp profile (JSON) for containers that ask for the runtime default; empty uses the built-in profile.",
+        optional_absolute_path,
+    )
+    apparmor_profile: str = setting(
+        "crio-fast-default", "AppArmor profile for containers that ask for the runtime default.", not_empty
+    )
+    default_mounts_file: str = setting(
+        "", 'File listing "src:dst" bind mounts added to every container.', optional_absolute_path
+    )
+    hooks_dir: list[str] = setting(
+        [], "Directories of OCI hook definitions (JSON), read in order.", each(absolute_path)
+    )
+    ctr_stop_timeout: int = setting(
+        30,
+        "Seconds to wait for a container to stop after SIGTERM before it is killed, when the request gives no timeout.",
+        at_least(0),
+    )
+    drop_infra_ctr: bool = setting(
+        True, "Informational: crio-fast never runs an infra (pause) container, whatever this says."
+    )
+    infra_ctr_cpuset: str = setting(
+        "", 'CPUs the per-pod monitor may run on, as a CPU list like "0-1"; empty means any.', cpuset
+    )
+    namespaces_dir: str = setting(
+        "/run/crio-fast/ns",
+        "Directory where pod namespaces are bind-mounted. Unless set, it is ns in runroot.",
+        absolute_path,
+    )
+    restrict_oom_score_adj: bool = setting(
+        False,
+        "Never give a container a lower oom_score_adj than the engine's own"
+        " (the engine clamps anyway when the kernel refuses).",
+    )
+    read_only: bool = setting(False, "Mount every container's root filesystem read-only.")
+    log_level: str = setting(
+        "info", "Verbosity of the daemon's log: " + ", ".join(LOG_LEVELS) + ".", one_of(*LOG_LEVELS)
+    )
+    runtimes: dict[str, RuntimeHandler] = field(default_factory=_default_runtimes)
+
+    @property
+    def default_handler(self) -> RuntimeHandler:
+        """The handler for pods that name no RuntimeClass (the loader ensures it exists)."""
+        return self.runtimes[self.default_runtime]
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    """[crio.image]"""
+
+    default_transport: str = setting("docker://", "Transport assumed for image names that carry none.", not_empty)
+    global_auth_file: str = setting(
+        "",
+        "Registry credentials (a containers-auth.json / Docker config.json) used when a pull request brings none.",
+        optional_absolute_path,
+    )
+    pause_image: str = setting(
+        "",
+        "Unused: crio-fast is pause-free by design. No pause (infra) container is started;"
+        " the per-pod monitor holds the pod's namespaces.",
+    )
+    signature_policy: str = setting(
+        "", "Signature policy file (containers-policy.json); empty accepts every image.", optional_absolute_path
+    )
+    registries_conf: str = setting(
+        "",
+        "registries.conf (v2) with mirrors, blocked registries and short-name aliases; empty uses none.",
+        optional_absolute_path,
+    )
+    insecure_registries: list[str] = setting(
+        [], "Registries (host[:port]) that may be reached over plain HTTP or unverified TLS.", each(not_empty)
+    )
+    image_volumes: str = setting(
+        "mkdir",
+        'What to do with VOLUMEs declared by an image: "mkdir" creates them in the container,'
+        ' "bind" binds a fresh directory, "ignore" skips them.',
+        one_of("mkdir", "bind", "ignore"),
+    )
+    big_files_temporary_dir: str = setting(
+        "", "Directory for large temporary files during pulls; empty uses the store's own.", optional_absolute_path
+    )
+    pull_progress_timeout: str = setting(
+        "0s", 'Cancel a pull that makes no progress for this long (Go duration); "0s" means never.', duration
+    )
+    max_parallel_layer_pulls: int = setting(3, "Layers of one image downloaded at the same time.", at_least(1))
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """[crio.network]"""
+
+    cni_default_network: str = setting(
+        "", "CNI network pods join; empty takes the first valid configuration in network_dir (lexical order)."
+    )
+    network_dir: str = setting(
+        "/etc/cni/net.d/", "Directory of CNI network configurations (.conflist, .conf, .json).", absolute_path
+    )
+    plugin_dirs: list[str] = setting(
+        ["/opt/cni/bin/", "/usr/lib/cni/"],
+        "Directories searched for CNI plugin binaries, in order.",
+        each(absolute_path),
+    )
+    plugin_timeout: int = setting(60, "Seconds a CNI plugin call may take before it is killed.", at_least(1))
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """[crio.metrics]"""
+
+    enable_metrics: bool = setting(False, "Serve Prometheus metrics.")
+    metrics_host: str = setting("127.0.0.1", "IP address (or host name) the metrics server binds to.", not_empty, host)
+    metrics_port: int = setting(9090, "Port of the metrics server.", in_range(1, 65535, "a port number"))
+    metrics_socket: str = setting(
+        "", "Unix socket to serve metrics on instead of host and port; empty uses TCP.", optional_absolute_path
+    )
+    metrics_collectors: list[str] = setting([], "Metric collectors to enable; empty enables all.", each(not_empty))
+
+
+@dataclass(frozen=True)
+class StatsSection:
+    """[crio.stats]"""
+
+    stats_collection_period: int = setting(
+        0, "Seconds between background collections of pod and container stats; 0 collects on demand.", at_least(0)
+    )
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    attribute: str  # attribute of Config
+    table: tuple[str, ...]  # TOML table path
+    cls: type
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.table)
+
+
+SECTIONS = (
+    SectionInfo("crio", ("crio",), CrioSection),
+    SectionInfo("api", ("crio", "api"), ApiSection),
+    SectionInfo("runtime", ("crio", "runtime"), RuntimeSection),
+    SectionInfo("image", ("crio", "image"), ImageSection),
+    SectionInfo("network", ("crio", "network"), NetworkSection),
+    SectionInfo("metrics", ("crio", "metrics"), MetricsSection),
+    SectionInfo("stats", ("crio", "stats"), StatsSection),
+)
+SECTION_BY_ATTRIBUTE = {s.attribute: s for s in SECTIONS}
+RUNTIMES_TABLE = ("crio", "runtime", "runtimes")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: defaults, then files, then flags."""
+
+    crio: CrioSection = field(default_factory=CrioSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    image: ImageSection = field(default_factory=ImageSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    stats: StatsSection = field(default_factory=StatsSection)
+    # The files read, in order; where a configuration came from is not part of what it is.
+    sources: list[str] = field(default_factory=list, compare=False)
+
+    def runtime_handler_names(self) -> list[str]:
+        """Configured runtime handlers, the default one first, the rest in configuration order."""
+        default = self.runtime.default_runtime
+        return [default] + [name for name in self.runtime.runtimes if name != default]
+
+    def runtime_handler(self, name: str) -> RuntimeHandler:
+        """The handler called ``name``; KeyError if none is configured."""
+        return self.runtime.runtimes[name]
+
+
+def derived_defaults(root: str, runroot: str) -> dict[tuple[str, str], str]:
+    """Defaults that follow root/runroot unless set, so a private runroot keeps
+    all run-time state inside it. With the default roots these equal the
+    declared defaults."""
+    version_file = "/var/run/crio-fast/version" if runroot == DEFAULT_RUNROOT else os.path.join(runroot, "version")
+    return {
+        ("crio", "version_file"): version_file,
+        ("crio", "clean_shutdown_file"): os.path.join(root, "clean.shutdown"),
+        ("runtime", "container_exits_dir"): os.path.join(runroot, "exits"),
+        ("runtime", "container_attach_socket_dir"): os.path.join(runroot, "attach"),
+        ("runtime", "namespaces_dir"): os.path.join(runroot, "ns"),
+    }
+
+
+def defaults_like(config: Config) -> Config:
+    """The built-in defaults, except that keys derived from root and runroot
+    follow ``config``'s root and runroot: what each key would be if unset."""
+    runroot = config.crio.runroot
+    derived = derived_defaults(config.crio.root, runroot)
+    sections: dict[str, Any] = {}
+    for section in SECTIONS:
+        values = {name: value for (attr, name), value in derived.items() if attr == section.attribute}
+        if section.attribute == "runtime":
+            values["runtimes"] = {NATIVE_RUNTIME: RuntimeHandler.defaults_for(NATIVE_RUNTIME, runroot)}
+        sections[section.attribute] = section.cls(**values)
+    return Config(**sections)
