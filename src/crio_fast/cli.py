@@ -1,0 +1,129 @@
+"""Command line: `crio-fast [flags]` runs the daemon; subcommands inspect it.
+
+    crio-fast [flags]            serve CRI v1 on the configured socket
+    crio-fast [flags] config     print the effective configuration as TOML
+    crio-fast version            print the version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import sys
+
+from crio_fast.config import ConfigError, add_config_flags, load_config, render_config
+from crio_fast.version import __version__, git_commit, version_string
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crio-fast",
+        description="A Kubernetes CRI v1 container engine. Without a subcommand, runs the daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"crio-fast {version_string()}")
+    add_config_flags(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    config_cmd = sub.add_parser("config", help="print the effective configuration as commented TOML")
+    config_cmd.add_argument(
+        "--only-changed", action="store_true", help="print only the keys that differ from the built-in defaults"
+    )
+    sub.add_parser("version", help="print version information")
+    image_cmd = sub.add_parser("image", help="work on the image store directly (air-gapped nodes)")
+    image_sub = image_cmd.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    import_cmd = image_sub.add_parser("import", help="load an OCI layout archive or a docker-archive tarball")
+    import_cmd.add_argument("archive", help="path of the .tar archive")
+    import_cmd.add_argument("--tag", action="append", default=[], help="also tag the image with this name (repeatable)")
+    image_sub.add_parser("ls", help="list the images in the store")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    config, warnings = load_config(args)
+    for warning in warnings:
+        logging.getLogger("crio_fast.config").warning("%s", warning)
+    return config
+
+
+def cmd_version() -> int:
+    print(f"Version:        {__version__}")
+    print(f"GitCommit:      {git_commit() or 'unknown'}")
+    print(f"PythonVersion:  {platform.python_version()}")
+    print(f"Platform:       {sys.platform}/{platform.machine()}")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from crio_fast.image.importer import ArchiveImportError, import_archive
+    from crio_fast.image.ingest import LayerVerificationError
+    from crio_fast.image.store import ImageStore
+
+    config = _load(args)
+    store = ImageStore.open(config.crio.root, collect_garbage=False)
+    if args.image_command == "import":
+        try:
+            imported = import_archive(store, args.archive, extra_tags=args.tag)
+        except (ArchiveImportError, LayerVerificationError, OSError) as exc:
+            print(f"crio-fast: importing {args.archive}: {exc}", file=sys.stderr)
+            return 1
+        record = imported.record
+        print(f"{record.id} {' '.join(record.repo_tags) or '<untagged>'} ({imported.layers_added} new layers)")
+        return 0
+    print(f"{'IMAGE ID':<15} {'SIZE':>10}  NAMES")
+    for record in store.list_images():
+        names = " ".join(record.repo_tags or record.repo_digests) or "<none>"
+        print(f"{record.id.split(':', 1)[1][:13]:<15} {_human(record.size):>10}  {names}")
+    return 0
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.1f}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1000
+    return f"{size}B"
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from crio_fast.server.app import Daemon, apply_log_level
+    from crio_fast.server.listener import ListenError
+
+    config = _load(args)
+    apply_log_level(config.runtime.log_level)
+    daemon = Daemon(config, reload_config=lambda: load_config(args))
+    try:
+        asyncio.run(daemon.run())
+    except ListenError as exc:
+        print(f"crio-fast: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"crio-fast: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            return cmd_version()
+        if args.command == "image":
+            return cmd_image(args)
+        if args.command == "config":
+            print(render_config(_load(args), only_changed=args.only_changed), end="")
+            return 0
+        return cmd_daemon(args)
+    except ConfigError as exc:
+        print(f"crio-fast: configuration error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The daemon: configuration in, a gRPC server on a unix socket out.
+
+Lifecycle: take the instance lock, prepare directories and the socket, serve
+both CRI services on one socket, and on SIGTERM/SIGINT stop accepting calls,
+let in-flight calls finish for a grace period (then cancel them), remove the
+socket. SIGHUP re-reads the configuration and applies what is safe to change
+while running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Callable
+
+import grpc
+
+from crio_fast.api import api_pb2_grpc
+from crio_fast.config import Config, ConfigError
+from crio_fast.server.engine import Engine
+from crio_fast.server.image_service import ImageServicer
+from crio_fast.server.listener import InstanceLock, finish_socket, prepare_socket_path, remove_socket
+from crio_fast.server.runtime_service import RuntimeServicer
+
+log = logging.getLogger("crio_fast.daemon")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+LOG_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+
+
+def apply_log_level(level: str) -> None:
+    logging.getLogger("crio_fast").setLevel(LOG_LEVELS.get(level, logging.INFO))
+
+
+class Daemon:
+    def __init__(self, config: Config, reload_config: Callable[[], tuple[Config, list[str]]] | None = None) -> None:
+        self.config = config
+        self.reload_config = reload_config
+        self.engine = Engine(config)
+        self.lock = InstanceLock(config.crio.runroot)
+        self.server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def _prepare_dirs(self) -> None:
+        for path in (self.config.crio.root, self.config.crio.runroot):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+
+    async def start(self) -> None:
+        self._prepare_dirs()
+        self.lock.acquire()
+        listen = self.config.api.listen
+        try:
+            prepare_socket_path(listen)
+            options = [
+                ("grpc.max_send_message_length", self.config.api.grpc_max_send_msg_size),
+                ("grpc.max_receive_message_length", self.config.api.grpc_max_recv_msg_size),
+            ]
+            server = grpc.aio.server(options=options)
+            api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(self.engine), server)
+            api_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.engine), server)
+            if server.add_insecure_port(f"unix:{listen}") == 0:
+                raise OSError(f"cannot bind {listen}")
+            await server.start()
+            finish_socket(listen)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.server = server
+        log.info("crio-fast %s serving CRI v1 on %s", self.engine.version, listen)
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        if self.server is not None:
+            log.info("shutting down: finishing in-flight calls (up to %.0fs)", grace)
+            await self.server.stop(grace)
+            self.server = None
+        await self.engine.close()
+        remove_socket(self.config.api.listen)
+        self.lock.release()
+
+    def reload(self) -> None:
+        if self.reload_config is None:
+            return
+        try:
+            new, warnings = self.reload_config()
+        except ConfigError as exc:
+            log.error("configuration reload refused, keeping the running configuration: %s", exc)
+            return
+        for warning in warnings:
+            log.warning("%s", warning)
+        self.engine.reload(new)
+        self.config = self.engine.config
+        apply_log_level(self.config.runtime.log_level)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        await self.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stopping.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            await self.stop()

@@ -1,0 +1,141 @@
+"""The engine: the daemon's shared state that servicers and managers use.
+
+It owns the effective configuration (replaced on a SIGHUP reload), the
+readiness checks behind ``Status``, and later the pod, container and image
+managers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+from typing import Any
+
+from crio_fast import _native
+from crio_fast.config import Config
+from crio_fast.image.manager import ImageManager
+from crio_fast.image.store import ImageStore
+from crio_fast.network.config import NoNetworkConfig, find_default_network
+from crio_fast.version import version_string
+
+log = logging.getLogger("crio_fast.engine")
+
+# Keys that take effect on a SIGHUP reload. Everything else (socket paths,
+# storage roots, runtimes already in use) needs a restart.
+RELOADABLE_KEYS = frozenset(
+    {
+        "runtime.log_level",
+        "runtime.default_capabilities",
+        "runtime.default_sysctls",
+        "runtime.default_ulimits",
+        "runtime.pids_limit",
+        "runtime.log_size_max",
+        "runtime.ctr_stop_timeout",
+        "image.registries_conf",
+        "image.global_auth_file",
+        "image.signature_policy",
+        "image.insecure_registries",
+        "image.max_parallel_layer_pulls",
+        "network.cni_default_network",
+        "network.network_dir",
+        "network.plugin_dirs",
+        "network.plugin_timeout",
+    }
+)
+
+
+def _flatten(config: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section in ("crio", "api", "runtime", "image", "network", "metrics", "stats"):
+        value = getattr(config, section, None)
+        if value is None or not dataclasses.is_dataclass(value):
+            continue
+        for field in dataclasses.fields(value):
+            flat[f"{section}.{field.name}"] = getattr(value, field.name)
+    return flat
+
+
+def check_monitor() -> tuple[bool, str]:
+    """Run the shipped monitor's self check; (ok, message)."""
+    try:
+        path = _native.monitor_path()
+        result = subprocess.run([str(path), "--check"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"monitor cannot run: {exc}"
+    if result.returncode != 0:
+        return False, f"monitor self check failed: {result.stderr.strip() or result.returncode}"
+    return True, ""
+
+
+class Engine:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.version = version_string()
+        self.pod_cidr = ""
+        self._monitor_ok, self._monitor_message = check_monitor()
+        if not self._monitor_ok:
+            log.error("%s", self._monitor_message)
+        os.makedirs(config.crio.root, mode=0o711, exist_ok=True)
+        self.images = ImageManager(
+            ImageStore.open(config.crio.root),
+            registries_conf=config.image.registries_conf,
+            auth_file=config.image.global_auth_file,
+            max_parallel_layers=config.image.max_parallel_layer_pulls,
+        )
+
+    async def close(self) -> None:
+        await self.images.close()
+
+    # -- readiness -----------------------------------------------------------
+
+    def runtime_condition(self) -> tuple[bool, str, str]:
+        if not self._monitor_ok:
+            return False, "MonitorUnavailable", self._monitor_message
+        for path in (self.config.crio.root, self.config.crio.runroot):
+            if not os.access(path, os.W_OK | os.X_OK):
+                return False, "StorageUnavailable", f"{path} is not writable"
+        return True, "", ""
+
+    def network_condition(self) -> tuple[bool, str, str]:
+        try:
+            find_default_network(self.config.network.network_dir, self.config.network.cni_default_network)
+        except NoNetworkConfig as exc:
+            return False, "NetworkPluginNotReady", f"Network plugin returns error: {exc}"
+        return True, "", ""
+
+    # -- configuration -------------------------------------------------------
+
+    def config_info(self) -> dict[str, Any]:
+        return {key: value for key, value in _flatten(self.config).items() if not key.startswith("_")}
+
+    def set_pod_cidr(self, cidr: str) -> None:
+        if cidr and cidr != self.pod_cidr:
+            log.info("pod CIDR set to %s", cidr)
+        self.pod_cidr = cidr
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply the reloadable part of ``new``; return the changed keys that need a restart."""
+        old_flat, new_flat = _flatten(self.config), _flatten(new)
+        changed = sorted(k for k in new_flat if old_flat.get(k) != new_flat[k])
+        needs_restart = [k for k in changed if k not in RELOADABLE_KEYS]
+        applied = [k for k in changed if k in RELOADABLE_KEYS]
+        if applied:
+            merged = self.config
+            for key in applied:
+                section, name = key.split(".", 1)
+                merged = dataclasses.replace(
+                    merged, **{section: dataclasses.replace(getattr(merged, section), **{name: new_flat[key]})}
+                )
+            self.config = merged
+        self.images.reconfigure(
+            registries_conf=self.config.image.registries_conf,
+            auth_file=self.config.image.global_auth_file,
+            max_parallel_layers=self.config.image.max_parallel_layer_pulls,
+        )
+        for key in applied:
+            log.info("reloaded %s = %r", key, new_flat[key])
+        for key in needs_restart:
+            log.warning("%s changed in the configuration; it takes effect after a restart", key)
+        return needs_restart

@@ -1,0 +1,42 @@
+"""Shared fixtures. Every test runs against private directories under /tmp."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest_plugins = ["tests.support.fixtures"]
+
+from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests need root (namespaces, mounts, cgroups)")
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def daemon_dirs():
+    dirs = make_dirs()
+    try:
+        yield dirs
+    finally:
+        remove_dirs(dirs)
+
+
+@pytest.fixture
+def daemon(daemon_dirs: DaemonDirs):
+    """A running daemon in private dirs, stopped (SIGTERM, then SIGKILL) after the test."""
+    d = Daemon(daemon_dirs)
+    d.start()
+    try:
+        yield d
+    finally:
+        try:
+            d.stop()
+        finally:
+            d.kill()

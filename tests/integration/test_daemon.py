@@ -1,0 +1,211 @@
+"""The daemon over its real unix socket with the real gRPC transport."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from crio_fast.version import __version__
+from tests.support.daemon import Daemon, make_dirs, remove_dirs, run_cli
+
+pytestmark = pytest.mark.integration
+
+CONFLIST = {
+    "cniVersion": "1.0.0",
+    "name": "testnet",
+    "plugins": [{"type": "loopback"}],
+}
+
+
+def test_version_over_unix_socket(daemon):
+    v = daemon.client.version()
+    assert v.runtime_name == "crio-fast"
+    assert v.runtime_api_version == "v1"
+    assert v.runtime_version.startswith(__version__)
+    assert v.version
+
+
+def test_status_conditions_and_network_ready_follows_config(daemon):
+    conditions = {c.type: c for c in daemon.client.status().status.conditions}
+    assert conditions["RuntimeReady"].status is True
+    assert conditions["NetworkReady"].status is False
+    assert conditions["NetworkReady"].reason == "NetworkPluginNotReady"
+    assert str(daemon.dirs.network_dir) in conditions["NetworkReady"].message
+
+    # A valid config appearing makes the network ready without a restart.
+    (daemon.dirs.network_dir / "10-test.conflist").write_text(json.dumps(CONFLIST))
+    conditions = {c.type: c for c in daemon.client.status().status.conditions}
+    assert conditions["NetworkReady"].status is True
+
+    # An invalid one alone does not.
+    (daemon.dirs.network_dir / "10-test.conflist").write_text("{not json")
+    conditions = {c.type: c for c in daemon.client.status().status.conditions}
+    assert conditions["NetworkReady"].status is False
+    assert "10-test.conflist" in conditions["NetworkReady"].message
+
+
+def test_status_verbose_reports_config(daemon):
+    status = daemon.client.status(verbose=True)
+    info = json.loads(status.info["config"])
+    assert info["crio.root"] == str(daemon.dirs.root)
+    assert info["api.listen"] == str(daemon.dirs.socket)
+    assert [h.name for h in status.runtime_handlers] == ["native"]
+    assert "config" not in daemon.client.status(verbose=False).info
+
+
+def test_runtime_config_reports_cgroupfs(daemon):
+    assert daemon.client.runtime_config().linux.cgroup_driver == api.CgroupDriver.CGROUPFS
+
+
+def test_update_runtime_config_accepts_pod_cidr(daemon):
+    req = api.UpdateRuntimeConfigRequest(
+        runtime_config=api.RuntimeConfig(network_config=api.NetworkConfig(pod_cidr="10.88.0.0/16"))
+    )
+    daemon.client.runtime.UpdateRuntimeConfig(req, timeout=5)
+
+
+def test_unimplemented_rpc_names_itself_and_daemon_stays_up(daemon):
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.client.runtime.CheckpointContainer(api.CheckpointContainerRequest(container_id="x"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "CheckpointContainer" in err.value.details()
+    # Server-streaming RPCs answer the same way.
+    with pytest.raises(grpc.RpcError) as err:
+        list(daemon.client.runtime.StreamContainers(api.StreamContainersRequest(), timeout=5))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert daemon.client.version().runtime_name == "crio-fast"
+
+
+def test_socket_mode_is_0660(daemon):
+    assert stat.S_IMODE(os.stat(daemon.dirs.socket).st_mode) == 0o660
+
+
+def test_stale_socket_is_replaced(daemon_dirs):
+    daemon_dirs.runroot.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(daemon_dirs.socket))
+    stale.close()  # the file stays, nobody listens: what a crashed daemon leaves
+    assert stat.S_ISSOCK(os.lstat(daemon_dirs.socket).st_mode)
+    d = Daemon(daemon_dirs).start()
+    try:
+        assert d.client.version().runtime_name == "crio-fast"
+    finally:
+        assert d.stop() == 0
+
+
+def test_live_socket_is_refused(daemon):
+    # A second daemon with its own run root but the same socket path.
+    other = make_dirs()
+    try:
+        other.runroot.mkdir(parents=True)
+        result = run_cli(other, "--listen", str(daemon.dirs.socket))
+        assert result.returncode != 0
+        assert "already listening" in result.stderr
+        assert daemon.client.version().runtime_name == "crio-fast"
+    finally:
+        remove_dirs(other)
+
+
+def test_second_daemon_on_same_runroot_is_refused(daemon):
+    result = run_cli(daemon.dirs, "--listen", str(daemon.dirs.base / "other.sock"))
+    assert result.returncode != 0
+    assert "crio-fast.lock" in result.stderr
+    assert not (daemon.dirs.base / "other.sock").exists()
+
+
+def test_non_socket_in_the_way_is_refused(daemon_dirs):
+    daemon_dirs.runroot.mkdir(parents=True)
+    daemon_dirs.socket.write_text("precious")
+    result = run_cli(daemon_dirs)
+    assert result.returncode != 0
+    assert "not a socket" in result.stderr
+    assert daemon_dirs.socket.read_text() == "precious"
+
+
+def test_sigterm_shuts_down_cleanly(daemon_dirs):
+    d = Daemon(daemon_dirs).start()
+    assert d.client.version().runtime_name == "crio-fast"
+    assert d.stop() == 0
+    assert not daemon_dirs.socket.exists()
+    # The instance lock was released: a new daemon starts on the same dirs.
+    d2 = Daemon(daemon_dirs).start()
+    assert d2.stop() == 0
+
+
+def test_sigint_shuts_down_cleanly(daemon_dirs):
+    d = Daemon(daemon_dirs).start()
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(20) == 0
+    assert not daemon_dirs.socket.exists()
+
+
+def test_sighup_reloads_safe_keys_and_keeps_serving(daemon):
+    (daemon.dirs.config_dir / "50-reload.conf").write_text(
+        '[crio.runtime]\nlog_level = "debug"\npids_limit = 77\n[crio.metrics]\nmetrics_port = 9191\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "runtime.pids_limit" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = daemon.log()
+    assert "reloaded runtime.pids_limit = 77" in log
+    assert "metrics.metrics_port changed" in log and "after a restart" in log
+    info = json.loads(daemon.client.status(verbose=True).info["config"])
+    assert info["runtime.pids_limit"] == 77
+    assert info["metrics.metrics_port"] != 9191
+
+
+def test_sighup_with_broken_config_keeps_running_config(daemon):
+    (daemon.dirs.config_dir / "50-bad.conf").write_text("[crio.runtime]\npids_limit = 'many'\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload refused" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "50-bad.conf" in daemon.log()
+    assert daemon.client.version().runtime_name == "crio-fast"
+
+
+def test_bad_config_prevents_start(daemon_dirs):
+    daemon_dirs.config.write_text("[crio.api]\ngrpc_max_send_msg_size = 'huge'\n")
+    result = run_cli(daemon_dirs)
+    assert result.returncode != 0
+    assert str(daemon_dirs.config) in result.stderr
+    assert "crio.api.grpc_max_send_msg_size" in result.stderr
+    assert not daemon_dirs.socket.exists()
+
+
+def test_unknown_key_warns_and_starts(daemon_dirs):
+    daemon_dirs.config.write_text("[crio.runtime]\nno_such_key = 1\n")
+    d = Daemon(daemon_dirs).start()
+    try:
+        assert "crio.runtime.no_such_key" in d.log()
+        assert str(daemon_dirs.config) in d.log()
+    finally:
+        assert d.stop() == 0
+
+
+def test_config_subcommand_prints_effective_toml(daemon_dirs):
+    (daemon_dirs.config_dir / "10-a.conf").write_text("[crio.runtime]\npids_limit = 1234\n")
+    result = run_cli(daemon_dirs, "config")
+    assert result.returncode == 0, result.stderr
+    import tomllib
+
+    parsed = tomllib.loads(result.stdout)
+    assert parsed["crio"]["root"] == str(daemon_dirs.root)
+    assert parsed["crio"]["runtime"]["pids_limit"] == 1234
+    assert "#" in result.stdout  # commented, like `crio config`
+
+
+def test_version_subcommand():
+    result = subprocess.run(["crio-fast", "version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert __version__ in result.stdout
