@@ -1,0 +1,1 @@
+"""Images: references, registries, the registry client, and the layer store."""

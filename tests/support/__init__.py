@@ -1,0 +1,1 @@
+"""Test helpers: a real registry, test images built from busybox, pytest fixtures."""
