@@ -1,0 +1,300 @@
+"""The cgroupfs driver: pod and container cgroups in every hierarchy.
+
+Paths are CRI's: a pod's ``cgroup_parent`` (``/kubepods/burstable/pod<uid>``)
+is the pod cgroup itself, relative to the root of each hierarchy as this
+process sees it mounted; a container lives in ``<pod>/crio-fast-<id>``.
+
+Which hierarchies a cgroup is made in:
+
+* every v1 hierarchy that carries a controller (cpu, cpuacct, cpuset,
+  memory, pids, devices, freezer, blkio, and net_cls, perf_event, ... when
+  mounted), so the container is accounted everywhere the host accounts;
+* the v1 ``name=systemd`` hierarchy when mounted: systemd tracks services by
+  it, and a container left in the daemon's own systemd cgroup would be
+  killed by ``systemctl stop`` of the daemon, while pods must outlive it.
+  Other named v1 hierarchies are left alone;
+* the cgroup2 hierarchy when mounted (v2 and hybrid), with the v2 controllers
+  we use enabled top-down.
+
+All methods block on syscalls (a few dozen for a container); the daemon
+calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+from crio_fast._native._cgroupfs import CgroupReadError, CgroupWriteError, read_files, write_files
+from crio_fast.cgroups import tree, v1, v2
+from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
+from crio_fast.cgroups.layout import NAMED_PREFIX, CgroupLayout, Hierarchy, discover_layout
+from crio_fast.cgroups.resources import Resources, effective_swap_limit, plan_writes
+
+CONTAINER_PREFIX = "crio-fast-"
+MONITOR_CGROUP_NAME = "crio-fast-monitor"
+# Parent of pods whose sandbox config names no cgroup_parent (crictl without one).
+DEFAULT_POD_PARENT = "/crio-fast"
+SYSTEMD_HIERARCHY = "systemd"
+CGROUPFS_DRIVER = "cgroupfs"
+SYSTEMD_DRIVER = "systemd"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_OOM_KILL_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
+# Errors of a write that mean "this value is not acceptable", not "the host failed".
+_VALUE_ERRNOS = frozenset({errno.EINVAL, errno.ERANGE, errno.EOVERFLOW})
+# Bounds of the poll between killing a cgroup's processes and retrying rmdir.
+_FIRST_RETRY_DELAY = 0.002
+_MAX_RETRY_DELAY = 0.1
+
+
+@dataclass
+class CgroupPaths:
+    """Where one cgroup is, in every hierarchy it exists in.
+
+    ``dirs`` maps each usable controller, ``name=systemd`` and ``unified``
+    (the cgroup2 directory) to the cgroup's directory; co-mounted controllers
+    share one. ``hierarchy_dirs`` has one directory per hierarchy.
+    ``procs_files`` are the cgroup.procs files a process must be written into
+    to be fully placed. ``oom_counter_file`` holds the ``oom_kill N`` counter
+    (v1 memory.oom_control, v2 memory.events). ``created`` tells whether this
+    call made the cgroup (it did not exist in some hierarchy before).
+    """
+
+    path: str
+    dirs: dict[str, str]
+    hierarchy_dirs: dict[str, str]
+    procs_files: list[str]
+    oom_counter_file: str | None
+    created: bool = field(default=False, compare=False)
+
+    def pids(self) -> list[int]:
+        """Processes in this cgroup (not its descendants) in any hierarchy, sorted."""
+        return sorted(tree.read_pids(list(self.hierarchy_dirs.values())))
+
+
+def parse_oom_kill_count(content: bytes | None) -> int:
+    """The ``oom_kill N`` counter of memory.oom_control (v1, Linux 4.13+) or memory.events (v2)."""
+    if not content:
+        return 0
+    match = _OOM_KILL_LINE.search(content)
+    return int(match.group(1)) if match else 0
+
+
+def normalize_cgroup_parent(cgroup_parent: str, driver: str = CGROUPFS_DRIVER) -> str:
+    """Validate a CRI cgroup_parent for the cgroupfs driver and return it as ``/a/b/c``."""
+    components = [c for c in cgroup_parent.split("/") if c]
+    if components and components[-1].endswith(".slice") and driver == CGROUPFS_DRIVER:
+        raise CgroupValidationError(
+            f"cgroup parent {cgroup_parent!r} is a systemd slice name, but the cgroup manager is "
+            f'"cgroupfs", which takes a cgroup path such as "/kubepods/burstable/pod<uid>"; '
+            f'set cgroup_manager = "systemd" here and cgroupDriver: systemd in the kubelet to use slices, '
+            f"or cgroupDriver: cgroupfs in the kubelet to keep this driver"
+        )
+    if not components:
+        raise CgroupValidationError(
+            f"cgroup parent {cgroup_parent!r} names the root cgroup; pods need a cgroup below it"
+        )
+    for component in components:
+        if component in (".", "..") or any(ch in component for ch in "\0\n"):
+            raise CgroupValidationError(f"cgroup parent {cgroup_parent!r} has an invalid component {component!r}")
+    return "/" + "/".join(components)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise CgroupValidationError(f"{kind} {name!r} is not usable in a cgroup name (letters, digits, '_', '.', '-')")
+
+
+class CgroupManager:
+    """Creates, limits and removes pod and container cgroups with the cgroupfs driver."""
+
+    def __init__(self, layout: CgroupLayout | None = None, driver: str = CGROUPFS_DRIVER) -> None:
+        if driver == SYSTEMD_DRIVER:
+            raise CgroupError('the systemd cgroup driver is not implemented yet; set cgroup_manager = "cgroupfs"')
+        if driver != CGROUPFS_DRIVER:
+            raise CgroupValidationError(f'unknown cgroup driver {driver!r}; expected "cgroupfs" or "systemd"')
+        self.driver = driver
+        self.layout = layout if layout is not None else discover_layout()
+        self._hierarchies: list[Hierarchy] = [
+            h for h in self.layout.hierarchies if h.version == 2 or h.controllers or h.name == SYSTEMD_HIERARCHY
+        ]
+        self._v2_wanted = frozenset(c for c in v2.WANTED_CONTROLLERS if self.layout.is_v2(c))
+
+    # -- paths (no side effects) -------------------------------------------
+
+    def paths(self, relative_path: str) -> CgroupPaths:
+        """Directories of a cgroup given by its path relative to the hierarchy roots."""
+        path = "/" + relative_path.strip("/")
+        hierarchy_dirs = {h.key: h.directory(path) for h in self._hierarchies}
+        dirs: dict[str, str] = {}
+        for controller, hierarchy in sorted(self.layout.controllers.items()):
+            dirs[controller] = hierarchy.directory(path)
+        for hierarchy in self._hierarchies:
+            if hierarchy.version == 2:
+                dirs["unified"] = hierarchy.directory(path)
+            elif hierarchy.name is not None:
+                dirs[NAMED_PREFIX + hierarchy.name] = hierarchy.directory(path)
+        memory = self.layout.hierarchy_of("memory")
+        oom_file = None
+        if memory is not None:
+            name = "memory.events" if memory.version == 2 else "memory.oom_control"
+            oom_file = os.path.join(memory.directory(path), name)
+        return CgroupPaths(
+            path=path,
+            dirs=dirs,
+            hierarchy_dirs=hierarchy_dirs,
+            procs_files=[os.path.join(d, "cgroup.procs") for d in hierarchy_dirs.values()],
+            oom_counter_file=oom_file,
+        )
+
+    def container_path(self, parent: CgroupPaths | str, container_id: str) -> str:
+        _check_name("container id", container_id)
+        parent_path = parent.path if isinstance(parent, CgroupPaths) else normalize_cgroup_parent(parent, self.driver)
+        return f"{parent_path}/{CONTAINER_PREFIX}{container_id}"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def pod_cgroup(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
+        """Make the pod cgroup: ``cgroup_parent`` itself, or /crio-fast/pod-<id> when it is empty.
+
+        On v2 the pod cgroup enables the controllers for its children at once,
+        so nothing may be placed in it directly (see monitor_cgroup).
+        """
+        _check_name("pod id", pod_id)
+        if cgroup_parent.strip("/"):
+            path = normalize_cgroup_parent(cgroup_parent, self.driver)
+        else:
+            path = f"{DEFAULT_POD_PARENT}/pod-{pod_id}"
+        paths = self.paths(path)
+        paths.created = self._create(paths, enable_for_children=True)
+        return paths
+
+    def container_cgroup(
+        self, parent: CgroupPaths | str, container_id: str, resources: Resources | None = None
+    ) -> CgroupPaths:
+        """Make ``<parent>/crio-fast-<id>`` and apply ``resources``.
+
+        The resources are validated before anything is created; if applying
+        them fails, a cgroup made by this call is removed again.
+        """
+        paths = self.paths(self.container_path(parent, container_id))
+        writes = plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
+        paths.created = self._create(paths, enable_for_children=False)
+        try:
+            self._write(writes)
+        except BaseException:
+            if paths.created:
+                self.remove(paths, timeout=1.0)
+            raise
+        return paths
+
+    def monitor_cgroup(self, pod: CgroupPaths) -> CgroupPaths:
+        """A leaf under the pod for its monitor process (v2 allows no process in the pod cgroup itself)."""
+        paths = self.paths(f"{pod.path}/{MONITOR_CGROUP_NAME}")
+        paths.created = self._create(paths, enable_for_children=False)
+        return paths
+
+    def update(self, cgroup: CgroupPaths, resources: Resources) -> None:
+        """Apply new limits to a live cgroup (UpdateContainerResources)."""
+        current_memory_limit = None
+        memory = self.layout.hierarchy_of("memory")
+        if (
+            memory is not None
+            and memory.version == 1
+            and self.layout.swap_accounting
+            and resources.memory_limit_in_bytes > 0
+            and effective_swap_limit(resources) > 0
+        ):
+            limit_file = os.path.join(cgroup.dirs["memory"], "memory.limit_in_bytes")
+            content = read_files([limit_file])[0]
+            if content is None:
+                raise CgroupError(f"cannot update {cgroup.path}: {limit_file} does not exist (cgroup removed?)")
+            current_memory_limit = int(content)
+        self._write(plan_writes(self.layout, cgroup.dirs, resources, current_memory_limit))
+
+    def remove(self, cgroup: CgroupPaths, timeout: float = 5.0) -> None:
+        """Remove the cgroup and its descendants in every hierarchy, leaf first.
+
+        Processes still inside are killed (cgroup.kill on v2, else SIGKILL
+        under the v1 freezer) and rmdir is retried until ``timeout``. A
+        missing cgroup is fine: removal is idempotent. The process calling
+        this is never killed; a cgroup holding it raises CgroupError.
+        """
+        deadline = time.monotonic() + timeout
+        delay = _FIRST_RETRY_DELAY
+        unified_dir = cgroup.hierarchy_dirs.get("unified")
+        freezer_dir = cgroup.dirs.get("freezer") if not self.layout.is_v2("freezer") else None
+        killed_once = False
+        while True:
+            remaining = [d for top in cgroup.hierarchy_dirs.values() for d in tree.subtree(top)]
+            busy = tree.remove_dirs(remaining)
+            if not busy:
+                return
+            still_there = [d for d in remaining if os.path.isdir(d)]
+            pids = tree.read_pids(still_there)
+            if os.getpid() in pids:
+                raise CgroupError(
+                    f"cannot remove cgroup {cgroup.path}: this daemon's own process (pid {os.getpid()}) is in it"
+                )
+            if killed_once and time.monotonic() >= deadline:
+                raise CgroupError(
+                    f"cgroup {cgroup.path} is still busy after {timeout:g}s: {', '.join(busy)}; "
+                    f"processes left: {sorted(pids) or 'none (a dying process pins it)'}"
+                )
+            if pids:
+                if unified_dir is not None and os.path.isdir(unified_dir):
+                    v2.kill_processes(unified_dir)  # the whole subtree at once
+                # Also covers processes placed in some v1 hierarchies only, and v2 before 5.14.
+                v1.kill_processes(still_there, freezer_dir)
+            killed_once = True
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    def oom_kill_count(self, cgroup: CgroupPaths) -> int:
+        """How many processes the kernel's OOM killer killed in this cgroup (0 if unknown)."""
+        if cgroup.oom_counter_file is None:
+            return 0
+        return parse_oom_kill_count(read_files([cgroup.oom_counter_file])[0])
+
+    # -- internals -----------------------------------------------------------
+
+    def _create(self, paths: CgroupPaths, enable_for_children: bool) -> bool:
+        """mkdir the cgroup in every hierarchy; on failure undo what this call made."""
+        made: list[str] = []
+        try:
+            for hierarchy in self._hierarchies:
+                made.extend(tree.make_dirs(hierarchy.mount_point, paths.path))
+                if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
+                    v1.fill_cpusets(hierarchy.mount_point, paths.path)
+                elif hierarchy.version == 2:
+                    v2.enable_controllers(
+                        hierarchy.mount_point, paths.path, self._v2_wanted, include_leaf=enable_for_children
+                    )
+        except (CgroupWriteError, CgroupReadError) as e:
+            self._undo(made)
+            raise CgroupError(str(e)) from e
+        except BaseException:
+            self._undo(made)
+            raise
+        return bool(made)
+
+    @staticmethod
+    def _undo(made: list[str]) -> None:
+        for directory in reversed(made):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # best effort: the original error is the one to report
+
+    @staticmethod
+    def _write(writes: list[tuple[str, str]]) -> None:
+        try:
+            write_files(writes)
+        except CgroupWriteError as e:
+            if e.errno in _VALUE_ERRNOS:
+                raise CgroupValidationError(str(e)) from e
+            raise CgroupError(str(e)) from e

@@ -1,0 +1,98 @@
+"""Directory operations shared by the v1 and v2 drivers.
+
+A cgroup is a directory; its control files are not real files and vanish
+with it, so removing a cgroup is one rmdir of each directory, leaf first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from crio_fast._native._cgroupfs import read_files
+from crio_fast.cgroups.errors import CgroupError
+
+
+def levels(mount_point: str, relative_path: str) -> list[str]:
+    """The directories from the hierarchy root down to the cgroup, root included."""
+    out = [mount_point]
+    current = mount_point
+    for component in relative_path.strip("/").split("/"):
+        if component:
+            current = os.path.join(current, component)
+            out.append(current)
+    return out
+
+
+def make_dirs(mount_point: str, relative_path: str) -> list[str]:
+    """mkdir the cgroup and any missing ancestors; return the directories created, top first."""
+    chain = levels(mount_point, relative_path)
+    leaf = chain[-1]
+    if leaf == mount_point:
+        return []
+    try:
+        os.mkdir(leaf)
+        return [leaf]
+    except FileExistsError:
+        _require_directory(leaf)
+        return []
+    except FileNotFoundError:
+        pass  # an ancestor is missing: walk down from the top
+    except OSError as e:
+        raise CgroupError(f"mkdir {leaf}: {e.strerror}") from e
+    created = []
+    for directory in chain[1:]:
+        try:
+            os.mkdir(directory)
+            created.append(directory)
+        except FileExistsError:
+            _require_directory(directory)
+        except OSError as e:
+            raise CgroupError(f"mkdir {directory}: {e.strerror}") from e
+    return created
+
+
+def _require_directory(path: str) -> None:
+    if not os.path.isdir(path):
+        raise CgroupError(f"mkdir {path}: a control file of that name exists; pick another cgroup name")
+
+
+def subtree(directory: str) -> list[str]:
+    """The cgroup and its descendant cgroups, deepest first (the rmdir order)."""
+    # A missing directory yields nothing: removal is idempotent.
+    return [root for root, _subdirs, _files in os.walk(directory, topdown=False)]
+
+
+def read_pids(directories: list[str]) -> set[int]:
+    """Processes in the given cgroups (not their descendants)."""
+    contents = read_files([os.path.join(d, "cgroup.procs") for d in directories])
+    return {int(token) for content in contents if content for token in content.split()}
+
+
+def remove_dirs(directories: list[str]) -> list[str]:
+    """rmdir each (deepest first); return those still busy. Missing ones count as removed."""
+    busy = []
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                busy.append(directory)
+            else:
+                raise CgroupError(f"rmdir {directory}: {e.strerror}") from e
+    return busy
+
+
+def signal_processes(directories: list[str], sig: int = signal.SIGKILL) -> set[int]:
+    """Send ``sig`` to every process in the given cgroups except this one; return the pids."""
+    pids = read_pids(directories)
+    pids.discard(os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # exited between the listing and the signal
+    return pids
