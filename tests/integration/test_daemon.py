@@ -206,6 +206,8 @@ def test_config_subcommand_prints_effective_toml(daemon_dirs):
 
 
 def test_version_subcommand():
-    result = subprocess.run(["crio-fast", "version"], capture_output=True, text=True, timeout=30)
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "crio_fast", "version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert __version__ in result.stdout
