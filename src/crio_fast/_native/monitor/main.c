@@ -5,12 +5,14 @@
  * pod's containers, and holds their stdio. It is written in plain C against
  * libc only so that its resident cost per pod stays in the tens of kilobytes.
  *
- * This file holds the entry point and argument handling; each concern lives
- * in its own file next to it.
+ * Modes:
+ *   pod     the per-pod monitor (pod.c), started by the daemon
+ *   exec    a short-lived helper running one command in a container (exec.c)
+ *   --check the kernel features the monitor needs are usable (selfcheck.c)
+ * Each concern lives in its own file next to this one; docs/monitor.md
+ * describes the protocol and the plan format.
  */
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "monitor.h"
@@ -18,15 +20,22 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: crio-fast-monitor --version\n"
+            "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD [...]\n"
+            "       crio-fast-monitor exec --plan-fd FD --status-fd FD\n"
+            "       crio-fast-monitor --version\n"
             "       crio-fast-monitor --check\n"
             "The monitor is started by the crio-fast daemon, not by hand.\n");
 }
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "pod") == 0)
+        return pod_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        return exec_main(argc, argv);
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-        printf("crio-fast-monitor %s (protocol %d)\n", MONITOR_VERSION, MONITOR_PROTOCOL);
+        printf("crio-fast-monitor %s (protocol %d, plan format %d)\n", MONITOR_VERSION, MONITOR_PROTOCOL,
+               PLAN_FORMAT_VERSION);
         return 0;
     }
     if (argc == 2 && strcmp(argv[1], "--check") == 0) {

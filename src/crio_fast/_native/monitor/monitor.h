@@ -1,10 +1,437 @@
+/*
+ * crio-fast-monitor: shared declarations.
+ *
+ * The executable has three modes (see main.c): `pod` (the per-pod monitor),
+ * `exec` (a short-lived helper that runs one command inside a container)
+ * and `--check`. The wire formats shared with Python (control protocol and
+ * launch plan) are documented in docs/monitor.md; the tag numbers below are
+ * that contract.
+ */
 #ifndef CRIO_FAST_MONITOR_H
 #define CRIO_FAST_MONITOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #define MONITOR_VERSION "0.1.0"
 /* Bumped whenever the daemon <-> monitor control protocol changes. */
 #define MONITOR_PROTOCOL 1
+/* Bumped whenever the launch plan encoding changes incompatibly. */
+#define PLAN_FORMAT_VERSION 1
+
+/* ------------------------------------------------------------------ errors */
+
+#define ERROR_MESSAGE_MAX 1024
+
+/* An error carried explicitly up the call chain: an errno-like code and a
+ * message that already names what failed and why. */
+struct error {
+    int code;
+    char message[ERROR_MESSAGE_MAX];
+};
+
+/* Set `err` to "<formatted>: <strerror(code)>"; returns -1. */
+int error_errno(struct error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Set `err` to "<formatted>" with `code`; returns -1. */
+int error_plain(struct error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prepend "<formatted>: " to the message already in `err`; returns -1. */
+int error_context(struct error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ------------------------------------------------------------------- util */
+
+/* write(2) all of `data`, retrying on EINTR and short writes. 0 or -errno. */
+int write_all(int fd, const void *data, size_t length);
+/* Write `text` to an existing file (O_WRONLY|O_TRUNC-less, like echo >). */
+int write_file(const char *path, const char *text, struct error *err);
+/* Read a whole small file into a malloc'd NUL-terminated buffer. */
+int read_small_file(const char *path, size_t limit, char **out, size_t *out_length, struct error *err);
+/* Read all of `fd` until EOF into a malloc'd buffer (at most `limit` bytes). */
+int read_fd_to_end(int fd, size_t limit, uint8_t **out, size_t *out_length, struct error *err);
+/* malloc'd printf; NULL on allocation failure. */
+char *format_string(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Current CLOCK_REALTIME in nanoseconds since the epoch. */
+uint64_t realtime_ns(void);
+/* Parse a decimal unsigned integer that must fill the whole string. */
+int parse_u64(const char *text, uint64_t *out);
+/* Close every fd >= 3 except those in `keep` (which must be sorted). */
+int close_fds_except(const int *keep, size_t keep_count, struct error *err);
+/* Set or clear O_NONBLOCK. */
+int set_nonblocking(int fd, bool nonblocking);
+/* Grow-by-doubling append to an array whose capacity is implied by `count`. */
+int array_append(void *array_pointer, size_t *count, size_t item_size, const void *item);
+/* A container id is safe as a file name: [A-Za-z0-9_.-], no leading '.'. */
+bool container_id_valid(const char *id);
+/* Move `fd` to a number >= `minimum` (keeps CLOEXEC); closes the old fd. */
+int move_fd_above(int fd, int minimum);
+
+/* ------------------------------------------------------- raw syscalls */
+
+struct clone_args_v2 {
+    uint64_t flags;
+    uint64_t pidfd;
+    uint64_t child_tid;
+    uint64_t parent_tid;
+    uint64_t exit_signal;
+    uint64_t stack;
+    uint64_t stack_size;
+    uint64_t tls;
+    uint64_t set_tid;
+    uint64_t set_tid_size;
+    uint64_t cgroup;
+};
+
+struct mount_attr_v0 {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+
+struct open_how_v0 {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+/* fork-like clone: `pidfd_out` receives a pidfd when the kernel supports it
+ * (-1 otherwise). Returns the pid in the parent, 0 in the child, -1+errno. */
+pid_t clone_process(uint64_t flags, int *pidfd_out);
+int sys_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+int sys_open_tree(int dirfd, const char *path, unsigned int flags);
+int sys_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path, unsigned int flags);
+int sys_mount_setattr(int dirfd, const char *path, unsigned int flags, struct mount_attr_v0 *attr);
+int sys_fsopen(const char *fstype, unsigned int flags);
+int sys_fsconfig(int fd, unsigned int command, const char *key, const void *value, int aux);
+int sys_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+int sys_pidfd_open(pid_t pid, unsigned int flags);
+int sys_pidfd_send_signal(int pidfd, int signal);
+int sys_pivot_root(const char *new_root, const char *put_old);
+
+/* ---------------------------------------------------------------- TLV */
+
+/* Field: u16 tag, u32 length (little-endian), then `length` bytes. */
+#define TLV_HEADER_SIZE 6
+
+struct tlv_reader {
+    const uint8_t *position;
+    const uint8_t *end;
+};
+
+struct tlv_field {
+    uint16_t tag;
+    uint32_t length;
+    const uint8_t *value;
+};
+
+void tlv_reader_init(struct tlv_reader *reader, const uint8_t *data, size_t length);
+/* 1: a field was read; 0: end of data; -1: malformed (err set). */
+int tlv_next(struct tlv_reader *reader, struct tlv_field *field, struct error *err);
+/* Strings are sent with a trailing NUL so they can be used in place. */
+int tlv_string(const struct tlv_field *field, const char **out, struct error *err);
+int tlv_u32(const struct tlv_field *field, uint32_t *out, struct error *err);
+int tlv_i32(const struct tlv_field *field, int32_t *out, struct error *err);
+int tlv_u64(const struct tlv_field *field, uint64_t *out, struct error *err);
+int tlv_bool(const struct tlv_field *field, bool *out, struct error *err);
+
+/* A growable output buffer; any allocation failure sticks in `failed`. */
+struct buffer {
+    uint8_t *data;
+    size_t length;
+    size_t capacity;
+    bool failed;
+};
+
+void buffer_reserve(struct buffer *buffer, size_t extra);
+void buffer_append(struct buffer *buffer, const void *data, size_t length);
+void buffer_put(struct buffer *buffer, uint16_t tag, const void *value, size_t length);
+void buffer_put_string(struct buffer *buffer, uint16_t tag, const char *value);
+void buffer_put_u32(struct buffer *buffer, uint16_t tag, uint32_t value);
+void buffer_put_i32(struct buffer *buffer, uint16_t tag, int32_t value);
+void buffer_put_u64(struct buffer *buffer, uint16_t tag, uint64_t value);
+/* Open a nested field; returns its offset for buffer_end_nested. */
+size_t buffer_begin_nested(struct buffer *buffer, uint16_t tag);
+void buffer_end_nested(struct buffer *buffer, size_t offset);
+void buffer_free(struct buffer *buffer);
+
+/* ------------------------------------------------------ control protocol */
+
+/* Message header: u16 protocol version, u16 type, u32 request id, u32 total
+ * length (header included); little-endian; then TLV fields. One message per
+ * SOCK_SEQPACKET packet. */
+#define MESSAGE_HEADER_SIZE 12
+#define MESSAGE_MAX_SIZE (4u << 20)
+#define MESSAGE_REPLY_FLAG 0x8000u
+
+enum request_type {
+    REQUEST_PING = 1,
+    REQUEST_CREATE = 2,
+    REQUEST_START = 3,
+    REQUEST_KILL = 4,
+    REQUEST_REOPEN_LOG = 5,
+    REQUEST_STATE = 6,
+    REQUEST_LIST = 7,
+    REQUEST_REMOVE = 8,
+    REQUEST_SHUTDOWN = 9,
+};
+
+enum message_field {
+    FIELD_STATUS = 1,       /* u32: 0 or an errno value */
+    FIELD_MESSAGE = 2,      /* string */
+    FIELD_CONTAINER_ID = 3, /* string */
+    FIELD_PLAN = 4,         /* bytes: an encoded launch plan */
+    FIELD_LOG_PATH = 5,     /* string */
+    FIELD_SIGNAL = 6,       /* u32 */
+    FIELD_ALL = 7,          /* u32 bool: signal every process of the container */
+    FIELD_PID = 8,          /* u32 */
+    FIELD_WARNING = 9,      /* string, repeated */
+    FIELD_CONTAINER = 10,   /* nested container state, repeated in LIST */
+    FIELD_STATE = 11,       /* u32: enum container_status */
+    FIELD_EXIT_CODE = 12,   /* i32 */
+    FIELD_EXIT_SIGNAL = 13, /* u32 */
+    FIELD_CREATED_AT = 14,  /* u64 unix ns */
+    FIELD_STARTED_AT = 15,  /* u64 unix ns */
+    FIELD_FINISHED_AT = 16, /* u64 unix ns */
+    FIELD_OOM_KILLED = 17,  /* u32 bool */
+    FIELD_POD_ID = 18,      /* string */
+    FIELD_VERSION = 19,     /* string */
+};
+
+/* ------------------------------------------------------------ launch plan */
+
+enum plan_field {
+    PLAN_VERSION = 1,
+    PLAN_NAMESPACE = 2, /* nested: NS_TYPE, NS_PATH (absent: create) */
+    PLAN_CGROUP_PROCS = 3,
+    PLAN_CGROUP_WRITE = 4, /* nested: KV_KEY (path), KV_VALUE */
+    PLAN_OOM_COUNTER = 5,
+    PLAN_ROOTFS = 6,
+    PLAN_OVERLAY = 7, /* nested: OVERLAY_* */
+    PLAN_MOUNT = 8,   /* nested: MOUNT_* */
+    PLAN_ROOTFS_READONLY = 9,
+    PLAN_NO_PIVOT = 10,
+    PLAN_ROOT_PROPAGATION = 11,
+    PLAN_HOSTNAME = 12,
+    PLAN_SYSCTL = 13, /* nested: KV_KEY (name), KV_VALUE */
+    PLAN_RLIMIT = 14, /* nested: RLIMIT_* */
+    PLAN_OOM_SCORE_ADJ = 15,
+    PLAN_UID = 16,
+    PLAN_GID = 17,
+    PLAN_ADDITIONAL_GIDS = 18, /* u32 array */
+    PLAN_CAP_BOUNDING = 19,
+    PLAN_CAP_EFFECTIVE = 20,
+    PLAN_CAP_PERMITTED = 21,
+    PLAN_CAP_INHERITABLE = 22,
+    PLAN_CAP_AMBIENT = 23,
+    PLAN_NO_NEW_PRIVS = 24,
+    PLAN_SECCOMP = 25, /* struct sock_filter array */
+    PLAN_SECCOMP_FLAGS = 26,
+    PLAN_CWD = 27,
+    PLAN_ENV = 28,
+    PLAN_ARGV = 29,
+    PLAN_STDIN = 30,
+    PLAN_TTY = 31,
+    PLAN_LOG_LINE_MAX = 32,
+    PLAN_TARGET_PID = 33,
+    PLAN_UMASK = 34,
+};
+
+enum { NS_TYPE = 1, NS_PATH = 2 };
+enum { KV_KEY = 1, KV_VALUE = 2 };
+enum { OVERLAY_LOWER = 1, OVERLAY_UPPER = 2, OVERLAY_WORK = 3, OVERLAY_TARGET = 4, OVERLAY_OPTION = 5 };
+enum { RLIMIT_RESOURCE = 1, RLIMIT_SOFT = 2, RLIMIT_HARD = 3 };
+enum {
+    MOUNT_KIND = 1,
+    MOUNT_SOURCE = 2,
+    MOUNT_DESTINATION = 3,
+    MOUNT_FSTYPE = 4,
+    MOUNT_FLAGS = 5,
+    MOUNT_DATA = 6,
+    MOUNT_MODE = 7,
+    MOUNT_MAJOR = 8,
+    MOUNT_MINOR = 9,
+    MOUNT_UID = 10,
+    MOUNT_GID = 11,
+    MOUNT_PROPAGATION = 12,
+};
+
+enum mount_kind {
+    MOUNT_OP_MOUNT = 1,    /* mount(2) a filesystem: fstype, source, flags, data */
+    MOUNT_OP_BIND = 2,     /* bind a host path; flags: MS_REC, MS_RDONLY, MS_NOSUID, ... */
+    MOUNT_OP_MKNOD = 3,    /* device node; falls back to binding `source` */
+    MOUNT_OP_SYMLINK = 4,  /* symlink at destination pointing to `source` */
+    MOUNT_OP_MKDIR = 5,    /* directory (and parents) with `mode` */
+    MOUNT_OP_MASK = 6,     /* /dev/null over a file, empty ro tmpfs over a dir */
+    MOUNT_OP_READONLY = 7, /* make a path read-only (MS_REC: recursively) */
+};
+
+#define PLAN_CAP_SETS 5
+enum cap_set { CAP_SET_BOUNDING, CAP_SET_EFFECTIVE, CAP_SET_PERMITTED, CAP_SET_INHERITABLE, CAP_SET_AMBIENT };
+
+struct plan_namespace {
+    int clone_flag;        /* CLONE_NEWNS, CLONE_NEWPID, ... */
+    const char *join_path; /* NULL: create a new one */
+};
+
+struct plan_key_value {
+    const char *key;
+    const char *value;
+};
+
+struct plan_rlimit {
+    uint32_t resource;
+    uint64_t soft;
+    uint64_t hard;
+};
+
+struct plan_mount {
+    uint32_t kind;
+    const char *source;
+    const char *destination;
+    const char *fstype;
+    const char *data;
+    uint64_t flags;
+    uint32_t mode;
+    uint32_t major;
+    uint32_t minor;
+    uint32_t uid;
+    uint32_t gid;
+    uint32_t propagation;
+};
+
+/* A decoded plan. Strings point into the encoded buffer, which must outlive
+ * the plan; arrays are malloc'd (plan_free). */
+struct launch_plan {
+    uint32_t version;
+    struct plan_namespace *namespaces;
+    size_t namespace_count;
+    const char **cgroup_procs;
+    size_t cgroup_procs_count;
+    struct plan_key_value *cgroup_writes;
+    size_t cgroup_write_count;
+    const char *oom_counter_path;
+    const char *rootfs; /* ready path, or the overlay target */
+    bool has_overlay;
+    const char **overlay_lower;
+    size_t overlay_lower_count;
+    const char *overlay_upper;
+    const char *overlay_work;
+    const char **overlay_options;
+    size_t overlay_option_count;
+    struct plan_mount *mounts;
+    size_t mount_count;
+    bool rootfs_readonly;
+    bool no_pivot;
+    uint32_t root_propagation;
+    const char *hostname;
+    struct plan_key_value *sysctls;
+    size_t sysctl_count;
+    struct plan_rlimit *rlimits;
+    size_t rlimit_count;
+    bool has_oom_score_adj;
+    int32_t oom_score_adj;
+    bool has_uid;
+    uint32_t uid;
+    bool has_gid;
+    uint32_t gid;
+    bool has_additional_gids;
+    gid_t *additional_gids;
+    size_t additional_gid_count;
+    bool has_caps[PLAN_CAP_SETS];
+    uint64_t caps[PLAN_CAP_SETS];
+    bool no_new_privs;
+    const uint8_t *seccomp; /* sock_filter array, 8 bytes each */
+    size_t seccomp_instructions;
+    uint32_t seccomp_flags;
+    const char *cwd;
+    const char **env; /* NULL-terminated */
+    size_t env_count;
+    const char **argv; /* NULL-terminated */
+    size_t argc;
+    bool stdin_wanted;
+    bool tty;
+    uint32_t log_line_max;
+    uint32_t target_pid;
+    bool has_umask;
+    uint32_t umask;
+};
+
+int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
+void plan_free(struct launch_plan *plan);
+const char *namespace_name(int clone_flag);
+
+/* ------------------------------------------------------- process setup */
+
+/* Fixed messages on the container's sync socket (one packet each):
+ * child -> monitor: 'W'+text (warning), 'T' with the pty master as
+ * SCM_RIGHTS (terminal), 'R' (prepared), 'E'+text (failed);
+ * monitor -> child: 'G' (exec now). */
+#define SYNC_WARNING 'W'
+#define SYNC_TERMINAL 'T'
+#define SYNC_READY 'R'
+#define SYNC_ERROR 'E'
+#define SYNC_GO 'G'
+
+/* Everything the child needs besides the plan, prepared by the monitor. */
+struct child_context {
+    const struct launch_plan *plan;
+    int sync_fd;
+    int stdin_fd;  /* becomes fd 0 */
+    int stdout_fd; /* becomes fd 1 */
+    int stderr_fd; /* becomes fd 2 */
+    int namespace_fds[8]; /* pre-opened join targets, -1 when unused */
+};
+
+/* Runs in the cloned child; never returns. */
+__attribute__((noreturn)) void container_child_main(struct child_context *context);
+
+/* Credential, capability, seccomp and exec steps shared with exec mode. */
+int apply_credentials(const struct launch_plan *plan, struct error *err);
+int install_seccomp(const struct launch_plan *plan, struct error *err);
+bool seccomp_needs_early_install(const struct launch_plan *plan);
+int resolve_executable(const struct launch_plan *plan, char *out, size_t out_size, struct error *err);
+int write_cgroup_files(const struct launch_plan *plan, struct error *err);
+int apply_rlimits(const struct launch_plan *plan, struct error *err);
+/* Empty signal mask, default dispositions for what the monitor changed. */
+int reset_signals_for_exec(struct error *err);
+
+/* Mount namespace setup inside the child (rootfs.c). */
+int setup_rootfs(const struct launch_plan *plan, struct error *err);
+int make_root_readonly(struct error *err);
+
+/* ------------------------------------------------------------- logging */
+
+#define LOG_LINE_MAX_DEFAULT 16384u
+
+enum log_stream { LOG_STDOUT = 0, LOG_STDERR = 1 };
+
+/* Write `data` read from one stream as CRI log records to `fd`. */
+int log_write_records(int fd, enum log_stream stream, const char *data, size_t length, size_t line_max,
+                      uint64_t timestamp_ns, struct error *err);
+/* RFC3339 UTC with nanoseconds, e.g. 2016-10-06T00:17:09.669794202Z. */
+size_t format_log_timestamp(uint64_t timestamp_ns, char *out, size_t out_size);
+
+/* ------------------------------------------------------------ exit files */
+
+struct exit_record {
+    int exit_code;   /* 128+signal when killed */
+    int signal;      /* 0 unless killed by a signal */
+    uint64_t finished_at_ns;
+    uint64_t started_at_ns;
+    bool oom_killed;
+    pid_t pid;
+};
+
+int write_exit_file(const char *exits_dir, const char *container_id, const struct exit_record *record,
+                    struct error *err);
+/* The oom_kill counter from memory.events (v2) or memory.oom_control (v1). */
+int read_oom_kill_counter(const char *path, uint64_t *out, struct error *err);
+
+/* ---------------------------------------------------------------- modes */
 
 int monitor_self_check(void);
+int pod_main(int argc, char **argv);
+int exec_main(int argc, char **argv);
 
 #endif

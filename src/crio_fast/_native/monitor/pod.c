@@ -1,0 +1,447 @@
+/*
+ * `crio-fast-monitor pod`: start-up, namespace anchoring and teardown.
+ *
+ * The daemon spawns this with a pipe on --ready-fd. The spawned process
+ * starts a new session and does all of the set-up below; only then does it
+ * fork the monitor, write <pod-dir>/monitor.pid with the monitor's pid, and
+ * report "ok <pid>\n" on the ready fd and exit (the daemon reaps it). The
+ * monitor's parent is then gone: the daemon is never its parent and it
+ * outlives the daemon. The set-up:
+ *
+ *   1. (the monitor, after the fork) becomes a child subreaper,
+ *   2. bind-mounts the pod dir onto itself as a private mount, so that the
+ *      mounts below (nsfs, shm) never propagate to other mount namespaces
+ *      (a propagated nsfs copy would pin the namespace after the pod is gone),
+ *   3. unshares the requested net/ipc/uts namespaces and sets the hostname,
+ *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts},
+ *   5. mounts a tmpfs for the pod's /dev/shm on <pod-dir>/shm,
+ *   6. joins the cgroups it was given (the fork inherits them),
+ *   7. listens on <pod-dir>/monitor.sock.
+ * On any failure it undoes every step and writes "error <errno> <message>\n"
+ * instead; no monitor process is left.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "server.h"
+
+#define SHUTDOWN_KILL_TIMEOUT_MS 10000
+#define MAX_CGROUPS 16
+
+struct pod_options {
+    const char *pod_id;
+    const char *pod_dir;
+    const char *exits_dir;
+    const char *hostname;
+    const char *cgroup_procs[MAX_CGROUPS];
+    size_t cgroup_count;
+    uint64_t shm_size;
+    int ready_fd;
+    int new_namespaces; /* CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS subset */
+};
+
+static const struct {
+    int flag;
+    const char *name;
+} pod_namespaces[] = {{CLONE_NEWNET, "net"}, {CLONE_NEWIPC, "ipc"}, {CLONE_NEWUTS, "uts"}};
+#define POD_NAMESPACE_COUNT 3
+
+/* What the monitor made, so that a failure or a shutdown undoes exactly that. */
+struct pod_anchor {
+    char *ns_dir;
+    char *ns_files[POD_NAMESPACE_COUNT];
+    char *shm_dir;
+    char *socket_path;
+    char *pid_path;
+    bool pod_dir_bound;
+    bool ns_dir_created;
+    bool ns_file_created[POD_NAMESPACE_COUNT];
+    bool ns_bound[POD_NAMESPACE_COUNT];
+    bool shm_dir_created;
+    bool shm_mounted;
+    bool socket_bound;
+    bool pid_written;
+};
+
+static void pod_usage(FILE *out)
+{
+    fprintf(out, "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD\n"
+                 "           [--net new|host] [--ipc new|host] [--uts new|host] [--hostname NAME]\n"
+                 "           [--cgroup-procs PATH]... [--shm-size BYTES]\n");
+}
+
+static int parse_options(int argc, char **argv, struct pod_options *options, struct error *err)
+{
+    memset(options, 0, sizeof(*options));
+    options->ready_fd = -1;
+    for (int i = 2; i < argc; i++) {
+        const char *name = argv[i];
+        if (i + 1 >= argc)
+            return error_plain(err, EINVAL, "option %s needs a value", name);
+        const char *value = argv[++i];
+        uint64_t number;
+        if (strcmp(name, "--pod-id") == 0) {
+            options->pod_id = value;
+        } else if (strcmp(name, "--pod-dir") == 0) {
+            options->pod_dir = value;
+        } else if (strcmp(name, "--exits-dir") == 0) {
+            options->exits_dir = value;
+        } else if (strcmp(name, "--hostname") == 0) {
+            options->hostname = value;
+        } else if (strcmp(name, "--cgroup-procs") == 0) {
+            if (options->cgroup_count >= MAX_CGROUPS)
+                return error_plain(err, EINVAL, "more than %d --cgroup-procs", MAX_CGROUPS);
+            options->cgroup_procs[options->cgroup_count++] = value;
+        } else if (strcmp(name, "--shm-size") == 0) {
+            if (parse_u64(value, &number) < 0)
+                return error_plain(err, EINVAL, "--shm-size %s is not a byte count", value);
+            options->shm_size = number;
+        } else if (strcmp(name, "--ready-fd") == 0) {
+            if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
+                return error_plain(err, EINVAL, "--ready-fd %s is not a descriptor >= 3", value);
+            options->ready_fd = (int)number;
+        } else if (strcmp(name, "--net") == 0 || strcmp(name, "--ipc") == 0 || strcmp(name, "--uts") == 0) {
+            int flag = name[2] == 'n' ? CLONE_NEWNET : name[2] == 'i' ? CLONE_NEWIPC : CLONE_NEWUTS;
+            if (strcmp(value, "new") == 0)
+                options->new_namespaces |= flag;
+            else if (strcmp(value, "host") == 0)
+                options->new_namespaces &= ~flag;
+            else
+                return error_plain(err, EINVAL, "%s %s: expected new or host", name, value);
+        } else {
+            return error_plain(err, EINVAL, "unknown option %s", name);
+        }
+    }
+    if (!options->pod_id || !container_id_valid(options->pod_id))
+        return error_plain(err, EINVAL, "--pod-id is missing or not a valid id");
+    if (!options->pod_dir || options->pod_dir[0] != '/')
+        return error_plain(err, EINVAL, "--pod-dir must be an absolute path");
+    if (!options->exits_dir || options->exits_dir[0] != '/')
+        return error_plain(err, EINVAL, "--exits-dir must be an absolute path");
+    if (options->ready_fd < 0)
+        return error_plain(err, EINVAL, "--ready-fd is required");
+    if (options->hostname && !(options->new_namespaces & CLONE_NEWUTS))
+        return error_plain(err, EINVAL, "--hostname needs --uts new");
+    return 0;
+}
+
+/* --------------------------------------------------------------- anchor */
+
+static void teardown(struct pod_anchor *anchor, const struct pod_options *options)
+{
+    /* Reverse order of setup; each step only if this monitor did it. */
+    if (anchor->pid_written && unlink(anchor->pid_path) < 0)
+        fprintf(stderr, "unlink %s: %s\n", anchor->pid_path, strerror(errno));
+    if (anchor->socket_bound && unlink(anchor->socket_path) < 0)
+        fprintf(stderr, "unlink %s: %s\n", anchor->socket_path, strerror(errno));
+    if (anchor->shm_mounted && umount2(anchor->shm_dir, MNT_DETACH) < 0)
+        fprintf(stderr, "unmount %s: %s\n", anchor->shm_dir, strerror(errno));
+    if (anchor->shm_dir_created && rmdir(anchor->shm_dir) < 0)
+        fprintf(stderr, "rmdir %s: %s\n", anchor->shm_dir, strerror(errno));
+    for (int i = POD_NAMESPACE_COUNT - 1; i >= 0; i--) {
+        if (anchor->ns_bound[i] && umount2(anchor->ns_files[i], MNT_DETACH) < 0)
+            fprintf(stderr, "unmount %s: %s\n", anchor->ns_files[i], strerror(errno));
+        if (anchor->ns_file_created[i] && unlink(anchor->ns_files[i]) < 0)
+            fprintf(stderr, "unlink %s: %s\n", anchor->ns_files[i], strerror(errno));
+    }
+    if (anchor->ns_dir_created && rmdir(anchor->ns_dir) < 0)
+        fprintf(stderr, "rmdir %s: %s\n", anchor->ns_dir, strerror(errno));
+    if (anchor->pod_dir_bound && umount2(options->pod_dir, MNT_DETACH) < 0)
+        fprintf(stderr, "unmount %s: %s\n", options->pod_dir, strerror(errno));
+    memset(&anchor->pod_dir_bound, 0, sizeof(*anchor) - offsetof(struct pod_anchor, pod_dir_bound));
+}
+
+static int create_file(const char *path, mode_t mode, struct error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return error_errno(err, errno, "create %s", path);
+    close(fd);
+    return 0;
+}
+
+static int anchor_namespaces(struct pod_anchor *anchor, const struct pod_options *options, struct error *err)
+{
+    if (mkdir(anchor->ns_dir, 0755) == 0)
+        anchor->ns_dir_created = true;
+    else if (errno != EEXIST)
+        return error_errno(err, errno, "mkdir %s", anchor->ns_dir);
+    for (int i = 0; i < POD_NAMESPACE_COUNT; i++) {
+        if (!(options->new_namespaces & pod_namespaces[i].flag))
+            continue;
+        if (create_file(anchor->ns_files[i], 0444, err) < 0)
+            return -1;
+        anchor->ns_file_created[i] = true;
+        char source[64];
+        snprintf(source, sizeof(source), "/proc/self/ns/%s", pod_namespaces[i].name);
+        if (mount(source, anchor->ns_files[i], NULL, MS_BIND, NULL) < 0)
+            return error_errno(err, errno, "bind %s on %s", source, anchor->ns_files[i]);
+        anchor->ns_bound[i] = true;
+    }
+    return 0;
+}
+
+static int mount_shm(struct pod_anchor *anchor, const struct pod_options *options, struct error *err)
+{
+    if (mkdir(anchor->shm_dir, 01777) < 0)
+        return error_errno(err, errno, "mkdir %s", anchor->shm_dir);
+    anchor->shm_dir_created = true;
+    char data[64];
+    snprintf(data, sizeof(data), "mode=1777,size=%llu", (unsigned long long)options->shm_size);
+    if (mount("shm", anchor->shm_dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, data) < 0)
+        return error_errno(err, errno, "mount tmpfs (%s) on %s", data, anchor->shm_dir);
+    anchor->shm_mounted = true;
+    return 0;
+}
+
+static int join_cgroups(const struct pod_options *options, struct error *err)
+{
+    char pid[24];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    for (size_t i = 0; i < options->cgroup_count; i++)
+        if (write_file(options->cgroup_procs[i], pid, err) < 0)
+            return error_context(err, "join cgroup");
+    return 0;
+}
+
+static int listen_control_socket(struct pod_anchor *anchor, int *listen_fd, struct error *err)
+{
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    if (strlen(anchor->socket_path) >= sizeof(address.sun_path))
+        return error_plain(err, ENAMETOOLONG, "control socket path %s is longer than %zu bytes", anchor->socket_path,
+                           sizeof(address.sun_path) - 1);
+    strcpy(address.sun_path, anchor->socket_path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return error_errno(err, errno, "socket");
+    /* Born 0600: no window in which another user could connect. */
+    mode_t previous = umask(0177);
+    int rc = bind(fd, (struct sockaddr *)&address, sizeof(address));
+    int saved = errno;
+    umask(previous);
+    if (rc < 0) {
+        close(fd);
+        return error_errno(err, saved, "bind %s", anchor->socket_path);
+    }
+    anchor->socket_bound = true;
+    if (listen(fd, 64) < 0) {
+        saved = errno;
+        close(fd);
+        return error_errno(err, saved, "listen on %s", anchor->socket_path);
+    }
+    *listen_fd = fd;
+    return 0;
+}
+
+static int write_pid_file(struct pod_anchor *anchor, pid_t pid, struct error *err)
+{
+    char *temp = format_string("%s.tmp", anchor->pid_path);
+    if (!temp)
+        return error_errno(err, ENOMEM, "pid file");
+    char text[24];
+    int length = snprintf(text, sizeof(text), "%d\n", (int)pid);
+    int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    int rc = -1;
+    if (fd < 0) {
+        error_errno(err, errno, "create %s", temp);
+    } else {
+        int write_rc = write_all(fd, text, (size_t)length);
+        if (close(fd) < 0 && write_rc == 0)
+            write_rc = -errno;
+        if (write_rc < 0)
+            error_errno(err, -write_rc, "write %s", temp);
+        else if (rename(temp, anchor->pid_path) < 0)
+            error_errno(err, errno, "rename %s to %s", temp, anchor->pid_path);
+        else
+            rc = 0;
+        if (rc < 0)
+            unlink(temp);
+    }
+    free(temp);
+    if (rc == 0)
+        anchor->pid_written = true;
+    return rc;
+}
+
+static int anchor_paths(struct pod_anchor *anchor, const struct pod_options *options, struct error *err)
+{
+    anchor->ns_dir = format_string("%s/ns", options->pod_dir);
+    anchor->shm_dir = format_string("%s/shm", options->pod_dir);
+    anchor->socket_path = format_string("%s/monitor.sock", options->pod_dir);
+    anchor->pid_path = format_string("%s/monitor.pid", options->pod_dir);
+    if (!anchor->ns_dir || !anchor->shm_dir || !anchor->socket_path || !anchor->pid_path)
+        return error_errno(err, ENOMEM, "paths");
+    for (int i = 0; i < POD_NAMESPACE_COUNT; i++)
+        if (!(anchor->ns_files[i] = format_string("%s/ns/%s", options->pod_dir, pod_namespaces[i].name)))
+            return error_errno(err, ENOMEM, "paths");
+    return 0;
+}
+
+static int setup_pod(struct pod_anchor *anchor, const struct pod_options *options, int *listen_fd,
+                     struct error *err)
+{
+    if (anchor_paths(anchor, options, err) < 0)
+        return -1;
+    struct stat st;
+    if (stat(options->pod_dir, &st) < 0)
+        return error_errno(err, errno, "pod dir %s", options->pod_dir);
+    if (stat(options->exits_dir, &st) < 0)
+        return error_errno(err, errno, "exits dir %s", options->exits_dir);
+    if (!S_ISDIR(st.st_mode))
+        return error_errno(err, ENOTDIR, "exits dir %s", options->exits_dir);
+    if (mount(options->pod_dir, options->pod_dir, NULL, MS_BIND, NULL) < 0)
+        return error_errno(err, errno, "bind %s on itself", options->pod_dir);
+    anchor->pod_dir_bound = true;
+    if (mount(NULL, options->pod_dir, NULL, MS_PRIVATE, NULL) < 0)
+        return error_errno(err, errno, "make %s a private mount", options->pod_dir);
+    if (options->new_namespaces && unshare(options->new_namespaces) < 0)
+        return error_errno(err, errno, "unshare(%#x)", options->new_namespaces);
+    if (options->hostname && sethostname(options->hostname, strlen(options->hostname)) < 0)
+        return error_errno(err, errno, "sethostname %s", options->hostname);
+    if (anchor_namespaces(anchor, options, err) < 0)
+        return -1;
+    if (options->shm_size > 0 && mount_shm(anchor, options, err) < 0)
+        return -1;
+    if (join_cgroups(options, err) < 0)
+        return -1;
+    return listen_control_socket(anchor, listen_fd, err);
+}
+
+static void report_ready(int ready_fd, pid_t monitor_pid, const struct error *err)
+{
+    char line[ERROR_MESSAGE_MAX + 32];
+    int length;
+    if (err)
+        length = snprintf(line, sizeof(line), "error %d %s\n", err->code, err->message);
+    else
+        length = snprintf(line, sizeof(line), "ok %d\n", (int)monitor_pid);
+    if (length > 0 && write_all(ready_fd, line, (size_t)length) < 0)
+        fprintf(stderr, "write ready fd: %s\n", strerror(errno));
+    close(ready_fd);
+}
+
+static int open_event_fds(struct monitor *monitor, struct error *err)
+{
+    sigset_t handled;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGCHLD);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &handled, NULL) < 0)
+        return error_errno(err, errno, "sigprocmask");
+    monitor->signal_fd = signalfd(-1, &handled, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (monitor->signal_fd < 0)
+        return error_errno(err, errno, "signalfd");
+    monitor->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (monitor->epoll_fd < 0)
+        return error_errno(err, errno, "epoll_create1");
+    return 0;
+}
+
+/* fds 0-2 become /dev/null: the monitor must never write into, or hold
+ * open, a pipe of the daemon that spawned it. A regular file on stderr (a
+ * log the daemon opened for the monitor's diagnostics) is kept. */
+static int detach_stdio(struct error *err)
+{
+    int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd < 0)
+        return error_errno(err, errno, "open /dev/null");
+    struct stat st;
+    bool keep_stderr = fstat(2, &st) == 0 && S_ISREG(st.st_mode);
+    for (int fd = 0; fd < (keep_stderr ? 2 : 3); fd++) {
+        if (dup2(null_fd, fd) < 0)
+            return error_errno(err, errno, "dup2 /dev/null to %d", fd);
+    }
+    if (null_fd > 2)
+        close(null_fd);
+    return 0;
+}
+
+int pod_main(int argc, char **argv)
+{
+    struct pod_options options;
+    struct error err = {0};
+    if (parse_options(argc, argv, &options, &err) < 0) {
+        fprintf(stderr, "crio-fast-monitor pod: %s\n", err.message);
+        pod_usage(stderr);
+        return 2;
+    }
+    if (fcntl(options.ready_fd, F_SETFD, FD_CLOEXEC) < 0) {
+        fprintf(stderr, "crio-fast-monitor pod: ready fd %d: %s\n", options.ready_fd, strerror(errno));
+        return 2;
+    }
+    struct monitor monitor = {
+        .pod_id = options.pod_id,
+        .pod_dir = options.pod_dir,
+        .exits_dir = options.exits_dir,
+        .epoll_fd = -1,
+        .signal_fd = -1,
+        .listen_fd = -1,
+    };
+    struct pod_anchor anchor = {0};
+    /* Everything that can fail happens before the fork, in the process the
+     * daemon spawned (and reaps): a failed start leaves no orphan behind.
+     * Namespaces, mounts, cgroups, the listening socket, the epoll set and
+     * the signalfd all carry over to the forked monitor. A new session
+     * first, so that the monitor is no session leader (it can never acquire
+     * a controlling terminal). Ignoring SIGPIPE makes writes to a vanished
+     * reader fail with EPIPE; SIGHUP from the daemon's terminal is not ours. */
+    if ((setsid() < 0 && errno != EPERM && error_errno(&err, errno, "setsid")) ||
+        ((signal(SIGPIPE, SIG_IGN) == SIG_ERR || signal(SIGHUP, SIG_IGN) == SIG_ERR) &&
+         error_errno(&err, errno, "ignore SIGPIPE and SIGHUP")) ||
+        detach_stdio(&err) < 0 || open_event_fds(&monitor, &err) < 0 ||
+        setup_pod(&anchor, &options, &monitor.listen_fd, &err) < 0) {
+        teardown(&anchor, &options);
+        report_ready(options.ready_fd, 0, &err);
+        return 1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        error_errno(&err, errno, "fork");
+        teardown(&anchor, &options);
+        report_ready(options.ready_fd, 0, &err);
+        return 1;
+    }
+    if (pid > 0) {
+        /* The spawned process: record the monitor and report; the monitor is
+         * orphaned (adopted by init) as soon as this returns. */
+        if (write_pid_file(&anchor, pid, &err) < 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            teardown(&anchor, &options);
+            report_ready(options.ready_fd, 0, &err);
+            return 1;
+        }
+        report_ready(options.ready_fd, pid, NULL);
+        return 0;
+    }
+
+    close(options.ready_fd);
+    anchor.pid_written = true; /* by the parent, before it reported ready */
+    /* Containers and the orphans they leave are ours to reap. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+        fprintf(stderr, "prctl(PR_SET_CHILD_SUBREAPER): %s\n", strerror(errno));
+    int rc = server_run(&monitor);
+    monitor.stopping = true;
+    containers_kill_all(&monitor, SHUTDOWN_KILL_TIMEOUT_MS);
+    if (monitor.listen_fd >= 0)
+        close(monitor.listen_fd);
+    teardown(&anchor, &options);
+    server_answer_shutdown(&monitor, rc == 0 ? 0 : EIO, rc == 0 ? NULL : "the monitor's event loop failed");
+    return rc == 0 ? 0 : 1;
+}

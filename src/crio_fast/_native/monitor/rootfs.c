@@ -1,0 +1,535 @@
+/*
+ * The container's mount namespace: rootfs, the plan's mount operations,
+ * pivot_root.
+ *
+ * Every destination is resolved inside the rootfs with openat2(2)
+ * RESOLVE_IN_ROOT on a dirfd of the rootfs, so a symlink in the image
+ * (say /etc/evil -> /) resolves to the container's own root and never to the
+ * host's. Missing mount points are created through the same resolution.
+ * Filesystems are mounted onto /proc/self/fd/N of the resolved O_PATH fd (the
+ * host /proc is still visible before pivot_root); bind mounts and read-only
+ * remounts use the new mount API (open_tree + mount_setattr + move_mount),
+ * which makes a read-only bind read-only from the moment it appears and can
+ * apply it recursively.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "monitor.h"
+
+#define OVERLAY_LEGACY_DATA_MAX 4095 /* mount(2) data is one page */
+
+static int open_in_root(int root_fd, const char *path, int flags)
+{
+    return sys_openat2(root_fd, path, (uint64_t)(flags | O_CLOEXEC), 0,
+                       RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+}
+
+static void fd_path(int fd, char out[32])
+{
+    snprintf(out, 32, "/proc/self/fd/%d", fd);
+}
+
+/* Split "/a/b/c" into "/a/b" and "c" (trailing slashes ignored). */
+static int split_path(const char *path, char *parent, size_t parent_size, const char **base_out, char *base,
+                      size_t base_size)
+{
+    size_t length = strlen(path);
+    while (length > 1 && path[length - 1] == '/')
+        length--;
+    const char *slash = NULL;
+    for (size_t i = 0; i < length; i++)
+        if (path[i] == '/')
+            slash = path + i;
+    if (!slash)
+        return -1;
+    size_t parent_length = slash == path ? 1 : (size_t)(slash - path);
+    size_t base_length = length - (size_t)(slash - path) - 1;
+    if (parent_length >= parent_size || base_length >= base_size || base_length == 0)
+        return -1;
+    memcpy(parent, path, parent_length);
+    parent[parent_length] = '\0';
+    memcpy(base, slash + 1, base_length);
+    base[base_length] = '\0';
+    *base_out = base;
+    return 0;
+}
+
+/* An O_PATH fd of directory `path` inside the rootfs, created (with parents)
+ * when missing. */
+static int ensure_directory(int root_fd, const char *rootfs, const char *path, mode_t mode, struct error *err)
+{
+    int fd = open_in_root(root_fd, path, O_PATH | O_DIRECTORY);
+    if (fd >= 0)
+        return fd;
+    if (errno != ENOENT)
+        return error_errno(err, errno, "open %s%s", rootfs, path);
+    char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
+    const char *base;
+    if (split_path(path, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
+        return error_plain(err, EINVAL, "bad path %s%s", rootfs, path);
+    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    if (parent_fd < 0)
+        return -1;
+    int rc = mkdirat(parent_fd, base, mode);
+    int saved = errno;
+    close(parent_fd);
+    if (rc < 0 && saved != EEXIST)
+        return error_errno(err, saved, "mkdir %s%s", rootfs, path);
+    fd = open_in_root(root_fd, path, O_PATH | O_DIRECTORY);
+    if (fd < 0)
+        return error_errno(err, errno, "open %s%s", rootfs, path);
+    return fd;
+}
+
+/* An O_PATH fd of file `path` inside the rootfs, created empty when missing. */
+static int ensure_file(int root_fd, const char *rootfs, const char *path, struct error *err)
+{
+    int fd = open_in_root(root_fd, path, O_PATH);
+    if (fd >= 0)
+        return fd;
+    if (errno != ENOENT)
+        return error_errno(err, errno, "open %s%s", rootfs, path);
+    char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
+    const char *base;
+    if (split_path(path, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
+        return error_plain(err, EINVAL, "bad path %s%s", rootfs, path);
+    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    if (parent_fd < 0)
+        return -1;
+    /* O_EXCL never follows a symlink; an existing one resolves below. */
+    int created = openat(parent_fd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int saved = errno;
+    close(parent_fd);
+    if (created < 0 && saved != EEXIST)
+        return error_errno(err, saved, "create %s%s", rootfs, path);
+    if (created >= 0)
+        close(created);
+    fd = open_in_root(root_fd, path, O_PATH);
+    if (fd < 0)
+        return error_errno(err, errno, "open %s%s", rootfs, path);
+    return fd;
+}
+
+static uint64_t mount_attributes_from_flags(uint64_t flags)
+{
+    uint64_t attributes = 0;
+    if (flags & MS_RDONLY)
+        attributes |= MOUNT_ATTR_RDONLY;
+    if (flags & MS_NOSUID)
+        attributes |= MOUNT_ATTR_NOSUID;
+    if (flags & MS_NODEV)
+        attributes |= MOUNT_ATTR_NODEV;
+    if (flags & MS_NOEXEC)
+        attributes |= MOUNT_ATTR_NOEXEC;
+    if (flags & MS_NOATIME)
+        attributes |= MOUNT_ATTR_NOATIME;
+    if (flags & MS_NODIRATIME)
+        attributes |= MOUNT_ATTR_NODIRATIME;
+    return attributes;
+}
+
+/* Attach a clone of `source_fd` (or of host path `source`) onto `target_fd`
+ * with the attributes already applied to the detached clone. */
+static int attach_clone(int source_dirfd, const char *source, int target_fd, uint64_t flags, uint32_t propagation,
+                        const char *what, const char *rootfs, const char *destination, struct error *err)
+{
+    bool recursive = flags & MS_REC;
+    unsigned int tree_flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0);
+    if (!*source)
+        tree_flags |= AT_EMPTY_PATH;
+    int tree = sys_open_tree(source_dirfd, source, tree_flags);
+    if (tree < 0)
+        return error_errno(err, errno, "%s %s on %s%s: open_tree", what, *source ? source : "(fd)", rootfs,
+                           destination);
+    struct mount_attr_v0 attr = {.attr_set = mount_attributes_from_flags(flags), .propagation = propagation};
+    if ((attr.attr_set || attr.propagation) &&
+        sys_mount_setattr(tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr) < 0) {
+        int saved = errno;
+        close(tree);
+        return error_errno(err, saved, "%s %s on %s%s: set attributes %#llx", what, *source ? source : "(fd)",
+                           rootfs, destination, (unsigned long long)attr.attr_set);
+    }
+    int rc = sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    int saved = errno;
+    close(tree);
+    if (rc < 0)
+        return error_errno(err, saved, "%s %s on %s%s", what, *source ? source : "(fd)", rootfs, destination);
+    return 0;
+}
+
+static int set_propagation(int root_fd, const char *rootfs, const char *destination, uint32_t propagation,
+                           bool recursive, struct error *err)
+{
+    /* Reopen: the path now resolves to the root of the new mount. */
+    int fd = open_in_root(root_fd, destination, O_PATH);
+    if (fd < 0)
+        return error_errno(err, errno, "open %s%s", rootfs, destination);
+    char target[32];
+    fd_path(fd, target);
+    int rc = mount(NULL, target, NULL, propagation | (recursive ? MS_REC : 0), NULL);
+    int saved = errno;
+    close(fd);
+    if (rc < 0)
+        return error_errno(err, saved, "set propagation %#x on %s%s", propagation, rootfs, destination);
+    return 0;
+}
+
+static int do_mount(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    int fd = ensure_directory(root_fd, rootfs, m->destination, 0755, err);
+    if (fd < 0)
+        return -1;
+    char target[32];
+    fd_path(fd, target);
+    const char *source = m->source ? m->source : m->fstype;
+    int rc = mount(source, target, m->fstype, (unsigned long)m->flags, m->data);
+    int saved = errno;
+    close(fd);
+    if (rc < 0)
+        return error_errno(err, saved, "mount %s on %s%s", m->fstype, rootfs, m->destination);
+    if (m->propagation)
+        return set_propagation(root_fd, rootfs, m->destination, m->propagation, m->flags & MS_REC, err);
+    return 0;
+}
+
+static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    struct stat st;
+    if (stat(m->source, &st) < 0)
+        return error_errno(err, errno, "bind %s on %s%s: stat source", m->source, rootfs, m->destination);
+    int fd = S_ISDIR(st.st_mode) ? ensure_directory(root_fd, rootfs, m->destination, 0755, err)
+                                 : ensure_file(root_fd, rootfs, m->destination, err);
+    if (fd < 0)
+        return -1;
+    int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation, "bind", rootfs, m->destination, err);
+    close(fd);
+    return rc;
+}
+
+static int do_mknod(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
+    const char *base;
+    if (split_path(m->destination, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
+        return error_plain(err, EINVAL, "mknod: bad path %s%s", rootfs, m->destination);
+    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    if (parent_fd < 0)
+        return -1;
+    mode_t type = m->mode & S_IFMT;
+    if (type != S_IFCHR && type != S_IFBLK && type != S_IFIFO) {
+        close(parent_fd);
+        return error_plain(err, EINVAL, "mknod %s%s: mode %#o is not a device or fifo", rootfs, m->destination,
+                           m->mode);
+    }
+    int rc = mknodat(parent_fd, base, (mode_t)m->mode, makedev(m->major, m->minor));
+    int saved = errno;
+    if (rc == 0 && fchownat(parent_fd, base, m->uid, m->gid, AT_SYMLINK_NOFOLLOW) < 0) {
+        saved = errno;
+        close(parent_fd);
+        return error_errno(err, saved, "chown %s%s", rootfs, m->destination);
+    }
+    close(parent_fd);
+    if (rc == 0)
+        return 0;
+    if (saved != EPERM || !m->source)
+        return error_errno(err, saved, "mknod %s%s", rootfs, m->destination);
+    /* Not allowed to create devices here: bind the host's node instead. */
+    struct plan_mount bind = *m;
+    bind.kind = MOUNT_OP_BIND;
+    bind.flags = MS_NOSUID | MS_NOEXEC;
+    bind.propagation = 0;
+    return do_bind(root_fd, rootfs, &bind, err);
+}
+
+static int do_symlink(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
+    const char *base;
+    if (split_path(m->destination, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
+        return error_plain(err, EINVAL, "symlink: bad path %s%s", rootfs, m->destination);
+    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    if (parent_fd < 0)
+        return -1;
+    int rc = symlinkat(m->source, parent_fd, base);
+    int saved = errno;
+    close(parent_fd);
+    if (rc < 0 && saved != EEXIST)
+        return error_errno(err, saved, "symlink %s%s -> %s", rootfs, m->destination, m->source);
+    return 0;
+}
+
+static int do_mask(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    int fd = open_in_root(root_fd, m->destination, O_PATH);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0; /* nothing to hide */
+        return error_errno(err, errno, "mask %s%s", rootfs, m->destination);
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        return error_errno(err, saved, "mask %s%s: stat", rootfs, m->destination);
+    }
+    int rc;
+    if (S_ISDIR(st.st_mode)) {
+        char target[32];
+        fd_path(fd, target);
+        rc = mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0");
+        if (rc < 0)
+            error_errno(err, errno, "mask %s%s with an empty tmpfs", rootfs, m->destination);
+    } else {
+        rc = attach_clone(AT_FDCWD, "/dev/null", fd, 0, 0, "mask with", rootfs, m->destination, err);
+    }
+    close(fd);
+    return rc;
+}
+
+static int do_readonly(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    int fd = open_in_root(root_fd, m->destination, O_PATH);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return error_errno(err, errno, "make %s%s read-only", rootfs, m->destination);
+    }
+    /* Bind the path over itself, read-only; works for mount points and for
+     * plain directories such as /proc/sys alike. */
+    int rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, "read-only bind of", rootfs, m->destination, err);
+    close(fd);
+    return rc;
+}
+
+static int apply_mount(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+{
+    switch (m->kind) {
+    case MOUNT_OP_MOUNT: return do_mount(root_fd, rootfs, m, err);
+    case MOUNT_OP_BIND: return do_bind(root_fd, rootfs, m, err);
+    case MOUNT_OP_MKNOD: return do_mknod(root_fd, rootfs, m, err);
+    case MOUNT_OP_SYMLINK: return do_symlink(root_fd, rootfs, m, err);
+    case MOUNT_OP_MKDIR: {
+        int fd = ensure_directory(root_fd, rootfs, m->destination, m->mode ? m->mode : 0755, err);
+        if (fd < 0)
+            return -1;
+        close(fd);
+        return 0;
+    }
+    case MOUNT_OP_MASK: return do_mask(root_fd, rootfs, m, err);
+    case MOUNT_OP_READONLY: return do_readonly(root_fd, rootfs, m, err);
+    default: return error_plain(err, EINVAL, "unknown mount kind %u", m->kind);
+    }
+}
+
+/* The kernel explains fsconfig failures in the fs context ("e ..." lines). */
+static void append_fs_context_messages(int fs_fd, struct error *err)
+{
+    char line[512];
+    size_t used = strlen(err->message);
+    for (int i = 0; i < 8; i++) {
+        ssize_t got = read(fs_fd, line, sizeof(line) - 1);
+        if (got <= 0)
+            break;
+        line[got] = '\0';
+        int added = snprintf(err->message + used, sizeof(err->message) - used, " (%s)", line);
+        if (added < 0 || (size_t)added >= sizeof(err->message) - used)
+            break;
+        used += (size_t)added;
+    }
+}
+
+static int mount_overlay_legacy(const struct launch_plan *plan, struct error *err)
+{
+    struct buffer data = {0};
+    int rc = -1;
+    buffer_append(&data, "lowerdir=", 9);
+    for (size_t i = 0; i < plan->overlay_lower_count; i++) {
+        if (strpbrk(plan->overlay_lower[i], ":,")) {
+            error_plain(err, EINVAL, "overlay lower dir %s contains ':' or ','", plan->overlay_lower[i]);
+            goto out;
+        }
+        if (i)
+            buffer_append(&data, ":", 1);
+        buffer_append(&data, plan->overlay_lower[i], strlen(plan->overlay_lower[i]));
+    }
+    if (plan->overlay_upper) {
+        buffer_append(&data, ",upperdir=", 10);
+        buffer_append(&data, plan->overlay_upper, strlen(plan->overlay_upper));
+        buffer_append(&data, ",workdir=", 9);
+        buffer_append(&data, plan->overlay_work, strlen(plan->overlay_work));
+    }
+    for (size_t i = 0; i < plan->overlay_option_count; i++) {
+        buffer_append(&data, ",", 1);
+        buffer_append(&data, plan->overlay_options[i], strlen(plan->overlay_options[i]));
+    }
+    buffer_append(&data, "", 1);
+    if (data.failed) {
+        error_errno(err, ENOMEM, "overlay options");
+        goto out;
+    }
+    if (data.length - 1 > OVERLAY_LEGACY_DATA_MAX) {
+        error_plain(err, E2BIG,
+                    "mount overlay on %s: options are %zu bytes, over the one-page limit of mount(2), and this "
+                    "kernel lacks fsconfig lowerdir+",
+                    plan->rootfs, data.length - 1);
+        goto out;
+    }
+    if (mount("overlay", plan->rootfs, "overlay", 0, data.data) < 0)
+        error_errno(err, errno, "mount overlay on %s", plan->rootfs);
+    else
+        rc = 0;
+out:
+    buffer_free(&data);
+    return rc;
+}
+
+static int overlay_config(int fs_fd, const char *key, const char *value, struct error *err)
+{
+    int rc = value ? sys_fsconfig(fs_fd, FSCONFIG_SET_STRING, key, value, 0)
+                   : sys_fsconfig(fs_fd, FSCONFIG_SET_FLAG, key, NULL, 0);
+    if (rc < 0) {
+        error_errno(err, errno, "overlay option %s%s%s", key, value ? "=" : "", value ? value : "");
+        append_fs_context_messages(fs_fd, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Overlay through fsopen/fsconfig: each lower dir is its own "lowerdir+"
+ * parameter, so the one-page limit of mount(2) data does not apply. */
+static int mount_overlay(const struct launch_plan *plan, struct error *err)
+{
+    int fs_fd = sys_fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fs_fd < 0) {
+        if (errno == ENOSYS)
+            return mount_overlay_legacy(plan, err);
+        return error_errno(err, errno, "fsopen overlay");
+    }
+    int rc = -1;
+    for (size_t i = 0; i < plan->overlay_lower_count; i++) {
+        if (sys_fsconfig(fs_fd, FSCONFIG_SET_STRING, "lowerdir+", plan->overlay_lower[i], 0) < 0) {
+            if (i == 0 && errno == EINVAL) {
+                /* Kernel before 6.8: no lowerdir+. */
+                close(fs_fd);
+                return mount_overlay_legacy(plan, err);
+            }
+            error_errno(err, errno, "overlay lower dir %s", plan->overlay_lower[i]);
+            append_fs_context_messages(fs_fd, err);
+            goto out;
+        }
+    }
+    if (plan->overlay_upper && (overlay_config(fs_fd, "upperdir", plan->overlay_upper, err) < 0 ||
+                                overlay_config(fs_fd, "workdir", plan->overlay_work, err) < 0))
+        goto out;
+    for (size_t i = 0; i < plan->overlay_option_count; i++) {
+        char key[256];
+        const char *option = plan->overlay_options[i];
+        const char *equals = strchr(option, '=');
+        size_t key_length = equals ? (size_t)(equals - option) : strlen(option);
+        if (key_length >= sizeof(key)) {
+            error_plain(err, EINVAL, "overlay option %s: name too long", option);
+            goto out;
+        }
+        memcpy(key, option, key_length);
+        key[key_length] = '\0';
+        if (overlay_config(fs_fd, key, equals ? equals + 1 : NULL, err) < 0)
+            goto out;
+    }
+    if (sys_fsconfig(fs_fd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        error_errno(err, errno, "mount overlay on %s", plan->rootfs);
+        append_fs_context_messages(fs_fd, err);
+        goto out;
+    }
+    int mount_fd = sys_fsmount(fs_fd, FSMOUNT_CLOEXEC, 0);
+    if (mount_fd < 0) {
+        error_errno(err, errno, "fsmount overlay for %s", plan->rootfs);
+        goto out;
+    }
+    if (sys_move_mount(mount_fd, "", AT_FDCWD, plan->rootfs, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        error_errno(err, errno, "mount overlay on %s", plan->rootfs);
+    else
+        rc = 0;
+    close(mount_fd);
+out:
+    close(fs_fd);
+    return rc;
+}
+
+static int enter_root(const struct launch_plan *plan, int root_fd, struct error *err)
+{
+    if (fchdir(root_fd) < 0)
+        return error_errno(err, errno, "chdir %s", plan->rootfs);
+    if (plan->no_pivot) {
+        /* For ramdisk-rooted hosts where pivot_root is refused. */
+        if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
+            return error_errno(err, errno, "move %s to /", plan->rootfs);
+        if (chroot(".") < 0)
+            return error_errno(err, errno, "chroot %s", plan->rootfs);
+    } else {
+        /* pivot_root(".", ".") stacks the old root on the new one; detach it
+         * without letting the unmount propagate anywhere. */
+        if (sys_pivot_root(".", ".") < 0)
+            return error_errno(err, errno, "pivot_root %s", plan->rootfs);
+        if (mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
+            return error_errno(err, errno, "make the old root a slave");
+        if (umount2(".", MNT_DETACH) < 0)
+            return error_errno(err, errno, "detach the old root");
+    }
+    if (chdir("/") < 0)
+        return error_errno(err, errno, "chdir /");
+    return 0;
+}
+
+int setup_rootfs(const struct launch_plan *plan, struct error *err)
+{
+    /* Nothing done here may reach the host's mount namespace. */
+    if (mount(NULL, "/", NULL, plan->root_propagation, NULL) < 0)
+        return error_errno(err, errno, "set propagation %#x on /", plan->root_propagation);
+    if (plan->has_overlay) {
+        if (mount_overlay(plan, err) < 0)
+            return -1;
+    } else {
+        /* pivot_root needs a mount point: bind the rootfs onto itself. */
+        int target = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (target < 0)
+            return error_errno(err, errno, "open rootfs %s", plan->rootfs);
+        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, "bind rootfs", plan->rootfs, "", err);
+        close(target);
+        if (rc < 0)
+            return -1;
+    }
+    int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return error_errno(err, errno, "open rootfs %s", plan->rootfs);
+    for (size_t i = 0; i < plan->mount_count; i++) {
+        if (apply_mount(root_fd, plan->rootfs, &plan->mounts[i], err) < 0) {
+            close(root_fd);
+            return -1;
+        }
+    }
+    int rc = enter_root(plan, root_fd, err);
+    close(root_fd);
+    if (rc < 0)
+        return -1;
+    if (plan->rootfs_readonly)
+        return make_root_readonly(err);
+    return 0;
+}
+
+int make_root_readonly(struct error *err)
+{
+    struct mount_attr_v0 attr = {.attr_set = MOUNT_ATTR_RDONLY};
+    if (sys_mount_setattr(AT_FDCWD, "/", 0, &attr) < 0)
+        return error_errno(err, errno, "make the root filesystem read-only");
+    return 0;
+}

@@ -1,0 +1,123 @@
+/* Pod-mode internals shared by pod.c, server.c and container.c. */
+#ifndef CRIO_FAST_MONITOR_SERVER_H
+#define CRIO_FAST_MONITOR_SERVER_H
+
+#include "monitor.h"
+
+/* What an epoll event refers to; embedded in the owning object. */
+enum watch_kind { WATCH_LISTEN, WATCH_SIGNAL, WATCH_CONNECTION, WATCH_OUTPUT, WATCH_SYNC };
+
+struct watch {
+    enum watch_kind kind;
+    int fd; /* -1 when closed */
+    void *owner;
+    enum log_stream stream; /* WATCH_OUTPUT only */
+};
+
+/* Values of FIELD_STATE. */
+enum container_status {
+    CONTAINER_CREATING = 0, /* cloned, preparing (reported to CREATE when done) */
+    CONTAINER_CREATED = 1,  /* prepared, waiting for START */
+    CONTAINER_RUNNING = 2,
+    CONTAINER_EXITED = 3,
+};
+
+/* A request whose reply waits for the container child (CREATE, START). */
+struct pending_reply {
+    bool active;
+    uint16_t type;
+    uint32_t request_id;
+    uint64_t connection_serial;
+};
+
+struct container {
+    struct container *next;
+    char *id;
+    char *log_path;
+    char *kill_cgroup_procs; /* first cgroup.procs of the plan: KILL --all */
+    char *oom_counter_path;
+    pid_t pid;
+    int pidfd;
+    enum container_status status;
+    bool starting;      /* GO sent, exec outcome not known yet */
+    bool failed_create; /* CREATE failed: forget it once reaped, no exit file */
+    int log_fd;
+    size_t log_line_max;
+    struct watch stdout_watch; /* pipe, or the pty master */
+    struct watch stderr_watch;
+    struct watch sync_watch;
+    int stdin_fd; /* write end held for attach; the pty master dup with a tty */
+    bool has_oom_baseline;
+    uint64_t oom_baseline;
+    uint64_t created_at;
+    uint64_t started_at;
+    uint64_t finished_at;
+    int exit_code;
+    int exit_signal;
+    bool oom_killed;
+    struct pending_reply pending;
+    struct buffer warnings; /* FIELD_WARNING fields for the CREATE reply */
+    char *child_error;      /* an 'E' message from the child */
+};
+
+struct connection {
+    struct connection *next;
+    struct watch watch;
+    uint64_t serial;
+    bool busy; /* a reply is pending: one request at a time */
+};
+
+struct monitor {
+    const char *pod_id;
+    const char *pod_dir;
+    const char *exits_dir;
+    int epoll_fd;
+    int signal_fd;
+    int listen_fd;
+    struct watch listen_watch;
+    struct watch signal_watch;
+    struct container *containers;
+    struct connection *connections;
+    /* Freed after the current batch of epoll events, which may still point at them. */
+    struct connection *dead_connections;
+    struct container *dead_containers;
+    uint64_t next_serial;
+    bool stopping;
+    /* The SHUTDOWN request to answer once the pod is torn down. */
+    bool shutdown_requested;
+    uint64_t shutdown_connection;
+    uint32_t shutdown_request_id;
+};
+
+/* server.c */
+int server_run(struct monitor *monitor);
+int watch_add(struct monitor *monitor, struct watch *watch, uint32_t events);
+void watch_close(struct monitor *monitor, struct watch *watch);
+struct connection *connection_by_serial(struct monitor *monitor, uint64_t serial);
+/* A busy connection is not read from until its pending reply is sent. */
+void connection_set_busy(struct monitor *monitor, struct connection *connection, bool busy);
+/* Answer the SHUTDOWN request (if any) after the teardown. */
+void server_answer_shutdown(struct monitor *monitor, int status, const char *message);
+void reply_start(struct buffer *reply, uint16_t request_type, uint32_t request_id, int status, const char *message);
+void reply_send(struct monitor *monitor, struct connection *connection, struct buffer *reply);
+
+/* container.c */
+struct container *container_find(struct monitor *monitor, const char *id);
+/* Returns 1 when the reply is deferred (pending), 0 when `reply` is ready. */
+int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id,
+                     const char *id, const uint8_t *plan_data, size_t plan_length, const char *log_path,
+                     struct buffer *reply);
+int container_start(struct monitor *monitor, struct connection *connection, uint32_t request_id,
+                    struct container *container, struct buffer *reply);
+int container_kill(struct container *container, int signal, bool all, struct error *err);
+int container_reopen_log(struct container *container, struct error *err);
+void container_put_state(const struct container *container, struct buffer *reply);
+void container_remove(struct monitor *monitor, struct container *container);
+void container_on_output(struct monitor *monitor, struct container *container, struct watch *watch);
+void container_on_sync(struct monitor *monitor, struct container *container);
+void containers_reap(struct monitor *monitor);
+/* SIGKILL everything still running, wait (bounded), record exits. */
+void containers_kill_all(struct monitor *monitor, int timeout_ms);
+void container_free(struct container *container);
+
+#endif

@@ -1,0 +1,679 @@
+"""The daemon's side of the per-pod monitor (``crio-fast-monitor``).
+
+``PodMonitor.spawn`` starts one monitor per pod and waits for its ready line;
+the returned object talks to the monitor's control socket (``monitor.sock``
+in the pod dir, SOCK_SEQPACKET, one request/reply per packet, see
+docs/monitor.md). The monitor outlives the daemon: after a restart,
+``PodMonitor.attach`` reconnects through the pod dir. Exit files written by
+the monitor are read with ``read_exit_file``; ``exec_sync`` runs a command in a
+container through the monitor binary's exec mode.
+
+All calls are synchronous and thread-safe (one lock per monitor); the daemon
+calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import signal as signal_module
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crio_fast.runtime.plan import ExecPlan, LaunchPlan, TLVWriter, parse_tlv
+
+PROTOCOL_VERSION = 1
+REPLY_FLAG = 0x8000
+
+# Request types.
+PING, CREATE, START, KILL, REOPEN_LOG, STATE, LIST, REMOVE, SHUTDOWN = range(1, 10)
+_REQUEST_NAMES = {PING: "PING", CREATE: "CREATE", START: "START", KILL: "KILL", REOPEN_LOG: "REOPEN_LOG",
+                  STATE: "STATE", LIST: "LIST", REMOVE: "REMOVE", SHUTDOWN: "SHUTDOWN"}
+
+# Message fields.
+(F_STATUS, F_MESSAGE, F_CONTAINER_ID, F_PLAN, F_LOG_PATH, F_SIGNAL, F_ALL, F_PID, F_WARNING, F_CONTAINER, F_STATE,
+ F_EXIT_CODE, F_EXIT_SIGNAL, F_CREATED_AT, F_STARTED_AT, F_FINISHED_AT, F_OOM_KILLED, F_POD_ID,
+ F_VERSION) = range(1, 20)
+
+_MESSAGE_HEADER = struct.Struct("<HHII")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+STATUS_NAMES = {0: "creating", 1: "created", 2: "running", 3: "exited"}
+
+SOCKET_NAME = "monitor.sock"
+# Below the default AF_UNIX send buffer (net.core.wmem_default, 208 KiB);
+# larger requests raise SO_SNDBUF (up to net.core.wmem_max).
+_DEFAULT_SEND_LIMIT = 128 * 1024
+PID_FILE_NAME = "monitor.pid"
+POD_NAMESPACES = ("net", "ipc", "uts")
+
+
+class MonitorError(Exception):
+    """A failure reported by (or about) a pod monitor; `code` is an errno value."""
+
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class PodMonitorSpec:
+    """What the pod monitor anchors: namespaces, hostname, cgroups, /dev/shm."""
+
+    pod_id: str
+    pod_dir: str
+    exits_dir: str
+    namespaces: dict[str, str] = field(default_factory=lambda: {"net": "new", "ipc": "new", "uts": "new"})
+    hostname: str | None = None
+    cgroup_procs: list[str] = field(default_factory=list)
+    shm_size: int = 64 * 1024 * 1024  # 0: no shm mount
+    stderr_path: str | None = None  # a file for the monitor's own diagnostics
+
+    def argv(self, monitor_path: str, ready_fd: int) -> list[str]:
+        args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
+                "--exits-dir", self.exits_dir, "--ready-fd", str(ready_fd)]
+        for name in POD_NAMESPACES:
+            mode = self.namespaces.get(name, "host")
+            if mode not in ("new", "host"):
+                raise ValueError(f"namespace {name}: {mode!r} is neither 'new' nor 'host'")
+            args += [f"--{name}", mode]
+        if self.hostname is not None:
+            args += ["--hostname", self.hostname]
+        for path in self.cgroup_procs:
+            args += ["--cgroup-procs", path]
+        args += ["--shm-size", str(self.shm_size)]
+        return args
+
+
+@dataclass
+class CreateResult:
+    pid: int
+    warnings: list[str]
+
+
+@dataclass
+class ContainerState:
+    id: str
+    pid: int
+    status: str  # creating | created | running | exited
+    created_at: int  # unix ns
+    started_at: int  # unix ns, 0 if never started
+    finished_at: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    message: str | None = None  # the container init's last error, if any
+
+
+@dataclass
+class ExitInfo:
+    exit_code: int
+    signal: int
+    pid: int
+    started_at: int
+    finished_at: int
+    oom_killed: bool
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    signal: int = 0
+    # Set when the helper failed and the command never ran (not found,
+    # cannot execute, container gone); exit_code is then 126/127/1.
+    error: str | None = None
+
+
+def _encode_request(request_type: int, request_id: int, writer: TLVWriter) -> bytes:
+    body = writer.getvalue()
+    return _MESSAGE_HEADER.pack(PROTOCOL_VERSION, request_type, request_id, _MESSAGE_HEADER.size + len(body)) + body
+
+
+def _fields_to_dict(fields: list[tuple[int, bytes]]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for tag, value in fields:
+        out.setdefault(tag, []).append(value)
+    return out
+
+
+def _string(value: bytes) -> str:
+    return value[:-1].decode(errors="replace") if value.endswith(b"\0") else value.decode(errors="replace")
+
+
+def _state_from_fields(fields: dict[int, list[bytes]]) -> ContainerState:
+    def u32(tag: int, default: int = 0) -> int:
+        return _U32.unpack(fields[tag][0])[0] if tag in fields else default
+
+    def u64(tag: int, default: int = 0) -> int:
+        return _U64.unpack(fields[tag][0])[0] if tag in fields else default
+
+    status = STATUS_NAMES.get(u32(F_STATE), "unknown")
+    state = ContainerState(
+        id=_string(fields[F_CONTAINER_ID][0]),
+        pid=u32(F_PID),
+        status=status,
+        created_at=u64(F_CREATED_AT),
+        started_at=u64(F_STARTED_AT),
+        message=_string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else None,
+    )
+    if status == "exited":
+        state.exit_code = _I32.unpack(fields[F_EXIT_CODE][0])[0]
+        state.signal = u32(F_EXIT_SIGNAL)
+        state.finished_at = u64(F_FINISHED_AT)
+        state.oom_killed = bool(u32(F_OOM_KILLED))
+    return state
+
+
+class PodMonitor:
+    """A connection to one pod's monitor process."""
+
+    def __init__(self, pod_dir: str, pid: int, pidfd: int) -> None:
+        self.pod_dir = pod_dir
+        self.pid = pid
+        self._pidfd = pidfd
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._next_id = 0
+        self.ns_paths: dict[str, str] = {
+            name: os.path.join(pod_dir, "ns", name)
+            for name in POD_NAMESPACES
+            if os.path.exists(os.path.join(pod_dir, "ns", name))
+        }
+
+    # ----------------------------------------------------------- life cycle
+
+    @classmethod
+    def spawn(cls, monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0) -> "PodMonitor":
+        """Start a pod monitor and wait until it is ready (namespaces anchored, socket listening).
+
+        Raises MonitorError with the monitor's message and errno on failure;
+        the monitor has then undone its own work (after a timeout, call
+        cleanup_pod_dir).
+        """
+        ready_read, ready_write = os.pipe()
+        if ready_write == 3:
+            # dup2(3, 3) would keep close-on-exec set: hand over another fd.
+            moved = os.dup(ready_write)
+            os.close(ready_write)
+            ready_write = moved
+        stderr_fd = -1
+        try:
+            stderr_fd = (os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                         if spec.stderr_path else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            # The spawned process sets the pod up, forks the monitor, writes
+            # the ready line and exits; the monitor is not our child.
+            child = os.posix_spawn(
+                monitor_path,
+                spec.argv(monitor_path, 3),
+                {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
+                    (os.POSIX_SPAWN_DUP2, ready_write, 3),
+                ],
+            )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+            if stderr_fd >= 0:
+                os.close(stderr_fd)
+        try:
+            line = _read_ready_line(ready_read, timeout)
+        except BaseException:
+            # Stuck in set-up: stop it (what it mounted is left for cleanup_pod_dir).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal_module.SIGKILL)
+            raise
+        finally:
+            os.close(ready_read)
+            _, status = os.waitpid(child, 0)
+        if line.startswith("ok "):
+            pid = int(line.split()[1])
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise MonitorError(f"pod monitor {pid} for {spec.pod_id} died right after starting") from None
+            return cls(spec.pod_dir, pid, pidfd)
+        match = re.match(r"error (\d+) (.*)", line, re.S)
+        if match:
+            raise MonitorError(f"pod monitor for {spec.pod_id}: {match.group(2).strip()}", int(match.group(1)))
+        raise MonitorError(f"pod monitor for {spec.pod_id} exited without reporting "
+                           f"(wait status {status:#x}, said {line!r})")
+
+    @classmethod
+    def attach(cls, pod_dir: str) -> "PodMonitor":
+        """Reconnect to a running monitor (after a daemon restart)."""
+        pid_path = os.path.join(pod_dir, PID_FILE_NAME)
+        try:
+            pid = int(Path(pid_path).read_text().strip())
+        except FileNotFoundError:
+            raise MonitorError(f"no pod monitor in {pod_dir} ({pid_path} is missing)", errno.ENOENT) from None
+        except ValueError:
+            raise MonitorError(f"{pid_path} does not hold a pid", errno.EINVAL) from None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise MonitorError(f"pod monitor {pid} of {pod_dir} is not running", errno.ESRCH) from None
+        monitor = cls(pod_dir, pid, pidfd)
+        try:
+            reply = monitor._request(PING, TLVWriter())
+            reported = _U32.unpack(reply[F_PID][0])[0]
+            if reported != pid:
+                raise MonitorError(f"{pid_path} says {pid} but the socket's monitor is {reported}", errno.ESTALE)
+        except BaseException:
+            monitor.close()
+            raise
+        return monitor
+
+    def alive(self) -> bool:
+        """Whether the monitor process still runs (its pidfd turns readable when it exits)."""
+        if self._pidfd < 0:
+            return False
+        readable, _, _ = select.select([self._pidfd], [], [], 0)
+        if not readable:
+            return True
+        self._reap_if_ours()
+        return False
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Kill every container, undo the pod's mounts, and wait for the monitor to exit."""
+        deadline = time.monotonic() + timeout
+        if self.alive():
+            try:
+                self._request(SHUTDOWN, TLVWriter(), timeout=timeout)
+            except (MonitorError, OSError):
+                if self.alive():
+                    raise
+            self._wait_exit(max(0.0, deadline - time.monotonic()))
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection (the monitor keeps running)."""
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def __enter__(self) -> "PodMonitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _wait_exit(self, timeout: float) -> None:
+        if self._pidfd < 0:
+            return
+        readable, _, _ = select.select([self._pidfd], [], [], timeout)
+        if not readable:
+            raise MonitorError(f"pod monitor {self.pid} did not exit within {timeout:.1f}s", errno.ETIMEDOUT)
+        self._reap_if_ours()
+
+    def _reap_if_ours(self) -> None:
+        # The monitor is normally reparented to init; when this process is a
+        # child subreaper it is ours to reap.
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    # ------------------------------------------------------------- requests
+
+    def create(self, container_id: str, plan: LaunchPlan, log_path: str) -> CreateResult:
+        w = TLVWriter()
+        w.string(F_CONTAINER_ID, container_id)
+        w.raw(F_PLAN, plan.encode())
+        w.string(F_LOG_PATH, log_path)
+        reply = self._request(CREATE, w)
+        return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0],
+                            warnings=[_string(v) for v in reply.get(F_WARNING, [])])
+
+    def start(self, container_id: str) -> None:
+        self._request(START, self._id_fields(container_id))
+
+    def kill(self, container_id: str, signal: int, all: bool = False) -> None:
+        w = self._id_fields(container_id)
+        w.u32(F_SIGNAL, int(signal))
+        if all:
+            w.boolean(F_ALL, True)
+        self._request(KILL, w)
+
+    def state(self, container_id: str) -> ContainerState:
+        return _state_from_fields(self._request(STATE, self._id_fields(container_id)))
+
+    def list_containers(self) -> list[ContainerState]:
+        reply = self._request(LIST, TLVWriter())
+        return [_state_from_fields(_fields_to_dict(parse_tlv(nested))) for nested in reply.get(F_CONTAINER, [])]
+
+    def reopen_log(self, container_id: str) -> None:
+        self._request(REOPEN_LOG, self._id_fields(container_id))
+
+    def remove(self, container_id: str) -> None:
+        self._request(REMOVE, self._id_fields(container_id))
+
+    def ping(self) -> dict[str, object]:
+        reply = self._request(PING, TLVWriter())
+        return {"pod_id": _string(reply[F_POD_ID][0]), "version": _string(reply[F_VERSION][0]),
+                "pid": _U32.unpack(reply[F_PID][0])[0]}
+
+    @staticmethod
+    def _id_fields(container_id: str) -> TLVWriter:
+        w = TLVWriter()
+        w.string(F_CONTAINER_ID, container_id)
+        return w
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(os.path.join(self.pod_dir, SOCKET_NAME))
+        except OSError as e:
+            sock.close()
+            raise MonitorError(f"connect to the pod monitor in {self.pod_dir}: {e.strerror}",
+                               e.errno or errno.EIO) from None
+        return sock
+
+    def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0) -> dict[int, list[bytes]]:
+        name = _REQUEST_NAMES[request_type]
+        with self._lock:
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+            request_id = self._next_id
+            message = _encode_request(request_type, request_id, fields)
+            for attempt in (0, 1):
+                fresh = self._socket is None
+                if fresh:
+                    self._socket = self._connect(timeout)
+                sock = self._socket
+                sock.settimeout(timeout)
+                if len(message) > _DEFAULT_SEND_LIMIT:
+                    # A packet must fit the send buffer whole (else EMSGSIZE).
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(message) + 65536)
+                try:
+                    sock.send(message)
+                    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+                    data = sock.recv(size) if size > 0 else b""
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    # A connection the monitor dropped (or a restarted
+                    # monitor): one retry on a fresh connection.
+                    sock.close()
+                    self._socket = None
+                    if fresh or attempt == 1:
+                        raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}",
+                                           e.errno or errno.EIO) from None
+                    continue
+                except TimeoutError:
+                    sock.close()
+                    self._socket = None
+                    raise MonitorError(f"{name}: no reply from the pod monitor within {timeout}s",
+                                       errno.ETIMEDOUT) from None
+                if not data:
+                    sock.close()
+                    self._socket = None
+                    if fresh or attempt == 1 or request_type in (CREATE, START, SHUTDOWN):
+                        # These may have been acted upon; never send them twice.
+                        raise MonitorError(f"{name}: the pod monitor closed the connection", errno.ECONNRESET)
+                    continue
+                break
+        return self._parse_reply(name, request_type, request_id, data)
+
+    @staticmethod
+    def _parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> dict[int, list[bytes]]:
+        if len(data) < _MESSAGE_HEADER.size:
+            raise MonitorError(f"{name}: short reply ({len(data)} bytes)", errno.EPROTO)
+        version, reply_type, reply_id, length = _MESSAGE_HEADER.unpack_from(data)
+        if (version != PROTOCOL_VERSION or reply_type != request_type | REPLY_FLAG or reply_id != request_id
+                or length != len(data)):
+            raise MonitorError(f"{name}: unexpected reply header {(version, reply_type, reply_id, length)}",
+                               errno.EPROTO)
+        fields = _fields_to_dict(parse_tlv(memoryview(data)[_MESSAGE_HEADER.size:]))
+        status = _U32.unpack(fields[F_STATUS][0])[0] if F_STATUS in fields else errno.EPROTO
+        if status != 0:
+            message = _string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else os.strerror(status)
+            raise MonitorError(message, status)
+        return fields
+
+
+def _read_ready_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MonitorError(f"pod monitor not ready within {timeout}s", errno.ETIMEDOUT)
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def read_exit_file(path: str | os.PathLike[str]) -> ExitInfo | None:
+    """Parse an exit file written by a monitor; None if there is none (yet)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = int(value)
+    try:
+        return ExitInfo(exit_code=values["exit_code"], signal=values["signal"], pid=values["pid"],
+                        started_at=values["started_at"], finished_at=values["finished_at"],
+                        oom_killed=bool(values["oom_killed"]))
+    except KeyError as e:
+        raise MonitorError(f"exit file {path} lacks {e.args[0]}", errno.EINVAL) from None
+
+
+def cleanup_pod_dir(pod_dir: str) -> list[str]:
+    """Undo what a dead monitor left in its pod dir: lazy-unmount every mount at
+    or under it (nsfs, shm, the private self-bind) and remove the files the
+    monitor made. Returns the mount points it unmounted."""
+    root = os.path.realpath(pod_dir)
+    unmounted = []
+    mount_points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = _unescape_mountinfo(line.split()[4])
+            if point == root or point.startswith(root + "/"):
+                mount_points.append(point)
+    # Deepest first; a path may be mounted several times (stacked).
+    for point in sorted(mount_points, key=len, reverse=True):
+        try:
+            _umount_detach(point)
+            unmounted.append(point)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+    for name in (SOCKET_NAME, PID_FILE_NAME, PID_FILE_NAME + ".tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(root, name))
+    for name in POD_NAMESPACES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(root, "ns", name))
+    for name in ("ns", "shm"):
+        try:
+            os.rmdir(os.path.join(root, name))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:  # someone else's files: leave them
+                raise
+    return unmounted
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _umount_detach(path: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), 2) != 0:  # MNT_DETACH
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {path}: {os.strerror(err)}")
+
+
+def exec_sync(monitor_path: str, plan: ExecPlan, timeout: float, stdin: bytes = b"") -> ExecResult:
+    """Run `plan` inside a container and collect its output.
+
+    The helper (`crio-fast-monitor exec`) reports on a status pipe whether the
+    command ran ("exit N" / "signal N") or never could ("error ERRNO MSG"),
+    which is how its own failure is told apart from the command's exit code.
+    On timeout the helper is sent SIGTERM, on which it SIGKILLs the command
+    and reaps it (its process group is SIGKILLed if it does not exit within
+    two seconds), and TimeoutError is raised.
+    """
+    plan_bytes = plan.encode()
+    plan_read, plan_write = os.pipe()
+    status_read, status_write = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [monitor_path, "exec", "--plan-fd", str(plan_read), "--status-fd", str(status_write)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(plan_read, status_write), start_new_session=True,
+        )
+    except BaseException:
+        for fd in (plan_read, plan_write, status_read, status_write):
+            os.close(fd)
+        raise
+    os.close(plan_read)
+    os.close(status_write)
+    try:
+        return _run_exec(process, plan_bytes, plan_write, status_read, timeout, stdin)
+    finally:
+        os.close(status_read)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+        if process.poll() is None:
+            _stop_helper(process)
+
+
+def _stop_helper(process: subprocess.Popen, grace: float = 2.0) -> None:
+    # SIGTERM: the helper kills the command and reaps it itself (see exec.c);
+    # the group SIGKILL is the fallback for a helper that does not react.
+    process.send_signal(signal_module.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid)
+        process.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal_module.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, status_read: int, timeout: float,
+              stdin: bytes) -> ExecResult:
+    assert process.stdin and process.stdout and process.stderr
+    deadline = time.monotonic() + timeout
+    pidfd = os.pidfd_open(process.pid)
+    # Pending input per fd (closed once written, so the reader sees EOF) and
+    # output per fd (dropped from the poll set at EOF).
+    pending_input = {plan_write: memoryview(plan_bytes), process.stdin.fileno(): memoryview(stdin)}
+    closers = {plan_write: lambda: os.close(plan_write), process.stdin.fileno(): process.stdin.close}
+    output = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray(), status_read: bytearray()}
+    open_outputs = set(output)
+    for fd in (*pending_input, *output):
+        os.set_blocking(fd, False)
+    try:
+        helper_exited = False
+        while not helper_exited:
+            for fd in [fd for fd, data in pending_input.items() if not data]:
+                closers.pop(fd)()
+                del pending_input[fd]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _stop_helper(process)
+                raise TimeoutError(f"exec {plan_argv_for_message(plan_bytes)} timed out after {timeout}s")
+            readable, writable, _ = select.select([*open_outputs, pidfd], list(pending_input), [], remaining)
+            for fd in writable:
+                try:
+                    written = os.write(fd, pending_input[fd][:65536])
+                    pending_input[fd] = pending_input[fd][written:]
+                except BrokenPipeError:
+                    pending_input[fd] = memoryview(b"")  # the reader is gone; stop feeding it
+            for fd in readable:
+                if fd == pidfd:
+                    helper_exited = True
+                elif not _read_available(fd, output[fd]):
+                    open_outputs.discard(fd)
+        # The helper has exited, so the command has too: what it wrote is in
+        # the pipes. Do not wait for EOF (a background child may hold them).
+        for fd in open_outputs:
+            _read_available(fd, output[fd])
+        process.wait()
+    finally:
+        os.close(pidfd)
+        for close in closers.values():
+            close()
+    status_line = bytes(output[status_read]).decode(errors="replace").strip()
+    stdout = bytes(output[process.stdout.fileno()])
+    stderr = bytes(output[process.stderr.fileno()])
+    kind, _, rest = status_line.partition(" ")
+    if kind == "exit":
+        return ExecResult(exit_code=int(rest), stdout=stdout, stderr=stderr)
+    if kind == "signal":
+        return ExecResult(exit_code=128 + int(rest), stdout=stdout, stderr=stderr, signal=int(rest))
+    code = process.returncode if process.returncode and process.returncode > 0 else 1
+    if kind == "error":
+        _, _, message = rest.partition(" ")
+        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr, error=message)
+    return ExecResult(exit_code=code, stdout=stdout, stderr=stderr,
+                      error=f"exec helper exited with {process.returncode} without reporting a status")
+
+
+def plan_argv_for_message(plan_bytes: bytes) -> str:
+    """The command of an encoded plan, for error messages."""
+    from crio_fast.runtime.plan import _ARGV
+
+    args = [_string(value) for tag, value in parse_tlv(plan_bytes) if tag == _ARGV]
+    return " ".join(args) if args else "(no command)"
+
+
+def _read_available(fd: int, into: bytearray) -> bool:
+    """Read what is there without blocking; False at EOF."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        into += chunk

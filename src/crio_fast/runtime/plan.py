@@ -1,0 +1,556 @@
+"""Launch plans: Python's complete decision of how to start a process.
+
+The native launcher (``crio-fast-monitor``) executes a plan without policy of
+its own: every namespace, cgroup file, mount, id, capability and seccomp
+instruction is decided here. ``LaunchPlan.encode()`` produces the binary form
+(TLV fields, see docs/monitor.md) sent in a CREATE request; ``ExecPlan`` is
+the same format for the exec helper.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+PLAN_FORMAT_VERSION = 1
+
+# Namespace types, by the clone(2) flag the kernel uses for them.
+NAMESPACE_FLAGS: dict[str, int] = {
+    "mnt": 0x00020000,  # CLONE_NEWNS
+    "pid": 0x20000000,  # CLONE_NEWPID
+    "net": 0x40000000,  # CLONE_NEWNET
+    "ipc": 0x08000000,  # CLONE_NEWIPC
+    "uts": 0x04000000,  # CLONE_NEWUTS
+    "cgroup": 0x02000000,  # CLONE_NEWCGROUP
+}
+
+# mount(2) flags (linux/mount.h), for MountOp.flags and propagation.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+S_IFCHR = 0o020000
+
+CAPABILITIES: dict[str, int] = {
+    name: number
+    for number, name in enumerate(
+        [
+            "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+            "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+            "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
+            "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
+            "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+            "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN",
+            "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+            "CAP_CHECKPOINT_RESTORE",
+        ]
+    )
+}
+
+# Plan field tags (docs/monitor.md, "Launch plan").
+_VERSION, _NAMESPACE, _CGROUP_PROCS, _CGROUP_WRITE, _OOM_COUNTER, _ROOTFS, _OVERLAY, _MOUNT = range(1, 9)
+(_ROOTFS_READONLY, _NO_PIVOT, _ROOT_PROPAGATION, _HOSTNAME, _SYSCTL, _RLIMIT, _OOM_SCORE_ADJ, _UID, _GID,
+ _ADDITIONAL_GIDS) = range(9, 19)
+(_CAP_BOUNDING, _CAP_EFFECTIVE, _CAP_PERMITTED, _CAP_INHERITABLE, _CAP_AMBIENT, _NO_NEW_PRIVS, _SECCOMP,
+ _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK) = range(19, 35)
+_NS_TYPE, _NS_PATH = 1, 2
+_KV_KEY, _KV_VALUE = 1, 2
+_OVERLAY_LOWER, _OVERLAY_UPPER, _OVERLAY_WORK, _OVERLAY_TARGET, _OVERLAY_OPTION = range(1, 6)
+_RLIMIT_RESOURCE, _RLIMIT_SOFT, _RLIMIT_HARD = 1, 2, 3
+(_M_KIND, _M_SOURCE, _M_DESTINATION, _M_FSTYPE, _M_FLAGS, _M_DATA, _M_MODE, _M_MAJOR, _M_MINOR, _M_UID, _M_GID,
+ _M_PROPAGATION) = range(1, 13)
+
+_HEADER = struct.Struct("<HI")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+
+class TLVWriter:
+    """Builds TLV fields: u16 tag, u32 length (little-endian), value."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def raw(self, tag: int, value: bytes) -> None:
+        self._parts.append(_HEADER.pack(tag, len(value)))
+        self._parts.append(value)
+
+    def string(self, tag: int, value: str) -> None:
+        # surrogateescape: bytes that are not UTF-8 (env values, paths) pass through unchanged.
+        data = value.encode("utf-8", "surrogateescape")
+        if b"\0" in data:
+            raise ValueError(f"NUL byte in plan string {value!r}")
+        self.raw(tag, data + b"\0")
+
+    def u32(self, tag: int, value: int) -> None:
+        self.raw(tag, _U32.pack(value))
+
+    def i32(self, tag: int, value: int) -> None:
+        self.raw(tag, _I32.pack(value))
+
+    def u64(self, tag: int, value: int) -> None:
+        self.raw(tag, _U64.pack(value))
+
+    def boolean(self, tag: int, value: bool) -> None:
+        self.raw(tag, _U32.pack(1 if value else 0))
+
+    def nested(self, tag: int, inner: "TLVWriter") -> None:
+        self.raw(tag, inner.getvalue())
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def parse_tlv(data: bytes | memoryview) -> list[tuple[int, bytes]]:
+    """Split TLV-encoded bytes into (tag, value) pairs; raises ValueError if malformed."""
+    fields = []
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        if len(view) - offset < _HEADER.size:
+            raise ValueError("truncated TLV field header")
+        tag, length = _HEADER.unpack_from(view, offset)
+        offset += _HEADER.size
+        if length > len(view) - offset:
+            raise ValueError(f"TLV field {tag} claims {length} bytes, {len(view) - offset} remain")
+        fields.append((tag, bytes(view[offset:offset + length])))
+        offset += length
+    return fields
+
+
+class MountKind(enum.IntEnum):
+    MOUNT = 1  # mount(2) a filesystem
+    BIND = 2  # bind a host path
+    MKNOD = 3  # create a device node (bind `source` from the host when mknod is refused)
+    SYMLINK = 4  # symlink at destination pointing to `source`
+    MKDIR = 5  # directory and parents
+    MASK = 6  # /dev/null over a file, empty read-only tmpfs over a directory
+    READONLY = 7  # make a path read-only (recursively with MS_REC)
+
+
+@dataclass(frozen=True)
+class MountOp:
+    """One step of the container's mount setup; destinations are inside the rootfs."""
+
+    kind: MountKind
+    destination: str
+    source: str | None = None
+    fstype: str | None = None
+    flags: int = 0
+    data: str | None = None
+    mode: int = 0
+    major: int = 0
+    minor: int = 0
+    uid: int = 0
+    gid: int = 0
+    propagation: int = 0
+
+    @classmethod
+    def mount(cls, fstype: str, destination: str, flags: int = 0, data: str | None = None,
+              source: str | None = None) -> "MountOp":
+        return cls(MountKind.MOUNT, destination, source=source or fstype, fstype=fstype, flags=flags, data=data)
+
+    @classmethod
+    def bind(cls, source: str, destination: str, readonly: bool = False, recursive: bool = True,
+             flags: int = 0, propagation: int = MS_PRIVATE) -> "MountOp":
+        flags |= (MS_RDONLY if readonly else 0) | (MS_REC if recursive else 0)
+        return cls(MountKind.BIND, destination, source=source, flags=flags, propagation=propagation)
+
+    @classmethod
+    def char_device(cls, destination: str, major: int, minor: int, mode: int = 0o666,
+                    host_path: str | None = None, uid: int = 0, gid: int = 0) -> "MountOp":
+        return cls(MountKind.MKNOD, destination, source=host_path, mode=S_IFCHR | mode, major=major, minor=minor,
+                   uid=uid, gid=gid)
+
+    @classmethod
+    def symlink(cls, target: str, destination: str) -> "MountOp":
+        return cls(MountKind.SYMLINK, destination, source=target)
+
+    @classmethod
+    def mkdir(cls, destination: str, mode: int = 0o755) -> "MountOp":
+        return cls(MountKind.MKDIR, destination, mode=mode)
+
+    @classmethod
+    def mask(cls, destination: str) -> "MountOp":
+        return cls(MountKind.MASK, destination)
+
+    @classmethod
+    def readonly(cls, destination: str, recursive: bool = True) -> "MountOp":
+        return cls(MountKind.READONLY, destination, flags=MS_REC if recursive else 0)
+
+    def encode(self) -> TLVWriter:
+        w = TLVWriter()
+        w.u32(_M_KIND, int(self.kind))
+        if self.source is not None:
+            w.string(_M_SOURCE, self.source)
+        w.string(_M_DESTINATION, self.destination)
+        if self.fstype is not None:
+            w.string(_M_FSTYPE, self.fstype)
+        if self.flags:
+            w.u64(_M_FLAGS, self.flags)
+        if self.data is not None:
+            w.string(_M_DATA, self.data)
+        if self.mode:
+            w.u32(_M_MODE, self.mode)
+        if self.major or self.minor:
+            w.u32(_M_MAJOR, self.major)
+            w.u32(_M_MINOR, self.minor)
+        if self.uid or self.gid:
+            w.u32(_M_UID, self.uid)
+            w.u32(_M_GID, self.gid)
+        if self.propagation:
+            w.u32(_M_PROPAGATION, self.propagation)
+        return w
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A namespace of the process: created new (path None) or joined (path of an nsfs file)."""
+
+    type: str
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in NAMESPACE_FLAGS:
+            raise ValueError(f"unknown namespace type {self.type!r}")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """An overlay rootfs mounted inside the container's own mount namespace.
+
+    `lower` is top-most first, as overlayfs orders it. Without upper/work the
+    overlay is read-only.
+    """
+
+    lower: Sequence[str]
+    target: str
+    upper: str | None = None
+    work: str | None = None
+    options: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    resource: int  # resource.RLIMIT_*
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Capability sets as bitmasks (bit n = capability number n)."""
+
+    bounding: int = 0
+    effective: int = 0
+    permitted: int = 0
+    inheritable: int = 0
+    ambient: int = 0
+
+    @staticmethod
+    def mask(names: Iterable[str]) -> int:
+        bits = 0
+        for name in names:
+            key = name.upper()
+            if not key.startswith("CAP_"):
+                key = "CAP_" + key
+            if key not in CAPABILITIES:
+                raise ValueError(f"unknown capability {name!r}")
+            bits |= 1 << CAPABILITIES[key]
+        return bits
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], ambient: bool = False) -> "Capabilities":
+        """The usual container form: one list for bounding, effective and permitted."""
+        bits = cls.mask(names)
+        return cls(bounding=bits, effective=bits, permitted=bits, inheritable=0, ambient=bits if ambient else 0)
+
+    def encode_into(self, w: TLVWriter) -> None:
+        w.u64(_CAP_BOUNDING, self.bounding)
+        w.u64(_CAP_EFFECTIVE, self.effective)
+        w.u64(_CAP_PERMITTED, self.permitted)
+        w.u64(_CAP_INHERITABLE, self.inheritable)
+        w.u64(_CAP_AMBIENT, self.ambient)
+
+
+def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cwd: str | None,
+                    cgroup_procs: Sequence[str], uid: int | None, gid: int | None,
+                    additional_gids: Sequence[int] | None, capabilities: Capabilities | None,
+                    no_new_privs: bool, seccomp: bytes | None, seccomp_flags: int, rlimits: Sequence[Rlimit],
+                    umask: int | None, namespaces: Sequence[Namespace]) -> None:
+    """Fields shared by launch and exec plans."""
+    if not argv:
+        raise ValueError("a plan needs a command (argv)")
+    for ns in namespaces:
+        inner = TLVWriter()
+        inner.u32(_NS_TYPE, NAMESPACE_FLAGS[ns.type])
+        if ns.path is not None:
+            inner.string(_NS_PATH, ns.path)
+        w.nested(_NAMESPACE, inner)
+    for path in cgroup_procs:
+        w.string(_CGROUP_PROCS, path)
+    for limit in rlimits:
+        inner = TLVWriter()
+        inner.u32(_RLIMIT_RESOURCE, limit.resource)
+        inner.u64(_RLIMIT_SOFT, limit.soft)
+        inner.u64(_RLIMIT_HARD, limit.hard)
+        w.nested(_RLIMIT, inner)
+    if uid is not None:
+        w.u32(_UID, uid)
+    if gid is not None:
+        w.u32(_GID, gid)
+    if additional_gids is not None:
+        w.raw(_ADDITIONAL_GIDS, b"".join(_U32.pack(g) for g in additional_gids))
+    if capabilities is not None:
+        capabilities.encode_into(w)
+    if no_new_privs:
+        w.boolean(_NO_NEW_PRIVS, True)
+    if seccomp is not None:
+        if len(seccomp) == 0 or len(seccomp) % 8:
+            raise ValueError("a seccomp program is a non-empty array of 8-byte sock_filter instructions")
+        w.raw(_SECCOMP, seccomp)
+        if seccomp_flags:
+            w.u32(_SECCOMP_FLAGS, seccomp_flags)
+    if cwd is not None:
+        w.string(_CWD, cwd)
+    for entry in env:
+        w.string(_ENV, entry)
+    for arg in argv:
+        w.string(_ARGV, arg)
+    if umask is not None:
+        w.u32(_UMASK, umask)
+
+
+@dataclass
+class LaunchPlan:
+    """Everything the native launcher needs to create a container's init process."""
+
+    argv: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str | None = "/"
+    namespaces: list[Namespace] = field(default_factory=lambda: [Namespace("mnt"), Namespace("pid")])
+    cgroup_procs: list[str] = field(default_factory=list)
+    cgroup_writes: list[tuple[str, str]] = field(default_factory=list)
+    oom_counter_path: str | None = None
+    rootfs: str | None = None
+    overlay: Overlay | None = None
+    mounts: list[MountOp] = field(default_factory=list)
+    rootfs_readonly: bool = False
+    no_pivot: bool = False
+    root_propagation: int = MS_REC | MS_SLAVE
+    hostname: str | None = None
+    sysctls: dict[str, str] = field(default_factory=dict)
+    rlimits: list[Rlimit] = field(default_factory=list)
+    oom_score_adj: int | None = None
+    uid: int | None = 0
+    gid: int | None = 0
+    additional_gids: list[int] | None = None
+    capabilities: Capabilities | None = None
+    no_new_privs: bool = False
+    seccomp: bytes | None = None
+    seccomp_flags: int = 0
+    stdin: bool = False
+    tty: bool = False
+    log_line_max: int | None = None
+    umask: int | None = None
+
+    def encode(self) -> bytes:
+        if self.rootfs is not None and self.overlay is not None:
+            raise ValueError("give either a ready rootfs path or an overlay, not both")
+        w = TLVWriter()
+        w.u32(_VERSION, PLAN_FORMAT_VERSION)
+        for path, value in self.cgroup_writes:
+            inner = TLVWriter()
+            inner.string(_KV_KEY, path)
+            inner.string(_KV_VALUE, value)
+            w.nested(_CGROUP_WRITE, inner)
+        if self.oom_counter_path:
+            w.string(_OOM_COUNTER, self.oom_counter_path)
+        if self.rootfs is not None:
+            w.string(_ROOTFS, self.rootfs)
+        if self.overlay is not None:
+            inner = TLVWriter()
+            for lower in self.overlay.lower:
+                inner.string(_OVERLAY_LOWER, lower)
+            if self.overlay.upper is not None:
+                inner.string(_OVERLAY_UPPER, self.overlay.upper)
+            if self.overlay.work is not None:
+                inner.string(_OVERLAY_WORK, self.overlay.work)
+            inner.string(_OVERLAY_TARGET, self.overlay.target)
+            for option in self.overlay.options:
+                inner.string(_OVERLAY_OPTION, option)
+            w.nested(_OVERLAY, inner)
+        for op in self.mounts:
+            w.nested(_MOUNT, op.encode())
+        if self.rootfs_readonly:
+            w.boolean(_ROOTFS_READONLY, True)
+        if self.no_pivot:
+            w.boolean(_NO_PIVOT, True)
+        w.u32(_ROOT_PROPAGATION, self.root_propagation)
+        if self.hostname is not None:
+            w.string(_HOSTNAME, self.hostname)
+        for name, value in self.sysctls.items():
+            inner = TLVWriter()
+            inner.string(_KV_KEY, name)
+            inner.string(_KV_VALUE, value)
+            w.nested(_SYSCTL, inner)
+        if self.oom_score_adj is not None:
+            w.i32(_OOM_SCORE_ADJ, self.oom_score_adj)
+        if self.stdin:
+            w.boolean(_STDIN, True)
+        if self.tty:
+            w.boolean(_TTY, True)
+        if self.log_line_max is not None:
+            w.u32(_LOG_LINE_MAX, self.log_line_max)
+        _encode_process(
+            w, argv=self.argv, env=self.env, cwd=self.cwd, cgroup_procs=self.cgroup_procs, uid=self.uid,
+            gid=self.gid, additional_gids=self.additional_gids, capabilities=self.capabilities,
+            no_new_privs=self.no_new_privs, seccomp=self.seccomp, seccomp_flags=self.seccomp_flags,
+            rlimits=self.rlimits, umask=self.umask, namespaces=self.namespaces,
+        )
+        return w.getvalue()
+
+
+EXEC_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+@dataclass
+class ExecPlan:
+    """A command to run inside an existing container (no mounts: it joins the container's)."""
+
+    target_pid: int
+    argv: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    namespaces: list[Namespace] | None = None  # None: all of the target's (see for_pid)
+    cgroup_procs: list[str] = field(default_factory=list)
+    uid: int | None = 0
+    gid: int | None = 0
+    additional_gids: list[int] | None = None
+    capabilities: Capabilities | None = None
+    no_new_privs: bool = False
+    seccomp: bytes | None = None
+    seccomp_flags: int = 0
+    rlimits: list[Rlimit] = field(default_factory=list)
+    umask: int | None = None
+
+    def resolved_namespaces(self) -> list[Namespace]:
+        if self.namespaces is not None:
+            return self.namespaces
+        # Join the target's namespaces only where they differ from ours: setns
+        # into one's own namespace is pointless, and for some types refused.
+        import os
+
+        joined = []
+        for name in EXEC_NAMESPACES:
+            theirs = f"/proc/{self.target_pid}/ns/{name}"
+            try:
+                if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+                    continue
+            except FileNotFoundError:
+                continue
+            joined.append(Namespace(name, theirs))
+        return joined
+
+    def encode(self) -> bytes:
+        w = TLVWriter()
+        w.u32(_VERSION, PLAN_FORMAT_VERSION)
+        w.u32(_TARGET_PID, self.target_pid)
+        _encode_process(
+            w, argv=self.argv, env=self.env, cwd=self.cwd, cgroup_procs=self.cgroup_procs, uid=self.uid,
+            gid=self.gid, additional_gids=self.additional_gids, capabilities=self.capabilities,
+            no_new_privs=self.no_new_privs, seccomp=self.seccomp, seccomp_flags=self.seccomp_flags,
+            rlimits=self.rlimits, umask=self.umask, namespaces=self.resolved_namespaces(),
+        )
+        return w.getvalue()
+
+
+# What CRI-O hides from containers by default.
+DEFAULT_MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# (name, major, minor): the devices every container gets.
+DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
+                   ("tty", 5, 0))
+
+
+def default_linux_mounts(
+    *,
+    shm_source: str | None = None,
+    cgroup: str = "v2",
+    cgroup_v1_binds: dict[str, str] | None = None,
+    extra: Sequence[MountOp] = (),
+    masked_paths: Sequence[str] = DEFAULT_MASKED_PATHS,
+    readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS,
+    devices: Sequence[tuple[str, int, int]] = DEFAULT_DEVICES,
+    dev_size: str = "65536k",
+) -> list[MountOp]:
+    """The standard Linux container mount sequence, in order.
+
+    proc, a tmpfs /dev with the standard devices and symlinks, devpts, /dev/shm
+    (the pod's shm dir bound in when `shm_source` is given, else a private
+    tmpfs), mqueue, a read-only sysfs and cgroup filesystem; then `extra`
+    (volumes, /etc/hosts, ...); then the masked and read-only paths, last so
+    that nothing mounted later can uncover them.
+
+    `cgroup`: "v2" mounts cgroup2 (pair it with a cgroup namespace); "v1" makes
+    /sys/fs/cgroup a tmpfs with one read-only bind per entry of
+    `cgroup_v1_binds` (name -> host directory); "none" mounts nothing there.
+    """
+    nosuid_noexec_nodev = MS_NOSUID | MS_NOEXEC | MS_NODEV
+    ops = [
+        MountOp.mount("proc", "/proc", flags=nosuid_noexec_nodev),
+        MountOp.mount("tmpfs", "/dev", flags=MS_NOSUID | MS_STRICTATIME, data=f"mode=755,size={dev_size}"),
+    ]
+    for name, major, minor in devices:
+        ops.append(MountOp.char_device(f"/dev/{name}", major, minor, host_path=f"/dev/{name}"))
+    ops += [
+        MountOp.symlink("/proc/self/fd", "/dev/fd"),
+        MountOp.symlink("/proc/self/fd/0", "/dev/stdin"),
+        MountOp.symlink("/proc/self/fd/1", "/dev/stdout"),
+        MountOp.symlink("/proc/self/fd/2", "/dev/stderr"),
+        MountOp.symlink("pts/ptmx", "/dev/ptmx"),
+        MountOp.mount("devpts", "/dev/pts", flags=MS_NOSUID | MS_NOEXEC,
+                      data="newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    ]
+    if shm_source:
+        ops.append(MountOp.bind(shm_source, "/dev/shm", recursive=False, flags=nosuid_noexec_nodev))
+    else:
+        ops.append(MountOp.mount("tmpfs", "/dev/shm", flags=nosuid_noexec_nodev, data="mode=1777,size=65536k",
+                                 source="shm"))
+    ops += [
+        MountOp.mount("mqueue", "/dev/mqueue", flags=nosuid_noexec_nodev),
+        MountOp.mount("sysfs", "/sys", flags=nosuid_noexec_nodev | MS_RDONLY),
+    ]
+    if cgroup == "v2":
+        ops.append(MountOp.mount("cgroup2", "/sys/fs/cgroup", flags=nosuid_noexec_nodev | MS_RELATIME | MS_RDONLY))
+    elif cgroup == "v1":
+        ops.append(MountOp.mount("tmpfs", "/sys/fs/cgroup", flags=nosuid_noexec_nodev, data="mode=755",
+                                 source="cgroup"))
+        for name, host_dir in sorted((cgroup_v1_binds or {}).items()):
+            ops.append(MountOp.bind(host_dir, f"/sys/fs/cgroup/{name}", readonly=True, recursive=False,
+                                    flags=nosuid_noexec_nodev))
+        ops.append(MountOp.readonly("/sys/fs/cgroup", recursive=False))
+    elif cgroup != "none":
+        raise ValueError(f"cgroup must be 'v2', 'v1' or 'none', not {cgroup!r}")
+    ops += list(extra)
+    ops += [MountOp.mask(path) for path in masked_paths]
+    ops += [MountOp.readonly(path) for path in readonly_paths]
+    return ops

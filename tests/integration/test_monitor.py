@@ -1,0 +1,920 @@
+"""The per-pod monitor and native launcher against the real kernel.
+
+Each test gets a private directory under /tmp (short: the control socket path
+is limited to 107 bytes) and a harness that shuts down every monitor it
+spawned, SIGKILLs any that would not go, lazily unmounts whatever is left
+under the directory and removes it, whatever the test did. The rootfs is
+built once per module from Debian's busybox-static; containers get an
+overlay of it with a private upper dir, so no test changes it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import re
+import shutil
+import signal
+import struct
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from crio_fast._native import monitor_path
+from crio_fast.runtime import (
+    Capabilities,
+    ExecPlan,
+    ExitInfo,
+    LaunchPlan,
+    MonitorError,
+    MountOp,
+    Namespace,
+    Overlay,
+    PodMonitor,
+    PodMonitorSpec,
+    Rlimit,
+    cleanup_pod_dir,
+    default_linux_mounts,
+    exec_sync,
+    read_exit_file,
+)
+from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN
+from crio_fast.runtime.plan import TLVWriter
+from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(find_static_busybox() is None, reason="needs Debian's busybox-static"),
+]
+
+PR_SET_CHILD_SUBREAPER = 36
+ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
+LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$", re.S)
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reap_monitors():
+    """Make this process a child subreaper while the module runs.
+
+    A monitor is orphaned by design and normally adopted (and reaped) by init;
+    on hosts whose PID 1 does not reap, exited monitors would stay zombies.
+    As subreaper, PodMonitor.shutdown reaps them itself.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("cannot become a child subreaper")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+class Harness:
+    """Spawns pod monitors and containers in one private directory; cleans up everything."""
+
+    def __init__(self, base: Path, rootfs: Path) -> None:
+        self.base = base
+        self.rootfs = rootfs
+        self.exits = base / "exits"
+        self.exits.mkdir()
+        self.monitors: list[PodMonitor] = []
+        self.container_pids: list[int] = []
+
+    def spawn(self, pod_id: str = "pod", **spec: object) -> PodMonitor:
+        pod_dir = self.base / pod_id
+        pod_dir.mkdir()
+        monitor = PodMonitor.spawn(str(monitor_path()), PodMonitorSpec(pod_id, str(pod_dir), str(self.exits), **spec))
+        self.monitors.append(monitor)
+        return monitor
+
+    def container_dir(self, name: str) -> Path:
+        path = self.base / f"ctr-{name}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def plan(self, name: str, argv: list[str], *, extra_mounts: tuple = (), cgroup: str = "v2",
+             upper_files: dict[str, str] | None = None, **fields: object) -> LaunchPlan:
+        """A container over an overlay of the module's rootfs, with the standard mounts."""
+        directory = self.container_dir(name)
+        for sub in ("upper", "work", "rootfs"):
+            (directory / sub).mkdir(exist_ok=True)
+        for path, link_target in (upper_files or {}).items():
+            link = directory / "upper" / path.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(link_target)
+        fields.setdefault("namespaces", [Namespace("mnt"), Namespace("pid"), Namespace("cgroup")])
+        fields.setdefault("overlay", Overlay(lower=[str(self.rootfs)], upper=str(directory / "upper"),
+                                             work=str(directory / "work"), target=str(directory / "rootfs")))
+        fields.setdefault("mounts", default_linux_mounts(cgroup=cgroup, extra=extra_mounts))
+        fields.setdefault("env", list(ENV))
+        return LaunchPlan(argv=argv, **fields)
+
+    def log_path(self, name: str) -> str:
+        return str(self.container_dir(name) / "ctr.log")
+
+    def start(self, monitor: PodMonitor, name: str, plan: LaunchPlan) -> int:
+        result = monitor.create(name, plan, self.log_path(name))
+        self.container_pids.append(result.pid)
+        monitor.start(name)
+        return result.pid
+
+    def wait_exit(self, name: str, timeout: float = 10.0) -> ExitInfo:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = read_exit_file(self.exits / name)
+            if info is not None:
+                return info
+            time.sleep(0.005)
+        raise AssertionError(f"container {name} did not exit within {timeout}s")
+
+    def run(self, monitor: PodMonitor, name: str, plan: LaunchPlan, timeout: float = 10.0) -> ExitInfo:
+        self.start(monitor, name, plan)
+        return self.wait_exit(name, timeout)
+
+    def records(self, name: str) -> list[tuple[str, str, str]]:
+        """(stream, tag, content) of every CRI log record."""
+        text = Path(self.log_path(name)).read_text(errors="replace")
+        assert text == "" or text.endswith("\n"), "every record ends with a newline"
+        out = []
+        for line in text.split("\n")[:-1]:
+            match = LOG_RECORD.match(line)
+            assert match, f"not a CRI log record: {line[:120]!r}"
+            out.append((match.group(2), match.group(3), match.group(4)))
+        return out
+
+    def output(self, name: str, stream: str = "stdout") -> str:
+        """The stream's text, partial records joined as the kubelet does."""
+        return "".join(content + ("\n" if tag == "F" else "")
+                       for s, tag, content in self.records(name) if s == stream)
+
+    def cleanup(self) -> None:
+        killed_a_monitor = False
+        for monitor in self.monitors:
+            try:
+                monitor.shutdown(timeout=10)
+            except Exception:
+                killed_a_monitor = True
+                try:
+                    os.kill(monitor.pid, signal.SIGKILL)
+                    os.waitpid(monitor.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+            finally:
+                monitor.close()
+        if killed_a_monitor:
+            # Its containers were orphaned (to this process, the subreaper).
+            for pid in self.container_pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+        cleanup_pod_dir(str(self.base))
+
+
+@pytest.fixture
+def harness(rootfs: Path):
+    base = Path(tempfile.mkdtemp(prefix="cfm-", dir="/tmp"))
+    h = Harness(base, rootfs)
+    try:
+        yield h
+    finally:
+        try:
+            h.cleanup()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def cgroup_dir():
+    """Make test cgroups (v1 hierarchies of this host) and remove them after their processes are gone."""
+    created: list[Path] = []
+
+    def make(controller: str) -> Path:
+        root = Path("/sys/fs/cgroup") / controller
+        if not (root / "cgroup.procs").exists():
+            pytest.skip(f"no cgroup hierarchy at {root}")
+        path = root / f"crio-fast-test-{uuid.uuid4().hex[:12]}"
+        path.mkdir()
+        created.append(path)
+        return path
+
+    yield make
+    for path in reversed(created):
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                path.rmdir()
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+
+def host_mountinfo() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+def ns_inode(pid: int | str, name: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{name}").st_ino
+
+
+def status_field(text: str, name: str) -> str:
+    match = re.search(rf"^{name}:\s*(\S+)", text, re.M)
+    assert match, f"{name} missing from /proc/self/status"
+    return match.group(1)
+
+
+# ---------------------------------------------------------------- pod level
+
+
+def test_pod_monitor_anchors_new_namespaces_and_hostname(harness: Harness) -> None:
+    monitor = harness.spawn(hostname="pod-host", shm_size=8 << 20)
+    assert monitor.alive()
+    for name in ("net", "ipc", "uts"):
+        assert ns_inode(monitor.pid, name) != ns_inode("self", name), f"{name} namespace was not created"
+        # The nsfs bind mount is the same namespace, findable without the pid.
+        assert os.stat(monitor.ns_paths[name]).st_ino == ns_inode(monitor.pid, name)
+    assert ns_inode(monitor.pid, "mnt") == ns_inode("self", "mnt")
+    pod_dir = harness.base / "pod"
+    assert oct((pod_dir / "monitor.sock").stat().st_mode & 0o777) == "0o600"
+    assert int((pod_dir / "monitor.pid").read_text()) == monitor.pid
+    shm_lines = [line for line in host_mountinfo().splitlines() if f" {pod_dir}/shm " in line]
+    assert len(shm_lines) == 1 and " - tmpfs " in shm_lines[0] and "size=8192k" in shm_lines[0]
+    assert "nosuid" in shm_lines[0] and "nodev" in shm_lines[0] and "noexec" in shm_lines[0]
+    assert oct((pod_dir / "shm").stat().st_mode & 0o7777) == "0o1777"
+
+    plan = harness.plan("c", ["/bin/hostname"], namespaces=[Namespace("mnt"), Namespace("pid")])
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    assert harness.output("c") == "pod-host\n"
+
+    # The pod's /dev/shm is one tmpfs shared by its containers.
+    shm = default_linux_mounts(shm_source=str(pod_dir / "shm"))
+    writer = harness.plan("w", ["/bin/sh", "-c", "echo shared > /dev/shm/note"], mounts=shm)
+    assert harness.run(monitor, "w", writer).exit_code == 0
+    reader = harness.plan("r", ["/bin/sh", "-c", "cat /dev/shm/note; grep ' /dev/shm ' /proc/self/mountinfo"],
+                          mounts=shm)
+    assert harness.run(monitor, "r", reader).exit_code == 0
+    note, mount_line = harness.output("r").splitlines()
+    assert note == "shared" and "nosuid" in mount_line and "noexec" in mount_line
+    assert (pod_dir / "shm" / "note").read_text() == "shared\n"
+
+
+def test_pod_monitor_with_host_namespaces(harness: Harness) -> None:
+    monitor = harness.spawn(namespaces={"net": "host", "ipc": "host", "uts": "new"}, shm_size=0)
+    assert ns_inode(monitor.pid, "net") == ns_inode("self", "net")
+    assert ns_inode(monitor.pid, "ipc") == ns_inode("self", "ipc")
+    assert ns_inode(monitor.pid, "uts") != ns_inode("self", "uts")
+    assert set(monitor.ns_paths) == {"uts"}
+    assert not (harness.base / "pod" / "shm").exists()
+
+
+def test_spawn_failure_is_reported_and_undone(harness: Harness) -> None:
+    pod_dir = harness.base / "bad"
+    pod_dir.mkdir()
+    (pod_dir / "ns").mkdir()
+    (pod_dir / "ns" / "uts").write_text("someone else's file")
+    spec = PodMonitorSpec("bad", str(pod_dir), str(harness.exits))
+    with pytest.raises(MonitorError) as failure:
+        PodMonitor.spawn(str(monitor_path()), spec)
+    assert failure.value.code == errno.EEXIST
+    assert f"create {pod_dir}/ns/uts: File exists" in failure.value.message
+    # Everything the monitor made is gone again; what it found is still there.
+    assert sorted(p.name for p in pod_dir.iterdir()) == ["ns"]
+    assert sorted(p.name for p in (pod_dir / "ns").iterdir()) == ["uts"]
+    assert str(pod_dir) not in host_mountinfo()
+
+
+# ------------------------------------------------------ exit codes and logs
+
+
+def test_exit_code_and_cri_log_format(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+    started = time.time_ns()
+    info = harness.run(monitor, "c", plan)
+    assert info.exit_code == 3 and info.signal == 0 and not info.oom_killed
+    assert started <= info.started_at <= info.finished_at <= time.time_ns()
+    assert ("stdout", "F", "out") in harness.records("c")
+    assert ("stderr", "F", "err") in harness.records("c")
+    state = monitor.state("c")
+    assert (state.status, state.exit_code, state.signal) == ("exited", 3, 0)
+
+
+def test_long_line_is_split_into_partial_records(harness: Harness) -> None:
+    monitor = harness.spawn()
+    # 100 KiB without a newline, then the same with one.
+    plan = harness.plan("nonl", ["/bin/sh", "-c", "head -c 102400 /dev/zero | tr '\\0' a"])
+    assert harness.run(monitor, "nonl", plan).exit_code == 0
+    records = harness.records("nonl")
+    assert all(tag == "P" and stream == "stdout" for stream, tag, _ in records)
+    assert len(records) >= 7 and all(len(content) <= 16384 for _, _, content in records)
+    assert "".join(content for _, _, content in records) == "a" * 102400
+
+    plan = harness.plan("nl", ["/bin/sh", "-c", "head -c 5000 /dev/zero | tr '\\0' b; echo; echo next"],
+                        log_line_max=1000)
+    assert harness.run(monitor, "nl", plan).exit_code == 0
+    records = harness.records("nl")
+    assert all(len(content) <= 1000 for _, _, content in records)
+    assert harness.output("nl") == "b" * 5000 + "\nnext\n"
+    assert records[-1] == ("stdout", "F", "next")
+
+
+def test_tty_output_is_stdout(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/sh", "-c", "tty; echo to-stderr >&2"], tty=True)
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    records = harness.records("c")
+    assert records and all(stream == "stdout" for stream, _, _ in records)
+    text = harness.output("c")
+    assert "/dev/pts/0" in text and "to-stderr" in text
+
+
+def test_reopen_log_after_rotation(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.02; done"])
+    harness.start(monitor, "c", plan)
+    log = Path(harness.log_path("c"))
+    deadline = time.monotonic() + 5
+    while "tick 3" not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    rotated = log.with_name("ctr.log.1")
+    log.rename(rotated)
+    monitor.reopen_log("c")
+    while not log.exists() or "tick" not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    before = rotated.read_text()
+    monitor.kill("c", signal.SIGKILL)
+    assert harness.wait_exit("c").exit_code == 137
+    assert rotated.read_text() == before, "nothing is written to the rotated file after the reopen"
+    first_new = int(re.search(r"tick (\d+)", log.read_text()).group(1))
+    last_old = int(re.findall(r"tick (\d+)", before)[-1])
+    assert first_new == last_old + 1, "no line is lost or duplicated across the rotation"
+
+
+# ----------------------------------------------------------- isolation
+
+
+def test_pid_one_in_its_pid_namespace(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/sh", "-c", "echo $$; exec /bin/sh -c 'echo $$; ps -o pid,comm'"])
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    lines = harness.output("c").splitlines()
+    assert lines[0] == "1" and lines[1] == "1"
+    assert re.search(r"^\s*1 ps$", "\n".join(lines[2:]), re.M), "ps ran as pid 1 (exec kept the pid)"
+
+
+def test_mount_namespace_is_private_and_overlay_leaves_with_the_container(harness: Harness) -> None:
+    monitor = harness.spawn()
+    marker = f"cftest-{uuid.uuid4().hex[:8]}"
+    plan = harness.plan("c", ["/bin/sleep", "1000"],
+                        extra_mounts=(MountOp.mount("tmpfs", "/data", source=marker, data="size=1m"),))
+    pid = harness.start(monitor, "c", plan)
+    container_mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+    upper = str(harness.container_dir("c") / "upper")
+    assert f"upperdir={upper}" in container_mounts
+    assert re.search(rf"^\S+ \S+ \S+ \S+ /data .* - tmpfs {marker} ", container_mounts, re.M)
+    host = host_mountinfo()
+    assert marker not in host and upper not in host
+    assert str(harness.container_dir("c")) not in host
+
+    monitor.kill("c", signal.SIGKILL)
+    assert harness.wait_exit("c").exit_code == 137
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc_dir / "mountinfo").read_text()
+        except OSError:  # gone, or a zombie (EINVAL)
+            continue
+        assert upper not in text and marker not in text, f"overlay or tmpfs still mounted in {proc_dir}"
+
+
+def test_default_mounts_devices_masks_and_readonly_paths(harness: Harness) -> None:
+    def has_content(path: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return bool(f.read(1))
+        except OSError:
+            return False
+
+    masked_file = next((p for p in ("/proc/timer_list", "/proc/keys", "/proc/kcore") if has_content(p)), None)
+    if masked_file is None:
+        pytest.skip("none of the usual masked /proc files has content on this kernel")
+    monitor = harness.spawn()
+    script = "; ".join([
+        "stat -c '%n %F %t:%T' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty",
+        "readlink /dev/fd; readlink /dev/ptmx",
+        f"wc -c < {masked_file}",
+        "ls -A /sys/firmware | wc -l",
+        "echo 1 > /proc/sys/kernel/shm_rmid_forced && echo proc-sys-writable",
+        "touch /sys/x 2>/dev/null || echo sys-readonly",
+        "grep -c ' /sys/fs/cgroup .* cgroup2 ' /proc/self/mountinfo",
+        "head -c 4 /dev/zero | wc -c",
+    ])
+    assert harness.run(monitor, "c", harness.plan("c", ["/bin/sh", "-c", script])).exit_code == 0
+    lines = harness.output("c").splitlines()
+    assert lines[:6] == ["/dev/null character special file 1:3", "/dev/zero character special file 1:5",
+                         "/dev/full character special file 1:7", "/dev/random character special file 1:8",
+                         "/dev/urandom character special file 1:9", "/dev/tty character special file 5:0"]
+    assert lines[6:8] == ["/proc/self/fd", "pts/ptmx"]
+    assert lines[8:] == ["0", "0", "sys-readonly", "1", "4"], "kcore masked, firmware hidden, /proc/sys read-only"
+    assert "Read-only file system" in harness.output("c", "stderr")
+
+
+def test_readonly_rootfs_refuses_writes(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("ro", ["/bin/sh", "-c", "touch /newfile; echo rc=$?; touch /tmp/x; echo tmp=$?"],
+                        rootfs_readonly=True)
+    assert harness.run(monitor, "ro", plan).exit_code == 0
+    assert "rc=1" in harness.output("ro") and "Read-only file system" in harness.output("ro", "stderr")
+    assert not (harness.container_dir("ro") / "upper" / "newfile").exists()
+    plan = harness.plan("rw", ["/bin/sh", "-c", "touch /newfile; echo rc=$?"])
+    assert harness.run(monitor, "rw", plan).exit_code == 0
+    assert "rc=0" in harness.output("rw")
+    assert (harness.container_dir("rw") / "upper" / "newfile").exists()
+
+
+def test_ready_rootfs_path_and_readonly_bind_mount(harness: Harness, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "hello.txt").write_text("hello from the host\n")
+    monitor = harness.spawn()
+    # A ready rootfs (no overlay): the launcher binds it onto itself to pivot.
+    ready = harness.container_dir("c") / "ready"
+    shutil.copytree(harness.rootfs, ready, symlinks=True)
+    plan = harness.plan(
+        "c", ["/bin/sh", "-c", "cat /mnt/vol/hello.txt; echo x > /mnt/vol/new; echo rc=$?"],
+        overlay=None, rootfs=str(ready),
+        extra_mounts=(MountOp.bind(str(volume), "/mnt/vol", readonly=True),),
+    )
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    assert harness.output("c") == "hello from the host\nrc=1\n"
+    assert "Read-only file system" in harness.output("c", "stderr")
+    assert not (volume / "new").exists()
+    assert (ready / "mnt" / "vol").is_dir(), "the mount point was created inside the rootfs"
+
+
+def test_symlink_destinations_stay_inside_the_rootfs(harness: Harness) -> None:
+    monitor = harness.spawn()
+    name = f"crio-fast-escape-{uuid.uuid4().hex[:8]}"
+    assert not Path("/" + name).exists()
+    plan = harness.plan(
+        "c", ["/bin/sh", "-c", f"ls -d /{name}-dir; grep -c ' /{name}-mnt ' /proc/self/mountinfo"],
+        upper_files={"/etc/evil": "/"},
+        extra_mounts=(MountOp.mkdir(f"/etc/evil/{name}-dir"),
+                      MountOp.mount("tmpfs", f"/etc/evil/{name}-mnt", data="size=1m")),
+    )
+    try:
+        assert harness.run(monitor, "c", plan).exit_code == 0
+        # /etc/evil -> / resolved to the container's root, not the host's.
+        assert harness.output("c") == f"/{name}-dir\n1\n"
+        assert not Path("/" + name + "-dir").exists() and not Path("/" + name + "-mnt").exists()
+        assert (harness.container_dir("c") / "upper" / f"{name}-dir").is_dir()
+        assert name not in host_mountinfo()
+    finally:
+        for leftover in (Path(f"/{name}-dir"), Path(f"/{name}-mnt")):
+            if leftover.exists():
+                leftover.rmdir()
+
+
+def test_join_another_containers_pid_namespace(harness: Harness) -> None:
+    monitor = harness.spawn()
+    first = harness.start(monitor, "first", harness.plan("first", ["/bin/sleep", "1000"]))
+    plan = harness.plan("second", ["/bin/sh", "-c", "echo $$; ps -o pid,comm"],
+                        namespaces=[Namespace("mnt"), Namespace("pid", f"/proc/{first}/ns/pid")])
+    assert harness.run(monitor, "second", plan).exit_code == 0
+    lines = harness.output("second").splitlines()
+    assert lines[0] != "1"
+    assert re.search(r"^\s*1 sleep$", "\n".join(lines), re.M), "the first container's init is pid 1 here"
+    # The monitor went back to its own pid namespace after the clone.
+    assert ns_inode(monitor.pid, "pid_for_children") == ns_inode("self", "pid")
+
+
+def test_process_settings(harness: Harness) -> None:
+    import resource
+
+    host_value = Path("/proc/sys/kernel/shm_rmid_forced").read_text().strip()
+    pod_value = "0" if host_value == "1" else "1"
+    monitor = harness.spawn()
+    script = ("hostname; cat /proc/sys/kernel/shm_rmid_forced; ulimit -n; pwd; umask; echo $GREETING; "
+              "cat /proc/self/mountinfo | grep -c ' / / '")
+    plan = harness.plan(
+        "c", ["/bin/sh", "-c", script],
+        namespaces=[Namespace("mnt"), Namespace("pid"), Namespace("uts"), Namespace("cgroup")],
+        hostname="own-uts", sysctls={"kernel.shm_rmid_forced": pod_value},
+        rlimits=[Rlimit(resource.RLIMIT_NOFILE, 1000, 2000)], cwd="/srv/created/here", umask=0o027,
+        env=[*ENV, "GREETING=hello there"], no_pivot=True,
+    )
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    assert harness.output("c").splitlines() == ["own-uts", pod_value, "1000", "/srv/created/here", "0027",
+                                                "hello there", "1"]
+    assert (harness.container_dir("c") / "upper" / "srv" / "created" / "here").is_dir()
+    # The sysctl went to the pod's IPC namespace, not the host's.
+    assert Path("/proc/sys/kernel/shm_rmid_forced").read_text().strip() == host_value
+
+
+def test_stdin_pipe_is_held_open(harness: Harness) -> None:
+    monitor = harness.spawn()
+    probe = "if read -t 1 line; then echo got; else echo rc=$?; fi; ls -l /proc/self/fd/0"
+    plan = harness.plan("held", ["/bin/sh", "-c", probe], stdin=True)
+    started = time.monotonic()
+    assert harness.run(monitor, "held", plan).exit_code == 0
+    assert time.monotonic() - started >= 0.9, "read waited: the monitor holds the pipe's write end"
+    assert "pipe:" in harness.output("held") and "rc=" in harness.output("held")
+    plan = harness.plan("null", ["/bin/sh", "-c", probe])
+    assert harness.run(monitor, "null", plan).exit_code == 0
+    assert "/dev/null" in harness.output("null"), "without stdin the container reads /dev/null"
+
+
+# ------------------------------------------------------------ credentials
+
+
+def test_uid_gid_and_groups(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/id"], uid=1000, gid=1000, additional_gids=[2000], cwd="/home/user")
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    out = harness.output("c")
+    assert out.startswith("uid=1000(user) gid=1000(user) groups=") and "2000(extra)" in out
+    assert "0(root)" not in out
+
+
+def test_capabilities_and_no_new_privs(harness: Harness) -> None:
+    monitor = harness.spawn()
+    caps = Capabilities.from_names(["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"])
+    plan = harness.plan("c", ["/bin/cat", "/proc/self/status"], capabilities=caps, no_new_privs=True)
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    status = harness.output("c")
+    expected = (1 << 0) | (1 << 5) | (1 << 10)
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status_field(status, field), 16) == expected, field
+    assert int(status_field(status, "CapInh"), 16) == 0
+    assert status_field(status, "NoNewPrivs") == "1"
+
+    # Non-root with ambient capabilities keeps them across exec.
+    ambient = Capabilities(bounding=expected, effective=expected, permitted=expected, inheritable=expected,
+                           ambient=1 << 10)
+    plan = harness.plan("user", ["/bin/cat", "/proc/self/status"], uid=1000, gid=1000, capabilities=ambient)
+    assert harness.run(monitor, "user", plan).exit_code == 0
+    status = harness.output("user")
+    assert int(status_field(status, "CapAmb"), 16) == 1 << 10
+    assert int(status_field(status, "CapEff"), 16) == 1 << 10
+    assert status_field(status, "NoNewPrivs") == "0"
+
+
+def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("<HBBI", code, jt, jf, k)
+
+
+def deny_unshare_filter() -> bytes:
+    """Allow everything except unshare(2), which fails with EPERM (x86_64)."""
+    load_word, jump_equal, ret = 0x20, 0x15, 0x06
+    audit_arch_x86_64, nr_unshare = 0xC000003E, 272
+    allow, errno_eperm = 0x7FFF0000, 0x00050000 | errno.EPERM
+    return b"".join([
+        _bpf(load_word, 4),  # seccomp_data.arch
+        _bpf(jump_equal, audit_arch_x86_64, jt=1, jf=0),
+        _bpf(ret, allow),
+        _bpf(load_word, 0),  # seccomp_data.nr
+        _bpf(jump_equal, nr_unshare, jt=0, jf=1),
+        _bpf(ret, errno_eperm),
+        _bpf(ret, allow),
+    ])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the test filter is written for x86_64")
+@pytest.mark.parametrize("no_new_privs", [True, False])
+def test_seccomp_filter_makes_unshare_fail(harness: Harness, no_new_privs: bool) -> None:
+    monitor = harness.spawn()
+    script = "unshare -n true; echo rc=$?; grep Seccomp: /proc/self/status"
+    plan = harness.plan("filtered", ["/bin/sh", "-c", script], seccomp=deny_unshare_filter(),
+                        no_new_privs=no_new_privs)
+    assert harness.run(monitor, "filtered", plan).exit_code == 0
+    assert "rc=1" in harness.output("filtered") and "Seccomp:\t2" in harness.output("filtered")
+    assert "Operation not permitted" in harness.output("filtered", "stderr")
+    plan = harness.plan("open", ["/bin/sh", "-c", script], no_new_privs=no_new_privs)
+    assert harness.run(monitor, "open", plan).exit_code == 0
+    assert "rc=0" in harness.output("open")
+
+
+def test_oom_score_adj_is_set_or_clamped_with_a_warning(harness: Harness) -> None:
+    monitor = harness.spawn()
+    raised = harness.plan("up", ["/bin/cat", "/proc/self/oom_score_adj"], oom_score_adj=500)
+    result = monitor.create("up", raised, harness.log_path("up"))
+    assert result.warnings == []
+    monitor.start("up")
+    harness.wait_exit("up")
+    assert harness.output("up") == "500\n"
+    lowered = harness.plan("down", ["/bin/cat", "/proc/self/oom_score_adj"], oom_score_adj=-999)
+    result = monitor.create("down", lowered, harness.log_path("down"))
+    monitor.start("down")
+    harness.wait_exit("down")
+    if result.warnings:  # no CAP_SYS_RESOURCE here: kept the monitor's value
+        assert "oom_score_adj -999 refused" in result.warnings[0]
+        assert harness.output("down") == Path(f"/proc/{monitor.pid}/oom_score_adj").read_text()
+    else:
+        assert harness.output("down") == "-999\n"
+
+
+# ------------------------------------------------------- errors and signals
+
+
+def test_exec_of_a_missing_binary_fails_start(harness: Harness) -> None:
+    monitor = harness.spawn()
+    monitor.create("abs", harness.plan("abs", ["/bin/nope"]), harness.log_path("abs"))
+    with pytest.raises(MonitorError) as failure:
+        monitor.start("abs")
+    assert failure.value.code == errno.EIO
+    assert failure.value.message == "exec: /bin/nope: No such file or directory"
+    assert harness.wait_exit("abs").exit_code == 127
+    monitor.create("rel", harness.plan("rel", ["nope"]), harness.log_path("rel"))
+    with pytest.raises(MonitorError, match=r'exec: "nope": executable file not found in \$PATH'):
+        monitor.start("rel")
+
+
+def test_create_errors_are_precise_and_leave_nothing(harness: Harness) -> None:
+    monitor = harness.spawn()
+    missing = harness.container_dir("c") / "missing-lower"
+    plan = harness.plan("c", ["/bin/true"],
+                        overlay=Overlay(lower=[str(missing)], target=str(harness.container_dir("c") / "rootfs")))
+    with pytest.raises(MonitorError) as failure:
+        monitor.create("c", plan, harness.log_path("c"))
+    assert str(missing) in failure.value.message and "No such file or directory" in failure.value.message
+    time.sleep(0.05)
+    assert not (harness.exits / "c").exists(), "a container that was never created has no exit file"
+    # The failed container is forgotten: the id can be used again at once.
+    assert [s.id for s in monitor.list_containers()] == []
+    plan = harness.plan("c", ["/bin/true"])
+    assert harness.run(monitor, "c", plan).exit_code == 0
+
+    bad = harness.plan("bad", ["/bin/true"], sysctls={"kernel.no_such_sysctl_here": "1"})
+    with pytest.raises(MonitorError, match="kernel.no_such_sysctl_here.*No such file or directory"):
+        monitor.create("bad", bad, harness.log_path("bad"))
+    with pytest.raises(MonitorError) as failure:
+        monitor.create("../escape", harness.plan("x", ["/bin/true"]), harness.log_path("x"))
+    assert failure.value.code == errno.EINVAL
+    with pytest.raises(MonitorError, match="a hostname needs a new uts namespace"):
+        monitor.create("shared-uts", harness.plan("x", ["/bin/true"], hostname="renamed"), harness.log_path("x"))
+
+
+def test_malformed_plans_are_rejected_without_harm(harness: Harness) -> None:
+    monitor = harness.spawn()
+    good = harness.plan("c", ["/bin/true"]).encode()
+    candidates = [b"", b"\x01", good[:-3], good[:7], good[:40] + b"\xff" * 9, b"\x01\x00\x04\x00\x00\x00\x09\x00\x00\x00",
+                  good.replace(b"/bin/true\0", b"/bin/true!")]
+    for index, plan_bytes in enumerate(candidates):
+        w = TLVWriter()
+        w.string(F_CONTAINER_ID, f"bad{index}")
+        w.raw(F_PLAN, plan_bytes)
+        w.string(F_LOG_PATH, harness.log_path("c"))
+        with pytest.raises(MonitorError) as failure:
+            monitor._request(CREATE, w)
+        assert failure.value.code in (errno.EINVAL, errno.EPROTO), failure.value.message
+        assert "invalid launch plan" in failure.value.message
+    assert monitor.ping()["pid"] == monitor.pid
+    assert monitor.list_containers() == []
+
+
+def test_large_plan(harness: Harness) -> None:
+    monitor = harness.spawn()
+    env = [*ENV, *(f"VARIABLE_{index}={'x' * 200}" for index in range(1500))]
+    plan = harness.plan("c", ["/bin/sh", "-c", "echo $VARIABLE_1499 | wc -c"], env=env)
+    assert len(plan.encode()) > 300_000
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    assert harness.output("c") == "201\n"
+
+
+def test_kill_with_sigterm_and_sigkill(harness: Harness) -> None:
+    monitor = harness.spawn()
+    # Without a pid namespace of its own: an ns init ignores SIGTERM it has no handler for.
+    shared = harness.plan("term", ["/bin/sleep", "1000"], namespaces=[Namespace("mnt")], cgroup="none")
+    harness.start(monitor, "term", shared)
+    assert monitor.state("term").status == "running"
+    monitor.kill("term", signal.SIGTERM)
+    info = harness.wait_exit("term")
+    assert (info.exit_code, info.signal) == (143, signal.SIGTERM)
+
+    pid = harness.start(monitor, "nine", harness.plan("nine", ["/bin/sleep", "1000"]))
+    os.kill(pid, signal.SIGKILL)  # killed from outside, not through the monitor
+    info = harness.wait_exit("nine")
+    assert (info.exit_code, info.signal) == (137, signal.SIGKILL)
+    state = monitor.state("nine")
+    assert (state.status, state.exit_code) == ("exited", 137)
+    with pytest.raises(MonitorError) as failure:
+        monitor.kill("nine", signal.SIGKILL)
+    assert failure.value.code == errno.ESRCH
+
+
+def test_list_and_remove(harness: Harness) -> None:
+    monitor = harness.spawn()
+    harness.start(monitor, "long", harness.plan("long", ["/bin/sleep", "1000"]))
+    harness.run(monitor, "short", harness.plan("short", ["/bin/true"]))
+    states = {s.id: s for s in monitor.list_containers()}
+    assert states["long"].status == "running" and states["short"].status == "exited"
+    with pytest.raises(MonitorError) as failure:
+        monitor.remove("long")
+    assert failure.value.code == errno.EBUSY
+    monitor.remove("short")
+    with pytest.raises(MonitorError) as failure:
+        monitor.state("short")
+    assert failure.value.code == errno.ENOENT
+    assert (harness.exits / "short").exists(), "the exit file is the daemon's to delete"
+
+    # Created, never started: it can be killed, and then not started any more.
+    monitor.create("idle", harness.plan("idle", ["/bin/true"]), harness.log_path("idle"))
+    assert monitor.state("idle").status == "created"
+    monitor.kill("idle", signal.SIGKILL)
+    info = harness.wait_exit("idle")
+    assert (info.exit_code, info.started_at) == (137, 0)
+    with pytest.raises(MonitorError, match="cannot be started: it is exited"):
+        monitor.start("idle")
+
+
+def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir) -> None:
+    memory = cgroup_dir("memory")
+    pids = cgroup_dir("pids")
+    monitor = harness.spawn()
+    plan = harness.plan(
+        "oom", ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
+        cgroup_writes=[(str(memory / "memory.limit_in_bytes"), str(16 << 20)), (str(pids / "pids.max"), "20")],
+        cgroup_procs=[str(memory / "cgroup.procs"), str(pids / "cgroup.procs")],
+        oom_counter_path=str(memory / "memory.oom_control"),
+        namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
+    )
+    info = harness.run(monitor, "oom", plan)
+    assert (info.exit_code, info.oom_killed) == (137, True)
+    assert f"memory:/{memory.name}" in harness.output("oom") and f"pids:/{pids.name}" in harness.output("oom")
+    assert (pids / "pids.max").read_text().strip() == "20"
+
+    # Same cgroup, no new OOM kill: the flag is the counter's change during this container's life.
+    plan.argv = ["/bin/true"]
+    plan.cgroup_writes = []
+    info = harness.run(monitor, "fine", plan)
+    assert (info.exit_code, info.oom_killed) == (0, False)
+
+
+def test_kill_all_signals_the_whole_cgroup(harness: Harness, cgroup_dir) -> None:
+    pids = cgroup_dir("pids")
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/bin/sh", "-c", "sleep 1000 & echo $!; exec sleep 1000"],
+                        namespaces=[Namespace("mnt")], cgroup="none", cgroup_procs=[str(pids / "cgroup.procs")])
+    pid = harness.start(monitor, "c", plan)
+    deadline = time.monotonic() + 5
+    while not harness.output("c"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    background = int(harness.output("c"))
+    members = {int(p) for p in (pids / "cgroup.procs").read_text().split()}
+    assert members == {pid, background}
+    monitor.kill("c", signal.SIGKILL, all=True)
+    assert harness.wait_exit("c").exit_code == 137
+    deadline = time.monotonic() + 5
+    while (pids / "cgroup.procs").read_text().strip():
+        assert time.monotonic() < deadline, "the background process survived KILL --all"
+        time.sleep(0.01)
+
+
+def test_many_overlay_layers(harness: Harness, tmp_path: Path) -> None:
+    monitor = harness.spawn()
+    layers = []
+    for index in range(40):
+        layer = tmp_path / f"layer-with-a-deliberately-long-directory-name-to-pass-one-page-{index:03d}"
+        layer.mkdir()
+        (layer / f"file{index}").write_text(str(index))
+        layers.append(str(layer))
+    assert sum(len(p) + 1 for p in layers) > 4096, "more than mount(2) could take in one page"
+    directory = harness.container_dir("c")
+    for sub in ("upper", "work", "rootfs"):
+        (directory / sub).mkdir()
+    overlay = Overlay(lower=[*reversed(layers), str(harness.rootfs)], upper=str(directory / "upper"),
+                      work=str(directory / "work"), target=str(directory / "rootfs"))
+    plan = harness.plan("c", ["/bin/sh", "-c", "cat /file0 /file39; ls / | grep -c '^file'"], overlay=overlay)
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    assert harness.output("c") == "0" + "39" + "40\n"
+
+
+# ----------------------------------------------- daemon restart, shutdown
+
+
+def test_containers_survive_the_daemon_and_attach_reconnects(harness: Harness) -> None:
+    monitor = harness.spawn()
+    pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sleep", "1000"]))
+    monitor_pid = monitor.pid
+    # The "daemon" forgets everything it had.
+    monitor.close()
+    harness.monitors.clear()
+    del monitor
+    attached = PodMonitor.attach(str(harness.base / "pod"))
+    harness.monitors.append(attached)
+    assert attached.pid == monitor_pid and attached.alive()
+    state = attached.state("c")
+    assert (state.status, state.pid) == ("running", pid)
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    attached.kill("c", signal.SIGKILL)
+    assert harness.wait_exit("c").exit_code == 137
+
+
+def test_shutdown_leaves_no_process_mount_or_file(harness: Harness) -> None:
+    monitor = harness.spawn(hostname="gone")
+    pod_dir = harness.base / "pod"
+    harness.start(monitor, "a", harness.plan("a", ["/bin/sleep", "1000"]))
+    # No pid namespace: its background child is reparented to the monitor.
+    shared = harness.plan("b", ["/bin/sh", "-c", "sleep 1000 & echo $!; exec sleep 1000"],
+                          namespaces=[Namespace("mnt")], cgroup="none")
+    harness.start(monitor, "b", shared)
+    deadline = time.monotonic() + 5
+    while not harness.output("b"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    monitor_process = psutil.Process(monitor.pid)
+    victims = monitor_process.children(recursive=True)
+    assert int(harness.output("b")) in {p.pid for p in victims}
+    assert len(victims) >= 3
+
+    monitor.shutdown()
+    assert not monitor.alive()
+    assert not psutil.pid_exists(monitor_process.pid)
+    for process in victims:
+        assert not psutil.pid_exists(process.pid), f"{process.pid} survived the pod"
+    assert str(pod_dir) not in host_mountinfo()
+    assert list(pod_dir.iterdir()) == []
+    assert {p.name for p in harness.exits.iterdir()} == {"a", "b"}
+    assert harness.wait_exit("a").exit_code == 137
+
+
+def test_cleanup_after_a_killed_monitor(harness: Harness) -> None:
+    monitor = harness.spawn()
+    pod_dir = harness.base / "pod"
+    pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sleep", "1000"]))
+    os.kill(monitor.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while monitor.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # The container lives on, orphaned; the anchors stay mounted.
+    assert psutil.pid_exists(pid)
+    assert f" {pod_dir}/ns/net " in host_mountinfo()
+    with pytest.raises(MonitorError) as failure:
+        monitor.state("c")
+    assert failure.value.code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE)
+    unmounted = cleanup_pod_dir(str(pod_dir))
+    assert {f"{pod_dir}/ns/net", f"{pod_dir}/ns/ipc", f"{pod_dir}/ns/uts", f"{pod_dir}/shm", str(pod_dir)} <= set(unmounted)
+    assert str(pod_dir) not in host_mountinfo()
+    assert list(pod_dir.iterdir()) == []
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # adopted by this process, the subreaper
+
+
+# ------------------------------------------------------------------ exec
+
+
+def test_exec_sync_runs_inside_the_container(harness: Harness) -> None:
+    monitor = harness.spawn(hostname="exec-host")
+    pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sleep", "1000"]))
+    binary = str(monitor_path())
+
+    def run(argv: list[str], **kw: object):
+        return exec_sync(binary, ExecPlan(target_pid=pid, argv=argv, env=list(ENV), cwd="/"), **kw)
+
+    result = run(["/bin/sh", "-c", "hostname; echo $$; ps -o pid,comm; echo oops >&2; exit 7"], timeout=10)
+    assert result.exit_code == 7 and result.error is None
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "exec-host" and lines[1] != "1"
+    assert re.search(r"^\s*1 sleep$", result.stdout.decode(), re.M), "sees the container's pid namespace"
+    assert result.stderr == b"oops\n"
+
+    assert run(["cat"], timeout=10, stdin=b"fed through stdin").stdout == b"fed through stdin"
+
+    missing = run(["/bin/nope"], timeout=10)
+    assert missing.exit_code == 127 and missing.error == "exec: /bin/nope: No such file or directory"
+    assert b"/bin/nope" in missing.stderr
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        run(["/bin/sleep", "77"], timeout=0.5)
+    assert time.monotonic() - started < 5
+    # The helper reaped the killed command itself: nothing was orphaned to us.
+    assert not [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 5
+    while True:  # the killed command is gone from the container
+        listing = run(["ps", "-o", "args"], timeout=10).stdout.decode()
+        if "sleep 77" not in listing:
+            break
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.05)
+    # With the command reaped, the container dies at once on SHUTDOWN.
+    started = time.monotonic()
+    monitor.shutdown()
+    assert time.monotonic() - started < 2
