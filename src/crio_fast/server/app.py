@@ -40,6 +40,21 @@ LOG_LEVELS = {
 }
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Pod monitors detach by double fork; as a subreaper the daemon, not PID 1
+    (which on some hosts reaps late or never), inherits them, and reaps each
+    when its pod shuts down."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        log.warning("prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(err))
+
+
 def apply_log_level(level: str) -> None:
     logging.getLogger("crio_fast").setLevel(LOG_LEVELS.get(level, logging.INFO))
 
@@ -58,6 +73,7 @@ class Daemon:
             os.makedirs(path, mode=0o711, exist_ok=True)
 
     async def start(self) -> None:
+        become_subreaper()
         self._prepare_dirs()
         self.lock.acquire()
         listen = self.config.api.listen

@@ -15,7 +15,11 @@ from typing import Any
 
 from crio_fast import _native
 from crio_fast.config import Config
+from crio_fast.cgroups import CgroupManager
+from crio_fast.container.manager import ContainerManager
 from crio_fast.image.manager import ImageManager
+from crio_fast.sandbox.manager import SandboxManager
+from crio_fast.state.records import StateStore
 from crio_fast.image.store import ImageStore
 from crio_fast.network.config import NoNetworkConfig, find_default_network
 from crio_fast.version import version_string
@@ -84,6 +88,13 @@ class Engine:
             auth_file=config.image.global_auth_file,
             max_parallel_layers=config.image.max_parallel_layer_pulls,
         )
+        monitor = config.runtime.monitor_path or str(_native.monitor_path())
+        self.cgroups = CgroupManager(driver=config.runtime.cgroup_manager)
+        self.state = StateStore(config.crio.root)
+        self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor)
+        self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor)
+        self.sandboxes.containers = self.containers
+        self.sandboxes.recover()
 
     async def close(self) -> None:
         await self.images.close()
@@ -129,6 +140,7 @@ class Engine:
                     merged, **{section: dataclasses.replace(getattr(merged, section), **{name: new_flat[key]})}
                 )
             self.config = merged
+        self.sandboxes.config = self.containers.config = self.config
         self.images.reconfigure(
             registries_conf=self.config.image.registries_conf,
             auth_file=self.config.image.global_auth_file,

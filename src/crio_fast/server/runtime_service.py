@@ -6,12 +6,14 @@ the base class answers them UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
 import grpc
 
 from crio_fast.api import api_pb2 as pb
+from crio_fast.errors import InvalidArgument
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
 
@@ -68,3 +70,95 @@ class RuntimeServicer(ServicerBase):
     ) -> pb.UpdateRuntimeConfigResponse:
         self.engine.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
+
+    # -- pods ------------------------------------------------------------------
+
+    async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.RunPodSandboxResponse:
+        pod_id = await asyncio.to_thread(self.engine.sandboxes.run, request.config, request.runtime_handler)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.StopPodSandboxResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        await asyncio.to_thread(self.engine.sandboxes.stop, request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.RemovePodSandboxResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        await asyncio.to_thread(self.engine.sandboxes.remove, request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> pb.PodSandboxStatusResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        sandboxes = self.engine.sandboxes
+        record = sandboxes.get(request.pod_sandbox_id)
+        response = pb.PodSandboxStatusResponse(status=sandboxes.status_proto(record))
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {"pid": record.monitor_pid, "podDir": record.pod_dir, "cgroup": record.cgroup_path,
+                 "namespaces": record.ns_paths, "runtimeHandler": record.runtime_handler}
+            )
+        return response
+
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.ListPodSandboxResponse:
+        sandboxes = self.engine.sandboxes
+        records = sandboxes.list(request.filter if request.HasField("filter") else None)
+        return pb.ListPodSandboxResponse(items=[sandboxes.sandbox_proto(r) for r in records])
+
+    # -- containers ------------------------------------------------------------
+
+    async def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.aio.ServicerContext) -> pb.CreateContainerResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        container_id = await asyncio.to_thread(
+            self.engine.containers.create, request.pod_sandbox_id, request.config, request.sandbox_config
+        )
+        return pb.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(self, request: pb.StartContainerRequest, context: grpc.aio.ServicerContext) -> pb.StartContainerResponse:
+        _require(request.container_id, "container_id")
+        await asyncio.to_thread(self.engine.containers.start, request.container_id)
+        return pb.StartContainerResponse()
+
+    async def StopContainer(self, request: pb.StopContainerRequest, context: grpc.aio.ServicerContext) -> pb.StopContainerResponse:
+        _require(request.container_id, "container_id")
+        await asyncio.to_thread(self.engine.containers.stop, request.container_id, request.timeout)
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> pb.RemoveContainerResponse:
+        _require(request.container_id, "container_id")
+        await asyncio.to_thread(self.engine.containers.remove, request.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> pb.ContainerStatusResponse:
+        _require(request.container_id, "container_id")
+        containers = self.engine.containers
+        record = containers.get(request.container_id)
+        response = pb.ContainerStatusResponse(status=containers.status_proto(record))
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {"pid": record.pid, "sandboxID": record.pod_id, "bundle": record.bundle, "cgroup": record.cgroup_path}
+            )
+        return response
+
+    async def ListContainers(self, request: pb.ListContainersRequest, context: grpc.aio.ServicerContext) -> pb.ListContainersResponse:
+        containers = self.engine.containers
+        records = containers.list(request.filter if request.HasField("filter") else None)
+        return pb.ListContainersResponse(containers=[containers.container_proto(r) for r in records])
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.aio.ServicerContext) -> pb.ExecSyncResponse:
+        _require(request.container_id, "container_id")
+        exit_code, stdout, stderr = await asyncio.to_thread(
+            self.engine.containers.exec_sync, request.container_id, list(request.cmd), request.timeout
+        )
+        return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReopenContainerLogResponse:
+        _require(request.container_id, "container_id")
+        await asyncio.to_thread(self.engine.containers.reopen_log, request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+
+def _require(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{field} is empty")

@@ -1,0 +1,585 @@
+"""Container lifecycle on the native runtime.
+
+CreateContainer turns the CRI ContainerConfig plus the image config into a
+resolved launch plan (argv, env, user, capabilities, the overlay rootfs of the
+image's layers plus a private upper dir, the mount sequence, the cgroup) and
+hands it to the pod's monitor, which prepares the container up to its exec.
+StartContainer releases it. Exits are read from the exit files the monitor
+writes, so they survive a daemon restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from crio_fast.api import api_pb2 as pb
+from crio_fast.cgroups import CgroupError, CgroupManager, Resources
+from crio_fast.config import Config
+from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.image.manager import ImageManager
+from crio_fast.runtime.monitor import MonitorError, exec_sync, read_exit_file
+from crio_fast.runtime.plan import (
+    CAPABILITIES,
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+    MS_PRIVATE,
+    MS_SHARED,
+    MS_SLAVE,
+    Capabilities,
+    ExecPlan,
+    LaunchPlan,
+    MountOp,
+    Namespace,
+    Overlay,
+    default_linux_mounts,
+)
+from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
+from crio_fast.state.records import (
+    CTR_CREATED,
+    CTR_EXITED,
+    CTR_RUNNING,
+    CTR_UNKNOWN,
+    POD_READY,
+    ContainerRecord,
+    StateStore,
+)
+
+log = logging.getLogger("crio_fast.container")
+
+STATE_TO_PROTO = {
+    CTR_CREATED: pb.ContainerState.CONTAINER_CREATED,
+    CTR_RUNNING: pb.ContainerState.CONTAINER_RUNNING,
+    CTR_EXITED: pb.ContainerState.CONTAINER_EXITED,
+    CTR_UNKNOWN: pb.ContainerState.CONTAINER_UNKNOWN,
+}
+# Bind mounts are recursive, and so is the propagation change applied to them.
+PROPAGATION = {
+    pb.MountPropagation.PROPAGATION_PRIVATE: MS_PRIVATE,
+    pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER: MS_SLAVE,
+    pb.MountPropagation.PROPAGATION_BIDIRECTIONAL: MS_SHARED,
+}
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KILL_WAIT_SECONDS = 10.0
+
+
+def container_name(meta: pb.ContainerMetadata, pod: pb.PodSandboxMetadata) -> str:
+    return f"k8s_{meta.name}_{pod.name}_{pod.namespace}_{pod.uid}_{meta.attempt}"
+
+
+def decode_container_config(data: str) -> pb.ContainerConfig:
+    config = pb.ContainerConfig()
+    config.ParseFromString(base64.b64decode(data))
+    return config
+
+
+def parse_signal(name: str) -> int:
+    """An image's StopSignal ("SIGQUIT", "QUIT", "3") as a number; SIGTERM if empty."""
+    if not name:
+        return signal.SIGTERM
+    if name.isdigit():
+        return int(name)
+    key = name.upper()
+    if not key.startswith("SIG"):
+        key = "SIG" + key
+    try:
+        return int(signal.Signals[key])
+    except KeyError:
+        raise InvalidArgument(f"image stop signal {name!r} is not a signal") from None
+
+
+def _find_in_layers(layer_dirs: list[Path], relative: str) -> Path | None:
+    """The file a container would see at ``relative``: the top-most layer that has it."""
+    for layer in layer_dirs:
+        candidate = layer / relative
+        try:
+            st = candidate.lstat()
+        except OSError:
+            continue
+        if st.st_rdev == 0 and (st.st_mode & 0o170000) == 0o020000:
+            return None  # whited out
+        return candidate
+    return None
+
+
+def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int], str]:
+    """uid, gid, extra gids and name for an image/CRI user ("name", "uid", "uid:gid", "name:group")."""
+    user, _, group = spec.partition(":")
+    passwd = _find_in_layers(layer_dirs, "etc/passwd")
+    groups_file = _find_in_layers(layer_dirs, "etc/group")
+    entries = []
+    if passwd is not None:
+        for line in passwd.read_text(errors="replace").splitlines():
+            parts = line.split(":")
+            if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+                entries.append((parts[0], int(parts[2]), int(parts[3])))
+    group_entries = []
+    if groups_file is not None:
+        for line in groups_file.read_text(errors="replace").splitlines():
+            parts = line.split(":")
+            if len(parts) >= 3 and parts[2].isdigit():
+                members = parts[3].split(",") if len(parts) > 3 and parts[3] else []
+                group_entries.append((parts[0], int(parts[2]), members))
+    if user.isdigit():
+        uid = int(user)
+        match = next((e for e in entries if e[1] == uid), None)
+        name, gid = (match[0], match[2]) if match else ("", 0)
+    else:
+        match = next((e for e in entries if e[0] == user), None)
+        if match is None:
+            raise InvalidArgument(f"user {user!r} is not in the image's /etc/passwd")
+        name, uid, gid = match
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            g = next((e for e in group_entries if e[0] == group), None)
+            if g is None:
+                raise InvalidArgument(f"group {group!r} is not in the image's /etc/group")
+            gid = g[1]
+    extra = sorted({g[1] for g in group_entries if name and name in g[2] and g[1] != gid})
+    return uid, gid, extra, name
+
+
+def capability_names(default: list[str], caps: pb.Capability, privileged: bool) -> list[str]:
+    all_caps = [c.removeprefix("CAP_") for c in CAPABILITIES]
+    if privileged:
+        return all_caps
+    names = {c.upper().removeprefix("CAP_") for c in default}
+    adds = [c.upper().removeprefix("CAP_") for c in caps.add_capabilities]
+    drops = [c.upper().removeprefix("CAP_") for c in caps.drop_capabilities]
+    if "ALL" in adds:
+        names = set(all_caps)
+    else:
+        names |= set(adds)
+    if "ALL" in drops:
+        names = set(adds) - {"ALL"} if "ALL" not in adds else set()
+    else:
+        names -= set(drops)
+    unknown = sorted(n for n in names if n not in all_caps)
+    if unknown:
+        raise InvalidArgument(f"unknown capabilities: {', '.join(unknown)}")
+    return sorted(names)
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        config: Config,
+        state: StateStore,
+        sandboxes: SandboxManager,
+        images: ImageManager,
+        cgroups: CgroupManager,
+        monitor_path: str,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.sandboxes = sandboxes
+        self.images = images
+        self.cgroups = cgroups
+        self.monitor_path = monitor_path
+        self.bundles = Path(config.crio.runroot) / "containers"
+        self.storage = Path(config.crio.root) / "containers"
+        self.exits_dir = Path(config.runtime.container_exits_dir)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+
+    # -- lookups -------------------------------------------------------------
+
+    def get(self, container_id: str) -> ContainerRecord:
+        record = self.state.containers.find(container_id)
+        if record is None:
+            raise NotFound(f"container {container_id!r} not found")
+        return self.refresh(record)
+
+    def refresh(self, record: ContainerRecord) -> ContainerRecord:
+        """Fold in an exit the monitor recorded since we last looked."""
+        if record.state not in (CTR_CREATED, CTR_RUNNING):
+            return record
+        try:
+            info = read_exit_file(self.exits_dir / record.id)
+        except MonitorError as exc:
+            log.warning("container %s: %s", record.id[:12], exc)
+            return record
+        if info is None:
+            if record.state == CTR_RUNNING:
+                pod = self.state.pods.get(record.pod_id)
+                if pod is None or pod.state != POD_READY:
+                    # The pod's monitor is gone and left no exit: nothing runs any more.
+                    record.state, record.reason = CTR_UNKNOWN, "MonitorGone"
+                    self.state.containers.save(record)
+            return record
+        record.state = CTR_EXITED
+        record.exit_code = info.exit_code
+        record.finished_at = info.finished_at
+        if info.oom_killed:
+            record.reason = "OOMKilled"
+        elif info.exit_code == 0:
+            record.reason = "Completed"
+        else:
+            record.reason = "Error"
+        self.state.containers.save(record)
+        return record
+
+    # -- CreateContainer -------------------------------------------------------
+
+    def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+        pod = self.sandboxes.get(pod_id)
+        if pod.state != POD_READY:
+            raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
+        if not config.metadata.name:
+            raise InvalidArgument("container metadata.name is empty")
+        if not config.image.image:
+            raise InvalidArgument("container image is empty")
+        pod_config = decode_pod_config(pod.config)
+        name = container_name(config.metadata, pod_config.metadata)
+        image = self.images.info(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} not found: pull it first")
+        with self._lock:
+            for other in self.state.containers.values():
+                if other.name == name:
+                    raise AlreadyExists(f"container {name} already exists as {other.id}")
+            container_id = secrets.token_hex(32)
+            record = ContainerRecord(
+                id=container_id, pod_id=pod.id, name=name, config=base64.b64encode(config.SerializeToString()).decode(),
+                image_id=image.record.id, image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
+            )
+            self.state.containers._items[container_id] = record  # reserves the name
+        try:
+            with self.sandboxes.pod_lock(pod.id):
+                self._create(record, pod, pod_config, config, image)
+        except BaseException:
+            self._remove_leftovers(record)
+            self.state.containers.delete(record.id)
+            raise
+        return container_id
+
+    def _create(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig, image) -> None:
+        image_config: dict[str, Any] = image.config.get("config") or {}
+        layer_dirs = [self.images.store.layer_diff(c) for c in reversed(image.record.layers)]  # top-most first
+        sc = config.linux.security_context
+
+        entrypoint = list(config.command) or list(image_config.get("Entrypoint") or [])
+        cmd = list(config.args) if config.args else ([] if config.command else list(image_config.get("Cmd") or []))
+        argv = entrypoint + cmd
+        if not argv:
+            raise InvalidArgument("no command: neither the container config nor the image gives one")
+
+        env: dict[str, str] = {}
+        for entry in image_config.get("Env") or []:
+            key, _, value = entry.partition("=")
+            env[key] = value
+        for kv in config.envs:
+            # CRI carries env values as bytes (they may be binary); NUL cannot be in an environment.
+            if b"\0" in kv.value:
+                raise InvalidArgument(f"env {kv.key!r}: value contains a NUL byte")
+            env[kv.key] = kv.value.decode("utf-8", "surrogateescape")
+        env.setdefault("PATH", DEFAULT_PATH.split("=", 1)[1])
+        hostname = Path(pod.pod_dir, "hostname").read_text().strip()
+        env.setdefault("HOSTNAME", hostname)
+        env_list = [f"{k}={v}" for k, v in env.items()]
+
+        if sc.HasField("run_as_user"):
+            user_spec = str(sc.run_as_user.value)
+        elif sc.run_as_username:
+            user_spec = sc.run_as_username
+        else:
+            user_spec = image_config.get("User") or "0"
+        uid, gid, extra_gids, _ = resolve_user(user_spec, layer_dirs)
+        if sc.HasField("run_as_group"):
+            gid = sc.run_as_group.value
+        gids = sorted(set(extra_gids) | set(sc.supplemental_groups))
+        caps = Capabilities.from_names(
+            capability_names(list(self.config.runtime.default_capabilities), sc.capabilities, sc.privileged)
+        )
+        if uid != 0:
+            # A non-root process gets no effective capabilities unless asked for ambiently.
+            caps = Capabilities(bounding=caps.bounding, effective=0, permitted=0, inheritable=0, ambient=0)
+
+        bundle = self.bundles / record.id
+        storage = self.storage / record.id
+        (bundle / "rootfs").mkdir(parents=True)
+        (storage / "upper").mkdir(parents=True)
+        (storage / "work").mkdir()
+        record.bundle = str(bundle)
+
+        resources = self._resources(config.linux.resources)
+        try:
+            pod_cg = self.cgroups.paths(pod.cgroup_path)
+            cg = self.cgroups.container_cgroup(pod_cg, record.id, resources)
+        except CgroupError as exc:
+            raise InvalidArgument(f"container cgroup: {exc}") from exc
+        record.cgroup_path = cg.path
+
+        extra_mounts = [
+            MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),
+            MountOp.bind(str(Path(pod.pod_dir, "hosts")), "/etc/hosts", recursive=False),
+            MountOp.bind(str(Path(pod.pod_dir, "resolv.conf")), "/etc/resolv.conf", recursive=False),
+        ]
+        record.mounts = []
+        for m in config.mounts:
+            if not m.container_path or not os.path.isabs(m.container_path):
+                raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+            if not os.path.exists(m.host_path):
+                raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
+            extra_mounts.append(
+                MountOp.bind(m.host_path, m.container_path, readonly=m.readonly,
+                             propagation=PROPAGATION.get(m.propagation, MS_PRIVATE))
+            )
+            record.mounts.append({"container_path": m.container_path, "host_path": m.host_path,
+                                  "readonly": m.readonly, "propagation": int(m.propagation)})
+        layout_v2 = self.cgroups.layout.version == "v2"
+        shm = str(Path(pod.pod_dir, "shm")) if pod.namespaces.get("ipc") == "new" else None
+        mounts = default_linux_mounts(
+            shm_source=shm,
+            cgroup="v2" if layout_v2 else "v1",
+            cgroup_v1_binds=None if layout_v2 else {
+                key.removeprefix("name="): d for key, d in cg.hierarchy_dirs.items() if os.path.isdir(d)
+            },
+            extra=extra_mounts,
+            masked_paths=[] if sc.privileged else list(sc.masked_paths) or DEFAULT_MASKED_PATHS,
+            readonly_paths=[] if sc.privileged else list(sc.readonly_paths) or DEFAULT_READONLY_PATHS,
+        )
+        pid_mode = sc.namespace_options.pid
+        namespaces = [Namespace("mnt")]
+        if pid_mode != pb.NamespaceMode.NODE:
+            namespaces.append(Namespace("pid"))
+        if layout_v2:
+            namespaces.append(Namespace("cgroup"))
+
+        cwd = config.working_dir or image_config.get("WorkingDir") or "/"
+        plan = LaunchPlan(
+            argv=argv,
+            env=env_list,
+            cwd=cwd,
+            namespaces=namespaces,
+            cgroup_procs=cg.procs_files,
+            oom_counter_path=cg.oom_counter_file,
+            overlay=Overlay(lower=[str(d) for d in layer_dirs], target=str(bundle / "rootfs"),
+                            upper=str(storage / "upper"), work=str(storage / "work")),
+            mounts=mounts,
+            rootfs_readonly=sc.readonly_rootfs,
+            oom_score_adj=config.linux.resources.oom_score_adj if config.linux.HasField("resources") else None,
+            uid=uid,
+            gid=gid,
+            additional_gids=gids,
+            capabilities=caps,
+            no_new_privs=sc.no_new_privs,
+            stdin=config.stdin,
+            tty=config.tty,
+        )
+        record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
+        record.process = {
+            "env": env_list, "cwd": cwd, "uid": uid, "gid": gid, "gids": gids, "no_new_privs": sc.no_new_privs,
+            "caps": [caps.bounding, caps.effective, caps.permitted, caps.inheritable, caps.ambient],
+            "cgroup_procs": cg.procs_files,
+        }
+        if pod.log_directory and config.log_path:
+            record.log_path = os.path.join(pod.log_directory, config.log_path)
+            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
+        monitor = self.sandboxes.monitor(pod)
+        try:
+            result = monitor.create(record.id, plan, record.log_path or os.devnull)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
+        for warning in getattr(result, "warnings", []) or []:
+            log.warning("container %s: %s", record.id[:12], warning)
+        record.pid = result.pid
+        self.state.containers.save(record)
+        log.info("container %s (%s) created, pid %d", record.id[:12], record.name, result.pid)
+
+    @staticmethod
+    def _resources(r: pb.LinuxContainerResources) -> Resources:
+        return Resources(
+            cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
+            memory_limit_in_bytes=r.memory_limit_in_bytes, memory_swap_limit_in_bytes=r.memory_swap_limit_in_bytes,
+            oom_score_adj=r.oom_score_adj, cpuset_cpus=r.cpuset_cpus, cpuset_mems=r.cpuset_mems,
+            hugepage_limits=[(h.page_size, h.limit) for h in r.hugepage_limits], unified=dict(r.unified),
+        )
+
+    # -- Start / Stop / Remove -------------------------------------------------
+
+    def start(self, container_id: str) -> None:
+        record = self.get(container_id)
+        if record.state != CTR_CREATED:
+            raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
+        pod = self.sandboxes.get(record.pod_id)
+        monitor = self.sandboxes.monitor(pod)
+        try:
+            monitor.start(record.id)
+        except MonitorError as exc:
+            record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
+            record.exit_code, record.finished_at = 128, time.time_ns()
+            self.state.containers.save(record)
+            raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
+        record.state, record.started_at = CTR_RUNNING, time.time_ns()
+        self.state.containers.save(record)
+
+    def _wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            self.refresh(record)
+            if record.state not in (CTR_CREATED, CTR_RUNNING):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        record = self.get(container_id)
+        if record.state not in (CTR_CREATED, CTR_RUNNING):
+            return
+        pod = self.state.pods.get(record.pod_id)
+        try:
+            monitor = self.sandboxes.monitor(pod) if pod is not None else None
+        except FailedPrecondition:
+            monitor = None
+        if monitor is None:
+            self.refresh(record)
+            return
+        if record.state == CTR_RUNNING and timeout > 0:
+            try:
+                monitor.kill(record.id, record.stop_signal)
+            except MonitorError as exc:
+                log.info("container %s: stop signal: %s", record.id[:12], exc)
+            if self._wait_exit(record, timeout):
+                return
+        try:
+            monitor.kill(record.id, signal.SIGKILL, all=True)
+        except MonitorError as exc:
+            log.info("container %s: SIGKILL: %s", record.id[:12], exc)
+        if not self._wait_exit(record, KILL_WAIT_SECONDS):
+            raise Internal(f"container {record.id} did not exit after SIGKILL")
+
+    def stop_all_in_pod(self, pod_id: str) -> None:
+        for record in self.state.containers.values():
+            if record.pod_id == pod_id:
+                try:
+                    self.stop(record.id, 0)
+                except (NotFound, Internal) as exc:
+                    log.warning("stopping container %s of pod %s: %s", record.id[:12], pod_id[:12], exc)
+
+    def remove(self, container_id: str) -> None:
+        record = self.state.containers.find(container_id)
+        if record is None:
+            return  # CRI: removing what is gone succeeds
+        self.stop(record.id, 0)
+        pod = self.state.pods.get(record.pod_id)
+        if pod is not None and pod.state == POD_READY:
+            try:
+                self.sandboxes.monitor(pod).remove(record.id)
+            except (MonitorError, FailedPrecondition) as exc:
+                log.info("container %s: monitor remove: %s", record.id[:12], exc)
+        self._remove_leftovers(record)
+        self.state.containers.delete(record.id)
+
+    def remove_all_in_pod(self, pod_id: str) -> None:
+        for record in self.state.containers.values():
+            if record.pod_id == pod_id:
+                self.remove(record.id)
+
+    def _remove_leftovers(self, record: ContainerRecord) -> None:
+        if record.cgroup_path:
+            try:
+                self.cgroups.remove(self.cgroups.paths(record.cgroup_path))
+            except CgroupError as exc:
+                log.warning("container %s: removing cgroup: %s", record.id[:12], exc)
+        shutil.rmtree(self.bundles / record.id, ignore_errors=True)
+        shutil.rmtree(self.storage / record.id, ignore_errors=True)
+        try:
+            os.unlink(self.exits_dir / record.id)
+        except FileNotFoundError:
+            pass
+
+    # -- ExecSync / logs -----------------------------------------------------
+
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
+        record = self.get(container_id)
+        if record.state != CTR_RUNNING:
+            raise FailedPrecondition(f"container {record.id} is {record.state}, not running")
+        if not cmd:
+            raise InvalidArgument("ExecSync: empty command")
+        p = record.process
+        bounding, effective, permitted, inheritable, ambient = p["caps"]
+        plan = ExecPlan(
+            target_pid=record.pid, argv=list(cmd), env=list(p["env"]), cwd=p["cwd"],
+            cgroup_procs=list(p["cgroup_procs"]), uid=p["uid"], gid=p["gid"], additional_gids=list(p["gids"]),
+            capabilities=Capabilities(bounding, effective, permitted, inheritable, ambient),
+            no_new_privs=p["no_new_privs"],
+        )
+        try:
+            result = exec_sync(self.monitor_path, plan, float(timeout) if timeout > 0 else 3600.0 * 24)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
+        except MonitorError as exc:
+            raise FailedPrecondition(f"exec in {record.id}: {exc}") from exc
+        stderr = result.stderr
+        if result.error:
+            stderr = stderr + (result.error + "\n").encode()
+        return result.exit_code, result.stdout, stderr
+
+    def reopen_log(self, container_id: str) -> None:
+        record = self.get(container_id)
+        if record.state != CTR_RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        pod = self.sandboxes.get(record.pod_id)
+        try:
+            self.sandboxes.monitor(pod).reopen_log(record.id)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"reopening the log of {record.id}: {exc}") from exc
+
+    # -- Status / List -------------------------------------------------------
+
+    def status_proto(self, record: ContainerRecord) -> pb.ContainerStatus:
+        config = decode_container_config(record.config)
+        status = pb.ContainerStatus(
+            id=record.id, metadata=config.metadata, state=STATE_TO_PROTO[record.state],
+            created_at=record.created_at, started_at=record.started_at, finished_at=record.finished_at,
+            exit_code=record.exit_code, image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id,
+            image_id=record.image_id, reason=record.reason, message=record.message, labels=config.labels,
+            annotations=config.annotations, log_path=record.log_path,
+        )
+        for m in record.mounts:
+            status.mounts.add(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
+                              propagation=m["propagation"])
+        return status
+
+    def container_proto(self, record: ContainerRecord) -> pb.Container:
+        config = decode_container_config(record.config)
+        return pb.Container(
+            id=record.id, pod_sandbox_id=record.pod_id, metadata=config.metadata,
+            image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id, image_id=record.image_id,
+            state=STATE_TO_PROTO[record.state], created_at=record.created_at, labels=config.labels,
+            annotations=config.annotations,
+        )
+
+    def list(self, flt: pb.ContainerFilter | None) -> list[ContainerRecord]:
+        out = []
+        for record in self.state.containers.values():
+            if flt is not None:
+                if flt.id and not record.id.startswith(flt.id):
+                    continue
+                if flt.pod_sandbox_id and not record.pod_id.startswith(flt.pod_sandbox_id):
+                    continue
+            record = self.refresh(record)
+            if flt is not None:
+                if flt.HasField("state") and STATE_TO_PROTO[record.state] != flt.state.state:
+                    continue
+                if flt.label_selector:
+                    labels = decode_container_config(record.config).labels
+                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                        continue
+            out.append(record)
+        return out

@@ -1,0 +1,353 @@
+"""Pod sandbox lifecycle without a pause container.
+
+RunPodSandbox makes the pod's files (hostname, resolv.conf, hosts) under its
+pod dir in the run root, its cgroup, and spawns the pod's native monitor,
+which creates and holds the pod's network, IPC and UTS namespaces (unless the
+pod asks for the node's) and its /dev/shm. StopPodSandbox stops the pod's
+containers and shuts the monitor down (namespaces and shm go with it);
+RemovePodSandbox removes what is left. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crio_fast.api import api_pb2 as pb
+from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
+from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
+from crio_fast.config import Config
+from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
+from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore
+
+if TYPE_CHECKING:
+    from crio_fast.container.manager import ContainerManager
+
+log = logging.getLogger("crio_fast.sandbox")
+
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", re.IGNORECASE)
+DEFAULT_SHM_SIZE = 64 * 1024 * 1024
+
+
+def pod_name(meta: pb.PodSandboxMetadata) -> str:
+    return f"k8s_{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+def encode_config(message) -> str:
+    return base64.b64encode(message.SerializeToString()).decode()
+
+
+def decode_pod_config(data: str) -> pb.PodSandboxConfig:
+    config = pb.PodSandboxConfig()
+    config.ParseFromString(base64.b64decode(data))
+    return config
+
+
+def resolv_conf(dns: pb.DNSConfig) -> bytes:
+    """The pod's resolv.conf: from DNSConfig when given, else the node's."""
+    if not (dns.servers or dns.searches or dns.options):
+        try:
+            return Path("/etc/resolv.conf").read_bytes()
+        except OSError:
+            return b""
+    lines = [f"nameserver {s}" for s in dns.servers]
+    if dns.searches:
+        lines.append("search " + " ".join(dns.searches))
+    if dns.options:
+        lines.append("options " + " ".join(dns.options))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def hosts_file(hostname: str) -> bytes:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "fe00::0\tip6-mcastprefix",
+        "fe00::1\tip6-allnodes",
+        "fe00::2\tip6-allrouters",
+    ]
+    if hostname:
+        lines.append(f"127.0.1.1\t{hostname}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class SandboxManager:
+    def __init__(self, config: Config, state: StateStore, cgroups: CgroupManager, monitor_path: str) -> None:
+        self.config = config
+        self.state = state
+        self.cgroups = cgroups
+        self.monitor_path = monitor_path
+        self.pods_dir = Path(config.crio.runroot) / "pods"
+        self.exits_dir = Path(config.runtime.container_exits_dir)
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.exits_dir.mkdir(parents=True, exist_ok=True)
+        self.containers: ContainerManager | None = None  # set by the engine
+        self._monitors: dict[str, PodMonitor] = {}
+        self._lock = threading.RLock()
+        self._pod_locks: dict[str, threading.RLock] = {}
+
+    def pod_lock(self, pod_id: str) -> threading.RLock:
+        with self._lock:
+            return self._pod_locks.setdefault(pod_id, threading.RLock())
+
+    # -- lookups -------------------------------------------------------------
+
+    def get(self, pod_id: str) -> PodRecord:
+        record = self.state.pods.find(pod_id)
+        if record is None:
+            raise NotFound(f"pod sandbox {pod_id!r} not found")
+        return record
+
+    def monitor(self, record: PodRecord) -> PodMonitor:
+        """The live monitor of a ready pod (reconnecting after a daemon restart)."""
+        with self._lock:
+            mon = self._monitors.get(record.id)
+            if mon is not None and mon.alive():
+                return mon
+            if record.state != POD_READY:
+                raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
+            try:
+                mon = PodMonitor.attach(record.pod_dir)
+            except MonitorError as exc:
+                raise FailedPrecondition(f"pod sandbox {record.id}: its monitor is gone: {exc}") from exc
+            self._monitors[record.id] = mon
+            return mon
+
+    # -- RunPodSandbox ---------------------------------------------------------
+
+    def validate(self, config: pb.PodSandboxConfig, handler: str) -> str:
+        meta = config.metadata
+        missing = [f for f in ("name", "namespace", "uid") if not getattr(meta, f)]
+        if missing:
+            raise InvalidArgument(f"pod sandbox metadata is missing {', '.join(missing)}")
+        handler = handler or self.config.runtime.default_runtime
+        if handler not in self.config.runtime.runtimes:
+            raise InvalidArgument(
+                f"runtime handler {handler!r} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
+            )
+        if self.config.runtime.runtimes[handler].runtime_type != "native":
+            raise InvalidArgument(f"runtime handler {handler!r} is of type oci, which this version cannot run yet")
+        if config.hostname and not HOSTNAME_RE.match(config.hostname):
+            raise InvalidArgument(f"hostname {config.hostname!r} is not a valid DNS name")
+        for key in config.linux.sysctls:
+            raise InvalidArgument(f"pod sysctl {key!r}: sysctls are not supported yet")
+        return handler
+
+    def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
+        handler = self.validate(config, handler)
+        name = pod_name(config.metadata)
+        with self._lock:
+            for other in self.state.pods.values():
+                if other.name == name:
+                    raise AlreadyExists(f"pod sandbox {name} already exists as {other.id}")
+            pod_id = secrets.token_hex(32)
+            # Reserve the name before the slow part so a concurrent duplicate fails.
+            record = PodRecord(
+                id=pod_id, name=name, config=encode_config(config), runtime_handler=handler, state=POD_NOTREADY,
+                created_at=time.time_ns(), pod_dir=str(self.pods_dir / pod_id), cgroup_path="", cgroup_created=False,
+                log_directory=config.log_directory,
+            )
+            self.state.pods._items[pod_id] = record
+        try:
+            return self._run(record, config)
+        except BaseException:
+            self._undo_run(record)
+            raise
+
+    def _run(self, record: PodRecord, config: pb.PodSandboxConfig) -> str:
+        pod_dir = Path(record.pod_dir)
+        pod_dir.mkdir(mode=0o711)
+        ns_opts = config.linux.security_context.namespace_options
+        host_net = ns_opts.network == pb.NamespaceMode.NODE
+        host_ipc = ns_opts.ipc == pb.NamespaceMode.NODE
+        hostname = config.hostname or (socket.gethostname() if host_net else config.metadata.name[:63])
+        if not host_net and not HOSTNAME_RE.match(hostname):
+            hostname = re.sub(r"[^a-z0-9-]", "-", hostname.lower()).strip("-")[:63] or "pod"
+        (pod_dir / "hostname").write_text(hostname + "\n")
+        (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
+        (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
+        if record.log_directory:
+            os.makedirs(record.log_directory, exist_ok=True)
+
+        try:
+            pod_cg = self.cgroups.pod_cgroup(config.linux.cgroup_parent, record.id)
+        except CgroupError as exc:
+            raise InvalidArgument(f"pod cgroup: {exc}") from exc
+        record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
+        monitor_cg = self.cgroups.monitor_cgroup(pod_cg)
+
+        record.namespaces = {
+            "net": "host" if host_net else "new",
+            "ipc": "host" if host_ipc else "new",
+            # A pod on the node's network keeps the node's hostname, as the kubelet expects.
+            "uts": "host" if host_net else "new",
+        }
+        spec = PodMonitorSpec(
+            pod_id=record.id,
+            pod_dir=record.pod_dir,
+            exits_dir=str(self.exits_dir),
+            namespaces=record.namespaces,
+            hostname=None if host_net else hostname,
+            cgroup_procs=monitor_cg.procs_files,
+            shm_size=0 if host_ipc else DEFAULT_SHM_SIZE,
+            stderr_path=str(pod_dir / "monitor.log"),
+        )
+        try:
+            mon = PodMonitor.spawn(self.monitor_path, spec)
+        except MonitorError as exc:
+            raise Internal(f"starting the pod monitor: {exc}") from exc
+        with self._lock:
+            self._monitors[record.id] = mon
+        record.monitor_pid = mon.pid
+        record.ns_paths = dict(mon.ns_paths)
+        record.state = POD_READY
+        self.state.pods.save(record)
+        log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
+        return record.id
+
+    def _undo_run(self, record: PodRecord) -> None:
+        with self._lock:
+            mon = self._monitors.pop(record.id, None)
+        if mon is not None:
+            try:
+                mon.shutdown()
+            except MonitorError as exc:
+                log.warning("pod %s: monitor shutdown after failed start: %s", record.id[:12], exc)
+        self._remove_leftovers(record)
+        self.state.pods.delete(record.id)
+
+    # -- Stop / Remove ---------------------------------------------------------
+
+    def stop(self, pod_id: str) -> None:
+        record = self.state.pods.find(pod_id)
+        if record is None:
+            return  # CRI: stopping what is gone succeeds
+        with self.pod_lock(record.id):
+            if self.containers is not None:
+                self.containers.stop_all_in_pod(record.id)
+            with self._lock:
+                mon = self._monitors.pop(record.id, None)
+            if mon is None and record.state == POD_READY:
+                try:
+                    mon = PodMonitor.attach(record.pod_dir)
+                except MonitorError:
+                    mon = None
+            if mon is not None:
+                try:
+                    mon.shutdown()
+                except MonitorError as exc:
+                    log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
+            cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
+            if record.state != POD_NOTREADY:
+                record.state = POD_NOTREADY
+                self.state.pods.save(record)
+
+    def remove(self, pod_id: str) -> None:
+        record = self.state.pods.find(pod_id)
+        if record is None:
+            return
+        self.stop(record.id)
+        with self.pod_lock(record.id):
+            if self.containers is not None:
+                self.containers.remove_all_in_pod(record.id)
+            self._remove_leftovers(record)
+            self.state.pods.delete(record.id)
+        with self._lock:
+            self._pod_locks.pop(record.id, None)
+        log.info("pod %s (%s) removed", record.id[:12], record.name)
+
+    def _remove_leftovers(self, record: PodRecord) -> None:
+        cleanup_pod_dir(record.pod_dir)
+        if record.cgroup_path:
+            paths = self.cgroups.paths(record.cgroup_path)
+            try:
+                if record.cgroup_created:
+                    self.cgroups.remove(paths)
+                else:
+                    # The kubelet owns the pod cgroup: remove only what we made in it.
+                    self.cgroups.remove(self.cgroups.paths(f"{record.cgroup_path}/{MONITOR_CGROUP_NAME}"))
+            except CgroupError as exc:
+                log.warning("pod %s: removing cgroup %s: %s", record.id[:12], record.cgroup_path, exc)
+            if record.cgroup_created:
+                self._remove_default_parent(record.cgroup_path)
+        shutil.rmtree(record.pod_dir, ignore_errors=True)
+
+    def _remove_default_parent(self, pod_cgroup: str) -> None:
+        """Pods without a cgroup_parent live under /crio-fast; drop it once empty."""
+        parent = os.path.dirname(pod_cgroup.rstrip("/"))
+        if parent != DEFAULT_POD_PARENT:
+            return
+        for directory in self.cgroups.paths(parent).hierarchy_dirs.values():
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # still used by another pod, or not ours to remove
+
+    # -- Status / List -------------------------------------------------------
+
+    def status_proto(self, record: PodRecord) -> pb.PodSandboxStatus:
+        config = decode_pod_config(record.config)
+        state = pb.PodSandboxState.SANDBOX_READY if record.state == POD_READY else pb.PodSandboxState.SANDBOX_NOTREADY
+        status = pb.PodSandboxStatus(
+            id=record.id, metadata=config.metadata, state=state, created_at=record.created_at,
+            labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
+        )
+        status.network.SetInParent()
+        opts = status.linux.namespaces.options
+        opts.network = pb.NamespaceMode.NODE if record.namespaces.get("net") == "host" else pb.NamespaceMode.POD
+        opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD
+        pid_mode = config.linux.security_context.namespace_options.pid
+        opts.pid = pid_mode if pid_mode in (pb.NamespaceMode.NODE, pb.NamespaceMode.POD) else pb.NamespaceMode.CONTAINER
+        return status
+
+    def sandbox_proto(self, record: PodRecord) -> pb.PodSandbox:
+        config = decode_pod_config(record.config)
+        state = pb.PodSandboxState.SANDBOX_READY if record.state == POD_READY else pb.PodSandboxState.SANDBOX_NOTREADY
+        return pb.PodSandbox(
+            id=record.id, metadata=config.metadata, state=state, created_at=record.created_at,
+            labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
+        )
+
+    def list(self, flt: pb.PodSandboxFilter | None) -> list[PodRecord]:
+        records = self.state.pods.values()
+        if flt is None:
+            return records
+        out = []
+        for record in records:
+            if flt.id and not record.id.startswith(flt.id):
+                continue
+            if flt.HasField("state"):
+                ready = record.state == POD_READY
+                if ready != (flt.state.state == pb.PodSandboxState.SANDBOX_READY):
+                    continue
+            if flt.label_selector:
+                labels = decode_pod_config(record.config).labels
+                if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                    continue
+            out.append(record)
+        return out
+
+    # -- recovery ------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: pods whose monitor died are not ready any more."""
+        for record in self.state.pods.values():
+            if record.state != POD_READY:
+                continue
+            try:
+                self.monitor(record)
+            except FailedPrecondition as exc:
+                log.warning("%s; marking it not ready", exc)
+                record.state = POD_NOTREADY
+                self.state.pods.save(record)

@@ -1,0 +1,1 @@
+"""Durable records of pods and containers, and their recovery at start."""

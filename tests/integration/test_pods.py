@@ -1,0 +1,395 @@
+"""Pods and containers on the native runtime, through the daemon's CRI socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.fixtures import write_registries_conf
+
+pytestmark = pytest.mark.integration
+
+LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
+
+
+@pytest.fixture(scope="module")
+def env(registry, busybox_image, tmp_path_factory):
+    """One daemon for the module with busybox pulled; every pod removed after each test."""
+    dirs = make_dirs()
+    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
+    d = Daemon(dirs, "--registries-conf", str(conf)).start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
+        d.image = busybox_image.reference
+        yield d
+    finally:
+        try:
+            remove_all_pods(d)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
+
+
+def remove_all_pods(d: Daemon) -> None:
+    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+@pytest.fixture
+def cri(env):
+    try:
+        yield env
+    finally:
+        remove_all_pods(env)
+
+
+_counter = iter(range(1_000_000))
+
+
+def pod_config(d: Daemon, **kw) -> api.PodSandboxConfig:
+    n = next(_counter)
+    config = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"pod{n}", namespace="test", uid=f"uid-{n}", attempt=0),
+        hostname=kw.pop("hostname", f"pod{n}"),
+        log_directory=str(d.dirs.log_dir / f"pod{n}"),
+        labels=kw.pop("labels", {}),
+    )
+    network = kw.pop("host_network", False)
+    if network:
+        config.linux.security_context.namespace_options.network = api.NamespaceMode.NODE
+    return config
+
+
+def run_pod(d: Daemon, **kw) -> tuple[str, api.PodSandboxConfig]:
+    config = pod_config(d, **kw)
+    pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+    return pod_id, config
+
+
+def create(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str], **kw) -> str:
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=kw.pop("name", f"c{next(_counter)}")),
+        image=api.ImageSpec(image=kw.pop("image", d.image)),
+        command=command,
+        log_path=kw.pop("log_path", "ctr.log"),
+        working_dir=kw.pop("working_dir", ""),
+        envs=[api.KeyValue(key=k, value=v.encode()) for k, v in kw.pop("env", {}).items()],
+        mounts=kw.pop("mounts", []),
+    )
+    resources = kw.pop("resources", None)
+    if resources is not None:
+        config.linux.resources.CopyFrom(resources)
+    if kw.pop("readonly_rootfs", False):
+        config.linux.security_context.readonly_rootfs = True
+    assert not kw, kw
+    req = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+    return d.client.runtime.CreateContainer(req, timeout=30).container_id
+
+
+def start(d: Daemon, ctr: str) -> None:
+    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+
+
+def status(d: Daemon, ctr: str) -> api.ContainerStatus:
+    return d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr), timeout=10).status
+
+
+def wait_exited(d: Daemon, ctr: str, timeout: float = 20) -> api.ContainerStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(d, ctr)
+        if st.state == api.ContainerState.CONTAINER_EXITED:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"container still {api.ContainerState.Name(st.state)}")
+        time.sleep(0.05)
+
+
+def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int = 10) -> api.ExecSyncResponse:
+    return d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=cmd, timeout=timeout), timeout=timeout + 10)
+
+
+def log_records(path: str) -> list[tuple[str, str, bytes]]:
+    out = []
+    for line in Path(path).read_bytes().splitlines():
+        m = LOG_LINE.match(line)
+        assert m, line[:200]
+        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
+    return out
+
+
+def run_to_exit(d: Daemon, command: list[str], **kw) -> tuple[api.ContainerStatus, str]:
+    pod_id, pod = run_pod(d)
+    ctr = create(d, pod_id, pod, command, **kw)
+    start(d, ctr)
+    return wait_exited(d, ctr), ctr
+
+
+def test_lifecycle_logs_and_listing(cri):
+    pod_id, pod = run_pod(cri, labels={"app": "web"})
+    ctr = create(cri, pod_id, pod, ["/bin/sh", "-c", "echo out; echo err >&2; exec sleep 1000"], name="main")
+    st = status(cri, ctr)
+    assert st.state == api.ContainerState.CONTAINER_CREATED
+    start(cri, ctr)
+    st = status(cri, ctr)
+    assert st.state == api.ContainerState.CONTAINER_RUNNING
+    assert st.started_at >= st.created_at > 0
+    assert st.metadata.name == "main"
+    assert st.log_path == os.path.join(pod.log_directory, "ctr.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(Path(st.log_path).read_bytes().splitlines()) < 2:
+        time.sleep(0.05)
+    assert sorted(log_records(st.log_path)) == [("stderr", "F", b"err"), ("stdout", "F", b"out")]
+
+    pods = cri.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
+    assert [p.id for p in pods] == [pod_id]
+    flt = api.PodSandboxFilter(label_selector={"app": "db"})
+    assert not cri.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(filter=flt), timeout=10).items
+    running = api.ContainerFilter(state=api.ContainerStateValue(state=api.ContainerState.CONTAINER_RUNNING))
+    listed = cri.client.runtime.ListContainers(api.ListContainersRequest(filter=running), timeout=10).containers
+    assert [c.id for c in listed] == [ctr]
+    assert listed[0].pod_sandbox_id == pod_id
+
+    pst = cri.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10).status
+    assert pst.state == api.PodSandboxState.SANDBOX_READY
+    assert pst.metadata.name == pod.metadata.name and pst.labels["app"] == "web"
+
+    # sleep is PID 1 of its namespace: the kernel drops SIGTERM for it, so the
+    # stop escalates to SIGKILL after the timeout.
+    cri.client.runtime.StopContainer(api.StopContainerRequest(container_id=ctr, timeout=1), timeout=30)
+    st = status(cri, ctr)
+    assert st.state == api.ContainerState.CONTAINER_EXITED
+    assert st.exit_code == 128 + signal.SIGKILL
+
+
+def test_exit_codes_and_reasons(cri):
+    st, _ = run_to_exit(cri, ["/bin/sh", "-c", "exit 3"])
+    assert (st.exit_code, st.reason) == (3, "Error")
+    assert st.finished_at >= st.started_at
+    st, _ = run_to_exit(cri, ["/bin/true"])
+    assert (st.exit_code, st.reason) == (0, "Completed")
+
+
+def test_memory_limit_oom_killed(cri):
+    resources = api.LinuxContainerResources(memory_limit_in_bytes=32 * 1024 * 1024)
+    # busybox tail keeps a line that never ends: it grows until the limit kills it.
+    st, _ = run_to_exit(cri, ["/bin/tail", "/dev/zero"], resources=resources)
+    assert st.reason == "OOMKilled"
+    assert st.exit_code == 128 + signal.SIGKILL
+
+
+def test_namespaces_are_the_pods(cri):
+    pod_id, pod = run_pod(cri, hostname="my-pod")
+    ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+    start(cri, ctr)
+    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"])
+    hostname, pid1 = r.stdout.decode().splitlines()
+    assert hostname == "my-pod"
+    assert pid1.strip() == "/bin/sleep 1000"  # its own PID namespace: sleep is PID 1
+    info = cri.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=5).info
+    pid = json.loads(info["info"])["pid"]
+    for ns in ("net", "ipc", "uts", "pid", "mnt"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    # Two containers of one pod share its network, IPC and UTS namespaces.
+    other = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+    start(cri, other)
+    r = exec_sync(cri, other, ["/bin/hostname"])
+    assert r.stdout.decode().strip() == "my-pod"
+
+
+def test_host_network_pod_sees_node(cri):
+    pod_id, pod = run_pod(cri, host_network=True)
+    ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+    start(cri, ctr)
+    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "readlink /proc/self/ns/net; hostname"])
+    net, hostname = r.stdout.decode().split()
+    assert net == os.readlink("/proc/self/ns/net")
+    assert hostname == os.uname().nodename
+
+
+def test_env_workdir_and_bind_mounts(cri, tmp_path):
+    host = tmp_path / "shared"
+    host.mkdir()
+    (host / "in.txt").write_text("from host\n")
+    ro = api.Mount(container_path="/ro", host_path=str(host), readonly=True)
+    rw = api.Mount(container_path="/rw", host_path=str(host))
+    pod_id, pod = run_pod(cri)
+    ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"], env={"GREETING": "hi"}, working_dir="/tmp", mounts=[ro, rw])
+    start(cri, ctr)
+    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "echo $GREETING; pwd; cat /ro/in.txt; echo x > /ro/no 2>/dev/null || echo ro-refused; echo y > /rw/out.txt"])
+    assert r.stdout.decode().split("\n")[:4] == ["hi", "/tmp", "from host", "ro-refused"]
+    assert (host / "out.txt").read_text() == "y\n"
+    assert not (host / "no").exists()
+    mounts = {m.container_path: m.readonly for m in status(cri, ctr).mounts}
+    assert mounts == {"/ro": True, "/rw": False}
+
+
+def test_readonly_rootfs(cri):
+    st, ctr = run_to_exit(cri, ["/bin/sh", "-c", "echo x > /newfile"], readonly_rootfs=True)
+    assert st.exit_code != 0
+    assert b"Read-only file system" in Path(st.log_path).read_bytes()
+
+
+def test_stop_grace_period(cri):
+    pod_id, pod = run_pod(cri)
+    polite = create(cri, pod_id, pod, ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"])
+    stubborn = create(cri, pod_id, pod, ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])
+    start(cri, polite)
+    start(cri, stubborn)
+    time.sleep(0.3)  # let the shells install their traps
+    t0 = time.monotonic()
+    cri.client.runtime.StopContainer(api.StopContainerRequest(container_id=polite, timeout=10), timeout=30)
+    assert time.monotonic() - t0 < 5
+    assert status(cri, polite).exit_code == 0
+    t0 = time.monotonic()
+    cri.client.runtime.StopContainer(api.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30)
+    elapsed = time.monotonic() - t0
+    assert 0.9 < elapsed < 8
+    assert status(cri, stubborn).exit_code == 128 + signal.SIGKILL
+
+
+def test_long_line_is_split_into_partial_records(cri):
+    st, _ = run_to_exit(cri, ["/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' a"])
+    records = log_records(st.log_path)
+    assert len(records) > 1
+    assert all(stream == "stdout" for stream, _, _ in records)
+    assert all(tag == "P" for _, tag, _ in records[:-1])
+    assert b"".join(content for _, _, content in records) == b"a" * 100000
+
+
+def test_exec_sync_output_exit_code_and_timeout(cri):
+    pod_id, pod = run_pod(cri)
+    ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+    start(cri, ctr)
+    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 7)
+    r = exec_sync(cri, ctr, ["/no/such/binary"])
+    assert r.exit_code == 127 and b"/no/such/binary" in r.stderr
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync(cri, ctr, ["/bin/sleep", "30"], timeout=1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 10
+    # The timed-out process is gone; the container lives on.
+    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "ps -o comm | grep -c sleep"])
+    assert r.stdout.strip() == b"1"
+
+
+def test_errors_are_clear(cri):
+    pod_id, pod = run_pod(cri)
+    rt = cri.client.runtime
+    with pytest.raises(grpc.RpcError) as err:
+        create(cri, "0" * 64, pod, ["/bin/true"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        create(cri, pod_id, pod, ["/bin/true"], image="example.test/never/pulled:1")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "pull it first" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=10)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as err:
+        rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod_config(cri), runtime_handler="nope"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "native" in err.value.details()
+    ctr = create(cri, pod_id, pod, ["/no/such/binary"])
+    with pytest.raises(grpc.RpcError) as err:
+        start(cri, ctr)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "/no/such/binary" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        exec_sync(cri, ctr, ["/bin/true"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # Stopping an unknown container is NotFound (as CRI-O answers); removing
+    # one, and stopping or removing an unknown pod, succeeds (CRI idempotence).
+    with pytest.raises(grpc.RpcError) as err:
+        rt.StopContainer(api.StopContainerRequest(container_id="f" * 64), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    rt.RemoveContainer(api.RemoveContainerRequest(container_id="f" * 64), timeout=10)
+    rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id="f" * 64), timeout=10)
+    rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id="f" * 64), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        status(cri, "f" * 64)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert cri.client.version().runtime_name == "crio-fast"
+
+
+def _kernel_objects_of(d: Daemon, pod_id: str, ctr_ids: list[str]) -> list[str]:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if pod_id in line or any(c in line for c in ctr_ids):
+                found.append(line.split()[4])
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        for name in dirs:
+            if pod_id in name or any(c in name for c in ctr_ids):
+                found.append(os.path.join(root, name))
+        if root.count("/") > 6:
+            dirs[:] = []
+    return found
+
+
+def test_stop_and_remove_pod_leave_nothing(cri):
+    pod_id, pod = run_pod(cri)
+    ctrs = [create(cri, pod_id, pod, ["/bin/sleep", "1000"]) for _ in range(2)]
+    for c in ctrs:
+        start(cri, c)
+    info = cri.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=10).info["info"]
+    monitor_pid = json.loads(info)["pid"]
+    assert psutil.pid_exists(monitor_pid)
+    assert _kernel_objects_of(cri, pod_id, ctrs)
+    cri.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    cri.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)  # idempotent
+    for c in ctrs:
+        assert status(cri, c).state == api.ContainerState.CONTAINER_EXITED
+    pst = cri.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10).status
+    assert pst.state == api.PodSandboxState.SANDBOX_NOTREADY
+    cri.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    assert _kernel_objects_of(cri, pod_id, ctrs) == []
+    assert not psutil.pid_exists(monitor_pid) or psutil.Process(monitor_pid).status() == psutil.STATUS_ZOMBIE
+    assert not (cri.dirs.runroot / "pods" / pod_id).exists()
+    assert not cri.client.runtime.ListContainers(api.ListContainersRequest(), timeout=10).containers
+
+
+def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_path):
+    dirs = make_dirs()
+    conf = write_registries_conf(tmp_path / "registries.conf", [registry.host])
+    d = Daemon(dirs, "--registries-conf", str(conf)).start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
+        d.image = busybox_image.reference
+        pod_id, pod = run_pod(d)
+        long_running = create(d, pod_id, pod, ["/bin/sleep", "1000"])
+        short = create(d, pod_id, pod, ["/bin/sh", "-c", "sleep 1; exit 5"])
+        start(d, long_running)
+        start(d, short)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        time.sleep(1.5)  # the short one exits while no daemon runs
+        d = Daemon(dirs, "--registries-conf", str(conf)).start()
+        d.image = busybox_image.reference
+        assert [p.id for p in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items] == [pod_id]
+        assert status(d, long_running).state == api.ContainerState.CONTAINER_RUNNING
+        st = status(d, short)
+        assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 5)
+        assert exec_sync(d, long_running, ["/bin/echo", "alive"]).stdout == b"alive\n"
+        d.client.runtime.StopContainer(api.StopContainerRequest(container_id=long_running, timeout=1), timeout=30)
+        assert status(d, long_running).state == api.ContainerState.CONTAINER_EXITED
+    finally:
+        try:
+            if d.proc and d.proc.poll() is None:
+                remove_all_pods(d)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
