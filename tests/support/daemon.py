@@ -42,8 +42,10 @@ class DaemonDirs:
         self.socket = self.runroot / "crio.sock"
 
 
-def make_dirs() -> DaemonDirs:
-    dirs = DaemonDirs(Path(tempfile.mkdtemp(prefix="cf-", dir="/tmp")))
+def make_dirs(parent: str = "/tmp") -> DaemonDirs:
+    """Fresh daemon dirs under ``parent`` (benchmarks pass a tmpfs such as /run,
+    where a node keeps its run root)."""
+    dirs = DaemonDirs(Path(tempfile.mkdtemp(prefix="cf-", dir=parent)))
     dirs.config_dir.mkdir()
     dirs.network_dir.mkdir()
     dirs.config.write_text("")

@@ -100,7 +100,11 @@ class RecordTable(Generic[R]):
 
     def save(self, record: R) -> None:
         with self._lock:
-            atomic_write(self.directory / f"{record.id}.json", json.dumps(asdict(record), sort_keys=True).encode())
+            # No fsync: pods do not outlive a machine crash, and a daemon crash
+            # cannot lose what the page cache holds. The rename keeps it atomic.
+            atomic_write(
+                self.directory / f"{record.id}.json", json.dumps(asdict(record), sort_keys=True).encode(), durable=False
+            )
             self._items[record.id] = record
 
     def delete(self, record_id: str) -> None:

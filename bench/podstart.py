@@ -1,0 +1,124 @@
+"""Pod start-up latency through the daemon's real CRI socket.
+
+    sudo python bench/podstart.py [--iterations 50] [--handlers native]
+
+Starts a private registry (Debian's docker-registry) and a private daemon,
+pulls a busybox image built from busybox-static, then runs N iterations of
+
+    RunPodSandbox -> CreateContainer -> StartContainer   (timed: "start-up")
+    StopPodSandbox -> RemovePodSandbox                   (timed: "teardown")
+
+with pods in their own namespaces (the monitor makes them) and no CNI,
+and prints p50/p90/p99 per phase as a Markdown table. With several handlers
+the iterations interleave them so that machine noise hits all alike, and a
+ratio to the native handler is printed. Nothing here is asserted: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crio_fast.api import api_pb2 as api  # noqa: E402
+from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
+from tests.support.fixtures import write_registries_conf  # noqa: E402
+from tests.support.images import push_image  # noqa: E402
+from tests.support.registry import RegistryServer  # noqa: E402
+
+PHASES = ("RunPodSandbox", "CreateContainer", "StartContainer", "start-up", "StopPodSandbox", "RemovePodSandbox")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def one_pod(d: Daemon, image: str, handler: str, n: int, timings: dict[str, list[float]]) -> None:
+    rt = d.client.runtime
+    pod = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"bench{n}", namespace="bench", uid=f"bench-{handler}-{n}"),
+        hostname=f"bench{n}",
+        log_directory=str(d.dirs.log_dir / f"bench{n}"),
+    )
+    ctr = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
+        command=["/bin/sleep", "3600"], log_path="sleep.log",
+    )
+    t0 = time.perf_counter()
+    pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod, runtime_handler=handler), timeout=30).pod_sandbox_id
+    t1 = time.perf_counter()
+    ctr_id = rt.CreateContainer(
+        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
+    ).container_id
+    t2 = time.perf_counter()
+    rt.StartContainer(api.StartContainerRequest(container_id=ctr_id), timeout=30)
+    t3 = time.perf_counter()
+    rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    t4 = time.perf_counter()
+    rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    t5 = time.perf_counter()
+    for phase, value in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0, t4 - t3, t5 - t4)):
+        timings[phase].append(value * 1000)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--handlers", default="native", help="comma-separated runtime handlers to compare")
+    parser.add_argument(
+        "--dir", default="/run",
+        help="where the daemon's root and run root go (default /run: a tmpfs, where nodes keep run state)",
+    )
+    args = parser.parse_args()
+    handlers = [h for h in args.handlers.split(",") if h]
+
+    with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
+        registry = RegistryServer(Path(tmp) / "registry")
+        registry.start()
+        dirs = make_dirs(args.dir)
+        d = None
+        try:
+            pushed = push_image(registry, "bench/busybox", "latest")
+            conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
+            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
+            d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=60)
+            results = {h: {p: [] for p in PHASES} for h in handlers}
+            for i in range(args.warmup):
+                for h in handlers:
+                    one_pod(d, pushed.reference, h, -1 - i, {p: [] for p in PHASES})
+            for i in range(args.iterations):
+                for h in handlers:
+                    one_pod(d, pushed.reference, h, i, results[h])
+        finally:
+            if d is not None:
+                d.stop()
+            registry.stop()
+            remove_dirs(dirs)
+
+    print(f"Pod start-up, {args.iterations} iterations per handler, no CNI, state under {args.dir} (milliseconds)\n")
+    print("| handler | phase | p50 | p90 | p99 | mean |")
+    print("|---|---|---:|---:|---:|---:|")
+    for h in handlers:
+        for phase in PHASES:
+            v = results[h][phase]
+            print(f"| {h} | {phase} | {statistics.median(v):.2f} | {percentile(v, 90):.2f} | "
+                  f"{percentile(v, 99):.2f} | {statistics.fmean(v):.2f} |")
+    if len(handlers) > 1 and "native" in handlers:
+        base = statistics.median(results["native"]["start-up"])
+        print("\n| handler | start-up p50 / native |\n|---|---:|")
+        for h in handlers:
+            print(f"| {h} | {statistics.median(results[h]['start-up']) / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
