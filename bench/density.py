@@ -1,0 +1,130 @@
+"""Memory per pod: daemon + monitor PSS as pods are added.
+
+    sudo python bench/density.py [--sizes 10,50,100]
+
+Starts a private registry and daemon, then grows the node to each size in
+turn (each pod: its monitor plus one busybox `sleep` container), and at each
+size reads the proportional set size (smaps_rollup) of the daemon and of all
+pod monitors, and times ListPodSandbox and ListContainers. The per-pod cost is
+the slope between the smallest and the largest size. Container processes
+themselves (the workload) are not counted: they are the same whatever engine
+runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crio_fast.api import api_pb2 as api  # noqa: E402
+from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
+from tests.support.fixtures import write_registries_conf  # noqa: E402
+from tests.support.images import push_image  # noqa: E402
+from tests.support.registry import RegistryServer  # noqa: E402
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def monitor_pids(d: Daemon) -> list[int]:
+    pids = []
+    for pid_file in (d.dirs.runroot / "pods").glob("*/monitor.pid"):
+        try:
+            pids.append(int(pid_file.read_text()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def timed(fn, repeat: int = 5) -> float:
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,50,100")
+    parser.add_argument("--dir", default="/run", help="where the daemon's state goes (default: the /run tmpfs)")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
+        registry = RegistryServer(Path(tmp) / "registry")
+        registry.start()
+        dirs = make_dirs(args.dir)
+        d = None
+        try:
+            pushed = push_image(registry, "bench/busybox", "latest")
+            conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
+            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
+            rt = d.client.runtime
+            d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=60)
+            count = 0
+            for size in sizes:
+                while count < size:
+                    pod = api.PodSandboxConfig(
+                        metadata=api.PodSandboxMetadata(name=f"d{count}", namespace="density", uid=f"d-{count}"),
+                        hostname=f"d{count}", log_directory=str(dirs.log_dir / f"d{count}"),
+                    )
+                    pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
+                    ctr = api.ContainerConfig(
+                        metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=pushed.reference),
+                        command=["/bin/sleep", "3600"], log_path="sleep.log",
+                    )
+                    cid = rt.CreateContainer(
+                        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
+                    ).container_id
+                    rt.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+                    count += 1
+                time.sleep(1.0)  # let lazily touched pages settle
+                monitors = monitor_pids(d)
+                rows.append({
+                    "pods": size,
+                    "daemon": pss_kib(d.proc.pid),
+                    "monitors": sum(pss_kib(p) for p in monitors),
+                    "per_monitor": sum(pss_kib(p) for p in monitors) / max(1, len(monitors)),
+                    "list_pods": timed(lambda: rt.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30)),
+                    "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
+                })
+        finally:
+            if d is not None:
+                try:
+                    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=60).items:
+                        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                finally:
+                    d.stop()
+            registry.stop()
+            remove_dirs(dirs)
+
+    print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['pods']} | {r['daemon']} | {r['monitors']} | {r['per_monitor']:.0f} | "
+              f"{r['list_pods']:.2f} | {r['list_ctrs']:.2f} |")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        slope = ((last["daemon"] + last["monitors"]) - (first["daemon"] + first["monitors"])) / (last["pods"] - first["pods"])
+        print(f"\nPer-pod cost (slope {first['pods']}..{last['pods']} pods, daemon + monitors): {slope:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
