@@ -229,6 +229,15 @@ class ImageManager:
         client: RegistryClient = resolved.client
         repo = resolved.reference.repository
         config_digest = resolved.config.digest
+        present = self.store.get_image(config_digest)
+        if present is not None and all(self.store.has_layer(c) for c in present.layers):
+            # Warm pull: the tag may have moved to this image; nothing to download.
+            tags = [str(ref)] if ref.tag and not ref.digest else []
+            return self.store.save_image(ImageRecord(
+                id=config_digest, repo_tags=tags, repo_digests=[f"{ref.name}@{resolved.repo_digest}"],
+                manifest_digest=present.manifest_digest, layers=present.layers, diff_ids=present.diff_ids,
+                size=present.size,
+            ))
         try:
             config_raw = await client.get_blob_bytes(repo, config_digest, MAX_CONFIG_SIZE)
         except RegistryError as exc:

@@ -448,6 +448,11 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None  # an HTTP date: use our own backoff
 
 
+# What a ping learned per (host, verify TLS): scheme, auth challenge, when.
+PING_CACHE_SECONDS = 60.0
+_PING_CACHE: dict[tuple[str, bool], tuple[str | None, "Challenge | None", float]] = {}
+
+
 class RegistryClient:
     """Talks to one registry endpoint for any number of repositories."""
 
@@ -619,7 +624,14 @@ class RegistryClient:
             return
         async with self._ready_lock:
             if self.scheme is None:
+                key = (self._connect_host, self._verify_tls)
+                known = _PING_CACHE.get(key)
+                if known is not None and time.monotonic() - known[2] < PING_CACHE_SECONDS:
+                    # A warm pull should cost one manifest request, not a scheme probe and a ping first.
+                    self.scheme, self._challenge = known[0], known[1]
+                    return
                 await self._ping(repository)
+                _PING_CACHE[key] = (self.scheme, self._challenge, time.monotonic())
 
     async def _ping(self, repository: str) -> None:
         """GET /v2/: decide the scheme, learn the auth challenge."""

@@ -288,6 +288,12 @@ class ImageStore:
         with self.locked():
             records = self._load_records()
             existing = records.get(record.id)
+            if (
+                existing is not None
+                and set(record.repo_tags) <= set(existing.repo_tags)
+                and set(record.repo_digests) <= set(existing.repo_digests)
+            ):
+                return existing  # nothing new: a warm pull writes nothing
             if existing is not None:
                 record.repo_tags = _merge(existing.repo_tags, record.repo_tags)
                 record.repo_digests = _merge(existing.repo_digests, record.repo_digests)
