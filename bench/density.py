@@ -16,18 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import bench_node
 
-from crio_fast.api import api_pb2 as api  # noqa: E402
-from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
-from tests.support.fixtures import write_registries_conf  # noqa: E402
-from tests.support.images import push_image  # noqa: E402
-from tests.support.registry import RegistryServer  # noqa: E402
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon
 
 
 def pss_kib(pid: int) -> int:
@@ -65,54 +59,35 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
-        registry = RegistryServer(Path(tmp) / "registry")
-        registry.start()
-        dirs = make_dirs(args.dir)
-        d = None
-        try:
-            pushed = push_image(registry, "bench/busybox", "latest")
-            conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
-            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
-            rt = d.client.runtime
-            d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=60)
-            count = 0
-            for size in sizes:
-                while count < size:
-                    pod = api.PodSandboxConfig(
-                        metadata=api.PodSandboxMetadata(name=f"d{count}", namespace="density", uid=f"d-{count}"),
-                        hostname=f"d{count}", log_directory=str(dirs.log_dir / f"d{count}"),
-                    )
-                    pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
-                    ctr = api.ContainerConfig(
-                        metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=pushed.reference),
-                        command=["/bin/sleep", "3600"], log_path="sleep.log",
-                    )
-                    cid = rt.CreateContainer(
-                        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
-                    ).container_id
-                    rt.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
-                    count += 1
-                time.sleep(1.0)  # let lazily touched pages settle
-                monitors = monitor_pids(d)
-                rows.append({
-                    "pods": size,
-                    "daemon": pss_kib(d.proc.pid),
-                    "monitors": sum(pss_kib(p) for p in monitors),
-                    "per_monitor": sum(pss_kib(p) for p in monitors) / max(1, len(monitors)),
-                    "list_pods": timed(lambda: rt.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30)),
-                    "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
-                })
-        finally:
-            if d is not None:
-                try:
-                    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=60).items:
-                        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-                        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-                finally:
-                    d.stop()
-            registry.stop()
-            remove_dirs(dirs)
+    with bench_node(args.dir) as (d, pushed):
+        rt = d.client.runtime
+        count = 0
+        for size in sizes:
+            while count < size:
+                pod = api.PodSandboxConfig(
+                    metadata=api.PodSandboxMetadata(name=f"d{count}", namespace="density", uid=f"d-{count}"),
+                    hostname=f"d{count}", log_directory=str(d.dirs.log_dir / f"d{count}"),
+                )
+                pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
+                ctr = api.ContainerConfig(
+                    metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=pushed.reference),
+                    command=["/bin/sleep", "3600"], log_path="sleep.log",
+                )
+                cid = rt.CreateContainer(
+                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
+                ).container_id
+                rt.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+                count += 1
+            time.sleep(1.0)  # let lazily touched pages settle
+            monitors = [pss_kib(p) for p in monitor_pids(d)]
+            rows.append({
+                "pods": size,
+                "daemon": pss_kib(d.proc.pid),
+                "monitors": sum(monitors),
+                "per_monitor": sum(monitors) / max(1, len(monitors)),
+                "list_pods": timed(lambda: rt.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30)),
+                "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
+            })
 
     print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -19,18 +19,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import bench_node
 
-from crio_fast.api import api_pb2 as api  # noqa: E402
-from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
-from tests.support.fixtures import write_registries_conf  # noqa: E402
-from tests.support.images import push_image  # noqa: E402
-from tests.support.registry import RegistryServer  # noqa: E402
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon
 
 PHASES = ("RunPodSandbox", "CreateContainer", "StartContainer", "start-up", "StopPodSandbox", "RemovePodSandbox")
 
@@ -81,28 +75,14 @@ def main() -> int:
     args = parser.parse_args()
     handlers = [h for h in args.handlers.split(",") if h]
 
-    with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
-        registry = RegistryServer(Path(tmp) / "registry")
-        registry.start()
-        dirs = make_dirs(args.dir)
-        d = None
-        try:
-            pushed = push_image(registry, "bench/busybox", "latest")
-            conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
-            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
-            d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=60)
-            results = {h: {p: [] for p in PHASES} for h in handlers}
-            for i in range(args.warmup):
-                for h in handlers:
-                    one_pod(d, pushed.reference, h, -1 - i, {p: [] for p in PHASES})
-            for i in range(args.iterations):
-                for h in handlers:
-                    one_pod(d, pushed.reference, h, i, results[h])
-        finally:
-            if d is not None:
-                d.stop()
-            registry.stop()
-            remove_dirs(dirs)
+    with bench_node(args.dir) as (d, pushed):
+        results = {h: {p: [] for p in PHASES} for h in handlers}
+        for i in range(args.warmup):
+            for h in handlers:
+                one_pod(d, pushed.reference, h, -1 - i, {p: [] for p in PHASES})
+        for i in range(args.iterations):
+            for h in handlers:
+                one_pod(d, pushed.reference, h, i, results[h])
 
     print(f"Pod start-up, {args.iterations} iterations per handler, no CNI, state under {args.dir} (milliseconds)\n")
     print("| handler | phase | p50 | p90 | p99 | mean |")

@@ -22,19 +22,12 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import bench_node
 
-from crio_fast.api import api_pb2 as api  # noqa: E402
-from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
-from tests.support.fixtures import write_registries_conf  # noqa: E402
-from tests.support.images import LayerBuilder  # noqa: E402
-from tests.support.images import push_image  # noqa: E402
-from tests.support.registry import RegistryServer  # noqa: E402
+from crio_fast.api import api_pb2 as api
+from tests.support.images import LayerBuilder
 
 WORDS = b"the quick brown fox jumps over lazy dog container layer image pod kernel namespace cgroup".split()
 
@@ -65,38 +58,25 @@ def main() -> int:
     parser.add_argument("--dir", default="/run", help="where the daemon's store goes (default: the /run tmpfs)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
-        registry = RegistryServer(Path(tmp) / "registry")
-        registry.start()
-        dirs = make_dirs(args.dir)
-        d = None
-        try:
-            layers, content = [], 0
-            for i in range(args.layers):
-                builder, size = varied_layer(i, args.layer_mb)
-                layers.append(builder)
-                content += size
-            pushed = push_image(registry, "bench/layers", "latest", compression=args.compression, extra_layers=layers)
-            conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
-            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
-            image = d.client.image
+    layers, content = [], 0
+    for i in range(args.layers):
+        builder, size = varied_layer(i, args.layer_mb)
+        layers.append(builder)
+        content += size
+    with bench_node(args.dir, pull=False, compression=args.compression, extra_layers=layers) as (d, pushed):
+        image = d.client.image
 
-            def pull(ref: str) -> float:
-                t = time.perf_counter()
-                image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=ref)), timeout=600)
-                return time.perf_counter() - t
+        def pull(ref: str) -> float:
+            t = time.perf_counter()
+            image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=ref)), timeout=600)
+            return time.perf_counter() - t
 
-            cold, warm_tag, warm_digest = [], [], []
-            for _ in range(args.runs):
-                cold.append(pull(pushed.reference))
-                warm_tag += [pull(pushed.reference) for _ in range(10)]
-                warm_digest += [pull(pushed.digest_reference) for _ in range(10)]
-                image.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=120)
-        finally:
-            if d is not None:
-                d.stop()
-            registry.stop()
-            remove_dirs(dirs)
+        cold, warm_tag, warm_digest = [], [], []
+        for _ in range(args.runs):
+            cold.append(pull(pushed.reference))
+            warm_tag += [pull(pushed.reference) for _ in range(10)]
+            warm_digest += [pull(pushed.digest_reference) for _ in range(10)]
+            image.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=120)
 
     mb = content / 1e6
     print(f"Pull of {args.layers} layers x ~{args.layer_mb} MB ({args.compression}), {args.runs} runs, store under {args.dir}\n")

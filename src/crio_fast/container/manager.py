@@ -51,6 +51,7 @@ from crio_fast.state.records import (
     POD_READY,
     ContainerRecord,
     StateStore,
+    labels_match,
 )
 
 log = logging.getLogger("crio_fast.container")
@@ -577,9 +578,9 @@ class ContainerManager:
             if flt is not None:
                 if flt.HasField("state") and STATE_TO_PROTO[record.state] != flt.state.state:
                     continue
-                if flt.label_selector:
-                    labels = decode_container_config(record.config).labels
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
+                if flt.label_selector and not labels_match(
+                    decode_container_config(record.config).labels, flt.label_selector
+                ):
+                    continue
             out.append(record)
         return out

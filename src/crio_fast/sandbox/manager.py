@@ -28,7 +28,7 @@ from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
 from crio_fast.config import Config
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
-from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore
+from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match
 
 if TYPE_CHECKING:
     from crio_fast.container.manager import ContainerManager
@@ -331,10 +331,8 @@ class SandboxManager:
                 ready = record.state == POD_READY
                 if ready != (flt.state.state == pb.PodSandboxState.SANDBOX_READY):
                     continue
-            if flt.label_selector:
-                labels = decode_pod_config(record.config).labels
-                if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
+            if flt.label_selector and not labels_match(decode_pod_config(record.config).labels, flt.label_selector):
+                continue
             out.append(record)
         return out
 

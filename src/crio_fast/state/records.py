@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Mapping, TypeVar
 
 from crio_fast.image.store import atomic_write
 
@@ -129,6 +129,11 @@ class RecordTable(Generic[R]):
             return item
         matches = [r for key, r in list(self._items.items()) if key.startswith(id_or_prefix)]
         return matches[0] if len(matches) == 1 else None
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """CRI label selectors: every selector key present with an equal value."""
+    return all(labels.get(key) == value for key, value in selector.items())
 
 
 class StateStore:
