@@ -393,3 +393,44 @@ def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_pat
         finally:
             d.kill()
             remove_dirs(dirs)
+
+
+def test_reopen_container_log_after_rotation(cri):
+    pod_id, pod = run_pod(cri)
+    ctr = create(cri, pod_id, pod, ["/bin/sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done"])
+    start(cri, ctr)
+    log_path = Path(status(cri, ctr).log_path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and b"line2" not in log_path.read_bytes():
+        time.sleep(0.05)
+    rotated = log_path.with_name(log_path.name + ".1")
+    os.rename(log_path, rotated)  # what the kubelet's log rotation does
+    cri.client.runtime.ReopenContainerLog(api.ReopenContainerLogRequest(container_id=ctr), timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (log_path.exists() and log_path.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.05)
+    new_lines = [content for _, _, content in log_records(str(log_path))]
+    old_lines = [content for _, _, content in log_records(str(rotated))]
+    assert new_lines and old_lines
+    # The new file continues where the rotated one stopped: no line lost or doubled.
+    last_old = int(old_lines[-1].removeprefix(b"line"))
+    first_new = int(new_lines[0].removeprefix(b"line"))
+    assert first_new == last_old + 1
+
+
+def test_tty_container_logs_everything_as_stdout(cri):
+    pod_id, pod = run_pod(cri)
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="tty"), image=api.ImageSpec(image=cri.image),
+        command=["/bin/sh", "-c", "[ -t 1 ] && echo is-a-tty; echo to-stderr >&2"], log_path="tty.log", tty=True,
+    )
+    ctr = cri.client.runtime.CreateContainer(
+        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=30
+    ).container_id
+    start(cri, ctr)
+    st = wait_exited(cri, ctr)
+    assert st.exit_code == 0
+    records = log_records(st.log_path)
+    assert {stream for stream, _, _ in records} == {"stdout"}
+    text = b"".join(content for _, _, content in records)
+    assert b"is-a-tty" in text and b"to-stderr" in text
