@@ -400,3 +400,36 @@ def test_cli_import_docker_archive(daemon_dirs, tmp_path):
     assert "diff_id" in result.stderr
     assert os.listdir(daemon_dirs.root / "images" / "layers") == []
     assert os.listdir(daemon_dirs.root / "images" / "tmp") == []
+
+
+def test_pull_through_mirror_then_primary(daemon_dirs, tmp_path, registry, push_image):
+    """A mirror that has the image serves it; one that lacks it falls back to the primary."""
+    from tests.support.registry import RegistryServer
+
+    mirror = RegistryServer(tmp_path / "mirror")
+    mirror.start()
+    try:
+        on_both = push_image(repository="mirrored/app")
+        push_image(repository="mirrored/app", registry=mirror)  # same build: same digests
+        only_primary = push_image(repository="mirrored/other")
+        conf = tmp_path / "registries.conf"
+        conf.write_text(
+            f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n'
+            f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n'
+            f'[[registry]]\nlocation = "{mirror.host}"\ninsecure = true\n'
+        )
+        d = Daemon(daemon_dirs, "--registries-conf", str(conf)).start()
+        try:
+            assert pull(d, on_both.reference) == on_both.config_digest
+            mirror_log = mirror.log_path.read_text(errors="replace")
+            primary_log = registry.log_path.read_text(errors="replace")
+            layer = on_both.layer_digests[0]
+            assert f"GET /v2/mirrored/app/blobs/{layer}" in mirror_log
+            assert f"GET /v2/mirrored/app/blobs/{layer}" not in primary_log
+            # The name stays the primary's, whichever endpoint served it.
+            assert list(status(d, on_both.reference).image.repo_tags) == [on_both.reference]
+            assert pull(d, only_primary.reference) == only_primary.config_digest
+        finally:
+            d.stop()
+    finally:
+        mirror.stop()
