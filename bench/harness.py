@@ -38,7 +38,9 @@ def remove_all_pods(d: Daemon) -> None:
 
 
 @contextmanager
-def bench_node(state_dir: str = "/run", pull: bool = True, **push_options: Any) -> Iterator[tuple[Daemon, PushedImage]]:
+def bench_node(
+    state_dir: str = "/run", pull: bool = True, daemon_args: tuple[str, ...] = (), **push_options: Any
+) -> Iterator[tuple[Daemon, PushedImage]]:
     with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
         registry = RegistryServer(Path(tmp) / "registry")
         registry.start()
@@ -47,7 +49,8 @@ def bench_node(state_dir: str = "/run", pull: bool = True, **push_options: Any) 
         try:
             pushed = push_image(registry, "bench/busybox", "latest", **push_options)
             conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
-            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn").start()
+            # daemon_args come last so that they win (a later --log-level replaces "warn").
+            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn", *daemon_args).start()
             if pull:
                 d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=600)
             yield d, pushed

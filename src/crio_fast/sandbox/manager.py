@@ -3,8 +3,9 @@
 RunPodSandbox makes the pod's files (hostname, resolv.conf, hosts) under its
 pod dir in the run root, its cgroup, and spawns the pod's native monitor,
 which creates and holds the pod's network, IPC and UTS namespaces (unless the
-pod asks for the node's) and its /dev/shm. StopPodSandbox stops the pod's
-containers and shuts the monitor down (namespaces and shm go with it);
+pod asks for the node's) and its /dev/shm, then attaches the network namespace
+through CNI (network/pod.py). StopPodSandbox stops the pod's containers, runs
+CNI DEL and shuts the monitor down (namespaces and shm go with it);
 RemovePodSandbox removes what is left. Both are idempotent.
 """
 
@@ -27,6 +28,7 @@ from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
 from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
 from crio_fast.config import Config
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
 from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match
 
@@ -96,6 +98,7 @@ class SandboxManager:
         self._monitors: dict[str, PodMonitor] = {}
         self._lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
+        self.network = PodNetwork(config.crio.runroot)
 
     def pod_lock(self, pod_id: str) -> threading.RLock:
         with self._lock:
@@ -211,6 +214,10 @@ class SandboxManager:
             self._monitors[record.id] = mon
         record.monitor_pid = mon.pid
         record.ns_paths = dict(mon.ns_paths)
+        if not host_net:
+            # A failed ADD has undone itself; run()'s cleanup then shuts the monitor down.
+            attached = self.network.attach(self.config, record.id, record.ns_paths["net"], config)
+            record.ips = attached.ips() if attached is not None else []
         record.state = POD_READY
         self.state.pods.save(record)
         log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
@@ -236,6 +243,12 @@ class SandboxManager:
         with self.pod_lock(record.id):
             if self.containers is not None:
                 self.containers.stop_all_in_pod(record.id)
+            if record.namespaces.get("net") == "new":
+                # While the monitor still holds the namespace, so plugins can clean inside it.
+                self.network.detach(
+                    self.config, record.id, record.ns_paths.get("net", ""), decode_pod_config(record.config)
+                )
+                record.ips = []
             with self._lock:
                 mon = self._monitors.pop(record.id, None)
             if mon is None and record.state == POD_READY:
@@ -304,6 +317,9 @@ class SandboxManager:
             labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
         )
         status.network.SetInParent()
+        if record.ips:
+            status.network.ip = record.ips[0]
+            status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in record.ips[1:])
         opts = status.linux.namespaces.options
         opts.network = pb.NamespaceMode.NODE if record.namespaces.get("net") == "host" else pb.NamespaceMode.POD
         opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD

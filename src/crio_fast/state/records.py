@@ -45,6 +45,7 @@ class PodRecord:
     namespaces: dict[str, str] = field(default_factory=dict)  # net/ipc/uts -> "new" | "host"
     ns_paths: dict[str, str] = field(default_factory=dict)
     log_directory: str = ""
+    ips: list[str] = field(default_factory=list)  # from the CNI result, IPv4 first
 
 
 @dataclass

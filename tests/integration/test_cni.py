@@ -1,0 +1,290 @@
+"""Pod networking through real CNI plugins (Debian's containernetworking-plugins).
+
+Every test writes its own conflist into the daemon's private network dir: a
+bridge with a unique name, a subnet of its own from 10.250.x.0/24, host-local
+IPAM with its data under the test's temp dir, no masquerading and no default
+route, so nothing leaves the machine. Teardown removes the pods, the bridge
+and every iptables rule the plugins left, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.fixtures import write_registries_conf
+from tests.support.network import (
+    PLUGIN_DIR, BridgeNetwork, bridge_ports, existing_hostport_chains, free_port, iptables_nat, link_exists,
+    remove_hostport_chains, remove_network, write_network,
+)
+
+_pod_numbers = iter(range(1_000_000))
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
+    not os.path.exists(f"{PLUGIN_DIR}/bridge"), reason="containernetworking-plugins is not installed"
+)]
+
+
+def teardown_network(d: Daemon | None, network: BridgeNetwork) -> None:
+    try:
+        if d is not None and d.proc is not None and d.proc.poll() is None:
+            remove_all_pods(d)
+    finally:
+        remove_network(network)
+
+
+def remove_all_pods(d: Daemon) -> None:
+    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def hostport_chains_guard() -> Iterator[None]:
+    """portmap creates shared top-level chains once; drop them at the end if this module made them."""
+    before = existing_hostport_chains()
+    try:
+        yield
+    finally:
+        if not before:
+            remove_hostport_chains()
+
+
+@pytest.fixture(scope="module")
+def env(registry, busybox_image, tmp_path_factory, hostport_chains_guard):
+    dirs = make_dirs()
+    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
+    d = Daemon(dirs, "--registries-conf", str(conf), "--cni-plugin-dir", PLUGIN_DIR).start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
+        d.image = busybox_image.reference
+        yield d
+    finally:
+        try:
+            remove_all_pods(d)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
+
+
+@pytest.fixture
+def net(env: Daemon, tmp_path: Path) -> Iterator[BridgeNetwork]:
+    network = write_network(env.dirs.network_dir, tmp_path)
+    try:
+        yield network
+    finally:
+        teardown_network(env, network)
+
+
+def pod_config(d: Daemon, port_mappings: list[api.PortMapping] | None = None) -> api.PodSandboxConfig:
+    n = next(_pod_numbers)
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"net{n}", namespace="cni-test", uid=f"uid-net-{n}", attempt=0),
+        hostname=f"net{n}",
+        log_directory=str(d.dirs.log_dir / f"net{n}"),
+        port_mappings=port_mappings or [],
+    )
+
+
+def run_pod(d: Daemon, **kw) -> tuple[str, api.PodSandboxConfig]:
+    config = pod_config(d, **kw)
+    pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+    return pod_id, config
+
+
+def pod_status(d: Daemon, pod_id: str) -> api.PodSandboxStatus:
+    return d.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10).status
+
+
+def start_container(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str]) -> str:
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=f"c{next(_pod_numbers)}"),
+        image=api.ImageSpec(image=d.image), command=command, log_path="ctr.log",
+    )
+    req = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+    ctr = d.client.runtime.CreateContainer(req, timeout=30).container_id
+    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    return ctr
+
+
+def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int = 10) -> api.ExecSyncResponse:
+    request = api.ExecSyncRequest(container_id=ctr, cmd=cmd, timeout=timeout)
+    return d.client.runtime.ExecSync(request, timeout=timeout + 5)
+
+
+def http_server(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, port: int, body: str) -> str:
+    """busybox httpd serving ``body`` as /index.html on ``port``."""
+    script = f"mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {port} -h /www"
+    return start_container(d, pod_id, pod, ["sh", "-c", script])
+
+
+def fetch(url: str, timeout: float = 10.0) -> str:
+    """GET with retries until the server is up (httpd takes a moment to listen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode().strip()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_two_pods_reach_each_other_over_tcp(env: Daemon, net: BridgeNetwork) -> None:
+    server_id, server_pod = run_pod(env)
+    client_id, client_pod = run_pod(env)
+    server_ip = pod_status(env, server_id).network.ip
+    client_ip = pod_status(env, client_id).network.ip
+    assert ipaddress.IPv4Address(server_ip) in net.subnet
+    assert ipaddress.IPv4Address(client_ip) in net.subnet
+    assert server_ip != client_ip
+    assert sorted(net.allocations()) == sorted([server_ip, client_ip])
+
+    # busybox nc: the server answers each connection with one line; the client prints what it got.
+    start_container(env, server_id, server_pod,
+                    ["sh", "-c", "while true; do echo hello-from-server | nc -l -p 5000; done"])
+    client = start_container(env, client_id, client_pod, ["sleep", "60"])
+    addresses = exec_sync(env, client, ["ip", "-o", "-4", "addr", "show"]).stdout.decode()
+    assert re.search(rf"eth0\s+inet {re.escape(client_ip)}/24", addresses), addresses
+    assert re.search(r"lo\s+inet 127\.0\.0\.1/8", addresses), addresses  # the loopback plugin brought lo up
+    routes = exec_sync(env, client, ["ip", "route"]).stdout.decode()
+    assert "default" not in routes, routes
+
+    deadline = time.monotonic() + 10
+    while True:
+        result = exec_sync(env, client, ["sh", "-c", f"nc -w 2 {server_ip} 5000 </dev/null"])
+        if result.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.decode().strip() == "hello-from-server"
+
+
+def test_host_port_reachable_from_localhost_and_bridge_ip(env: Daemon, net: BridgeNetwork) -> None:
+    host_port = free_port()
+    pod_id, pod = run_pod(env, port_mappings=[api.PortMapping(
+        protocol=api.Protocol.TCP, container_port=8080, host_port=host_port)])
+    http_server(env, pod_id, pod, 8080, "hello-via-hostport")
+    assert fetch(f"http://127.0.0.1:{host_port}/index.html") == "hello-via-hostport"
+    assert fetch(f"http://{net.gateway}:{host_port}/index.html") == "hello-via-hostport"
+    assert pod_id in iptables_nat()  # portmap's DNAT rule names the pod
+
+
+def test_stop_and_remove_leave_nothing_behind(env: Daemon, net: BridgeNetwork) -> None:
+    pod_id, _ = run_pod(env, port_mappings=[api.PortMapping(container_port=80, host_port=free_port())])
+    ip = pod_status(env, pod_id).network.ip
+    veths = bridge_ports(net.bridge)
+    assert len(veths) == 1
+    assert net.allocations() == [ip]
+    assert pod_id in iptables_nat()
+    cache_dir = env.dirs.runroot / "cni" / "results"
+    assert any(pod_id in name for name in os.listdir(cache_dir))
+    pod_dir = env.dirs.runroot / "pods" / pod_id
+    assert pod_dir.is_dir()
+
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    assert not link_exists(veths[0])
+    assert net.allocations() == []
+    nat = iptables_nat()
+    assert pod_id not in nat
+    assert not re.search(r"^:CNI-DN-", nat, re.MULTILINE), nat
+    assert "crio-fast" not in nat
+    assert not any(pod_id in name for name in os.listdir(cache_dir))
+    status = pod_status(env, pod_id)
+    assert status.state == api.PodSandboxState.SANDBOX_NOTREADY
+    assert status.network.ip == ""
+
+    # A second stop finds nothing to undo and succeeds.
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    assert not pod_dir.exists()
+    assert pod_id not in Path("/proc/self/mountinfo").read_text()  # the netns bind mount is gone
+
+
+def test_del_after_daemon_restart_uses_cached_result(env: Daemon, net: BridgeNetwork) -> None:
+    pod_id, _ = run_pod(env, port_mappings=[api.PortMapping(container_port=80, host_port=free_port())])
+    assert len(bridge_ports(net.bridge)) == 1
+    env.stop()
+    # The configuration changes while the daemon is down: DEL must still undo the original ADD.
+    net.conflist.unlink()
+    env.start()
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    assert bridge_ports(net.bridge) == []
+    assert net.allocations() == []
+    assert pod_id not in iptables_nat()
+
+
+def test_twenty_concurrent_pods_get_distinct_ips(env: Daemon, net: BridgeNetwork) -> None:
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        pods = list(pool.map(lambda _: run_pod(env)[0], range(20)))
+    ips = [pod_status(env, pod_id).network.ip for pod_id in pods]
+    assert len(set(ips)) == 20, ips
+    assert all(ipaddress.IPv4Address(ip) in net.subnet for ip in ips)
+    assert sorted(net.allocations()) == sorted(ips)
+    assert len(bridge_ports(net.bridge)) == 20
+
+
+def test_host_network_pod_skips_cni(env: Daemon, net: BridgeNetwork) -> None:
+    config = pod_config(env)
+    config.linux.security_context.namespace_options.network = api.NamespaceMode.NODE
+    pod_id = env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+    assert pod_status(env, pod_id).network.ip == ""
+    assert net.allocations() == []
+    assert not link_exists(net.bridge)
+
+
+BROKEN_PLUGIN = """#!/bin/sh
+# A CNI plugin that refuses every ADD with a CNI error object and accepts everything else.
+cat >/dev/null
+if [ "$CNI_COMMAND" = ADD ]; then
+  printf '{"cniVersion":"1.0.0","code":11,"msg":"cf-broken refuses pod %s","details":"test plugin"}' "$CNI_CONTAINERID"
+  exit 1
+fi
+exit 0
+"""
+
+
+def test_failing_plugin_fails_run_and_leaves_nothing(
+    tmp_path: Path, hostport_chains_guard
+) -> None:
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "cf-broken").write_text(BROKEN_PLUGIN)
+    (plugin_dir / "cf-broken").chmod(0o755)
+    dirs = make_dirs()
+    d = Daemon(dirs, "--cni-plugin-dir", str(plugin_dir), "--cni-plugin-dir", PLUGIN_DIR)
+    # The bridge runs first and succeeds: the failure comes after it has done its part.
+    network = write_network(dirs.network_dir, tmp_path, extra_plugins=[{"type": "cf-broken"}])
+    try:
+        d.start()
+        with pytest.raises(grpc.RpcError) as failure:
+            run_pod(d)
+        assert "CNI plugin cf-broken failed (ADD): cf-broken refuses pod" in failure.value.details()
+        assert "test plugin" in failure.value.details()
+        assert d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items == []
+        assert os.listdir(dirs.runroot / "pods") == []
+        assert bridge_ports(network.bridge) == []
+        assert network.allocations() == []
+        results = dirs.runroot / "cni" / "results"
+        assert not results.exists() or os.listdir(results) == []
+        assert str(dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        try:
+            teardown_network(d, network)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
