@@ -14,9 +14,11 @@ runs them.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from harness import bench_node
 
@@ -55,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,50,100")
     parser.add_argument("--dir", default="/run", help="where the daemon's state goes (default: the /run tmpfs)")
+    parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
@@ -89,6 +92,8 @@ def main() -> int:
                 "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
             })
 
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows))
     print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -17,9 +17,11 @@ ratio to the native handler is printed. Nothing here is asserted: it reports.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from harness import bench_node
 
@@ -72,6 +74,7 @@ def main() -> int:
         "--dir", default="/run",
         help="where the daemon's root and run root go (default /run: a tmpfs, where nodes keep run state)",
     )
+    parser.add_argument("--json", help="also write the raw timings (ms per phase per handler) to this file")
     args = parser.parse_args()
     handlers = [h for h in args.handlers.split(",") if h]
 
@@ -84,6 +87,8 @@ def main() -> int:
             for h in handlers:
                 one_pod(d, pushed.reference, h, i, results[h])
 
+    if args.json:
+        Path(args.json).write_text(json.dumps(results))
     print(f"Pod start-up, {args.iterations} iterations per handler, no CNI, state under {args.dir} (milliseconds)\n")
     print("| handler | phase | p50 | p90 | p99 | mean |")
     print("|---|---|---:|---:|---:|---:|")
