@@ -1,0 +1,275 @@
+"""Security context, resources, sysctls and devices of containers on the native runtime, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.fixtures import write_registries_conf
+
+pytestmark = pytest.mark.integration
+
+PIDS_LIMIT = 24
+
+
+@pytest.fixture(scope="module")
+def env(registry, busybox_image, tmp_path_factory):
+    """One daemon (pids_limit and a default ulimit configured) with busybox pulled."""
+    dirs = make_dirs()
+    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
+    dirs.config.write_text('[crio.runtime]\ndefault_ulimits = ["nofile=1024:2048"]\n')
+    d = Daemon(dirs, "--registries-conf", str(conf), "--pids-limit", str(PIDS_LIMIT)).start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
+        d.image = busybox_image.reference
+        yield d
+    finally:
+        try:
+            for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
+                d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def pod(env):
+    """A running pod (sysctls settable through the returned config before use via make_pod)."""
+    pods: list[str] = []
+
+    def make_pod(sysctls: dict[str, str] | None = None,
+                 seccomp: api.SecurityProfile | None = None) -> tuple[str, api.PodSandboxConfig]:
+        n = next(_counter)
+        config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name=f"sec{n}", namespace="test", uid=f"sec-{n}"),
+            hostname=f"sec{n}", log_directory=str(env.dirs.log_dir / f"sec{n}"),
+        )
+        config.linux.sysctls.update(sysctls or {})
+        if seccomp is not None:
+            config.linux.security_context.seccomp.CopyFrom(seccomp)
+        pod_id = env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+        pods.append(pod_id)
+        return pod_id, config
+
+    try:
+        yield make_pod
+    finally:
+        for pod_id in pods:
+            env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+            env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+
+def run(d: Daemon, pod_id: str, pod_config: api.PodSandboxConfig, configure=None,
+        command: list[str] | None = None) -> str:
+    """Create and start a long-running busybox container; ``configure`` edits its ContainerConfig."""
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=f"c{next(_counter)}"), image=api.ImageSpec(image=d.image),
+        command=command or ["sleep", "3600"], log_path="ctr.log",
+    )
+    if configure:
+        configure(config)
+    req = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)
+    ctr = d.client.runtime.CreateContainer(req, timeout=30).container_id
+    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    return ctr
+
+
+def sh(d: Daemon, ctr: str, script: str, timeout: int = 15) -> api.ExecSyncResponse:
+    return d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["sh", "-c", script], timeout=timeout),
+                                     timeout=timeout + 10)
+
+
+def init_status(d: Daemon, ctr: str) -> dict[str, str]:
+    """/proc/1/status of the container (the process started by StartContainer, not an exec)."""
+    out = sh(d, ctr, "cat /proc/1/status").stdout.decode()
+    return dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+
+
+def cgroup_dir(d: Daemon, ctr: str, controller: str) -> Path:
+    info = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=10)
+    cgroup = json.loads(info.info["info"])["cgroup"]
+    return Path("/sys/fs/cgroup", controller, cgroup.lstrip("/"))
+
+
+def test_user_group_and_supplemental_groups(env, pod):
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        sc = c.linux.security_context
+        sc.run_as_user.value = 1234
+        sc.run_as_group.value = 2345
+        sc.supplemental_groups.extend([3456, 4567])
+
+    ctr = run(env, pod_id, pod_config, configure)
+    status = init_status(env, ctr)
+    assert status["Uid"].split()[:2] == ["1234", "1234"]
+    assert status["Gid"].split()[:2] == ["2345", "2345"]
+    assert sorted(status["Groups"].split()) == ["3456", "4567"]
+    assert int(status["CapEff"], 16) == 0  # non-root, nothing added: no effective capabilities
+
+
+def test_run_as_username_uses_image_passwd_and_groups(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "run_as_username", "nobody"))
+    out = sh(env, ctr, "id -u; id -g").stdout.decode().split()
+    assert out == ["65534", "65534"]
+
+
+def test_capabilities_add_drop_and_all(env, pod):
+    pod_id, pod_config = pod()
+
+    def only_net_admin(c):
+        caps = c.linux.security_context.capabilities
+        caps.drop_capabilities.append("ALL")
+        caps.add_capabilities.append("NET_ADMIN")
+
+    ctr = run(env, pod_id, pod_config, only_net_admin)
+    status = init_status(env, ctr)
+    assert int(status["CapEff"], 16) == 1 << 12
+    assert int(status["CapBnd"], 16) == 1 << 12
+    default_ctr = run(env, pod_id, pod_config)
+    default_status = init_status(env, default_ctr)
+    assert int(default_status["CapEff"], 16) & (1 << 0)  # CAP_CHOWN is a default
+    assert not int(default_status["CapBnd"], 16) & (1 << 21)  # CAP_SYS_ADMIN is not
+
+
+def test_non_root_gets_added_capabilities_as_ambient(env, pod):
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        c.linux.security_context.run_as_user.value = 1000
+        c.linux.security_context.capabilities.add_capabilities.append("NET_BIND_SERVICE")
+
+    status = init_status(env, run(env, pod_id, pod_config, configure))
+    assert int(status["CapEff"], 16) == 1 << 10
+    assert int(status["CapAmb"], 16) == 1 << 10
+
+
+def test_readonly_rootfs_refuses_writes(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "readonly_rootfs", True))
+    result = sh(env, ctr, "touch /newfile")
+    assert result.exit_code != 0
+    assert b"Read-only file system" in result.stderr
+
+
+def test_runtime_default_seccomp_blocks_unshare(env, pod):
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        c.linux.security_context.seccomp.profile_type = api.SecurityProfile.RuntimeDefault
+
+    ctr = run(env, pod_id, pod_config, configure)
+    assert int(init_status(env, ctr)["Seccomp"]) == 2
+    result = sh(env, ctr, "unshare -n true")
+    assert result.exit_code != 0
+    assert b"Operation not permitted" in result.stderr
+    assert sh(env, ctr, "echo ok").stdout == b"ok\n"  # ordinary work still runs
+
+
+def test_unconfined_seccomp_and_pod_default(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config,
+              lambda c: setattr(c.linux.security_context.seccomp, "profile_type", api.SecurityProfile.Unconfined))
+    assert int(init_status(env, ctr)["Seccomp"]) == 0
+    assert int(init_status(env, run(env, pod_id, pod_config))["Seccomp"]) == 2  # nothing asked: RuntimeDefault
+    unconfined_pod_id, unconfined_pod = pod(seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined))
+    from_pod = run(env, unconfined_pod_id, unconfined_pod)
+    assert int(init_status(env, from_pod)["Seccomp"]) == 0
+
+
+def test_localhost_seccomp_profile(env, pod, tmp_path):
+    profile = tmp_path / "no-mkdir.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}],
+    }))
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        c.linux.security_context.seccomp.profile_type = api.SecurityProfile.Localhost
+        c.linux.security_context.seccomp.localhost_ref = str(profile)
+
+    ctr = run(env, pod_id, pod_config, configure)
+    result = sh(env, ctr, "mkdir /tmp/x")
+    assert result.exit_code != 0
+    assert b"Permission denied" in result.stderr
+    assert sh(env, ctr, "touch /tmp/y && echo ok").stdout == b"ok\n"
+
+
+def test_apparmor_profile_refused_when_apparmor_is_off(env, pod):
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        c.linux.security_context.apparmor.profile_type = api.SecurityProfile.Localhost
+        c.linux.security_context.apparmor.localhost_ref = "my-profile"
+
+    with pytest.raises(grpc.RpcError) as info:
+        run(env, pod_id, pod_config, configure)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "AppArmor is not enabled" in info.value.details()
+
+
+def test_privileged_container_sees_host_devices(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "privileged", True))
+    assert sh(env, ctr, "test -c /dev/kmsg && echo yes").stdout == b"yes\n"
+    status = init_status(env, ctr)
+    assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) != 0
+    assert int(status["Seccomp"]) == 0
+    unprivileged = run(env, pod_id, pod_config)
+    assert sh(env, unprivileged, "test -e /dev/kmsg").exit_code != 0
+
+
+def test_requested_device_is_created_and_allowed(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config, lambda c: c.devices.append(
+        api.Device(host_path="/dev/kmsg", container_path="/dev/mykmsg", permissions="r")))
+    assert sh(env, ctr, "test -c /dev/mykmsg && echo yes").stdout == b"yes\n"
+    rules = (cgroup_dir(env, ctr, "devices") / "devices.list").read_text().split("\n")
+    assert "c 1:11 r" in rules
+    assert "a *:* rwm" not in rules
+
+
+def test_memory_cpu_limits_and_live_update(env, pod):
+    pod_id, pod_config = pod()
+    resources = api.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_period=100000, cpu_quota=50000)
+    ctr = run(env, pod_id, pod_config, lambda c: c.linux.resources.CopyFrom(resources))
+    assert int((cgroup_dir(env, ctr, "memory") / "memory.limit_in_bytes").read_text()) == 64 << 20
+    assert int((cgroup_dir(env, ctr, "cpu") / "cpu.cfs_quota_us").read_text()) == 50000
+    env.client.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+        container_id=ctr, linux=api.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_period=100000,
+                                                            cpu_quota=20000)), timeout=10)
+    assert int((cgroup_dir(env, ctr, "memory") / "memory.limit_in_bytes").read_text()) == 96 << 20
+    assert int((cgroup_dir(env, ctr, "cpu") / "cpu.cfs_quota_us").read_text()) == 20000
+
+
+def test_pids_limit_and_default_ulimits(env, pod):
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config)
+    assert int((cgroup_dir(env, ctr, "pids") / "pids.max").read_text()) == PIDS_LIMIT
+    assert sh(env, ctr, "ulimit -n; ulimit -Hn").stdout.split() == [b"1024", b"2048"]
+    result = sh(env, ctr, f"for i in $(seq {PIDS_LIMIT + 10}); do sleep 100 & done; echo done", timeout=20)
+    assert b"can't fork" in result.stderr or b"Resource temporarily unavailable" in result.stderr
+    sh(env, ctr, "pkill sleep; true")
+
+
+def test_namespaced_sysctl_applied_and_node_sysctl_refused(env, pod):
+    pod_id, pod_config = pod({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"})
+    ctr = run(env, pod_id, pod_config)
+    assert sh(env, ctr, "cat /proc/sys/kernel/shm_rmid_forced").stdout == b"1\n"
+    assert sh(env, ctr, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start").stdout == b"80\n"
+    with pytest.raises(grpc.RpcError) as info:
+        pod({"kernel.panic": "5"})
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "kernel.panic" in info.value.details()
