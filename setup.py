@@ -35,6 +35,7 @@ RUNTIME_DEPENDENCIES = [
     "isal>=1.6",
     "zstandard>=0.22",
     "aiohttp>=3.9",
+    "prometheus_client>=0.20",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]

@@ -11,6 +11,7 @@ writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import secrets
@@ -19,7 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
@@ -28,9 +29,11 @@ from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.monitor import MonitorError, exec_sync, read_exit_file
 from crio_fast.runtime.plan import (
-    CAPABILITIES,
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
     MS_PRIVATE,
     MS_SHARED,
     MS_SLAVE,
@@ -43,6 +46,7 @@ from crio_fast.runtime.plan import (
     default_linux_mounts,
 )
 from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
+from crio_fast.container import security
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -150,27 +154,6 @@ def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int]
     return uid, gid, extra, name
 
 
-def capability_names(default: list[str], caps: pb.Capability, privileged: bool) -> list[str]:
-    all_caps = [c.removeprefix("CAP_") for c in CAPABILITIES]
-    if privileged:
-        return all_caps
-    names = {c.upper().removeprefix("CAP_") for c in default}
-    adds = [c.upper().removeprefix("CAP_") for c in caps.add_capabilities]
-    drops = [c.upper().removeprefix("CAP_") for c in caps.drop_capabilities]
-    if "ALL" in adds:
-        names = set(all_caps)
-    else:
-        names |= set(adds)
-    if "ALL" in drops:
-        names = set(adds) - {"ALL"} if "ALL" not in adds else set()
-    else:
-        names -= set(drops)
-    unknown = sorted(n for n in names if n not in all_caps)
-    if unknown:
-        raise InvalidArgument(f"unknown capabilities: {', '.join(unknown)}")
-    return sorted(names)
-
-
 class ContainerManager:
     def __init__(
         self,
@@ -180,8 +163,12 @@ class ContainerManager:
         images: ImageManager,
         cgroups: CgroupManager,
         monitor_path: str,
+        events: Callable[[ContainerRecord, int], None] | None = None,
     ) -> None:
         self.config = config
+        # Told (record, pb.ContainerEventType) at each lifecycle step; the engine's event bus.
+        self.events = events
+        self._starting: set[str] = set()  # ids inside start(): their exits are folded in by start()
         self.state = state
         self.sandboxes = sandboxes
         self.images = images
@@ -202,9 +189,16 @@ class ContainerManager:
             raise NotFound(f"container {container_id!r} not found")
         return self.refresh(record)
 
+    def _emit(self, record: ContainerRecord, event_type: int) -> None:
+        if self.events is not None:
+            try:
+                self.events(record, event_type)
+            except Exception:  # a broken subscriber must not fail the container operation
+                log.exception("container %s: publishing event %d", record.id[:12], event_type)
+
     def refresh(self, record: ContainerRecord) -> ContainerRecord:
         """Fold in an exit the monitor recorded since we last looked."""
-        if record.state not in (CTR_CREATED, CTR_RUNNING):
+        if record.state not in (CTR_CREATED, CTR_RUNNING) or record.id in self._starting:
             return record
         try:
             info = read_exit_file(self.exits_dir / record.id)
@@ -216,9 +210,20 @@ class ContainerManager:
                 pod = self.state.pods.get(record.pod_id)
                 if pod is None or pod.state != POD_READY:
                     # The pod's monitor is gone and left no exit: nothing runs any more.
-                    record.state, record.reason = CTR_UNKNOWN, "MonitorGone"
-                    self.state.containers.save(record)
+                    with self._lock:
+                        if record.state == CTR_RUNNING:
+                            record.state, record.reason = CTR_UNKNOWN, "MonitorGone"
+                            self.state.containers.save(record)
+                            self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
             return record
+        with self._lock:
+            # Another thread (the exit watcher, a stop) may have folded it in meanwhile: one STOPPED.
+            if record.state not in (CTR_CREATED, CTR_RUNNING):
+                return record
+            self._fold_exit(record, info)
+        return record
+
+    def _fold_exit(self, record: ContainerRecord, info) -> None:
         record.state = CTR_EXITED
         record.exit_code = info.exit_code
         record.finished_at = info.finished_at
@@ -229,7 +234,7 @@ class ContainerManager:
         else:
             record.reason = "Error"
         self.state.containers.save(record)
-        return record
+        self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     # -- CreateContainer -------------------------------------------------------
 
@@ -263,6 +268,7 @@ class ContainerManager:
             self._remove_leftovers(record)
             self.state.containers.delete(record.id)
             raise
+        self._emit(record, pb.ContainerEventType.CONTAINER_CREATED_EVENT)
         return container_id
 
     def _create(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig, image) -> None:
@@ -290,22 +296,17 @@ class ContainerManager:
         env.setdefault("HOSTNAME", hostname)
         env_list = [f"{k}={v}" for k, v in env.items()]
 
-        if sc.HasField("run_as_user"):
-            user_spec = str(sc.run_as_user.value)
-        elif sc.run_as_username:
-            user_spec = sc.run_as_username
-        else:
-            user_spec = image_config.get("User") or "0"
-        uid, gid, extra_gids, _ = resolve_user(user_spec, layer_dirs)
-        if sc.HasField("run_as_group"):
-            gid = sc.run_as_group.value
-        gids = sorted(set(extra_gids) | set(sc.supplemental_groups))
-        caps = Capabilities.from_names(
-            capability_names(list(self.config.runtime.default_capabilities), sc.capabilities, sc.privileged)
-        )
-        if uid != 0:
-            # A non-root process gets no effective capabilities unless asked for ambiently.
-            caps = Capabilities(bounding=caps.bounding, effective=0, permitted=0, inheritable=0, ambient=0)
+        security.check_mac(sc)
+        identity = security.resolve_identity(sc, image_config.get("User") or "", layer_dirs)
+        uid, gid, gids = identity.uid, identity.gid, identity.additional_gids
+        caps = security.resolve_capabilities(
+            list(self.config.runtime.default_capabilities), sc.capabilities, sc.privileged, uid)
+        pod_sc = pod_config.linux.security_context
+        seccomp = security.seccomp_for(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
+                                       sc.privileged,
+                                       self.config.runtime.seccomp_profile)
+        sysctls = security.pod_sysctls(pod_config)
+        devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
         bundle = self.bundles / record.id
         storage = self.storage / record.id
@@ -315,12 +316,22 @@ class ContainerManager:
         record.bundle = str(bundle)
 
         resources = self._resources(config.linux.resources)
+        if self.config.runtime.pids_limit > 0:
+            resources = dataclasses.replace(resources, pids_limit=self.config.runtime.pids_limit)
         try:
             pod_cg = self.cgroups.paths(pod.cgroup_path)
             cg = self.cgroups.container_cgroup(pod_cg, record.id, resources)
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         record.cgroup_path = cg.path
+        devices_dir = cg.dirs.get("devices")
+        if devices_dir and not self.cgroups.layout.is_v2("devices"):
+            if not sc.privileged:
+                security.write_device_rules(devices_dir, [d.cgroup_rule() for d in devices])
+        elif devices and not sc.privileged:
+            # cgroup v2 needs an eBPF device program to allow exactly these devices; none is attached yet.
+            raise FailedPrecondition("devices in the request need the v1 devices cgroup: "
+                                     "cgroup v2 device filtering (eBPF) is not implemented")
 
         extra_mounts = [
             MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),
@@ -347,10 +358,16 @@ class ContainerManager:
             cgroup_v1_binds=None if layout_v2 else {
                 key.removeprefix("name="): d for key, d in cg.hierarchy_dirs.items() if os.path.isdir(d)
             },
-            extra=extra_mounts,
+            extra=[*security.device_mount_ops(devices), *extra_mounts],
             masked_paths=[] if sc.privileged else list(sc.masked_paths) or DEFAULT_MASKED_PATHS,
             readonly_paths=[] if sc.privileged else list(sc.readonly_paths) or DEFAULT_READONLY_PATHS,
         )
+        if sc.privileged:
+            # Privileged containers get a writable /sys, as with runc.
+            mounts = [MountOp.mount("sysfs", "/sys", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV)
+                      if op.destination == "/sys" and op.fstype == "sysfs" else op for op in mounts]
+        # pid mode POD: the pod has no shared pid namespace of its own here (each container is its own
+        # pid 1), so POD is treated like CONTAINER; NODE skips the pid namespace.
         pid_mode = sc.namespace_options.pid
         namespaces = [Namespace("mnt")]
         if pid_mode != pb.NamespaceMode.NODE:
@@ -376,6 +393,9 @@ class ContainerManager:
             additional_gids=gids,
             capabilities=caps,
             no_new_privs=sc.no_new_privs,
+            seccomp=seccomp,
+            sysctls=sysctls,
+            rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
             stdin=config.stdin,
             tty=config.tty,
         )
@@ -384,6 +404,7 @@ class ContainerManager:
             "env": env_list, "cwd": cwd, "uid": uid, "gid": gid, "gids": gids, "no_new_privs": sc.no_new_privs,
             "caps": [caps.bounding, caps.effective, caps.permitted, caps.inheritable, caps.ambient],
             "cgroup_procs": cg.procs_files,
+            "seccomp": base64.b64encode(seccomp).decode() if seccomp else None,
         }
         if pod.log_directory and config.log_path:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
@@ -416,15 +437,24 @@ class ContainerManager:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
+        with self._lock:
+            self._starting.add(record.id)
         try:
-            monitor.start(record.id)
-        except MonitorError as exc:
-            record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
-            record.exit_code, record.finished_at = 128, time.time_ns()
+            try:
+                monitor.start(record.id)
+            except MonitorError as exc:
+                record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
+                record.exit_code, record.finished_at = 128, time.time_ns()
+                self.state.containers.save(record)
+                self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
+                raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
+            record.state, record.started_at = CTR_RUNNING, time.time_ns()
             self.state.containers.save(record)
-            raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
-        record.state, record.started_at = CTR_RUNNING, time.time_ns()
-        self.state.containers.save(record)
+            self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
+        finally:
+            with self._lock:
+                self._starting.discard(record.id)
+        self.refresh(record)  # an exit the watcher saw while this start was under way
 
     def _wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -485,6 +515,7 @@ class ContainerManager:
                 log.info("container %s: monitor remove: %s", record.id[:12], exc)
         self._remove_leftovers(record)
         self.state.containers.delete(record.id)
+        self._emit(record, pb.ContainerEventType.CONTAINER_DELETED_EVENT)
 
     def remove_all_in_pod(self, pod_id: str) -> None:
         for record in self.state.containers.values():
@@ -519,6 +550,8 @@ class ContainerManager:
             cgroup_procs=list(p["cgroup_procs"]), uid=p["uid"], gid=p["gid"], additional_gids=list(p["gids"]),
             capabilities=Capabilities(bounding, effective, permitted, inheritable, ambient),
             no_new_privs=p["no_new_privs"],
+            seccomp=base64.b64decode(p["seccomp"]) if p.get("seccomp") else None,
+            rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
         )
         try:
             result = exec_sync(self.monitor_path, plan, float(timeout) if timeout > 0 else 3600.0 * 24)
@@ -530,6 +563,29 @@ class ContainerManager:
         if result.error:
             stderr = stderr + (result.error + "\n").encode()
         return result.exit_code, result.stdout, stderr
+
+    def update_resources(self, container_id: str, resources: pb.LinuxContainerResources) -> None:
+        """UpdateContainerResources: new cgroup limits (and oom_score_adj) for a live container."""
+        record = self.get(container_id)
+        if record.state not in (CTR_CREATED, CTR_RUNNING):
+            raise FailedPrecondition(f"container {record.id} is {record.state}: its resources cannot change")
+        limits = self._resources(resources)
+        if self.config.runtime.pids_limit > 0:
+            limits = dataclasses.replace(limits, pids_limit=self.config.runtime.pids_limit)
+        try:
+            self.cgroups.update(self.cgroups.paths(record.cgroup_path), limits)
+        except CgroupError as exc:
+            raise InvalidArgument(f"updating resources of {record.id}: {exc}") from exc
+        if resources.oom_score_adj and record.pid:
+            adj = max(-1000, min(1000, resources.oom_score_adj))
+            if adj != resources.oom_score_adj:
+                log.warning("container %s: oom_score_adj %d clamped to %d", record.id[:12],
+                            resources.oom_score_adj, adj)
+            try:
+                Path(f"/proc/{record.pid}/oom_score_adj").write_text(str(adj))
+            except OSError as exc:
+                log.warning("container %s: oom_score_adj %d not applied: %s", record.id[:12], adj,
+                            os.strerror(exc.errno or 0))
 
     def reopen_log(self, container_id: str) -> None:
         record = self.get(container_id)

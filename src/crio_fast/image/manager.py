@@ -88,6 +88,8 @@ class ImageManager:
         self._layer_jobs: dict[str, asyncio.Future[LayerRecord]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(2, self.max_parallel_layers), thread_name_prefix="layer")
+        # Called with (seconds, compressed bytes) for each layer fetched; set by the metrics endpoint.
+        self.layer_observer: Callable[[float, int], None] | None = None
 
     def reconfigure(self, *, registries_conf: str | None, auth_file: str | None, max_parallel_layers: int) -> None:
         self.registries_conf = registries_conf or None
@@ -303,6 +305,7 @@ class ImageManager:
         self, client: RegistryClient, repo: str, descriptor: Any, chain_id: str, parent: str, diff_id: str
     ) -> LayerRecord:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         ingest = await loop.run_in_executor(
             self._pool,
             lambda: LayerIngest(
@@ -328,7 +331,10 @@ class ImageManager:
                         await loop.run_in_executor(self._pool, ingest.feed, data)
             if batch:
                 await loop.run_in_executor(self._pool, ingest.feed, b"".join(batch))
-            return await loop.run_in_executor(self._pool, ingest.commit)
+            layer = await loop.run_in_executor(self._pool, ingest.commit)
+            if self.layer_observer is not None:
+                self.layer_observer(time.monotonic() - started, int(getattr(descriptor, "size", 0) or 0))
+            return layer
         except BaseException:
             await loop.run_in_executor(self._pool, ingest.abort)
             raise

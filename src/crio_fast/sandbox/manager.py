@@ -27,6 +27,7 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
 from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
 from crio_fast.config import Config
+from crio_fast.container.security import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
@@ -143,8 +144,8 @@ class SandboxManager:
             raise InvalidArgument(f"runtime handler {handler!r} is of type oci, which this version cannot run yet")
         if config.hostname and not HOSTNAME_RE.match(config.hostname):
             raise InvalidArgument(f"hostname {config.hostname!r} is not a valid DNS name")
-        for key in config.linux.sysctls:
-            raise InvalidArgument(f"pod sysctl {key!r}: sysctls are not supported yet")
+        # Namespaced sysctls are applied in every container of the pod; others are refused here.
+        pod_sysctls(config)
         return handler
 
     def run(self, config: pb.PodSandboxConfig, handler: str) -> str:

@@ -22,6 +22,7 @@ from crio_fast.config import Config, ConfigError
 from crio_fast.server.engine import Engine
 from crio_fast.server.image_service import ImageServicer
 from crio_fast.server.listener import InstanceLock, finish_socket, prepare_socket_path, remove_socket
+from crio_fast.runtime.exitwatch import ExitWatcher, ExitWatchError
 from crio_fast.server.runtime_service import RuntimeServicer
 
 log = logging.getLogger("crio_fast.daemon")
@@ -67,6 +68,8 @@ class Daemon:
         self.lock = InstanceLock(config.crio.runroot)
         self.server: grpc.aio.Server | None = None
         self._stopping: asyncio.Event | None = None
+        self.exit_watcher: ExitWatcher | None = None
+        self.metrics = None  # crio_fast.server.metrics.Metrics when [crio.metrics] enable_metrics
 
     def _prepare_dirs(self) -> None:
         for path in (self.config.crio.root, self.config.crio.runroot):
@@ -94,13 +97,63 @@ class Daemon:
             self.lock.release()
             raise
         self.server = server
+        try:
+            self._start_exit_watcher()
+            if self.config.metrics.enable_metrics:
+                self._start_metrics()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
         log.info("crio-fast %s serving CRI v1 on %s", self.engine.version, listen)
+
+    def _start_exit_watcher(self) -> None:
+        """Exit files turn into container status and STOPPED events as they appear."""
+        loop = asyncio.get_running_loop()
+        containers = self.engine.containers
+
+        def refresh(container_id: str | None) -> None:
+            if container_id is None:  # the kernel queue overflowed: look at every live container
+                for record in containers.state.containers.values():
+                    containers.refresh(record)
+                return
+            record = containers.state.containers.get(container_id)
+            if record is not None:
+                containers.refresh(record)
+
+        def on_exit(container_id: str | None) -> None:
+            loop.run_in_executor(None, refresh, container_id)
+
+        watcher = ExitWatcher(str(containers.exits_dir), on_exit)
+        try:
+            watcher.start(loop)
+        except ExitWatchError as exc:
+            log.error("%s; container exits are noticed on the next status call only", exc)
+            return
+        self.exit_watcher = watcher
+
+    def _start_metrics(self) -> None:
+        from crio_fast.server.metrics import Metrics  # prometheus_client only when enabled
+
+        settings = self.config.metrics
+        if settings.metrics_socket:
+            log.warning("metrics_socket is not supported yet; serving metrics on %s:%d",
+                        settings.metrics_host, settings.metrics_port)
+        metrics = Metrics(self.engine)
+        metrics.install()
+        metrics.start(settings.metrics_host, settings.metrics_port)
+        self.metrics = metrics
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         if self.server is not None:
             log.info("shutting down: finishing in-flight calls (up to %.0fs)", grace)
             await self.server.stop(grace)
             self.server = None
+        if self.exit_watcher is not None:
+            self.exit_watcher.stop()
+            self.exit_watcher = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         await self.engine.close()
         remove_socket(self.config.api.listen)
         self.lock.release()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from typing import Any, Callable
 
 import grpc
@@ -23,20 +24,44 @@ log = logging.getLogger("crio_fast.server")
 
 SERVICES = api_pb2.DESCRIPTOR.services_by_name
 
+# (service, method, code name, seconds, error kind or None), called once per
+# finished call; set by the metrics endpoint when it is enabled.
+RpcObserver = Callable[[str, str, str, float, "str | None"], None]
+_rpc_observer: RpcObserver | None = None
+
+
+def set_rpc_observer(observer: RpcObserver | None) -> None:
+    global _rpc_observer
+    _rpc_observer = observer
+
+
+def _observe(service: str, name: str, started: float, code: grpc.StatusCode, error_kind: str | None) -> None:
+    observer = _rpc_observer
+    if observer is not None:
+        try:
+            observer(service, name, code.name, time.perf_counter() - started, error_kind)
+        except Exception:  # metrics must never fail a call
+            log.exception("observing %s.%s", service, name)
+
 
 def _wrap_unary(service: str, name: str, fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def handler(self, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
         try:
-            return await fn(self, request, context)
+            response = await fn(self, request, context)
         except CrioError as exc:
             log.info("%s.%s: %s: %s", service, name, exc.code.name, exc)
+            _observe(service, name, started, exc.code, type(exc).__name__)
             await context.abort(exc.code, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("%s.%s failed", service, name)
+            _observe(service, name, started, grpc.StatusCode.INTERNAL, "Internal")
             await context.abort(grpc.StatusCode.INTERNAL, f"{service}.{name}: internal error: {exc}")
+        _observe(service, name, started, grpc.StatusCode.OK, None)
+        return response
 
     return handler
 

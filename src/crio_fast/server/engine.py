@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import subprocess
+import time
 from typing import Any
 
 from crio_fast import _native
@@ -19,9 +20,13 @@ from crio_fast.cgroups import CgroupManager
 from crio_fast.container.manager import ContainerManager
 from crio_fast.image.manager import ImageManager
 from crio_fast.sandbox.manager import SandboxManager
-from crio_fast.state.records import StateStore
+from crio_fast.state.records import POD_READY, ContainerRecord, StateStore
 from crio_fast.image.store import ImageStore
 from crio_fast.network.config import NoNetworkConfig, find_default_network
+from crio_fast.api import api_pb2 as pb
+from crio_fast.server.events import EventBus
+from crio_fast.stats.collector import StatsCollector
+from crio_fast.stats.service import StatsService
 from crio_fast.version import version_string
 
 log = logging.getLogger("crio_fast.engine")
@@ -92,12 +97,33 @@ class Engine:
         self.cgroups = CgroupManager(driver=config.runtime.cgroup_manager)
         self.state = StateStore(config.crio.root)
         self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor)
-        self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor)
+        self.events = EventBus()
+        self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor,
+                                           events=self.publish_container_event)
         self.sandboxes.containers = self.containers
+        ready_before = {p.id for p in self.state.pods.values() if p.state == POD_READY}
         self.sandboxes.recover()
+        # Pods whose monitor died while the daemon was away (counted by the metrics endpoint).
+        self.monitors_found_gone = sorted(
+            p.id for p in self.state.pods.values() if p.id in ready_before and p.state != POD_READY)
+        self.stats = StatsService(self.state, self.sandboxes, self.containers,
+                                  StatsCollector(self.cgroups, str(self.containers.storage)))
 
     async def close(self) -> None:
         await self.images.close()
+
+    def publish_container_event(self, record: ContainerRecord, event_type: int) -> None:
+        """A container lifecycle step, with its pod's status and the statuses of the pod's containers."""
+        event = pb.ContainerEventResponse(container_id=record.id, container_event_type=event_type,
+                                          created_at=time.time_ns())
+        pod = self.state.pods.get(record.pod_id)
+        if pod is not None:
+            event.pod_sandbox_status.CopyFrom(self.sandboxes.status_proto(pod))
+        siblings = [c for c in self.state.containers.values() if c.pod_id == record.pod_id]
+        if event_type != pb.ContainerEventType.CONTAINER_DELETED_EVENT and all(c.id != record.id for c in siblings):
+            siblings.append(record)
+        event.containers_statuses.extend(self.containers.status_proto(c) for c in siblings)
+        self.events.publish(event)
 
     # -- readiness -----------------------------------------------------------
 

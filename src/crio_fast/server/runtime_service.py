@@ -13,9 +13,10 @@ import json
 import grpc
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import InvalidArgument
+from crio_fast.errors import InvalidArgument, ResourceExhausted
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
+from crio_fast.server.events import SubscriberOverflow
 
 RUNTIME_NAME = "crio-fast"
 RUNTIME_API_VERSION = "v1"
@@ -151,12 +152,61 @@ class RuntimeServicer(ServicerBase):
         )
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateContainerResourcesResponse:
+        _require(request.container_id, "container_id")
+        await asyncio.to_thread(self.engine.containers.update_resources, request.container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
     async def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReopenContainerLogResponse:
         _require(request.container_id, "container_id")
         await asyncio.to_thread(self.engine.containers.reopen_log, request.container_id)
         return pb.ReopenContainerLogResponse()
+
+    # -- stats, metrics and events (crio_fast.stats, server/events.py) ------------
+
+    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> pb.ContainerStatsResponse:
+        _require(request.container_id, "container_id")
+        stats = await asyncio.to_thread(self.engine.stats.container_stats, request.container_id)
+        return pb.ContainerStatsResponse(stats=stats)
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListContainerStatsResponse:
+        flt = request.filter if request.HasField("filter") else None
+        return pb.ListContainerStatsResponse(stats=await asyncio.to_thread(self.engine.stats.list_container_stats, flt))
+
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> pb.PodSandboxStatsResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        stats = await asyncio.to_thread(self.engine.stats.pod_stats, request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=stats)
+
+    async def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPodSandboxStatsResponse:
+        flt = request.filter if request.HasField("filter") else None
+        return pb.ListPodSandboxStatsResponse(stats=await asyncio.to_thread(self.engine.stats.list_pod_stats, flt))
+
+    async def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(descriptors=self.engine.stats.metric_descriptors())
+
+    async def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await asyncio.to_thread(self.engine.stats.pod_metrics))
+
+    async def GetContainerEvents(self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext):
+        subscription = self.engine.events.subscribe()
+        try:
+            async for event in subscription.events():
+                yield event
+        except SubscriberOverflow as exc:
+            raise ResourceExhausted(f"GetContainerEvents: {exc}; subscribe again") from exc
 
 
 def _require(value: str, field: str) -> None:

@@ -1,0 +1,11 @@
+"""Container and pod stats (CRI stats RPCs) and cAdvisor-named metrics (ListPodSandboxMetrics).
+
+``collector`` samples cgroups, pod networks and writable layers; ``service``
+chooses what to sample for each call and builds the protos; ``cgroup`` knows
+the v1 and v2 control files.
+"""
+
+from crio_fast.stats.collector import StatsCollector
+from crio_fast.stats.service import StatsService
+
+__all__ = ["StatsCollector", "StatsService"]

@@ -1,0 +1,185 @@
+"""CRI stats and ListPodSandboxMetrics of real containers: cgroup CPU and memory,
+writable layers, pod network counters from the pod's namespace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.pods import create, daemon_with_busybox, exec_sync, run_container, run_pod, start, wait_for
+
+pytestmark = pytest.mark.integration
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cri(registry, busybox_image, tmp_path_factory):
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("stats")) as d:
+        yield d
+
+
+def container_stats(d, container_id: str) -> api.ContainerStats:
+    return d.client.runtime.ContainerStats(api.ContainerStatsRequest(container_id=container_id), timeout=10).stats
+
+
+def pod_stats(d, pod_id: str) -> api.PodSandboxStats:
+    return d.client.runtime.PodSandboxStats(api.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=10).stats
+
+
+def test_cpu_usage_grows_for_a_busy_container(cri):
+    _, ctr = run_container(cri, ["/bin/sh", "-c", "while :; do :; done"])
+    first = container_stats(cri, ctr)
+    time.sleep(0.5)
+    second = container_stats(cri, ctr)
+    assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value > 0
+    assert second.cpu.timestamp > first.cpu.timestamp
+    # A spinning shell uses most of a core over the interval.
+    assert second.cpu.usage_nano_cores.value > 200_000_000
+    assert second.attributes.id == ctr
+
+
+def test_memory_working_set_counts_shm_pages(cri):
+    pod_id, ctr = run_container(cri, ["/bin/sleep", "1000"])
+    before = container_stats(cri, ctr).memory
+    # /dev/shm is the pod's tmpfs: its pages are charged to the cgroup of the writer.
+    exec_sync(cri, ctr, ["/bin/sh", "-c", "head -c 52428800 /dev/zero > /dev/shm/fill"])
+    after = container_stats(cri, ctr).memory
+    assert after.working_set_bytes.value > 40 * MB > before.working_set_bytes.value
+    assert after.usage_bytes.value >= after.working_set_bytes.value
+    assert after.page_faults.value > 0
+    assert not after.HasField("available_bytes")  # no memory limit
+    pod = pod_stats(cri, pod_id)
+    assert pod.linux.memory.working_set_bytes.value >= after.working_set_bytes.value
+    assert [c.attributes.id for c in pod.linux.containers] == [ctr]
+
+
+def test_available_memory_under_a_limit(cri):
+    pod_id, pod = run_pod(cri)
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="limited"), image=api.ImageSpec(image=cri.image),
+        command=["/bin/sleep", "1000"],
+    )
+    config.linux.resources.memory_limit_in_bytes = 64 * MB
+    ctr = cri.client.runtime.CreateContainer(
+        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=30).container_id
+    start(cri, ctr)
+    memory = container_stats(cri, ctr).memory
+    assert memory.available_bytes.value == 64 * MB - memory.working_set_bytes.value
+
+
+def test_writable_layer_grows_after_writing_a_file(cri):
+    _, ctr = run_container(cri, ["/bin/sleep", "1000"])
+    before = container_stats(cri, ctr).writable_layer
+    assert before.fs_id.mountpoint
+    exec_sync(cri, ctr, ["/bin/sh", "-c", "mkdir /data && head -c 3145728 /dev/urandom > /data/blob"])
+    # The layer walk is cached for a few seconds.
+    after = wait_for(
+        lambda: (s := container_stats(cri, ctr).writable_layer).used_bytes.value >= before.used_bytes.value + 3 * MB
+        and s, timeout=15, what="the writable layer to show the new file")
+    assert after.inodes_used.value >= before.inodes_used.value + 2  # /data and /data/blob
+
+
+def test_list_container_stats_filters_and_attributes(cri):
+    pod_id, pod = run_pod(cri)
+    a = create(cri, pod_id, pod, ["/bin/sleep", "1000"], name="alpha", labels={"tier": "front"},
+               annotations={"note": "a"})
+    b = create(cri, pod_id, pod, ["/bin/sleep", "1000"], name="beta", labels={"tier": "back"})
+    start(cri, a)
+    start(cri, b)
+    other_pod, other = run_container(cri, ["/bin/sleep", "1000"])
+
+    def listed(**flt) -> list[api.ContainerStats]:
+        request = api.ListContainerStatsRequest(filter=api.ContainerStatsFilter(**flt))
+        return list(cri.client.runtime.ListContainerStats(request, timeout=10).stats)
+
+    everything = {s.attributes.id for s in listed()}
+    assert {a, b, other} <= everything
+    assert sorted(s.attributes.id for s in listed(pod_sandbox_id=pod_id)) == sorted([a, b])
+    [front] = listed(label_selector={"tier": "front"})
+    assert front.attributes.id == a
+    assert front.attributes.metadata.name == "alpha"
+    assert dict(front.attributes.labels) == {"tier": "front"}
+    assert dict(front.attributes.annotations) == {"note": "a"}
+    assert front.memory.working_set_bytes.value > 0
+    assert [s.attributes.id for s in listed(id=other[:20])] == [other]
+
+    pods = cri.client.runtime.ListPodSandboxStats(api.ListPodSandboxStatsRequest(), timeout=10).stats
+    by_id = {p.attributes.id: p for p in pods}
+    assert {c.attributes.id for c in by_id[pod_id].linux.containers} == {a, b}
+    assert by_id[pod_id].linux.process.process_count.value >= 2  # the two sleeps (and the monitor)
+    assert {c.attributes.id for c in by_id[other_pod].linux.containers} == {other}
+
+
+def test_container_stats_of_a_missing_container(cri):
+    with pytest.raises(grpc.RpcError) as err:
+        container_stats(cri, "0" * 64)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _monitor_pid(d, pod_id: str) -> int:
+    response = d.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True),
+                                                 timeout=10)
+    return json.loads(response.info["info"])["pid"]
+
+
+def test_pod_network_counters_from_the_pods_namespace(cri):
+    pod_id, _ = run_container(cri, ["/bin/sleep", "1000"])
+    # Without CNI configuration the pod has only lo, which is not reported.
+    assert not pod_stats(cri, pod_id).linux.network.interfaces
+
+    # A veth pair inside the pod's namespace (it goes away with the namespace):
+    # ARP requests from eth0 are transmitted on eth0 and received on peer0.
+    netns = f"/proc/{_monitor_pid(cri, pod_id)}/ns/net"
+
+    def in_pod(*argv: str, check: bool = True) -> None:
+        subprocess.run(["nsenter", f"--net={netns}", *argv], check=check, capture_output=True, timeout=20)
+
+    in_pod("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+    in_pod("ip", "addr", "add", "192.0.2.1/24", "dev", "eth0")
+    in_pod("ip", "link", "set", "eth0", "up")
+    in_pod("ip", "link", "set", "peer0", "up")
+    # Nobody answers: arping exits 1, but its requests went out.
+    in_pod("busybox", "arping", "-c", "3", "-w", "3", "-I", "eth0", "192.0.2.2", check=False)
+
+    network = pod_stats(cri, pod_id).linux.network
+    by_name = {i.name: i for i in network.interfaces}
+    assert set(by_name) == {"eth0", "peer0"}
+    assert network.default_interface.name == "eth0"
+    assert by_name["eth0"].tx_bytes.value >= 3 * 42  # three ARP requests
+    assert by_name["peer0"].rx_bytes.value >= 3 * 42
+    assert by_name["eth0"].rx_errors.value == 0
+
+    metrics = cri.client.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest(), timeout=10).pod_metrics
+    [pod_metrics] = [m for m in metrics if m.pod_sandbox_id == pod_id]
+    tx = {tuple(m.label_values)[-1]: m.value.value for m in pod_metrics.metrics
+          if m.name == "container_network_transmit_bytes_total"}
+    assert tx["eth0"] >= 3 * 42
+
+
+def test_metric_descriptors_match_pod_metrics(cri):
+    _, ctr = run_container(cri, ["/bin/sh", "-c", "while :; do :; done"])
+    time.sleep(1.2)
+    descriptors = cri.client.runtime.ListMetricDescriptors(api.ListMetricDescriptorsRequest(), timeout=10).descriptors
+    keys = {d.name: list(d.label_keys) for d in descriptors}
+    for name in ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
+                 "container_memory_usage_bytes", "container_memory_rss", "container_processes",
+                 "container_fs_usage_bytes", "container_fs_inodes_total", "container_network_receive_bytes_total",
+                 "container_network_transmit_errors_total"):
+        assert name in keys
+    metrics = cri.client.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest(), timeout=10).pod_metrics
+    [container] = [c for p in metrics for c in p.container_metrics if c.container_id == ctr]
+    values = {}
+    for metric in container.metrics:
+        # The kubelet builds Prometheus metrics from these: label values must match the descriptor's keys.
+        assert len(metric.label_values) == len(keys[metric.name]), metric.name
+        values.setdefault(metric.name, metric.value.value)
+    assert values["container_cpu_usage_seconds_total"] >= 1
+    assert values["container_processes"] == 1
+    assert values["container_memory_working_set_bytes"] > 0
+    assert values["container_fs_inodes_total"] > 0

@@ -1,0 +1,97 @@
+"""Small helpers to run pods and busybox containers on a test daemon over CRI."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.fixtures import write_registries_conf
+
+_numbers = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def daemon_with_busybox(registry, busybox_image, conf_dir: Path, *extra_args: str) -> Iterator[Daemon]:
+    """A daemon with busybox pulled; every pod stopped and removed, the daemon stopped, its dirs gone."""
+    dirs = make_dirs()
+    conf = write_registries_conf(conf_dir / "registries.conf", [registry.host])
+    d = Daemon(dirs, "--registries-conf", str(conf), *extra_args).start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
+        d.image = busybox_image.reference
+        yield d
+    finally:
+        try:
+            remove_all_pods(d)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
+
+
+def remove_all_pods(d: Daemon) -> None:
+    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+def run_pod(d: Daemon, labels: dict[str, str] | None = None) -> tuple[str, api.PodSandboxConfig]:
+    n = next(_numbers)
+    config = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"spod{n}", namespace="stats", uid=f"suid-{n}", attempt=0),
+        hostname=f"spod{n}", log_directory=str(d.dirs.log_dir / f"spod{n}"), labels=labels or {},
+    )
+    pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
+    return pod_id, config
+
+
+def create(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str], name: str = "",
+           labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> str:
+    config = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=name or f"c{next(_numbers)}"), image=api.ImageSpec(image=d.image),
+        command=command, log_path="ctr.log", labels=labels or {}, annotations=annotations or {},
+    )
+    request = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+    return d.client.runtime.CreateContainer(request, timeout=30).container_id
+
+
+def start(d: Daemon, container_id: str) -> None:
+    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=container_id), timeout=30)
+
+
+def run_container(d: Daemon, command: list[str], **kw) -> tuple[str, str]:
+    """A new pod with one started container; (pod id, container id)."""
+    pod_id, pod = run_pod(d)
+    container_id = create(d, pod_id, pod, command, **kw)
+    start(d, container_id)
+    return pod_id, container_id
+
+
+def exec_sync(d: Daemon, container_id: str, cmd: list[str], timeout: int = 20) -> api.ExecSyncResponse:
+    response = d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout),
+                                         timeout=timeout + 10)
+    assert response.exit_code == 0, response.stderr
+    return response
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
