@@ -83,6 +83,7 @@ def main() -> int:
         ("CNI share of RunPodSandbox", run_script("cni.py", ["--pods", "5"] if quick else [])),
         ("Density", run_script("density.py", ["--sizes", "10,30" if quick else "10,100,250",
                                               "--json", str(out / "density.json")])),
+        ("Stats for many containers", run_script("stats.py", ["--containers", "50", "--pods", "10"] if quick else [])),
         ("Pull", run_script("pull.py", ["--runs", "2" if quick else "5"] + (["--layer-mb", "10"] if quick else []))),
         ("Extraction", run_script("extract.py", ["--runs", "1" if quick else "5"])),
     ]
