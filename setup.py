@@ -21,12 +21,16 @@ from pathlib import Path
 from setuptools import Command, Distribution, Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "src" / "crio_fast" / "_native"
 API_DIR = HERE / "src" / "crio_fast" / "api"
 PROTO_ROOT = HERE / "proto"
 PROTO_FILE = PROTO_ROOT / "runtime" / "v1" / "api.proto"
+# The commit a wheel was built from, so an installed wheel (no checkout at
+# hand) still reports it; git-ignored, shipped in sdists and wheels.
+BUILD_INFO_RELATIVE = Path("src") / "crio_fast" / "_build_info.py"
 
 RUNTIME_DEPENDENCIES = [
     "grpcio>=1.62",
@@ -102,6 +106,52 @@ def gencode_protobuf_version() -> str:
     return "5.26.0"
 
 
+def checkout_commit() -> str:
+    """HEAD of the git checkout whose top is this directory, or "" (an unpacked sdist is none)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--show-toplevel", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = out.stdout.split()
+    # A parent directory's repository (an sdist unpacked inside some checkout) is not ours.
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != HERE:
+        return ""
+    return lines[1]
+
+
+def build_commit() -> str:
+    """The commit to stamp: the checkout's HEAD, else the one an sdist carries."""
+    commit = checkout_commit()
+    if commit:
+        return commit
+    stamped = HERE / BUILD_INFO_RELATIVE
+    if stamped.is_file():
+        m = re.search(r'^GIT_COMMIT = "([0-9a-f]*)"$', stamped.read_text(), re.MULTILINE)
+        if m:
+            return m.group(1)
+    return ""
+
+
+def write_build_info(target: Path, commit: str) -> None:
+    # The target may be a hard link into the source tree (sdist release trees
+    # are built from links): replace it rather than write through it.
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f'"""Written by setup.py when this was built; not kept in git."""\n\nGIT_COMMIT = "{commit}"\n')
+
+
+class SdistWithBuildInfo(sdist):
+    """sdist that carries the commit it was made from (it has no .git)."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        write_build_info(Path(base_dir) / BUILD_INFO_RELATIVE, build_commit())
+
+
 class BuildProto(Command):
     description = "generate the CRI v1 gRPC stubs from proto/"
     user_options: list = []
@@ -120,6 +170,9 @@ class BuildPyWithProto(build_py):
     def run(self) -> None:
         self.run_command("build_proto")
         super().run()
+        # An editable install asks git at run time instead (crio_fast.version).
+        if not getattr(self, "editable_mode", False):
+            write_build_info(Path(self.build_lib) / "crio_fast" / "_build_info.py", build_commit())
 
 
 class BuildNative(build_ext):
@@ -193,5 +246,10 @@ setup(
     distclass=NativeDistribution,
     ext_modules=native_extensions(),
     install_requires=RUNTIME_DEPENDENCIES + [f"protobuf>={gencode_protobuf_version()}"],
-    cmdclass={"build_proto": BuildProto, "build_py": BuildPyWithProto, "build_ext": BuildNative},
+    cmdclass={
+        "build_proto": BuildProto,
+        "build_py": BuildPyWithProto,
+        "build_ext": BuildNative,
+        "sdist": SdistWithBuildInfo,
+    },
 )

@@ -3,6 +3,7 @@
     crio-fast [flags]            serve CRI v1 on the configured socket
     crio-fast [flags] config     print the effective configuration as TOML
     crio-fast version            print the version
+    crio-fast [flags] check      say what this node lacks to run crio-fast
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only-changed", action="store_true", help="print only the keys that differ from the built-in defaults"
     )
     sub.add_parser("version", help="print version information")
+    sub.add_parser(
+        "check", help="check this node: kernel features, cgroups, monitor, CNI plugins, runtimes (exit 1 if any is missing)"
+    )
     image_cmd = sub.add_parser("image", help="work on the image store directly (air-gapped nodes)")
     image_sub = image_cmd.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     import_cmd = image_sub.add_parser("import", help="load an OCI layout archive or a docker-archive tarball")
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_version()
         if args.command == "image":
             return cmd_image(args)
+        if args.command == "check":
+            from crio_fast.check import report, run_checks
+
+            return report(run_checks(_load(args)), sys.stdout)
         if args.command == "config":
             print(render_config(_load(args), only_changed=args.only_changed), end="")
             return 0

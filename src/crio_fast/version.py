@@ -15,7 +15,14 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the checkout this module runs from, or "" outside a checkout."""
+    """The commit this was built from (stamped into wheels), else that of the
+    checkout this module runs from, else ""."""
+    try:
+        from crio_fast._build_info import GIT_COMMIT  # written by setup.py; absent in a checkout
+    except ImportError:
+        GIT_COMMIT = ""
+    if GIT_COMMIT:
+        return GIT_COMMIT
     src = Path(__file__).resolve().parent
     try:
         out = subprocess.run(

@@ -52,9 +52,11 @@ def make_dirs(parent: str = "/tmp") -> DaemonDirs:
     return dirs
 
 
-def daemon_argv(dirs: DaemonDirs, *extra: str) -> list[str]:
+def daemon_argv(dirs: DaemonDirs, *extra: str, program: list[str] | None = None) -> list[str]:
+    """The daemon's command line; ``program`` replaces `python -m crio_fast`
+    (an installed `crio-fast` script, say)."""
     return [
-        sys.executable, "-m", "crio_fast",
+        *(program or [sys.executable, "-m", "crio_fast"]),
         "--config", str(dirs.config),
         "--config-dir", str(dirs.config_dir),
         "--root", str(dirs.root),
@@ -69,9 +71,13 @@ def daemon_argv(dirs: DaemonDirs, *extra: str) -> list[str]:
 class Daemon:
     """A running daemon process plus a client connected to it."""
 
-    def __init__(self, dirs: DaemonDirs, *extra_args: str) -> None:
+    def __init__(
+        self, dirs: DaemonDirs, *extra_args: str, program: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.dirs = dirs
         self.extra_args = extra_args
+        self.program = program
+        self.env = env  # None inherits this process's environment
         self.proc: subprocess.Popen | None = None
         self.log_path = dirs.base / "daemon.log"
         self._client: CRIClient | None = None
@@ -79,7 +85,8 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> "Daemon":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            daemon_argv(self.dirs, *self.extra_args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            daemon_argv(self.dirs, *self.extra_args, program=self.program),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
         )
         log.close()
         try:

@@ -1,0 +1,281 @@
+"""`crio-fast check`: tell a node's owner, in plain words, what the node lacks.
+
+Each probe looks at the live system the way the daemon will use it (the
+kernel's own lists under /proc, the shipped monitor's self check, the
+configured CNI plugin directories and runtimes) and yields one finding:
+
+    OK       a part that is there
+    MISSING  a required part that is not; the daemon will not work without it
+    WARN     an optional part that is not, or something worth a look
+
+The command exits 1 when anything required is missing, else 0, so it can gate
+an install script.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator, TextIO
+
+from crio_fast import _native
+from crio_fast.config.schema import Config
+
+# Namespaces a pod needs (pid, net, ipc, uts, mnt) and those only some pods
+# use: user namespaces for userns pods, cgroup namespaces for a private
+# /sys/fs/cgroup view.
+REQUIRED_NAMESPACES = ("pid", "net", "ipc", "uts", "mnt")
+OPTIONAL_NAMESPACES = ("user", "cgroup")
+
+# loopback brings up every pod's lo, so pod networking cannot work without it;
+# the others are what the usual bridge network configuration uses, but a node
+# with another network plugin (Calico, Cilium, ...) needs none of them.
+REQUIRED_CNI_PLUGINS = ("loopback",)
+OPTIONAL_CNI_PLUGINS = ("bridge", "host-local", "portmap")
+
+# Controllers whose absence makes resource limits silently ineffective.
+IMPORTANT_CGROUP_CONTROLLERS = ("cpu", "memory", "pids")
+
+PROBE_TIMEOUT_SECONDS = 10.0
+
+
+class Status(enum.Enum):
+    OK = "OK"
+    MISSING = "MISSING"
+    WARN = "WARN"
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status
+    part: str
+    detail: str
+    hint: str = ""
+
+    def render(self) -> str:
+        line = f"{self.status.value:<8} {self.part}: {self.detail}"
+        return f"{line}\n         hint: {self.hint}" if self.hint and self.status is not Status.OK else line
+
+
+def check_overlayfs(proc_dir: str = "/proc") -> Finding:
+    path = os.path.join(proc_dir, "filesystems")
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = {line.split()[-1] for line in f if line.strip()}
+    except OSError as exc:
+        return Finding(Status.MISSING, "overlayfs", f"cannot read {path}: {exc.strerror}", "is /proc mounted?")
+    if "overlay" in names:
+        return Finding(Status.OK, "overlayfs", f"listed in {path}")
+    return Finding(
+        Status.MISSING,
+        "overlayfs",
+        f"not listed in {path}; container root filesystems are overlay mounts",
+        "load it with `modprobe overlay` (and add it to /etc/modules-load.d), or use a kernel built with CONFIG_OVERLAY_FS",
+    )
+
+
+def check_namespaces(proc_dir: str = "/proc") -> Iterator[Finding]:
+    ns_dir = os.path.join(proc_dir, "self", "ns")
+    for kind in REQUIRED_NAMESPACES + OPTIONAL_NAMESPACES:
+        required = kind in REQUIRED_NAMESPACES
+        part = f"{kind} namespace"
+        # The entry is a magic link; its presence is what says the kernel has the namespace.
+        if os.path.lexists(os.path.join(ns_dir, kind)):
+            yield Finding(Status.OK, part, f"{ns_dir}/{kind} exists")
+            continue
+        yield Finding(
+            Status.MISSING if required else Status.WARN,
+            part,
+            f"{ns_dir}/{kind} is absent: the kernel has no {kind} namespaces"
+            + ("" if required else " (only some pods need them)"),
+            f"use a kernel built with CONFIG_{kind.upper()}_NS" if kind != "mnt" else "use a kernel with mount namespaces",
+        )
+
+
+def check_cgroups(proc_dir: str = "/proc") -> Iterator[Finding]:
+    from crio_fast.cgroups import discover_layout
+    from crio_fast.errors import CrioError
+
+    try:
+        layout = discover_layout(proc_dir)
+    except (CrioError, OSError) as exc:
+        yield Finding(
+            Status.MISSING, "cgroups", f"cannot work out the cgroup layout: {exc}", "mount cgroup2 on /sys/fs/cgroup"
+        )
+        return
+    v1_count = sum(1 for h in layout.hierarchies if h.version == 1)
+    where = [f"{v1_count} v1 hierarchies"] if v1_count else []
+    if layout.unified is not None:
+        where.append(f"v2 at {layout.unified.mount_point}")
+    yield Finding(Status.OK, "cgroups", f"{layout.version} layout ({', '.join(where) or 'nothing mounted'})")
+    absent = [c for c in IMPORTANT_CGROUP_CONTROLLERS if layout.hierarchy_of(c) is None]
+    if absent:
+        yield Finding(
+            Status.WARN,
+            "cgroup controllers",
+            f"{', '.join(absent)} not available: limits on them will not be enforced",
+            "enable the controllers (cgroup v2: add them to cgroup.subtree_control of the parent cgroup)",
+        )
+
+
+def check_monitor(config: Config) -> Finding:
+    path = config.runtime.monitor_path or str(_native.BIN_DIR / "crio-fast-monitor")
+    part = "pod monitor"
+    if not os.path.isfile(path):
+        return Finding(
+            Status.MISSING, part, f"{path} does not exist", "reinstall crio-fast: the monitor ships inside the package"
+        )
+    try:
+        result = subprocess.run(
+            [path, "--check"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding(Status.MISSING, part, f"{path} cannot run: {exc}", "check that it is executable for root")
+    output = " ".join((result.stdout + result.stderr).split())
+    if result.returncode == 0:
+        return Finding(Status.OK, part, f"{path} --check: {output or 'ok'}")
+    return Finding(
+        Status.MISSING,
+        part,
+        f"{path} --check failed ({result.returncode}): {output}",
+        "the kernel lacks syscalls the monitor needs; crio-fast needs Linux 5.12 or newer",
+    )
+
+
+def check_cni_plugins(plugin_dirs: Iterable[str]) -> Iterator[Finding]:
+    dirs = list(plugin_dirs)
+    searched = ", ".join(dirs) or "(no plugin_dirs configured)"
+    for plugin in REQUIRED_CNI_PLUGINS + OPTIONAL_CNI_PLUGINS:
+        found = next(
+            (
+                os.path.join(d, plugin)
+                for d in dirs
+                if os.path.isfile(os.path.join(d, plugin)) and os.access(os.path.join(d, plugin), os.X_OK)
+            ),
+            None,
+        )
+        part = f"CNI plugin {plugin}"
+        if found:
+            yield Finding(Status.OK, part, found)
+            continue
+        required = plugin in REQUIRED_CNI_PLUGINS
+        yield Finding(
+            Status.MISSING if required else Status.WARN,
+            part,
+            f"not found in {searched}" + ("" if required else " (needed by bridge networks only)"),
+            "install the CNI reference plugins (Debian/Ubuntu: containernetworking-plugins) or set"
+            " [crio.network] plugin_dirs",
+        )
+
+
+def check_runtimes(config: Config) -> Iterator[Finding]:
+    external = 0
+    for name in config.runtime_handler_names():
+        handler = config.runtime_handler(name)
+        part = f"runtime {name}"
+        if handler.runtime_type == "native":
+            yield Finding(Status.OK, part, "built in (runs through the pod monitor)")
+            continue
+        external += 1
+        path = handler.runtime_path or shutil.which(name) or ""
+        if not path or not os.path.isfile(path):
+            yield Finding(
+                Status.MISSING,
+                part,
+                f"runtime_path {path or '(unset, and no ' + name + ' on PATH)'} does not exist",
+                f"install {name} or fix [crio.runtime.runtimes.{name}] runtime_path",
+            )
+            continue
+        try:
+            result = subprocess.run(
+                [path, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            yield Finding(Status.MISSING, part, f"{path} --version cannot run: {exc}", f"reinstall {name}")
+            continue
+        first_line = (result.stdout or result.stderr).strip().splitlines()[:1]
+        if result.returncode != 0:
+            yield Finding(
+                Status.MISSING,
+                part,
+                f"{path} --version exited {result.returncode}: {' '.join(first_line)}",
+                f"reinstall {name}",
+            )
+            continue
+        yield Finding(Status.OK, part, f"{path}: {first_line[0] if first_line else 'runs'}")
+    if external == 0:
+        installed = {name: shutil.which(name) for name in ("runc", "crun")}
+        available = ", ".join(f"{path}" for path in installed.values() if path) or "neither runc nor crun is installed"
+        example = next((f"{name}:{path}" for name, path in installed.items() if path), "runc:/usr/sbin/runc")
+        yield Finding(
+            Status.WARN,
+            "external runtimes",
+            f"none configured (optional: the built-in runtime needs none); on PATH: {available}",
+            f"to offer one as a RuntimeClass handler: `--runtimes {example}`",
+        )
+
+
+def check_socket_dir(listen: str) -> Finding:
+    part = "socket directory"
+    socket_dir = os.path.dirname(listen) or "/"
+    # The daemon creates missing parents, so the nearest existing one decides.
+    existing = socket_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return Finding(
+            Status.MISSING, part, f"{existing} is not a directory, so {socket_dir} cannot be created", "fix --listen"
+        )
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".crio-fast-check-")
+    except OSError as exc:
+        return Finding(
+            Status.MISSING,
+            part,
+            f"cannot write in {existing}: {exc.strerror}",
+            "run as root, or point --listen (crio.api.listen) to a writable directory",
+        )
+    probe.close()
+    where = socket_dir if existing == socket_dir else f"{existing} (creates {socket_dir})"
+    return Finding(Status.OK, part, f"writable: {where}")
+
+
+def check_privileges() -> Finding:
+    if os.geteuid() == 0:
+        return Finding(Status.OK, "privileges", "running as root")
+    return Finding(
+        Status.WARN,
+        "privileges",
+        f"running as uid {os.geteuid()}: the daemon needs root, so the checks above may understate what works",
+        "run `sudo crio-fast check`",
+    )
+
+
+def run_checks(config: Config) -> list[Finding]:
+    """Every finding for this node under ``config``, in a stable order."""
+    findings = [check_privileges(), check_overlayfs()]
+    findings += check_namespaces()
+    findings += check_cgroups()
+    findings.append(check_monitor(config))
+    findings += check_cni_plugins(config.network.plugin_dirs)
+    findings += check_runtimes(config)
+    findings.append(check_socket_dir(config.api.listen))
+    return findings
+
+
+def report(findings: list[Finding], out: TextIO) -> int:
+    """Print the findings and a summary; the exit code (1 if anything required is missing)."""
+    for finding in findings:
+        print(finding.render(), file=out)
+    missing = [f for f in findings if f.status is Status.MISSING]
+    warnings = sum(1 for f in findings if f.status is Status.WARN)
+    if missing:
+        print(f"\n{len(missing)} required part(s) missing, {warnings} warning(s): crio-fast will not work here yet.",
+              file=out)
+        return 1
+    print(f"\nAll required parts are there ({warnings} warning(s)).", file=out)
+    return 0

@@ -1,0 +1,95 @@
+"""`crio-fast check` on this node: what is there reads OK (exit 0), and
+configurations that point at missing parts read MISSING with a hint (exit 1)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crio_fast.check import Status, check_namespaces, check_overlayfs
+from tests.support.daemon import run_cli
+
+pytestmark = pytest.mark.integration
+
+LINE = re.compile(r"^(OK|MISSING|WARN) +([^:]+): (.*)$")
+
+
+def findings(stdout: str) -> dict[str, tuple[str, str]]:
+    """part -> (status, detail) from the command's output."""
+    found = {}
+    for line in stdout.splitlines():
+        m = LINE.match(line)
+        if m:
+            found[m.group(2)] = (m.group(1), m.group(3))
+    return found
+
+
+def test_check_passes_on_this_node(daemon_dirs) -> None:
+    result = run_cli(daemon_dirs, "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = findings(result.stdout)
+    for part in ("overlayfs", "pid namespace", "net namespace", "ipc namespace", "uts namespace", "mnt namespace",
+                 "user namespace", "cgroup namespace", "cgroups", "pod monitor", "CNI plugin loopback",
+                 "CNI plugin bridge", "CNI plugin host-local", "CNI plugin portmap", "runtime native",
+                 "socket directory"):
+        assert found[part][0] == "OK", (part, result.stdout)
+    assert re.match(r"(v1|v2|hybrid) layout", found["cgroups"][1]), found["cgroups"]
+    assert found["pod monitor"][1].endswith("--check: ok")
+    assert str(daemon_dirs.runroot) in found["socket directory"][1]
+    assert "All required parts are there" in result.stdout
+
+
+def test_check_runs_configured_runtimes(daemon_dirs) -> None:
+    runc = shutil.which("runc")
+    assert runc, "runc is installed by scripts/install-deps"
+    result = run_cli(daemon_dirs, "--runtimes", f"runc:{runc}", "--runtimes", "ghost:/nonexistent/ghost-runtime",
+                     "check")
+    assert result.returncode == 1, result.stdout
+    found = findings(result.stdout)
+    assert found["runtime runc"][0] == "OK" and "runc version" in found["runtime runc"][1], found["runtime runc"]
+    assert found["runtime ghost"] == ("MISSING", "runtime_path /nonexistent/ghost-runtime does not exist")
+    assert "hint: install ghost or fix [crio.runtime.runtimes.ghost] runtime_path" in result.stdout
+    assert "external runtimes" not in found  # one is configured, so no "none configured" warning
+
+
+def test_check_reports_missing_cni_plugins_and_unusable_socket_dir(daemon_dirs, tmp_path: Path) -> None:
+    empty_plugins = tmp_path / "no-plugins"
+    empty_plugins.mkdir()
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    result = run_cli(daemon_dirs, "--cni-plugin-dir", str(empty_plugins), "--listen",
+                     str(not_a_dir / "sub" / "crio.sock"), "check")
+    assert result.returncode == 1, result.stdout
+    found = findings(result.stdout)
+    assert found["CNI plugin loopback"] == ("MISSING", f"not found in {empty_plugins}")
+    for optional in ("bridge", "host-local", "portmap"):
+        assert found[f"CNI plugin {optional}"][0] == "WARN", result.stdout
+    assert "containernetworking-plugins" in result.stdout
+    assert found["socket directory"][0] == "MISSING" and str(not_a_dir) in found["socket directory"][1]
+    assert "2 required part(s) missing" in result.stdout
+    # What is there still reads OK.
+    assert found["overlayfs"][0] == "OK" and found["pod monitor"][0] == "OK"
+
+
+def test_missing_kernel_features_are_named_with_a_hint(tmp_path: Path) -> None:
+    # A kernel without overlayfs and without net/user namespaces cannot be
+    # booted here, so these read what such a kernel's /proc would hold.
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "filesystems").write_text("nodev\tsysfs\nnodev\tproc\n\text4\n")
+    for kind in ("pid", "ipc", "uts", "mnt", "cgroup"):
+        os.symlink(f"{kind}:[4026531836]", proc / "self" / "ns" / kind)
+
+    overlay = check_overlayfs(str(proc))
+    assert overlay.status is Status.MISSING and "modprobe overlay" in overlay.hint
+    by_kind = {f.part.split()[0]: f for f in check_namespaces(str(proc))}
+    assert by_kind["net"].status is Status.MISSING and "CONFIG_NET_NS" in by_kind["net"].hint
+    assert by_kind["user"].status is Status.WARN
+    assert by_kind["pid"].status is Status.OK
+
+    (proc / "filesystems").write_text("nodev\tsysfs\nnodev\toverlay\n")
+    assert check_overlayfs(str(proc)).status is Status.OK
