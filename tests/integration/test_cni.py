@@ -23,7 +23,7 @@ import pytest
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.pods import daemon_with_busybox
 from tests.support.network import (
     PLUGIN_DIR, BridgeNetwork, bridge_ports, existing_hostport_chains, free_port, iptables_nat, link_exists,
     remove_hostport_chains, remove_network, write_network,
@@ -63,20 +63,9 @@ def hostport_chains_guard() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory, hostport_chains_guard):
-    dirs = make_dirs()
-    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf), "--cni-plugin-dir", PLUGIN_DIR).start()
-    try:
-        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
-        d.image = busybox_image.reference
+    conf_dir = tmp_path_factory.mktemp("regconf")
+    with daemon_with_busybox(registry, busybox_image, conf_dir, "--cni-plugin-dir", PLUGIN_DIR) as d:
         yield d
-    finally:
-        try:
-            remove_all_pods(d)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 @pytest.fixture

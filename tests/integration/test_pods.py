@@ -16,6 +16,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.pods import daemon_with_busybox, remove_all_pods
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +26,8 @@ LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
     """One daemon for the module with busybox pulled; every pod removed after each test."""
-    dirs = make_dirs()
-    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf)).start()
-    try:
-        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
-        d.image = busybox_image.reference
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf")) as d:
         yield d
-    finally:
-        try:
-            remove_all_pods(d)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
-
-
-def remove_all_pods(d: Daemon) -> None:
-    for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
-        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
 
 
 @pytest.fixture
