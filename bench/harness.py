@@ -39,8 +39,11 @@ def remove_all_pods(d: Daemon) -> None:
 
 @contextmanager
 def bench_node(
-    state_dir: str = "/run", pull: bool = True, daemon_args: tuple[str, ...] = (), **push_options: Any
+    state_dir: str = "/run", pull: bool = True, daemon_args: tuple[str, ...] = (), runtimes: tuple[str, ...] = (),
+    config_drop_in: str = "", **push_options: Any
 ) -> Iterator[tuple[Daemon, PushedImage]]:
+    """``runtimes``: extra runtime handlers as ``NAME:PATH[:ROOT]`` (the daemon's --runtimes);
+    ``config_drop_in``: TOML written into the daemon's drop-in dir (settings no flag reaches)."""
     with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
         registry = RegistryServer(Path(tmp) / "registry")
         registry.start()
@@ -50,7 +53,11 @@ def bench_node(
             pushed = push_image(registry, "bench/busybox", "latest", **push_options)
             conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
             # daemon_args come last so that they win (a later --log-level replaces "warn").
-            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn", *daemon_args).start()
+            if config_drop_in:
+                (dirs.config_dir / "50-bench.conf").write_text(config_drop_in)
+            runtime_args = [arg for spec in runtimes for arg in ("--runtimes", spec)]
+            d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn", *runtime_args,
+                       *daemon_args).start()
             if pull:
                 d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=600)
             yield d, pushed

@@ -1,6 +1,10 @@
 """Pod start-up latency through the daemon's real CRI socket.
 
-    sudo python bench/podstart.py [--iterations 50] [--handlers native]
+    sudo python bench/podstart.py [--iterations 50] [--handlers native,runc,crun] [--runtimes NAME:PATH[:ROOT]]
+
+Handlers "runc" and "crun" are configured from Debian's binaries when no
+--runtimes names them (crun with hide_cgroup2_mount, which it needs on
+hybrid cgroup hosts).
 
 Starts a private registry (Debian's docker-registry) and a private daemon,
 pulls a busybox image built from busybox-static, then runs N iterations of
@@ -28,6 +32,7 @@ from harness import bench_node
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
 
+KNOWN_RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}  # Debian's packages
 PHASES = ("RunPodSandbox", "CreateContainer", "StartContainer", "start-up", "StopPodSandbox", "RemovePodSandbox")
 
 
@@ -75,10 +80,20 @@ def main() -> int:
         help="where the daemon's root and run root go (default /run: a tmpfs, where nodes keep run state)",
     )
     parser.add_argument("--json", help="also write the raw timings (ms per phase per handler) to this file")
+    parser.add_argument("--runtimes", action="append", default=[], metavar="NAME:PATH[:ROOT]",
+                        help="an OCI runtime handler for the daemon (its --runtimes); may be repeated")
     args = parser.parse_args()
     handlers = [h for h in args.handlers.split(",") if h]
+    runtimes = list(args.runtimes)
+    named = {spec.split(":", 1)[0] for spec in runtimes}
+    drop_in = ""
+    if "runc" in handlers and "runc" not in named:
+        runtimes.append(f"runc:{KNOWN_RUNTIMES['runc']}")
+    if "crun" in handlers and "crun" not in named:
+        drop_in = (f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{KNOWN_RUNTIMES["crun"]}"\n'
+                   "hide_cgroup2_mount = true\n")
 
-    with bench_node(args.dir) as (d, pushed):
+    with bench_node(args.dir, runtimes=tuple(runtimes), config_drop_in=drop_in) as (d, pushed):
         results = {h: {p: [] for p in PHASES} for h in handlers}
         for i in range(args.warmup):
             for h in handlers:

@@ -25,9 +25,10 @@ from typing import Any, Callable
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
 from crio_fast.config import Config
+from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import MonitorError, exec_sync, read_exit_file
+from crio_fast.runtime.monitor import MonitorError, OciRuntimeCall, exec_sync, read_exit_file
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -46,7 +47,7 @@ from crio_fast.runtime.plan import (
     default_linux_mounts,
 )
 from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
-from crio_fast.container import security
+from crio_fast.container import oci, security
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -410,8 +411,9 @@ class ContainerManager:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
         monitor = self.sandboxes.monitor(pod)
+        plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc)
         try:
-            result = monitor.create(record.id, plan, record.log_path or os.devnull)
+            result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         for warning in getattr(result, "warnings", []) or []:
@@ -419,6 +421,43 @@ class ContainerManager:
         record.pid = result.pid
         self.state.containers.save(record)
         log.info("container %s (%s) created, pid %d", record.id[:12], record.name, result.pid)
+
+    def _oci_bundle(self, record: ContainerRecord, pod, plan: LaunchPlan, sc, pod_sc,
+                    ) -> tuple[LaunchPlan, OciRuntimeCall | None]:
+        """For a pod of an oci handler: mount the rootfs on the host and write config.json (container/oci.py)."""
+        handler = self._oci_handler(pod.id)
+        if handler is None:
+            return plan, None
+        rootfs = str(Path(record.bundle) / "rootfs")
+        try:
+            oci.mount_rootfs(plan.overlay)
+        except OSError as exc:
+            raise FailedPrecondition(f"container rootfs: {exc}") from exc
+        plan = dataclasses.replace(plan, overlay=None, rootfs=rootfs)
+        seccomp = oci.seccomp_profile(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
+                                      sc.privileged, self.config.runtime.seccomp_profile)
+        spec = oci.build_spec(plan, rootfs=rootfs, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
+                              privileged=sc.privileged, seccomp=seccomp)
+        oci.write_bundle(Path(record.bundle), spec)
+        os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
+        return plan, OciRuntimeCall(runtime_path=handler.runtime_path, root=handler.runtime_root,
+                                    bundle=record.bundle, hide_cgroup2_mount=handler.hide_cgroup2_mount)
+
+    def _oci_handler(self, pod_id: str) -> RuntimeHandler | None:
+        """The pod's RuntimeHandler when it is an external OCI runtime, else None."""
+        pod = self.state.pods.get(pod_id)
+        handler = self.config.runtime.runtimes.get(pod.runtime_handler) if pod is not None else None
+        return handler if handler is not None and handler.runtime_type == "oci" else None
+
+    def _oci_exec_sync(self, handler: RuntimeHandler, record: ContainerRecord, cmd: list[str], timeout: int,
+                       ) -> tuple[int, bytes, bytes]:
+        try:
+            return oci.exec_sync(handler, self.monitor_path, Path(record.bundle), record.id, cmd,
+                                 float(timeout) if timeout > 0 else 3600.0 * 24)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
+        except OSError as exc:
+            raise FailedPrecondition(f"exec in {record.id} with {handler.runtime_path}: {exc}") from exc
 
     @staticmethod
     def _resources(r: pb.LinuxContainerResources) -> Resources:
@@ -523,11 +562,19 @@ class ContainerManager:
                 self.remove(record.id)
 
     def _remove_leftovers(self, record: ContainerRecord) -> None:
+        handler = self._oci_handler(record.pod_id)
+        if handler is not None:
+            # Normally the monitor's REMOVE or shutdown deleted it; not when the monitor was killed.
+            oci.delete_leftover_state(handler, self.monitor_path, record.id)
         if record.cgroup_path:
             try:
                 self.cgroups.remove(self.cgroups.paths(record.cgroup_path))
             except CgroupError as exc:
                 log.warning("container %s: removing cgroup: %s", record.id[:12], exc)
+        try:
+            oci.unmount_rootfs(str(self.bundles / record.id / "rootfs"))  # oci handlers mount it on the host
+        except OSError as exc:
+            log.warning("container %s: %s", record.id[:12], exc)
         shutil.rmtree(self.bundles / record.id, ignore_errors=True)
         shutil.rmtree(self.storage / record.id, ignore_errors=True)
         try:
@@ -543,6 +590,9 @@ class ContainerManager:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not running")
         if not cmd:
             raise InvalidArgument("ExecSync: empty command")
+        handler = self._oci_handler(record.pod_id)
+        if handler is not None:
+            return self._oci_exec_sync(handler, record, cmd, timeout)
         p = record.process
         bounding, effective, permitted, inheritable, ambient = p["caps"]
         plan = ExecPlan(

@@ -42,6 +42,8 @@ _REQUEST_NAMES = {PING: "PING", CREATE: "CREATE", START: "START", KILL: "KILL", 
 (F_STATUS, F_MESSAGE, F_CONTAINER_ID, F_PLAN, F_LOG_PATH, F_SIGNAL, F_ALL, F_PID, F_WARNING, F_CONTAINER, F_STATE,
  F_EXIT_CODE, F_EXIT_SIGNAL, F_CREATED_AT, F_STARTED_AT, F_FINISHED_AT, F_OOM_KILLED, F_POD_ID,
  F_VERSION) = range(1, 20)
+# CREATE of a container run by an external OCI runtime (docs/monitor.md, "External OCI runtimes").
+F_OCI_RUNTIME, F_OCI_ROOT, F_OCI_BUNDLE, F_OCI_HIDE_CGROUP2 = range(20, 24)
 
 _MESSAGE_HEADER = struct.Struct("<HHII")
 _U32 = struct.Struct("<I")
@@ -49,6 +51,16 @@ _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 
 STATUS_NAMES = {0: "creating", 1: "created", 2: "running", 3: "exited"}
+
+@dataclass(frozen=True)
+class OciRuntimeCall:
+    """How the monitor drives an external OCI runtime for one container."""
+
+    runtime_path: str  # the runc/crun binary
+    root: str  # its --root state directory
+    bundle: str  # the directory holding config.json
+    hide_cgroup2_mount: bool = False  # run it with /sys/fs/cgroup/unified unmounted (crun on hybrid hosts)
+
 
 SOCKET_NAME = "monitor.sock"
 # Below the default AF_UNIX send buffer (net.core.wmem_default, 208 KiB);
@@ -343,11 +355,20 @@ class PodMonitor:
 
     # ------------------------------------------------------------- requests
 
-    def create(self, container_id: str, plan: LaunchPlan, log_path: str) -> CreateResult:
+    def create(self, container_id: str, plan: LaunchPlan, log_path: str,
+               oci: OciRuntimeCall | None = None) -> CreateResult:
+        """CREATE a container; with ``oci`` the monitor runs ``RUNTIME create`` on the bundle instead of
+        carrying out the plan itself (it then uses only the plan's stdio, log and cgroup fields)."""
         w = TLVWriter()
         w.string(F_CONTAINER_ID, container_id)
         w.raw(F_PLAN, plan.encode())
         w.string(F_LOG_PATH, log_path)
+        if oci is not None:
+            w.string(F_OCI_RUNTIME, oci.runtime_path)
+            w.string(F_OCI_ROOT, oci.root)
+            w.string(F_OCI_BUNDLE, oci.bundle)
+            if oci.hide_cgroup2_mount:
+                w.boolean(F_OCI_HIDE_CGROUP2, True)
         reply = self._request(CREATE, w)
         return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0],
                             warnings=[_string(v) for v in reply.get(F_WARNING, [])])

@@ -140,8 +140,6 @@ class SandboxManager:
             raise InvalidArgument(
                 f"runtime handler {handler!r} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
             )
-        if self.config.runtime.runtimes[handler].runtime_type != "native":
-            raise InvalidArgument(f"runtime handler {handler!r} is of type oci, which this version cannot run yet")
         if config.hostname and not HOSTNAME_RE.match(config.hostname):
             raise InvalidArgument(f"hostname {config.hostname!r} is not a valid DNS name")
         # Namespaced sysctls are applied in every container of the pod; others are refused here.

@@ -77,6 +77,7 @@ void container_free(struct container *container)
     free(container->kill_cgroup_procs);
     free(container->oom_counter_path);
     free(container->child_error);
+    oci_runtime_free(container->oci);
     free(container);
 }
 
@@ -340,7 +341,25 @@ static void kill_all_children(void)
     free(text);
 }
 
+/* Drop the runtime's state of every oci container (its cgroup and state dir). */
+static void delete_oci_containers(struct monitor *monitor)
+{
+    for (struct container *c = monitor->containers; c; c = c->next) {
+        struct error err;
+        if (c->oci && !c->failed_create && oci_delete(c->oci, c->id, &err) < 0)
+            fprintf(stderr, "container %s: %s\n", c->id, err.message);
+    }
+}
+
+static void reap_all(struct monitor *monitor, int timeout_ms);
+
 void containers_kill_all(struct monitor *monitor, int timeout_ms)
+{
+    reap_all(monitor, timeout_ms);
+    delete_oci_containers(monitor);
+}
+
+static void reap_all(struct monitor *monitor, int timeout_ms)
 {
     for (struct container *c = monitor->containers; c; c = c->next) {
         if (c->status == CONTAINER_EXITED)
@@ -623,6 +642,16 @@ int container_start(struct monitor *monitor, struct connection *connection, uint
         reply_start(reply, REQUEST_START, request_id, err.code, err.message);
         return 0;
     }
+    if (container->oci) {
+        if (oci_start(container->oci, container->id, &err) < 0) {
+            reply_start(reply, REQUEST_START, request_id, err.code, err.message);
+            return 0;
+        }
+        container->started_at = realtime_ns();
+        container->status = CONTAINER_RUNNING;
+        reply_start(reply, REQUEST_START, request_id, 0, NULL);
+        return 0;
+    }
     char go = SYNC_GO;
     if (send(container->sync_watch.fd, &go, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
         error_errno(&err, errno, "start container %s", container->id);
@@ -696,4 +725,149 @@ void container_put_state(const struct container *c, struct buffer *reply)
     }
     if (c->child_error)
         buffer_put_string(reply, FIELD_MESSAGE, c->child_error);
+}
+
+/* --------------------------------------------------------- oci create */
+
+void oci_runtime_free(struct oci_runtime *oci)
+{
+    if (!oci)
+        return;
+    free(oci->path);
+    free(oci->root);
+    free(oci);
+}
+
+int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
+                         size_t plan_length, const char *log_path, const char *runtime, const char *root,
+                         const char *bundle, bool hide_cgroup2, struct buffer *reply)
+{
+    struct error err = {0};
+    struct launch_plan plan;
+    struct stdio_fds stdio = {-1, -1, -1, -1, -1, -1};
+    struct container *c = NULL;
+    bool runtime_created = false;
+
+    if (!container_id_valid(id)) {
+        reply_start(reply, REQUEST_CREATE, request_id, EINVAL, "invalid container id");
+        return 0;
+    }
+    if (container_find(monitor, id)) {
+        error_plain(&err, EEXIST, "container %s already exists", id);
+        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+        return 0;
+    }
+    if (monitor->stopping) {
+        reply_start(reply, REQUEST_CREATE, request_id, ESHUTDOWN, "the pod monitor is shutting down");
+        return 0;
+    }
+    /* The plan is the same as for the native launcher; the runtime reads the
+     * bundle's config.json, so only stdio, log and cgroup fields are used here. */
+    if (plan_decode(plan_data, plan_length, &plan, &err) < 0) {
+        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+        return 0;
+    }
+    c = container_new(id, log_path);
+    if (!c || !(c->oci = calloc(1, sizeof(*c->oci))) || !(c->oci->path = strdup(runtime)) ||
+        !(c->oci->root = strdup(root))) {
+        error_errno(&err, ENOMEM, "create container %s", id);
+        goto fail;
+    }
+    c->oci->hide_cgroup2 = hide_cgroup2;
+    c->log_line_max = plan.log_line_max;
+    if (plan.cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan.cgroup_procs[0]))) {
+        error_errno(&err, ENOMEM, "create container %s", id);
+        goto fail;
+    }
+    if (plan.oom_counter_path) {
+        if (!(c->oom_counter_path = strdup(plan.oom_counter_path))) {
+            error_errno(&err, ENOMEM, "create container %s", id);
+            goto fail;
+        }
+        if (read_oom_kill_counter(plan.oom_counter_path, &c->oom_baseline, &err) < 0)
+            goto fail;
+        c->has_oom_baseline = true;
+    }
+    c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+    if (c->log_fd < 0) {
+        error_errno(&err, errno, "open log file %s", log_path);
+        goto fail;
+    }
+    if (open_stdio(&plan, &stdio, &err) < 0)
+        goto fail;
+    if (stdio.stderr_read >= 0 && set_nonblocking(stdio.stderr_read, true) < 0) {
+        error_errno(&err, errno, "stderr pipe O_NONBLOCK");
+        goto fail;
+    }
+    /* Without a terminal the runtime hands its own stdio to the container, so
+     * a failing runtime's complaint is what its stderr pipe holds. */
+    pid_t pid;
+    int terminal = -1;
+    runtime_created = true;
+    if (oci_create(c->oci, id, bundle, monitor->pod_dir, plan.tty, stdio.stdin_read >= 0 ? stdio.stdin_read : 0,
+                   stdio.stdout_write >= 0 ? stdio.stdout_write : 1, stdio.stderr_write,
+                   stdio.stderr_read, &pid, &terminal, &err) < 0)
+        goto fail;
+    c->pid = pid;
+    /* The runtime has exited: the init is our child now (we are a subreaper). */
+    c->pidfd = sys_pidfd_open(pid, 0);
+    if (c->pidfd < 0) {
+        error_errno(&err, errno, "pidfd_open %d (container %s)", (int)pid, id);
+        if (terminal >= 0)
+            close(terminal);
+        goto fail;
+    }
+    c->status = CONTAINER_CREATED;
+    c->created_at = realtime_ns();
+    close_fd(&stdio.stdin_read);
+    close_fd(&stdio.stdout_write);
+    close_fd(&stdio.stderr_write);
+    if (terminal >= 0) {
+        c->stdout_watch.fd = terminal;
+        c->stdin_fd = dup(terminal);
+        if (c->stdin_fd >= 0)
+            fcntl(c->stdin_fd, F_SETFD, FD_CLOEXEC);
+    } else {
+        c->stdout_watch.fd = stdio.stdout_read;
+        c->stderr_watch.fd = stdio.stderr_read;
+        c->stdin_fd = stdio.stdin_write;
+        stdio.stdout_read = stdio.stderr_read = stdio.stdin_write = -1;
+    }
+    plan_free(&plan);
+    c->next = monitor->containers;
+    monitor->containers = c;
+    if (c->stdin_fd >= 0 && set_nonblocking(c->stdin_fd, true) < 0)
+        fprintf(stderr, "container %s: stdin O_NONBLOCK: %s\n", id, strerror(errno));
+    struct watch *watches[] = {&c->stdout_watch, &c->stderr_watch};
+    for (size_t i = 0; i < 2; i++) {
+        if (watches[i]->fd < 0)
+            continue;
+        if (set_nonblocking(watches[i]->fd, true) < 0 || watch_add(monitor, watches[i], EPOLLIN) < 0) {
+            error_errno(&err, errno, "watch container %s", id);
+            signal_container(c, SIGKILL);
+            c->failed_create = true;
+            struct error ignored;
+            oci_delete(c->oci, id, &ignored);
+            reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+            return 0; /* reaped like any other death */
+        }
+    }
+    reply_start(reply, REQUEST_CREATE, request_id, 0, NULL);
+    buffer_put_u32(reply, FIELD_PID, (uint32_t)c->pid);
+    return 0;
+
+fail:
+    close_stdio(&stdio);
+    if (runtime_created && c && c->oci) {
+        /* Whatever half of the container the runtime made (state dir, cgroup, init). */
+        struct error ignored;
+        if (c->pid > 0)
+            kill(c->pid, SIGKILL);
+        oci_delete(c->oci, id, &ignored);
+    }
+    if (c)
+        container_free(c);
+    plan_free(&plan);
+    reply_start(reply, REQUEST_CREATE, request_id, err.code ? err.code : EIO, err.message);
+    return 0;
 }

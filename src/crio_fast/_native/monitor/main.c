@@ -8,6 +8,7 @@
  * Modes:
  *   pod     the per-pod monitor (pod.c), started by the daemon
  *   exec    a short-lived helper running one command in a container (exec.c)
+ *   runtime runs an OCI runtime command, optionally without the cgroup2 mount (oci.c)
  *   --check the kernel features the monitor needs are usable (selfcheck.c)
  * Each concern lives in its own file next to this one; docs/monitor.md
  * describes the protocol and the plan format.
@@ -22,6 +23,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD [...]\n"
             "       crio-fast-monitor exec --plan-fd FD --status-fd FD\n"
+            "       crio-fast-monitor runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...\n"
             "       crio-fast-monitor --version\n"
             "       crio-fast-monitor --check\n"
             "The monitor is started by the crio-fast daemon, not by hand.\n");
@@ -33,6 +35,8 @@ int main(int argc, char **argv)
         return pod_main(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         return exec_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "runtime") == 0)
+        return runtime_main(argc, argv);
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
         printf("crio-fast-monitor %s (protocol %d, plan format %d)\n", MONITOR_VERSION, MONITOR_PROTOCOL,
                PLAN_FORMAT_VERSION);

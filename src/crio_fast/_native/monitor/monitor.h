@@ -196,6 +196,11 @@ enum message_field {
     FIELD_OOM_KILLED = 17,  /* u32 bool */
     FIELD_POD_ID = 18,      /* string */
     FIELD_VERSION = 19,     /* string */
+    /* CREATE of a container run by an external OCI runtime (oci.c). */
+    FIELD_OCI_RUNTIME = 20,      /* string: runtime binary */
+    FIELD_OCI_ROOT = 21,         /* string: its --root */
+    FIELD_OCI_BUNDLE = 22,       /* string: bundle dir with config.json */
+    FIELD_OCI_HIDE_CGROUP2 = 23, /* u32 bool */
 };
 
 /* ------------------------------------------------------------ launch plan */
@@ -433,5 +438,7 @@ int read_oom_kill_counter(const char *path, uint64_t *out, struct error *err);
 int monitor_self_check(void);
 int pod_main(int argc, char **argv);
 int exec_main(int argc, char **argv);
+/* `runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...`: exec an OCI runtime command (oci.c). */
+int runtime_main(int argc, char **argv);
 
 #endif

@@ -134,6 +134,10 @@ struct request {
     uint32_t signal;
     bool has_signal;
     bool all;
+    const char *oci_runtime;
+    const char *oci_root;
+    const char *oci_bundle;
+    bool oci_hide_cgroup2;
 };
 
 static int parse_request(const uint8_t *data, size_t length, struct request *request, struct error *err)
@@ -155,6 +159,10 @@ static int parse_request(const uint8_t *data, size_t length, struct request *req
             rc = tlv_u32(&field, &request->signal, err);
             break;
         case FIELD_ALL: rc = tlv_bool(&field, &request->all, err); break;
+        case FIELD_OCI_RUNTIME: rc = tlv_string(&field, &request->oci_runtime, err); break;
+        case FIELD_OCI_ROOT: rc = tlv_string(&field, &request->oci_root, err); break;
+        case FIELD_OCI_BUNDLE: rc = tlv_string(&field, &request->oci_bundle, err); break;
+        case FIELD_OCI_HIDE_CGROUP2: rc = tlv_bool(&field, &request->oci_hide_cgroup2, err); break;
         default: return error_plain(err, EINVAL, "unknown request field %u", field.tag);
         }
         if (rc < 0)
@@ -196,6 +204,16 @@ static int dispatch(struct monitor *monitor, struct connection *connection, cons
         if (!request->container_id || !request->plan || !request->log_path) {
             reply_start(reply, request->type, request->id, EINVAL, "CREATE needs a container id, a plan and a log path");
             return 0;
+        }
+        if (request->oci_runtime || request->oci_root || request->oci_bundle) {
+            if (!request->oci_runtime || !request->oci_root || !request->oci_bundle) {
+                reply_start(reply, request->type, request->id, EINVAL,
+                            "an oci CREATE needs the runtime, its root and the bundle");
+                return 0;
+            }
+            return container_create_oci(monitor, request->id, request->container_id, request->plan,
+                                        request->plan_length, request->log_path, request->oci_runtime,
+                                        request->oci_root, request->oci_bundle, request->oci_hide_cgroup2, reply);
         }
         return container_create(monitor, connection, request->id, request->container_id, request->plan,
                                 request->plan_length, request->log_path, reply);
@@ -240,6 +258,12 @@ static int dispatch(struct monitor *monitor, struct connection *connection, cons
             return 0;
         if (c->status != CONTAINER_EXITED) {
             error_plain(&err, EBUSY, "container %s has not exited", c->id);
+            reply_start(reply, request->type, request->id, err.code, err.message);
+            return 0;
+        }
+        if (c->oci && oci_delete(c->oci, c->id, &err) < 0) {
+            /* Forgotten all the same: the daemon removes the container either way. */
+            container_remove(monitor, c);
             reply_start(reply, request->type, request->id, err.code, err.message);
             return 0;
         }

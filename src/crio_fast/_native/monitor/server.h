@@ -30,8 +30,16 @@ struct pending_reply {
     uint64_t connection_serial;
 };
 
+/* An external OCI runtime that runs a container (oci.c); NULL for native. */
+struct oci_runtime {
+    char *path;        /* the runtime binary */
+    char *root;        /* its --root state directory */
+    bool hide_cgroup2; /* run it where /sys/fs/cgroup/unified is unmounted */
+};
+
 struct container {
     struct container *next;
+    struct oci_runtime *oci; /* NULL: started by the native launcher */
     char *id;
     char *log_path;
     char *kill_cgroup_procs; /* first cgroup.procs of the plan: KILL --all */
@@ -119,5 +127,21 @@ void containers_reap(struct monitor *monitor);
 /* SIGKILL everything still running, wait (bounded), record exits. */
 void containers_kill_all(struct monitor *monitor, int timeout_ms);
 void container_free(struct container *container);
+/* CREATE of an oci container: always answered at once (0). */
+int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
+                         size_t plan_length, const char *log_path, const char *runtime, const char *root,
+                         const char *bundle, bool hide_cgroup2, struct buffer *reply);
+
+/* oci.c: run `RUNTIME --root ROOT ARGS...` and wait for it. stdio as given;
+ * stderr_fd < 0 captures stderr itself; on failure the error text is read
+ * from error_fd (or the capture). console_fd stays open in the runtime. */
+int oci_run(const struct oci_runtime *oci, const char *const *args, int stdin_fd, int stdout_fd, int stderr_fd,
+            int error_fd, int console_fd, struct error *err);
+int oci_create(const struct oci_runtime *oci, const char *id, const char *bundle, const char *pod_dir, bool tty,
+               int stdin_fd, int stdout_fd, int stderr_fd, int error_fd, pid_t *pid_out, int *terminal_out,
+               struct error *err);
+int oci_start(const struct oci_runtime *oci, const char *id, struct error *err);
+int oci_delete(const struct oci_runtime *oci, const char *id, struct error *err);
+void oci_runtime_free(struct oci_runtime *oci);
 
 #endif

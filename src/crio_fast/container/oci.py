@@ -1,0 +1,351 @@
+"""OCI runtime-spec bundles for containers of external runtimes (runc, crun).
+
+The same resolved LaunchPlan that the native launcher carries out is
+translated into an OCI ``config.json`` here, so both handlers run a
+container the same way:
+
+- root: the overlay of the image's layers is mounted by the daemon on the
+  host at ``<bundle>/rootfs`` (runc and crun expect a ready rootfs) and
+  unmounted when the container is removed;
+- mounts: the plan's mount operations, translated (devices become
+  ``linux.devices``, masked and read-only paths become ``maskedPaths`` and
+  ``readonlyPaths``, the cgroup tmpfs and its binds one ``cgroup`` mount);
+- namespaces: network, IPC and UTS joined by path (the pod's pinned nsfs
+  files), mount and pid new, cgroup new where the plan has one (v2);
+- cgroups: ``cgroupsPath`` is the container cgroup the daemon created and
+  wrote the limits to. The spec carries no limits of its own
+  (``linux.resources`` has only device rules): runc and crun write only the
+  values a spec sets, so the daemon stays the one place that writes limits
+  (at creation and in UpdateContainerResources), as for native containers;
+- seccomp: the JSON profile itself (the plan's compiled BPF program cannot be
+  expressed in OCI JSON), chosen with the same rules as for native containers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import logging
+import os
+import resource
+import secrets
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from crio_fast.api import api_pb2 as pb
+from crio_fast.config.schema import RuntimeHandler
+from crio_fast.container import security
+from crio_fast.runtime.plan import (
+    CAPABILITIES,
+    DEFAULT_DEVICES,
+    MS_NOATIME,
+    MS_NODEV,
+    MS_NODIRATIME,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_RELATIME,
+    MS_SHARED,
+    MS_SLAVE,
+    MS_STRICTATIME,
+    MS_UNBINDABLE,
+    LaunchPlan,
+    MountKind,
+    MountOp,
+    Overlay,
+)
+
+log = logging.getLogger("crio_fast.container.oci")
+
+OCI_VERSION = "1.0.2"
+CONFIG_NAME = "config.json"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+_FLAG_OPTIONS = (
+    (MS_RDONLY, "ro"), (MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"), (MS_NOEXEC, "noexec"),
+    (MS_NOATIME, "noatime"), (MS_NODIRATIME, "nodiratime"), (MS_RELATIME, "relatime"),
+    (MS_STRICTATIME, "strictatime"),
+)
+_PROPAGATION_OPTIONS = {MS_PRIVATE: "private", MS_SLAVE: "slave", MS_SHARED: "shared", MS_UNBINDABLE: "unbindable"}
+_CAPABILITY_NAMES = {number: name for name, number in CAPABILITIES.items()}
+# The OCI names; Python's resource module also has aliases (RLIMIT_OFILE) that runtimes do not know.
+_RLIMIT_NAMES = {getattr(resource, name): name for name in (
+    "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS", "RLIMIT_NPROC",
+    "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME") if hasattr(resource, name)}
+_NAMESPACE_TYPES = {"mnt": "mount", "pid": "pid", "cgroup": "cgroup", "net": "network", "ipc": "ipc", "uts": "uts"}
+_DEFAULT_DEVICE_PATHS = {f"/dev/{name}" for name, _, _ in DEFAULT_DEVICES}
+_SECCOMP_KEYS = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls")
+
+
+def _capability_names(mask: int) -> list[str]:
+    return [_CAPABILITY_NAMES[bit] for bit in sorted(_CAPABILITY_NAMES) if mask >> bit & 1]
+
+
+def _mount_options(op: MountOp) -> list[str]:
+    options = [name for flag, name in _FLAG_OPTIONS if op.flags & flag]
+    if op.data:
+        options += [part for part in op.data.split(",") if part]
+    return options
+
+
+def _bind_mount(op: MountOp) -> dict[str, Any]:
+    options = ["rbind" if op.flags & MS_REC else "bind", *_mount_options(op)]
+    if op.propagation:
+        name = _PROPAGATION_OPTIONS.get(op.propagation)
+        if name is None:
+            raise ValueError(f"bind {op.destination}: unknown propagation {op.propagation:#x}")
+        options.append(("r" if op.flags & MS_REC else "") + name)
+    return {"destination": op.destination, "type": "bind", "source": op.source, "options": options}
+
+
+def translate_mounts(ops: Sequence[MountOp], privileged: bool) -> tuple[list[dict], list[dict], list[str], list[str]]:
+    """(mounts, devices, maskedPaths, readonlyPaths) for a plan's mount operations, in their order."""
+    mounts: list[dict] = []
+    devices: list[dict] = []
+    masked: list[str] = []
+    readonly: list[str] = []
+    for op in ops:
+        dest = op.destination
+        if op.kind == MountKind.MOUNT:
+            if dest == CGROUP_ROOT:
+                # runc and crun mount the container's own cgroups there (v1: a tmpfs with one bind per
+                # hierarchy, v2: cgroup2), read-only unless privileged.
+                options = ["nosuid", "noexec", "nodev", "relatime"] + ([] if privileged else ["ro"])
+                mounts.append({"destination": dest, "type": "cgroup", "source": "cgroup", "options": options})
+                continue
+            mounts.append({"destination": dest, "type": op.fstype, "source": op.source or op.fstype,
+                           "options": _mount_options(op)})
+        elif op.kind == MountKind.BIND:
+            if dest.startswith(CGROUP_ROOT + "/"):
+                continue  # part of the cgroup mount above
+            mounts.append(_bind_mount(op))
+        elif op.kind == MountKind.MKNOD:
+            if dest in _DEFAULT_DEVICE_PATHS:
+                continue  # every OCI runtime creates the default devices itself
+            kind = "b" if (op.mode & 0o170000) == 0o060000 else "c"
+            devices.append({"path": dest, "type": kind, "major": op.major, "minor": op.minor,
+                            "fileMode": op.mode & 0o7777, "uid": op.uid, "gid": op.gid})
+        elif op.kind == MountKind.MASK:
+            masked.append(dest)
+        elif op.kind == MountKind.READONLY:
+            if dest != CGROUP_ROOT:
+                readonly.append(dest)
+        # SYMLINK and MKDIR: the runtime makes /dev's symlinks and every mount point itself.
+    return mounts, devices, masked, readonly
+
+
+def seccomp_profile(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
+                    default_profile_path: str = "") -> dict[str, Any] | None:
+    """The seccomp profile as OCI JSON, chosen as security.seccomp_for chooses (None: unconfined)."""
+    chosen = container if container is not None else pod
+    if chosen is None:
+        if privileged:
+            return None
+        chosen = pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
+    if chosen.profile_type == pb.SecurityProfile.Unconfined:
+        return None
+    if chosen.profile_type == pb.SecurityProfile.Localhost:
+        profile = security._load_profile(chosen.localhost_ref)
+    elif default_profile_path:
+        profile = security._load_profile(default_profile_path)
+    else:
+        profile = security.runtime_default_profile()
+    return {key: profile[key] for key in _SECCOMP_KEYS if key in profile}
+
+
+def build_spec(
+    plan: LaunchPlan,
+    *,
+    rootfs: str,
+    cgroups_path: str,
+    pod_namespaces: dict[str, str],
+    privileged: bool = False,
+    seccomp: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The OCI config.json for ``plan`` (already resolved by the container manager).
+
+    ``pod_namespaces`` maps "net"/"ipc"/"uts" to the pod's pinned nsfs files; a
+    type missing there is the host's (hostNetwork and friends).
+    """
+    caps = plan.capabilities
+    mounts, devices, masked, readonly = translate_mounts(plan.mounts, privileged)
+    user: dict[str, Any] = {"uid": plan.uid or 0, "gid": plan.gid or 0}
+    if plan.additional_gids:
+        user["additionalGids"] = list(plan.additional_gids)
+    if plan.umask is not None:
+        user["umask"] = plan.umask
+    process: dict[str, Any] = {
+        "terminal": plan.tty,
+        "user": user,
+        "args": list(plan.argv),
+        "env": list(plan.env),
+        "cwd": plan.cwd or "/",
+        "noNewPrivileges": plan.no_new_privs,
+        "rlimits": [{"type": _RLIMIT_NAMES[r.resource], "hard": r.hard, "soft": r.soft} for r in plan.rlimits],
+    }
+    if caps is not None:
+        process["capabilities"] = {
+            "bounding": _capability_names(caps.bounding), "effective": _capability_names(caps.effective),
+            "permitted": _capability_names(caps.permitted), "inheritable": _capability_names(caps.inheritable),
+            "ambient": _capability_names(caps.ambient),
+        }
+    if plan.oom_score_adj is not None:
+        process["oomScoreAdj"] = plan.oom_score_adj
+
+    namespaces: list[dict[str, str]] = []
+    for ns in plan.namespaces:
+        entry = {"type": _NAMESPACE_TYPES[ns.type]}
+        if ns.path:
+            entry["path"] = ns.path
+        namespaces.append(entry)
+    for kind in ("net", "ipc", "uts"):
+        if kind in pod_namespaces and not any(ns.type == kind for ns in plan.namespaces):
+            namespaces.append({"type": _NAMESPACE_TYPES[kind], "path": pod_namespaces[kind]})
+
+    # runc and crun deny every device not listed, then allow their defaults: list what the plan creates.
+    device_rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    if privileged:
+        device_rules = [{"allow": True, "access": "rwm"}]
+    else:
+        device_rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
+                          "access": "rwm"} for d in devices]
+    linux: dict[str, Any] = {
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "resources": {"devices": device_rules},
+        "devices": devices,
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+        "rootfsPropagation": "rslave",
+    }
+    if plan.sysctls:
+        linux["sysctl"] = dict(plan.sysctls)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": rootfs, "readonly": plan.rootfs_readonly},
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def write_bundle(bundle: Path, spec: dict[str, Any]) -> Path:
+    """Write config.json atomically (a runtime must never read half a spec)."""
+    path = bundle / CONFIG_NAME
+    tmp = bundle / f".{CONFIG_NAME}.tmp"
+    tmp.write_text(json.dumps(spec, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+# -- the host-side rootfs mount ---------------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_MNT_DETACH = 2
+
+
+def mount_rootfs(overlay: Overlay) -> None:
+    """Mount the plan's overlay on the host at its target (the bundle's rootfs)."""
+    options = [f"lowerdir={':'.join(overlay.lower)}"]
+    if overlay.upper:
+        options += [f"upperdir={overlay.upper}", f"workdir={overlay.work}"]
+    options += list(overlay.options)
+    data = ",".join(options).encode()
+    if len(data) >= os.sysconf("SC_PAGE_SIZE"):
+        raise OSError(errno.E2BIG, f"overlay options for {overlay.target} exceed one page ({len(data)} bytes)")
+    if _libc.mount(b"overlay", os.fsencode(overlay.target), b"overlay", 0, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount overlay on {overlay.target}: {os.strerror(err)}")
+
+
+def is_mount_point(path: str) -> bool:
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == target for line in f)
+    except OSError:
+        return False
+
+
+def unmount_rootfs(path: str) -> None:
+    """Lazily unmount the bundle's rootfs if it is mounted (idempotent)."""
+    while is_mount_point(path):
+        if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                return
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+
+
+# -- ExecSync through the runtime ---------------------------------------------------
+
+
+def runtime_command(handler: RuntimeHandler, monitor_path: str, *args: str) -> list[str]:
+    """``RUNTIME --root ROOT ARGS...`` through ``crio-fast-monitor runtime``: it reaps what the runtime leaves
+    behind (the daemon is a subreaper, orphans would become its zombies) and, for hide_cgroup2_mount,
+    runs the runtime without the cgroup2 mount, as the pod monitor does."""
+    hide = ["--hide-cgroup2-mount"] if handler.hide_cgroup2_mount else []
+    return [monitor_path, "runtime", *hide, "--", handler.runtime_path, "--root", handler.runtime_root, *args]
+
+
+def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, container_id: str, argv: Sequence[str],
+              timeout: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in the container with ``RUNTIME exec --process``: the container's own process settings
+    (user, capabilities, env, cwd, rlimits) with other args. Raises TimeoutError after killing the command."""
+    spec = json.loads((bundle / CONFIG_NAME).read_text())
+    process = dict(spec["process"], args=list(argv), terminal=False)
+    token = secrets.token_hex(8)
+    process_file = bundle / f"exec-{token}.json"
+    pid_file = bundle / f"exec-{token}.pid"
+    process_file.write_text(json.dumps(process))
+    command = runtime_command(handler, monitor_path, "exec", "--process", str(process_file),
+                              "--pid-file", str(pid_file), container_id)
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Killing the runtime would leave the command running in the container: kill the command.
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise TimeoutError(f"{argv[0]!r} did not finish within {timeout:g}s") from None
+        return proc.returncode, stdout, stderr
+    finally:
+        for leftover in (process_file, pid_file):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def delete_leftover_state(handler: RuntimeHandler, monitor_path: str, container_id: str) -> None:
+    """``RUNTIME delete --force`` for a container whose runtime state is still there (its monitor died)."""
+    if not os.path.exists(os.path.join(handler.runtime_root, container_id)):
+        return
+    command = runtime_command(handler, monitor_path, "delete", "--force", container_id)
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("container %s: %s delete: %s", container_id[:12], handler.runtime_path, exc)
+        return
+    if done.returncode != 0:
+        log.warning("container %s: %s delete failed: %s", container_id[:12], handler.runtime_path,
+                    done.stderr.decode(errors="replace").strip())

@@ -1,0 +1,307 @@
+"""Containers on external OCI runtimes (runc, crun) driven by the pod monitor, next to the native handler.
+
+The same behaviour is checked for every handler: logs in CRI format, exit codes, stop, ExecSync, and that
+removing a pod leaves no mount, cgroup, runtime state or process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.fixtures import write_registries_conf
+from tests.support.pods import remove_all_pods
+
+pytestmark = pytest.mark.integration
+
+RUNC = "/usr/sbin/runc"
+CRUN = "/usr/bin/crun"
+LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
+HANDLERS = ["native", "runc", "crun"]
+
+
+def _crun_problem() -> str | None:
+    """Why crun cannot run here, or None. Run with the unified mount hidden, as the handler is configured."""
+    if not os.access(CRUN, os.X_OK):
+        return f"{CRUN} is not installed"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount --make-rslave / && { umount -l /sys/fs/cgroup/unified 2>/dev/null; true; }"
+                            f" && {CRUN} --version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"crun does not start here: {probe.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def env(registry, busybox_image, tmp_path_factory):
+    if not os.access(RUNC, os.X_OK):
+        pytest.skip(f"{RUNC} is not installed")
+    dirs = make_dirs()
+    # crun 1.8 refuses hybrid cgroup layouts unless the cgroup2 mount is hidden from it.
+    (dirs.config_dir / "10-crun.conf").write_text(
+        f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{CRUN}"\nhide_cgroup2_mount = true\n')
+    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
+    d = Daemon(dirs, "--registries-conf", str(conf), "--runtimes", f"runc:{RUNC}").start()
+    try:
+        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)),
+                                 timeout=60)
+        d.image = busybox_image.reference
+        yield d
+    finally:
+        try:
+            remove_all_pods(d)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
+
+
+def _handler(request, env):
+    if request.param == "crun":
+        problem = _crun_problem()
+        if problem:
+            pytest.skip(problem)
+    try:
+        yield request.param
+    finally:
+        remove_all_pods(env)
+
+
+handler = pytest.fixture(params=HANDLERS)(_handler)
+oci_handler = pytest.fixture(params=["runc", "crun"])(_handler)
+
+_numbers = iter(range(1_000_000))
+
+
+def run_pod(d: Daemon, handler: str) -> tuple[str, api.PodSandboxConfig]:
+    n = next(_numbers)
+    config = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"opod{n}", namespace="oci", uid=f"ouid-{n}", attempt=0),
+        hostname=f"opod{n}", log_directory=str(d.dirs.log_dir / f"opod{n}"),
+    )
+    request = api.RunPodSandboxRequest(config=config, runtime_handler=handler)
+    return d.client.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id, config
+
+
+def create(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str], tty: bool = False) -> str:
+    config = api.ContainerConfig(metadata=api.ContainerMetadata(name=f"c{next(_numbers)}"),
+                                 image=api.ImageSpec(image=d.image), command=command, log_path="ctr.log", tty=tty)
+    request = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+    return d.client.runtime.CreateContainer(request, timeout=30).container_id
+
+
+def start(d: Daemon, ctr: str) -> None:
+    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+
+
+def status(d: Daemon, ctr: str) -> api.ContainerStatus:
+    return d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr), timeout=10).status
+
+
+def wait_exited(d: Daemon, ctr: str, timeout: float = 20) -> api.ContainerStatus:
+    deadline = time.monotonic() + timeout
+    while (st := status(d, ctr)).state != api.ContainerState.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, f"container still {api.ContainerState.Name(st.state)}"
+        time.sleep(0.02)
+    return st
+
+
+def run_container(d: Daemon, handler: str, command: list[str]) -> tuple[str, str]:
+    pod_id, pod = run_pod(d, handler)
+    ctr = create(d, pod_id, pod, command)
+    start(d, ctr)
+    return pod_id, ctr
+
+
+def log_records(path: str) -> list[tuple[str, str, bytes]]:
+    out = []
+    for line in Path(path).read_bytes().splitlines():
+        m = LOG_LINE.match(line)
+        assert m, line[:200]
+        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
+    return out
+
+
+def monitor_children(d: Daemon, pod_id: str) -> list[psutil.Process]:
+    pid = int((d.dirs.runroot / "pods" / pod_id / "monitor.pid").read_text())
+    return psutil.Process(pid).children(recursive=True)
+
+
+def dead(process: psutil.Process) -> bool:
+    """Gone, or a zombie (its parent, the daemon as child subreaper, may not have reaped it yet)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_runs_and_logs_in_cri_format(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sh", "-c", "echo out; echo err >&2"])
+    st = wait_exited(env, ctr)
+    assert (st.exit_code, st.reason) == (0, "Completed")
+    assert sorted(log_records(st.log_path)) == [("stderr", "F", b"err"), ("stdout", "F", b"out")]
+
+
+def test_exit_code_3_is_an_error(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sh", "-c", "exit 3"])
+    st = wait_exited(env, ctr)
+    assert (st.exit_code, st.reason) == (3, "Error")
+
+
+def test_stop_leaves_it_exited(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"])
+    assert status(env, ctr).state == api.ContainerState.CONTAINER_RUNNING
+    env.client.runtime.StopContainer(api.StopContainerRequest(container_id=ctr, timeout=10), timeout=30)
+    st = status(env, ctr)
+    assert st.state == api.ContainerState.CONTAINER_EXITED
+    assert st.exit_code == 7  # the stop signal (SIGTERM) reached the container's trap
+
+
+def test_stop_kills_what_ignores_the_stop_signal(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sleep", "1000"])  # pid 1 of its namespace: SIGTERM is ignored
+    env.client.runtime.StopContainer(api.StopContainerRequest(container_id=ctr, timeout=1), timeout=30)
+    st = status(env, ctr)
+    assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 128 + 9)
+
+
+def test_exec_sync_output_and_exit_code(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
+    reply = env.client.runtime.ExecSync(api.ExecSyncRequest(
+        container_id=ctr, cmd=["/bin/sh", "-c", "echo hi; echo oops >&2; hostname; exit 4"], timeout=10), timeout=30)
+    lines = reply.stdout.decode().splitlines()
+    assert lines[0] == "hi" and lines[1].startswith("opod")  # the pod's UTS namespace
+    assert reply.stderr == b"oops\n"
+    assert reply.exit_code == 4
+
+
+def test_exec_sync_timeout_kills_the_command(env, handler):
+    _, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        env.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["/bin/sleep", "77"], timeout=1),
+                                    timeout=30)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while any(p.cmdline() == ["/bin/sleep", "77"] for p in psutil.process_iter() if p.is_running()):
+        assert time.monotonic() < deadline, "the timed-out command still runs"
+        time.sleep(0.05)
+
+
+def test_exec_sync_of_a_missing_command_fails(env, handler):
+    pod_id, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
+    reply = env.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["/no/such"], timeout=10),
+                                        timeout=30)
+    assert reply.exit_code != 0
+    assert b"/no/such" in reply.stderr
+    # Nothing the failed exec left behind (crun leaves a helper process) keeps the cgroup busy.
+    started = time.monotonic()
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert time.monotonic() - started < 5
+
+
+def test_terminal_output_is_logged(env, handler):
+    pod_id, pod = run_pod(env, handler)
+    ctr = create(env, pod_id, pod, ["/bin/sh", "-c", "test -t 1 && echo on a tty"], tty=True)
+    start(env, ctr)
+    st = wait_exited(env, ctr)
+    assert st.exit_code == 0
+    assert Path(st.log_path).read_bytes().endswith(b" stdout F on a tty\r\n")  # the terminal's own \r\n
+
+
+def test_spec_joins_the_pod_namespaces(env, oci_handler):
+    pod_id, ctr = run_container(env, oci_handler, ["/bin/sleep", "1000"])
+    spec = json.loads((env.dirs.runroot / "containers" / ctr / "config.json").read_text())
+    pod_dir = env.dirs.runroot / "pods" / pod_id
+    namespaces = {ns["type"]: ns.get("path") for ns in spec["linux"]["namespaces"]}
+    assert namespaces == {"mount": None, "pid": None, "network": str(pod_dir / "ns" / "net"),
+                          "ipc": str(pod_dir / "ns" / "ipc"), "uts": str(pod_dir / "ns" / "uts")}
+    assert spec["process"]["args"] == ["/bin/sleep", "1000"]
+    assert "CAP_SYS_ADMIN" not in spec["process"]["capabilities"]["bounding"]
+    assert "/proc/kcore" in spec["linux"]["maskedPaths"]
+    # The init really is in the pod's network namespace, and a child of the pod's monitor.
+    init = [p for p in monitor_children(env, pod_id) if p.name() == "sleep"]
+    assert len(init) == 1
+    monitor_pid = int((pod_dir / "monitor.pid").read_text())
+    assert os.readlink(f"/proc/{init[0].pid}/ns/net") == os.readlink(f"/proc/{monitor_pid}/ns/net")
+
+
+def test_pod_removal_leaves_nothing(env, handler):
+    pod_id, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
+    sleepers = [p for p in monitor_children(env, pod_id) if p.name() == "sleep"]
+    assert len(sleepers) == 1
+    init = sleepers[0]
+    cgroups = [line.split(":", 2)[2] for line in Path(f"/proc/{init.pid}/cgroup").read_text().splitlines()
+               if line.split(":", 2)[1] in ("memory", "pids")]
+    assert cgroups and all(ctr in c for c in cgroups)
+    rootfs = str(env.dirs.runroot / "containers" / ctr / "rootfs")
+    mounted = any(line.split()[4] == rootfs for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert mounted == (handler != "native")  # only oci handlers mount the rootfs on the host
+    state_dir = env.dirs.runroot / "runtimes" / handler
+    if handler != "native":
+        assert (state_dir / ctr).exists()
+
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+    assert not init.is_running()
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    assert ctr not in mountinfo and pod_id not in mountinfo
+    for hierarchy in os.listdir("/sys/fs/cgroup"):  # every hierarchy: runtimes create the path in all of them
+        for relative in cgroups:
+            for path in (relative, os.path.dirname(relative)):  # the container's and the pod's cgroup
+                assert not os.path.exists(f"/sys/fs/cgroup/{hierarchy}{path}"), (hierarchy, path)
+    if state_dir.exists():
+        assert ctr not in os.listdir(state_dir)
+    assert not (env.dirs.runroot / "containers" / ctr).exists()
+
+
+def test_unknown_handler_names_the_configured_ones(env):
+    with pytest.raises(grpc.RpcError) as info:
+        run_pod(env, "nope")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = info.value.details()
+    assert "'nope'" in message and all(name in message for name in ("native", "runc", "crun"))
+
+
+def test_runtime_failure_comes_back_with_its_stderr(env):
+    """A command that does not exist: runc's own complaint reaches the CRI error."""
+    pod_id, pod = run_pod(env, "runc")
+    ctr = None
+    with pytest.raises(grpc.RpcError) as info:
+        ctr = create(env, pod_id, pod, ["/nonexistent-command"])
+        start(env, ctr)
+    assert "nonexistent-command" in info.value.details()
+    assert "runc" in info.value.details()
+    if ctr is None:
+        assert not list((env.dirs.runroot / "runtimes" / "runc").glob("*"))
+
+
+def test_removal_after_the_monitor_was_killed_cleans_the_runtime_state(env, oci_handler):
+    pod_id, ctr = run_container(env, oci_handler, ["/bin/sleep", "1000"])
+    init = next(p for p in monitor_children(env, pod_id) if p.name() == "sleep")
+    monitor = psutil.Process(int((env.dirs.runroot / "pods" / pod_id / "monitor.pid").read_text()))
+    monitor.kill()
+    state_dir = env.dirs.runroot / "runtimes" / oci_handler
+    assert (state_dir / ctr).exists()
+
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+    assert not (state_dir / ctr).exists()
+    deadline = time.monotonic() + 5
+    while not dead(init):
+        assert time.monotonic() < deadline, "the container init outlived its removal"
+        time.sleep(0.05)
+    assert ctr not in Path("/proc/self/mountinfo").read_text()

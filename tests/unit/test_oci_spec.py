@@ -1,0 +1,109 @@
+"""The OCI config.json generated from a launch plan (container/oci.py)."""
+
+from __future__ import annotations
+
+import resource
+
+from crio_fast.api import api_pb2 as pb
+from crio_fast.container import oci
+from crio_fast.runtime.plan import (
+    MS_REC,
+    MS_SLAVE,
+    Capabilities,
+    LaunchPlan,
+    MountOp,
+    Namespace,
+    Rlimit,
+    default_linux_mounts,
+)
+
+POD_NS = {"net": "/pods/p/ns/net", "ipc": "/pods/p/ns/ipc", "uts": "/pods/p/ns/uts"}
+
+
+def make_plan(**kw) -> LaunchPlan:
+    mounts = default_linux_mounts(
+        shm_source="/pods/p/shm", cgroup="v1", cgroup_v1_binds={"memory": "/sys/fs/cgroup/memory/x"},
+        extra=[MountOp.char_device("/dev/fuse", 10, 229), MountOp.bind("/data", "/mnt/data", readonly=True,
+                                                                          propagation=MS_SLAVE)],
+    )
+    defaults = dict(
+        argv=["/bin/sh", "-c", "true"], env=["PATH=/bin"], cwd="/work", uid=1000, gid=1000, additional_gids=[10],
+        capabilities=Capabilities.from_names(["CAP_CHOWN", "CAP_KILL"]), no_new_privs=True, mounts=mounts,
+        rlimits=[Rlimit(resource.RLIMIT_NOFILE, 1024, 4096)], oom_score_adj=100,
+        sysctls={"net.ipv4.ping_group_range": "0 1"},
+        namespaces=[Namespace("mnt"), Namespace("pid")],
+    )
+    defaults.update(kw)
+    return LaunchPlan(**defaults)
+
+
+def test_process_section():
+    spec = oci.build_spec(make_plan(), rootfs="/b/rootfs", cgroups_path="/pods/p/c", pod_namespaces=POD_NS)
+    assert spec["ociVersion"] == "1.0.2"
+    process = spec["process"]
+    assert process["args"] == ["/bin/sh", "-c", "true"] and process["cwd"] == "/work"
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [10]}
+    assert process["capabilities"]["bounding"] == ["CAP_CHOWN", "CAP_KILL"]
+    assert process["capabilities"]["ambient"] == []
+    assert process["noNewPrivileges"] is True
+    assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}]
+    assert process["oomScoreAdj"] == 100
+    assert spec["root"] == {"path": "/b/rootfs", "readonly": False}
+    assert "hostname" not in spec  # the pod's UTS namespace is joined
+
+
+def test_namespaces_cgroups_and_sysctls():
+    spec = oci.build_spec(make_plan(), rootfs="/r", cgroups_path="/pods/p/c",
+                          pod_namespaces={"net": "/pods/p/ns/net"})  # ipc and uts of the host
+    linux = spec["linux"]
+    assert linux["namespaces"] == [{"type": "mount"}, {"type": "pid"},
+                                   {"type": "network", "path": "/pods/p/ns/net"}]
+    assert linux["cgroupsPath"] == "/pods/p/c"
+    assert linux["sysctl"] == {"net.ipv4.ping_group_range": "0 1"}
+    assert "seccomp" not in linux
+
+
+def test_mounts_are_translated():
+    spec = oci.build_spec(make_plan(), rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)
+    by_dest = {m["destination"]: m for m in spec["mounts"]}
+    assert list(by_dest)[:2] == ["/proc", "/dev"]
+    assert by_dest["/dev/shm"] == {"destination": "/dev/shm", "type": "bind", "source": "/pods/p/shm",
+                                   "options": ["bind", "nosuid", "nodev", "noexec", "private"]}
+    # One cgroup mount instead of the plan's tmpfs, per-hierarchy binds and read-only remount.
+    assert by_dest["/sys/fs/cgroup"]["type"] == "cgroup" and "ro" in by_dest["/sys/fs/cgroup"]["options"]
+    assert not any(d.startswith("/sys/fs/cgroup/") for d in by_dest)
+    assert by_dest["/sys"]["options"] == ["ro", "nosuid", "nodev", "noexec"]
+    assert by_dest["/mnt/data"]["options"] == ["rbind", "ro", "rslave"]
+    # Devices the runtime creates itself are left out; the others are created and allowed.
+    assert spec["linux"]["devices"] == [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                         "fileMode": 0o666, "uid": 0, "gid": 0}]
+    rules = spec["linux"]["resources"]["devices"]
+    assert rules[0] == {"allow": False, "access": "rwm"}
+    assert {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rwm"} in rules
+    assert "/proc/kcore" in spec["linux"]["maskedPaths"]
+    assert "/proc/sys" in spec["linux"]["readonlyPaths"] and "/sys/fs/cgroup" not in spec["linux"]["readonlyPaths"]
+
+
+def test_privileged_allows_every_device():
+    spec = oci.build_spec(make_plan(), rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS, privileged=True)
+    assert spec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert "ro" not in next(m for m in spec["mounts"] if m["type"] == "cgroup")["options"]
+
+
+def test_bind_propagation_without_rec_is_not_recursive():
+    plan = make_plan(mounts=[MountOp.bind("/a", "/b", recursive=False, propagation=MS_SLAVE)])
+    spec = oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)
+    assert spec["mounts"] == [{"destination": "/b", "type": "bind", "source": "/a", "options": ["bind", "slave"]}]
+    plan = make_plan(mounts=[MountOp.bind("/a", "/b", propagation=MS_SLAVE)])
+    assert oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)["mounts"][0]["options"] == \
+        ["rbind", "rslave"]
+    assert MountOp.bind("/a", "/b").flags & MS_REC
+
+
+def test_seccomp_profile_follows_the_native_rules():
+    default = oci.seccomp_profile(None, None, privileged=False)
+    assert default["defaultAction"] == "SCMP_ACT_ALLOW" and default["syscalls"]
+    assert oci.seccomp_profile(None, None, privileged=True) is None
+    unconfined = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
+    assert oci.seccomp_profile(unconfined, None, privileged=False) is None
+    assert oci.seccomp_profile(None, unconfined, privileged=False) is None
