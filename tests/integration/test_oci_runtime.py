@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -20,13 +19,12 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
-from tests.support.pods import remove_all_pods
+from tests.support.pods import log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
 
 RUNC = "/usr/sbin/runc"
 CRUN = "/usr/bin/crun"
-LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 HANDLERS = ["native", "runc", "crun"]
 
 
@@ -104,16 +102,8 @@ def start(d: Daemon, ctr: str) -> None:
     d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
 
 
-def status(d: Daemon, ctr: str) -> api.ContainerStatus:
-    return d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr), timeout=10).status
 
 
-def wait_exited(d: Daemon, ctr: str, timeout: float = 20) -> api.ContainerStatus:
-    deadline = time.monotonic() + timeout
-    while (st := status(d, ctr)).state != api.ContainerState.CONTAINER_EXITED:
-        assert time.monotonic() < deadline, f"container still {api.ContainerState.Name(st.state)}"
-        time.sleep(0.02)
-    return st
 
 
 def run_container(d: Daemon, handler: str, command: list[str]) -> tuple[str, str]:
@@ -123,13 +113,6 @@ def run_container(d: Daemon, handler: str, command: list[str]) -> tuple[str, str
     return pod_id, ctr
 
 
-def log_records(path: str) -> list[tuple[str, str, bytes]]:
-    out = []
-    for line in Path(path).read_bytes().splitlines():
-        m = LOG_LINE.match(line)
-        assert m, line[:200]
-        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
-    return out
 
 
 def monitor_children(d: Daemon, pod_id: str) -> list[psutil.Process]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -16,12 +15,9 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
-from tests.support.pods import daemon_with_busybox, remove_all_pods
+from tests.support.pods import daemon_with_busybox, log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
-
-LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
-
 
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
@@ -85,32 +81,14 @@ def start(d: Daemon, ctr: str) -> None:
     d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
 
 
-def status(d: Daemon, ctr: str) -> api.ContainerStatus:
-    return d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr), timeout=10).status
 
 
-def wait_exited(d: Daemon, ctr: str, timeout: float = 20) -> api.ContainerStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(d, ctr)
-        if st.state == api.ContainerState.CONTAINER_EXITED:
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"container still {api.ContainerState.Name(st.state)}")
-        time.sleep(0.05)
 
 
 def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int = 10) -> api.ExecSyncResponse:
     return d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=cmd, timeout=timeout), timeout=timeout + 10)
 
 
-def log_records(path: str) -> list[tuple[str, str, bytes]]:
-    out = []
-    for line in Path(path).read_bytes().splitlines():
-        m = LOG_LINE.match(line)
-        assert m, line[:200]
-        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
-    return out
 
 
 def run_to_exit(d: Daemon, command: list[str], **kw) -> tuple[api.ContainerStatus, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -95,3 +96,29 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def status(d: Daemon, container_id: str) -> api.ContainerStatus:
+    return d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=container_id), timeout=10).status
+
+
+def wait_exited(d: Daemon, container_id: str, timeout: float = 20) -> api.ContainerStatus:
+    deadline = time.monotonic() + timeout
+    while (st := status(d, container_id)).state != api.ContainerState.CONTAINER_EXITED:
+        assert time.monotonic() < deadline, f"container still {api.ContainerState.Name(st.state)}"
+        time.sleep(0.02)
+    return st
+
+
+# One CRI log record: timestamp, stream, P(artial) or F(ull), content.
+LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
+
+
+def log_records(path: str) -> list[tuple[str, str, bytes]]:
+    """(stream, tag, content) of every line of a CRI log file; fails on a malformed line."""
+    out = []
+    for line in Path(path).read_bytes().splitlines():
+        m = LOG_LINE.match(line)
+        assert m, line[:200]
+        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
+    return out

@@ -87,6 +87,16 @@ def decode_container_config(data: str) -> pb.ContainerConfig:
     return config
 
 
+def matches_filter(record: ContainerRecord, id_prefix: str, pod_prefix: str, selector) -> bool:
+    """The CRI container filters shared by ListContainers and the stats calls: ID and
+    pod ID prefixes, label selector (empty values match everything)."""
+    if id_prefix and not record.id.startswith(id_prefix):
+        return False
+    if pod_prefix and not record.pod_id.startswith(pod_prefix):
+        return False
+    return not selector or labels_match(decode_container_config(record.config).labels, selector)
+
+
 def parse_signal(name: str) -> int:
     """An image's StopSignal ("SIGQUIT", "QUIT", "3") as a number; SIGTERM if empty."""
     if not name:
@@ -675,18 +685,13 @@ class ContainerManager:
     def list(self, flt: pb.ContainerFilter | None) -> list[ContainerRecord]:
         out = []
         for record in self.state.containers.values():
-            if flt is not None:
-                if flt.id and not record.id.startswith(flt.id):
-                    continue
-                if flt.pod_sandbox_id and not record.pod_id.startswith(flt.pod_sandbox_id):
-                    continue
+            if flt is not None and not matches_filter(record, flt.id, flt.pod_sandbox_id, {}):
+                continue
             record = self.refresh(record)
             if flt is not None:
                 if flt.HasField("state") and STATE_TO_PROTO[record.state] != flt.state.state:
                     continue
-                if flt.label_selector and not labels_match(
-                    decode_container_config(record.config).labels, flt.label_selector
-                ):
+                if not matches_filter(record, "", "", flt.label_selector):
                     continue
             out.append(record)
         return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container.manager import decode_container_config
+from crio_fast.container.manager import decode_container_config, matches_filter
 from crio_fast.errors import NotFound
 from crio_fast.sandbox.manager import decode_pod_config
 from crio_fast.state.records import ContainerRecord, PodRecord, labels_match
@@ -112,18 +112,10 @@ class StatsService:
     # -- record selection ----------------------------------------------------
 
     def _containers(self, flt: pb.ContainerStatsFilter | None) -> list[ContainerRecord]:
-        out = []
-        for record in self.state.containers.values():
-            if flt is not None:
-                if flt.id and not record.id.startswith(flt.id):
-                    continue
-                if flt.pod_sandbox_id and not record.pod_id.startswith(flt.pod_sandbox_id):
-                    continue
-                if flt.label_selector and not labels_match(decode_container_config(record.config).labels,
-                                                           flt.label_selector):
-                    continue
-            out.append(record)
-        return out
+        records = self.state.containers.values()
+        if flt is None:
+            return records
+        return [r for r in records if matches_filter(r, flt.id, flt.pod_sandbox_id, flt.label_selector)]
 
     def _pods(self, flt: pb.PodSandboxStatsFilter | None) -> list[PodRecord]:
         out = []

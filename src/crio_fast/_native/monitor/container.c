@@ -504,6 +504,34 @@ static struct container *container_new(const char *id, const char *log_path)
     return c;
 }
 
+/* Checks every CREATE makes before doing anything: a valid, unused id, a
+ * monitor that is not shutting down, and a plan that decodes. On failure the
+ * error reply is written and false returned. */
+static bool create_request_acceptable(struct monitor *monitor, uint32_t request_id, const char *id,
+                                      const uint8_t *plan_data, size_t plan_length, struct launch_plan *plan,
+                                      struct buffer *reply)
+{
+    struct error err = {0};
+    if (!container_id_valid(id)) {
+        reply_start(reply, REQUEST_CREATE, request_id, EINVAL, "invalid container id");
+        return false;
+    }
+    if (container_find(monitor, id)) {
+        error_plain(&err, EEXIST, "container %s already exists", id);
+        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+        return false;
+    }
+    if (monitor->stopping) {
+        reply_start(reply, REQUEST_CREATE, request_id, ESHUTDOWN, "the pod monitor is shutting down");
+        return false;
+    }
+    if (plan_decode(plan_data, plan_length, plan, &err) < 0) {
+        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+        return false;
+    }
+    return true;
+}
+
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id, const char *id,
                      const uint8_t *plan_data, size_t plan_length, const char *log_path, struct buffer *reply)
 {
@@ -516,23 +544,8 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     for (size_t i = 0; i < 8; i++)
         namespace_fds[i] = -1;
 
-    if (!container_id_valid(id)) {
-        reply_start(reply, REQUEST_CREATE, request_id, EINVAL, "invalid container id");
+    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply))
         return 0;
-    }
-    if (container_find(monitor, id)) {
-        error_plain(&err, EEXIST, "container %s already exists", id);
-        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
-        return 0;
-    }
-    if (monitor->stopping) {
-        reply_start(reply, REQUEST_CREATE, request_id, ESHUTDOWN, "the pod monitor is shutting down");
-        return 0;
-    }
-    if (plan_decode(plan_data, plan_length, &plan, &err) < 0) {
-        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
-        return 0;
-    }
     c = container_new(id, log_path);
     if (!c) {
         error_errno(&err, ENOMEM, "create container %s", id);
@@ -748,25 +761,10 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
     struct container *c = NULL;
     bool runtime_created = false;
 
-    if (!container_id_valid(id)) {
-        reply_start(reply, REQUEST_CREATE, request_id, EINVAL, "invalid container id");
-        return 0;
-    }
-    if (container_find(monitor, id)) {
-        error_plain(&err, EEXIST, "container %s already exists", id);
-        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
-        return 0;
-    }
-    if (monitor->stopping) {
-        reply_start(reply, REQUEST_CREATE, request_id, ESHUTDOWN, "the pod monitor is shutting down");
-        return 0;
-    }
     /* The plan is the same as for the native launcher; the runtime reads the
      * bundle's config.json, so only stdio, log and cgroup fields are used here. */
-    if (plan_decode(plan_data, plan_length, &plan, &err) < 0) {
-        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply))
         return 0;
-    }
     c = container_new(id, log_path);
     if (!c || !(c->oci = calloc(1, sizeof(*c->oci))) || !(c->oci->path = strdup(runtime)) ||
         !(c->oci->root = strdup(root))) {
