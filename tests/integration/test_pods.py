@@ -322,6 +322,35 @@ def test_stop_and_remove_pod_leave_nothing(cri):
     assert not cri.client.runtime.ListContainers(api.ListContainersRequest(), timeout=10).containers
 
 
+def test_killed_monitor_containers_are_stopped_and_reaped(cri):
+    """A SIGKILLed monitor's containers are re-parented to the daemon (a child
+    subreaper): stopping the pod kills and reaps them, records their exit, and
+    removal does not wait on zombies."""
+    pod_id, pod = run_pod(cri)
+    ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+    start(cri, ctr)
+    init_pid = json.loads(cri.client.runtime.ContainerStatus(
+        api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=10).info["info"])["pid"]
+    info = cri.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True),
+                                               timeout=10).info["info"]
+    monitor_pid = json.loads(info)["pid"]
+    os.kill(monitor_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while psutil.Process(init_pid).ppid() != cri.proc.pid:
+        assert time.monotonic() < deadline, "the container init was not re-parented to the daemon"
+        time.sleep(0.01)
+    started = time.monotonic()
+    cri.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    st = status(cri, ctr)
+    assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 128 + signal.SIGKILL)
+    cri.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    assert time.monotonic() - started < 4, "stop+remove waited on unreaped processes"
+    assert not psutil.pid_exists(init_pid) and not psutil.pid_exists(monitor_pid)
+    zombies = [c.pid for c in psutil.Process(cri.proc.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+    assert _kernel_objects_of(cri, pod_id, [ctr]) == []
+
+
 def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_path):
     dirs = make_dirs()
     conf = write_registries_conf(tmp_path / "registries.conf", [registry.host])

@@ -254,6 +254,21 @@ class CgroupManager:
             time.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
 
+    def kill(self, cgroup: CgroupPaths) -> None:
+        """SIGKILL every process in the cgroup and its descendants, in every hierarchy.
+
+        For when no monitor is left to do it (it was killed): the processes
+        stay in place, so a later ``remove`` still finds the cgroup.
+        """
+        dirs = [d for top in cgroup.hierarchy_dirs.values() for d in tree.subtree(top) if os.path.isdir(d)]
+        if os.getpid() in tree.read_pids(dirs):
+            raise CgroupError(f"cannot kill cgroup {cgroup.path}: this daemon's own process is in it")
+        unified_dir = cgroup.hierarchy_dirs.get("unified")
+        if unified_dir is not None and os.path.isdir(unified_dir):
+            v2.kill_processes(unified_dir)
+        freezer_dir = cgroup.dirs.get("freezer") if not self.layout.is_v2("freezer") else None
+        v1.kill_processes(dirs, freezer_dir)
+
     def oom_kill_count(self, cgroup: CgroupPaths) -> int:
         """How many processes the kernel's OOM killer killed in this cgroup (0 if unknown)."""
         if cgroup.oom_counter_file is None:

@@ -28,7 +28,8 @@ from crio_fast.config import Config
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import MonitorError, OciRuntimeCall, exec_sync, read_exit_file
+from crio_fast.runtime.monitor import ExitInfo, MonitorError, OciRuntimeCall, exec_sync, read_exit_file, write_exit_file
+from crio_fast.runtime.reaper import exit_code_of, reap_adopted, wait_adopted
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -220,6 +221,11 @@ class ContainerManager:
             if record.state == CTR_RUNNING:
                 pod = self.state.pods.get(record.pod_id)
                 if pod is None or pod.state != POD_READY:
+                    # An init that outlived its monitor and has exited since is ours to reap.
+                    status = reap_adopted(record.pid)
+                    if status is not None:
+                        self._record_orphan_exit(record, status)
+                        return self.refresh(record)
                     # The pod's monitor is gone and left no exit: nothing runs any more.
                     with self._lock:
                         if record.state == CTR_RUNNING:
@@ -527,7 +533,7 @@ class ContainerManager:
         except FailedPrecondition:
             monitor = None
         if monitor is None:
-            self.refresh(record)
+            self._stop_orphaned(record)
             return
         if record.state == CTR_RUNNING and timeout > 0:
             try:
@@ -542,6 +548,26 @@ class ContainerManager:
             log.info("container %s: SIGKILL: %s", record.id[:12], exc)
         if not self._wait_exit(record, KILL_WAIT_SECONDS):
             raise Internal(f"container {record.id} did not exit after SIGKILL")
+
+    def _stop_orphaned(self, record: ContainerRecord) -> None:
+        """Stop a container whose pod monitor is gone (killed): its processes are
+        killed through its cgroup, and its init, re-parented to this daemon (a
+        child subreaper), is reaped here so its real exit status is recorded."""
+        if record.pid and record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING):
+            try:
+                self.cgroups.kill(self.cgroups.paths(record.cgroup_path))
+            except CgroupError as exc:
+                log.warning("container %s: killing its cgroup: %s", record.id[:12], exc)
+            self._record_orphan_exit(record, wait_adopted(record.pid, KILL_WAIT_SECONDS))
+        self.refresh(record)
+
+    def _record_orphan_exit(self, record: ContainerRecord, status: int | None) -> None:
+        if status is None or (self.exits_dir / record.id).exists():
+            return
+        exit_code, signal_number = exit_code_of(status)
+        write_exit_file(self.exits_dir / record.id, ExitInfo(
+            exit_code=exit_code, signal=signal_number, pid=record.pid, started_at=record.started_at,
+            finished_at=time.time_ns(), oom_killed=False))
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         for record in self.state.containers.values():
@@ -603,16 +629,7 @@ class ContainerManager:
         handler = self._oci_handler(record.pod_id)
         if handler is not None:
             return self._oci_exec_sync(handler, record, cmd, timeout)
-        p = record.process
-        bounding, effective, permitted, inheritable, ambient = p["caps"]
-        plan = ExecPlan(
-            target_pid=record.pid, argv=list(cmd), env=list(p["env"]), cwd=p["cwd"],
-            cgroup_procs=list(p["cgroup_procs"]), uid=p["uid"], gid=p["gid"], additional_gids=list(p["gids"]),
-            capabilities=Capabilities(bounding, effective, permitted, inheritable, ambient),
-            no_new_privs=p["no_new_privs"],
-            seccomp=base64.b64decode(p["seccomp"]) if p.get("seccomp") else None,
-            rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
-        )
+        plan = self._exec_plan(record, cmd)
         try:
             result = exec_sync(self.monitor_path, plan, float(timeout) if timeout > 0 else 3600.0 * 24)
         except TimeoutError as exc:
@@ -623,6 +640,31 @@ class ContainerManager:
         if result.error:
             stderr = stderr + (result.error + "\n").encode()
         return result.exit_code, result.stdout, stderr
+
+    def _exec_plan(self, record: ContainerRecord, cmd: list[str]) -> ExecPlan:
+        """How to run ``cmd`` as the container's own process runs: its namespaces,
+        cgroups, credentials, capabilities, seccomp, environment and cwd."""
+        p = record.process
+        bounding, effective, permitted, inheritable, ambient = p["caps"]
+        return ExecPlan(
+            target_pid=record.pid, argv=list(cmd), env=list(p["env"]), cwd=p["cwd"],
+            cgroup_procs=list(p["cgroup_procs"]), uid=p["uid"], gid=p["gid"], additional_gids=list(p["gids"]),
+            capabilities=Capabilities(bounding, effective, permitted, inheritable, ambient),
+            no_new_privs=p["no_new_privs"],
+            seccomp=base64.b64decode(p["seccomp"]) if p.get("seccomp") else None,
+            rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
+        )
+
+    def streaming_exec_plan(self, container_id: str, cmd: list[str]) -> ExecPlan:
+        """The plan for a streaming Exec into a running container (any handler:
+        the exec helper joins the container's namespaces and cgroups directly)."""
+        record = self.get(container_id)
+        if not cmd:
+            raise InvalidArgument("Exec: empty command")
+        self.refresh(record)
+        if record.state != CTR_RUNNING:
+            raise FailedPrecondition(f"container {record.id} is {record.state}, not running")
+        return self._exec_plan(record, cmd)
 
     def update_resources(self, container_id: str, resources: pb.LinuxContainerResources) -> None:
         """UpdateContainerResources: new cgroup limits (and oom_score_adj) for a live container."""

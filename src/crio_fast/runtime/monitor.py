@@ -516,6 +516,18 @@ def read_exit_file(path: str | os.PathLike[str]) -> ExitInfo | None:
         raise MonitorError(f"exit file {path} lacks {e.args[0]}", errno.EINVAL) from None
 
 
+def write_exit_file(path: str | os.PathLike[str], info: ExitInfo) -> None:
+    """Write an exit file in the monitor's format, atomically (for an exit the
+    daemon observed itself because the pod's monitor was gone)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(
+        f"exit_code={info.exit_code}\nsignal={info.signal}\npid={info.pid}\nstarted_at={info.started_at}\n"
+        f"finished_at={info.finished_at}\noom_killed={int(info.oom_killed)}\n"
+    )
+    os.replace(temporary, target)
+
+
 def cleanup_pod_dir(pod_dir: str) -> list[str]:
     """Undo what a dead monitor left in its pod dir: lazy-unmount every mount at
     or under it (nsfs, shm, the private self-bind) and remove the files the

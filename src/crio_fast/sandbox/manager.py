@@ -31,6 +31,7 @@ from crio_fast.container.security import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
+from crio_fast.runtime.reaper import reap_adopted
 from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match
 
 if TYPE_CHECKING:
@@ -260,6 +261,8 @@ class SandboxManager:
                     mon.shutdown()
                 except MonitorError as exc:
                     log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
+            else:
+                reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
             if record.state != POD_NOTREADY:
                 record.state = POD_NOTREADY

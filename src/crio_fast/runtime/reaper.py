@@ -1,0 +1,69 @@
+"""Reaping processes the daemon inherits when a pod monitor dies.
+
+The daemon is a child subreaper (pod monitors detach by double fork, and PID 1
+reaps late on some hosts). When a monitor is killed, its children -- the
+pod's container inits -- are re-parented to the daemon, and nothing else will
+ever wait for them: unreaped, they stay zombies and keep their cgroups busy.
+
+The daemon cannot reap "any child" (waitpid(-1)): that would steal the exit
+status of its own subprocesses (exec helpers, CNI plugins, runtimes). It
+reaps only pids it knows to be adopted: the monitors and container inits its
+records name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def reap_adopted(pid: int) -> int | None:
+    """Reap ``pid`` if it is an exited child of this process; its wait status, else None.
+
+    None also when ``pid`` is not (or no longer) our child: then whoever is
+    its parent reaps it.
+    """
+    if pid <= 0:
+        return None
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if waited == pid else None
+
+
+def is_adopted_child(pid: int) -> bool:
+    """Whether ``pid`` is a live or zombie child of this process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return len(fields) > 1 and int(fields[1]) == os.getpid()
+
+
+def wait_adopted(pid: int, timeout: float) -> int | None:
+    """Wait up to ``timeout`` for an adopted ``pid`` to exit and reap it.
+
+    Returns its wait status; None if it is not our child (or did not exit in
+    time: the caller decides what that means).
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        status = reap_adopted(pid)
+        if status is not None:
+            return status
+        if not is_adopted_child(pid) or time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def exit_code_of(status: int) -> tuple[int, int]:
+    """(exit code as the CRI reports it, killing signal or 0) of a wait status."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status), 0
