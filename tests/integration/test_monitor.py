@@ -10,7 +10,6 @@ overlay of it with a private upper dir, so no test changes it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import platform
@@ -18,7 +17,6 @@ import re
 import shutil
 import signal
 import struct
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +28,6 @@ from crio_fast._native import monitor_path
 from crio_fast.runtime import (
     Capabilities,
     ExecPlan,
-    ExitInfo,
-    LaunchPlan,
     MonitorError,
     MountOp,
     Namespace,
@@ -42,21 +38,16 @@ from crio_fast.runtime import (
     cleanup_pod_dir,
     default_linux_mounts,
     exec_sync,
-    read_exit_file,
 )
 from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN
 from crio_fast.runtime.plan import TLVWriter
+from tests.support.monitor_harness import ENV, Harness, child_subreaper, private_harness
 from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(find_static_busybox() is None, reason="needs Debian's busybox-static"),
 ]
-
-PR_SET_CHILD_SUBREAPER = 36
-ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
-LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$", re.S)
-
 
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,135 +56,16 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def reap_monitors():
-    """Make this process a child subreaper while the module runs.
-
-    A monitor is orphaned by design and normally adopted (and reaped) by init;
-    on hosts whose PID 1 does not reap, exited monitors would stay zombies.
-    As subreaper, PodMonitor.shutdown reaps them itself.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        pytest.skip("cannot become a child subreaper")
-    try:
+    with child_subreaper() as ok:
+        if not ok:
+            pytest.skip("cannot become a child subreaper")
         yield
-    finally:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-
-
-class Harness:
-    """Spawns pod monitors and containers in one private directory; cleans up everything."""
-
-    def __init__(self, base: Path, rootfs: Path) -> None:
-        self.base = base
-        self.rootfs = rootfs
-        self.exits = base / "exits"
-        self.exits.mkdir()
-        self.monitors: list[PodMonitor] = []
-        self.container_pids: list[int] = []
-
-    def spawn(self, pod_id: str = "pod", **spec: object) -> PodMonitor:
-        pod_dir = self.base / pod_id
-        pod_dir.mkdir()
-        monitor = PodMonitor.spawn(str(monitor_path()), PodMonitorSpec(pod_id, str(pod_dir), str(self.exits), **spec))
-        self.monitors.append(monitor)
-        return monitor
-
-    def container_dir(self, name: str) -> Path:
-        path = self.base / f"ctr-{name}"
-        path.mkdir(exist_ok=True)
-        return path
-
-    def plan(self, name: str, argv: list[str], *, extra_mounts: tuple = (), cgroup: str = "v2",
-             upper_files: dict[str, str] | None = None, **fields: object) -> LaunchPlan:
-        """A container over an overlay of the module's rootfs, with the standard mounts."""
-        directory = self.container_dir(name)
-        for sub in ("upper", "work", "rootfs"):
-            (directory / sub).mkdir(exist_ok=True)
-        for path, link_target in (upper_files or {}).items():
-            link = directory / "upper" / path.lstrip("/")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(link_target)
-        fields.setdefault("namespaces", [Namespace("mnt"), Namespace("pid"), Namespace("cgroup")])
-        fields.setdefault("overlay", Overlay(lower=[str(self.rootfs)], upper=str(directory / "upper"),
-                                             work=str(directory / "work"), target=str(directory / "rootfs")))
-        fields.setdefault("mounts", default_linux_mounts(cgroup=cgroup, extra=extra_mounts))
-        fields.setdefault("env", list(ENV))
-        return LaunchPlan(argv=argv, **fields)
-
-    def log_path(self, name: str) -> str:
-        return str(self.container_dir(name) / "ctr.log")
-
-    def start(self, monitor: PodMonitor, name: str, plan: LaunchPlan) -> int:
-        result = monitor.create(name, plan, self.log_path(name))
-        self.container_pids.append(result.pid)
-        monitor.start(name)
-        return result.pid
-
-    def wait_exit(self, name: str, timeout: float = 10.0) -> ExitInfo:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = read_exit_file(self.exits / name)
-            if info is not None:
-                return info
-            time.sleep(0.005)
-        raise AssertionError(f"container {name} did not exit within {timeout}s")
-
-    def run(self, monitor: PodMonitor, name: str, plan: LaunchPlan, timeout: float = 10.0) -> ExitInfo:
-        self.start(monitor, name, plan)
-        return self.wait_exit(name, timeout)
-
-    def records(self, name: str) -> list[tuple[str, str, str]]:
-        """(stream, tag, content) of every CRI log record."""
-        text = Path(self.log_path(name)).read_text(errors="replace")
-        assert text == "" or text.endswith("\n"), "every record ends with a newline"
-        out = []
-        for line in text.split("\n")[:-1]:
-            match = LOG_RECORD.match(line)
-            assert match, f"not a CRI log record: {line[:120]!r}"
-            out.append((match.group(2), match.group(3), match.group(4)))
-        return out
-
-    def output(self, name: str, stream: str = "stdout") -> str:
-        """The stream's text, partial records joined as the kubelet does."""
-        return "".join(content + ("\n" if tag == "F" else "")
-                       for s, tag, content in self.records(name) if s == stream)
-
-    def cleanup(self) -> None:
-        killed_a_monitor = False
-        for monitor in self.monitors:
-            try:
-                monitor.shutdown(timeout=10)
-            except Exception:
-                killed_a_monitor = True
-                try:
-                    os.kill(monitor.pid, signal.SIGKILL)
-                    os.waitpid(monitor.pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-            finally:
-                monitor.close()
-        if killed_a_monitor:
-            # Its containers were orphaned (to this process, the subreaper).
-            for pid in self.container_pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-        cleanup_pod_dir(str(self.base))
 
 
 @pytest.fixture
 def harness(rootfs: Path):
-    base = Path(tempfile.mkdtemp(prefix="cfm-", dir="/tmp"))
-    h = Harness(base, rootfs)
-    try:
+    with private_harness(rootfs) as h:
         yield h
-    finally:
-        try:
-            h.cleanup()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

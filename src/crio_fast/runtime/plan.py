@@ -447,6 +447,9 @@ class ExecPlan:
     seccomp_flags: int = 0
     rlimits: list[Rlimit] = field(default_factory=list)
     umask: int | None = None
+    # A pseudo terminal on the container's devpts instead of the helper's fds
+    # 0-2; the helper then needs --console-fd to hand the master over.
+    tty: bool = False
 
     def resolved_namespaces(self) -> list[Namespace]:
         if self.namespaces is not None:
@@ -476,6 +479,8 @@ class ExecPlan:
             no_new_privs=self.no_new_privs, seccomp=self.seccomp, seccomp_flags=self.seccomp_flags,
             rlimits=self.rlimits, umask=self.umask, namespaces=self.resolved_namespaces(),
         )
+        if self.tty:
+            w.boolean(_TTY, True)
         return w.getvalue()
 
 

@@ -116,6 +116,8 @@ static void read_output(struct monitor *monitor, struct container *container, st
                                       container->log_line_max, realtime_ns(), &err) < 0)
                     fprintf(stderr, "container %s: %s\n", container->id, err.message);
             }
+            if (monitor->attachers)
+                attach_broadcast(monitor, container, watch->stream, output_buffer, (size_t)got);
             continue;
         }
         if (got < 0 && errno == EINTR)
@@ -186,7 +188,11 @@ static void adopt_terminal(struct monitor *monitor, struct container *container,
     if (set_nonblocking(master, true) < 0 || watch_add(monitor, &container->stdout_watch, EPOLLIN) < 0) {
         fprintf(stderr, "container %s: watch terminal: %s\n", container->id, strerror(errno));
         close_fd(&container->stdout_watch.fd);
+        return;
     }
+    /* Attach input goes to the master; a separate fd so CLOSE_STDIN can drop it alone. */
+    if (container->stdin_wanted && (container->stdin_fd = fcntl(master, F_DUPFD_CLOEXEC, 3)) < 0)
+        fprintf(stderr, "container %s: dup terminal for stdin: %s\n", container->id, strerror(errno));
 }
 
 void container_on_sync(struct monitor *monitor, struct container *container)
@@ -265,6 +271,7 @@ static void container_exited(struct monitor *monitor, struct container *containe
     }
     container->status = CONTAINER_EXITED;
     container->starting = false;
+    attach_container_exited(monitor, container); /* before its stdin goes */
     close_fd(&container->stdin_fd);
     close_fd(&container->pidfd);
     if (container->pending.active)
@@ -495,6 +502,7 @@ static struct container *container_new(const char *id, const char *log_path)
     c->stdout_watch = (struct watch){WATCH_OUTPUT, -1, c, LOG_STDOUT};
     c->stderr_watch = (struct watch){WATCH_OUTPUT, -1, c, LOG_STDERR};
     c->sync_watch = (struct watch){WATCH_SYNC, -1, c, LOG_STDOUT};
+    c->stdin_watch = (struct watch){WATCH_STDIN, -1, c, LOG_STDOUT};
     c->id = strdup(id);
     c->log_path = strdup(log_path);
     if (!c->id || !c->log_path) {
@@ -552,6 +560,8 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
         goto fail;
     }
     c->log_line_max = plan.log_line_max;
+    c->tty = plan.tty;
+    c->stdin_wanted = plan.stdin_wanted;
     if (plan.cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan.cgroup_procs[0]))) {
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
@@ -773,6 +783,8 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
     }
     c->oci->hide_cgroup2 = hide_cgroup2;
     c->log_line_max = plan.log_line_max;
+    c->tty = plan.tty;
+    c->stdin_wanted = plan.stdin_wanted;
     if (plan.cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan.cgroup_procs[0]))) {
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
@@ -822,9 +834,8 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
     close_fd(&stdio.stderr_write);
     if (terminal >= 0) {
         c->stdout_watch.fd = terminal;
-        c->stdin_fd = dup(terminal);
-        if (c->stdin_fd >= 0)
-            fcntl(c->stdin_fd, F_SETFD, FD_CLOEXEC);
+        if (plan.stdin_wanted && (c->stdin_fd = fcntl(terminal, F_DUPFD_CLOEXEC, 3)) < 0)
+            fprintf(stderr, "container %s: dup terminal for stdin: %s\n", id, strerror(errno));
     } else {
         c->stdout_watch.fd = stdio.stdout_read;
         c->stderr_watch.fd = stdio.stderr_read;

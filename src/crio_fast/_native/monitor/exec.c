@@ -15,6 +15,13 @@
  *
  * Its own exit status mirrors the line (code, 128+signal, 126/127/1 for an
  * error), but the status line is what tells the two apart.
+ *
+ * With TTY in the plan (`--console-fd FD` is then required, an AF_UNIX
+ * socket), the helper opens a pseudo terminal on the container's devpts once
+ * it is in the container's mount namespace; the command gets a new session
+ * with the peer as controlling terminal and fds 0-2, and the master goes to
+ * the daemon as one byte 'T' with SCM_RIGHTS on the console fd, right after
+ * the fork. The helper keeps no copy of either end.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,8 +39,10 @@
 #include "monitor.h"
 
 #define EXEC_PLAN_MAX (4u << 20)
+#define EXEC_USAGE "crio-fast-monitor exec --plan-fd FD --status-fd FD [--console-fd FD]"
 
 static int status_fd = -1;
+static int console_fd = -1;
 static volatile sig_atomic_t termination_requested;
 
 static void on_termination(int signal)
@@ -70,8 +79,10 @@ static int parse_fd_option(const char *value, int *out)
     return 0;
 }
 
-/* In the forked child: become the command. Errors go to `error_fd`. */
-__attribute__((noreturn)) static void run_command(const struct launch_plan *plan, pid_t helper, int error_fd)
+/* In the forked child: become the command. Errors go to `error_fd`.
+ * `terminal` (or -1) becomes the controlling terminal and fds 0-2. */
+__attribute__((noreturn)) static void run_command(const struct launch_plan *plan, pid_t helper, int error_fd,
+                                                  int terminal)
 {
     struct error err = {0};
     if (reset_signals_for_exec(&err) < 0)
@@ -86,6 +97,15 @@ __attribute__((noreturn)) static void run_command(const struct launch_plan *plan
     pid_t parent = getppid();
     if (parent != helper && parent != 0)
         _exit(1);
+    if (terminal >= 0) {
+        if (setsid() < 0) {
+            error_errno(&err, errno, "setsid");
+            goto failed;
+        }
+        if (make_controlling_terminal(terminal, &err) < 0)
+            goto failed;
+        close(terminal);
+    }
     umask(plan->has_umask ? plan->umask : 022);
     if (apply_rlimits(plan, &err) < 0)
         goto failed;
@@ -156,19 +176,22 @@ int exec_main(int argc, char **argv)
             fprintf(stderr, "crio-fast-monitor exec: option %s needs a value\n", argv[i]);
             return 2;
         }
-        int *target = strcmp(argv[i], "--plan-fd") == 0 ? &plan_fd : strcmp(argv[i], "--status-fd") == 0 ? &status_fd
-                                                                                                         : NULL;
+        int *target = strcmp(argv[i], "--plan-fd") == 0     ? &plan_fd
+                      : strcmp(argv[i], "--status-fd") == 0  ? &status_fd
+                      : strcmp(argv[i], "--console-fd") == 0 ? &console_fd
+                                                             : NULL;
         if (!target || parse_fd_option(argv[i + 1], target) < 0) {
-            fprintf(stderr, "usage: crio-fast-monitor exec --plan-fd FD --status-fd FD\n");
+            fprintf(stderr, "usage: %s\n", EXEC_USAGE);
             return 2;
         }
     }
     if (plan_fd < 0 || status_fd < 0) {
-        fprintf(stderr, "usage: crio-fast-monitor exec --plan-fd FD --status-fd FD\n");
+        fprintf(stderr, "usage: %s\n", EXEC_USAGE);
         return 2;
     }
-    if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0 || fcntl(plan_fd, F_SETFD, FD_CLOEXEC) < 0) {
-        error_errno(&err, errno, "status or plan fd");
+    if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0 || fcntl(plan_fd, F_SETFD, FD_CLOEXEC) < 0 ||
+        (console_fd >= 0 && fcntl(console_fd, F_SETFD, FD_CLOEXEC) < 0)) {
+        error_errno(&err, errno, "status, plan or console fd");
         fail(&err);
     }
     uint8_t *plan_data;
@@ -185,8 +208,23 @@ int exec_main(int argc, char **argv)
         error_plain(&err, EINVAL, "an exec plan has no rootfs or mounts");
         fail(&err);
     }
+    if (plan.tty != (console_fd >= 0)) {
+        error_plain(&err, EINVAL, plan.tty ? "a TTY exec needs --console-fd" : "--console-fd without TTY in the plan");
+        fail(&err);
+    }
     if (enter_container(&plan, &err) < 0)
         fail(&err);
+    /* Now in the container's mount namespace: its /dev/ptmx. */
+    int master = -1, terminal = -1;
+    if (plan.tty) {
+        if (open_pseudo_terminal(&master, &terminal, &err) < 0)
+            fail(&err);
+        /* The command may not be root: its terminal should be its own. */
+        if (plan.has_uid && fchown(terminal, plan.uid, (gid_t)-1) < 0) {
+            error_errno(&err, errno, "chown the pseudo terminal to uid %u", plan.uid);
+            fail(&err);
+        }
+    }
 
     int error_pipe[2];
     if (pipe2(error_pipe, O_CLOEXEC) < 0) {
@@ -213,9 +251,26 @@ int exec_main(int argc, char **argv)
     }
     if (child == 0) {
         close(error_pipe[0]);
-        run_command(&plan, helper, error_pipe[1]);
+        if (master >= 0)
+            close(master);
+        run_command(&plan, helper, error_pipe[1], terminal);
     }
     close(error_pipe[1]);
+    if (plan.tty) {
+        /* Before anything can fail below: whatever happens next, the daemon
+         * gets the terminal, and EIO on it once the command is gone. */
+        close(terminal);
+        int sent = send_fd(console_fd, 'T', master, &err);
+        close(master);
+        close(console_fd);
+        if (sent < 0) {
+            error_context(&err, "send the terminal on the console fd");
+            kill(child, SIGKILL);
+            while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+                ;
+            fail(&err);
+        }
+    }
     struct sigaction action = {.sa_handler = on_termination}; /* no SA_RESTART: waitpid returns EINTR */
     sigemptyset(&action.sa_mask);
     if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0 ||

@@ -373,49 +373,15 @@ static int setup_stdio(struct child_context *context, struct error *err)
  * goes to the monitor over the sync socket. */
 static int setup_terminal(int sync_fd, struct error *err)
 {
-    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (master < 0)
-        return error_errno(err, errno, "open /dev/ptmx in the container");
-    int unlock = 0;
-    if (ioctl(master, TIOCSPTLCK, &unlock) < 0) {
-        int saved = errno;
-        close(master);
-        return error_errno(err, saved, "unlock the pseudo terminal");
-    }
-    int terminal = ioctl(master, TIOCGPTPEER, O_RDWR | O_CLOEXEC);
-    if (terminal < 0) {
-        int saved = errno;
-        close(master);
-        return error_errno(err, saved, "open the pseudo terminal's peer");
-    }
-    if (ioctl(terminal, TIOCSCTTY, 0) < 0 || dup2(terminal, 0) < 0 || dup2(terminal, 1) < 0 ||
-        dup2(terminal, 2) < 0) {
-        int saved = errno;
-        close(master);
-        close(terminal);
-        return error_errno(err, saved, "make the pseudo terminal the controlling terminal and stdio");
-    }
+    int master, terminal;
+    if (open_pseudo_terminal(&master, &terminal, err) < 0)
+        return -1;
+    int rc = make_controlling_terminal(terminal, err);
     close(terminal);
-    char tag = SYNC_TERMINAL;
-    struct iovec iov = {&tag, 1};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof(control));
-    struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                             .msg_controllen = sizeof(control.space)};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &master, sizeof(int));
-    ssize_t sent = sendmsg(sync_fd, &message, MSG_NOSIGNAL);
-    int saved = errno;
+    if (rc == 0 && (rc = send_fd(sync_fd, SYNC_TERMINAL, master, err)) < 0)
+        error_context(err, "send the terminal to the monitor");
     close(master);
-    if (sent != 1)
-        return error_errno(err, sent < 0 ? saved : EIO, "send the terminal to the monitor");
-    return 0;
+    return rc;
 }
 
 static int sorted_insert(int *keep, size_t *count, int fd)

@@ -174,6 +174,7 @@ enum request_type {
     REQUEST_LIST = 7,
     REQUEST_REMOVE = 8,
     REQUEST_SHUTDOWN = 9,
+    REQUEST_ATTACH = 10, /* turns the connection into an attach stream (attach.c) */
 };
 
 enum message_field {
@@ -201,6 +202,20 @@ enum message_field {
     FIELD_OCI_ROOT = 21,         /* string: its --root */
     FIELD_OCI_BUNDLE = 22,       /* string: bundle dir with config.json */
     FIELD_OCI_HIDE_CGROUP2 = 23, /* u32 bool */
+    /* ATTACH: request: this attacher sends input; reply: the container has a stdin. */
+    FIELD_STDIN = 24, /* u32 bool */
+    FIELD_TTY = 25,   /* u32 bool, ATTACH reply: the container has a terminal */
+};
+
+/* Packets of an attach stream: one byte kind, then the payload. The stream
+ * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */
+enum attach_packet_kind {
+    ATTACH_STDIN = 0,       /* client -> monitor: bytes for the container's stdin */
+    ATTACH_STDOUT = 1,      /* monitor -> client: output (everything, with a tty) */
+    ATTACH_STDERR = 2,      /* monitor -> client */
+    ATTACH_EXIT = 3,        /* monitor -> client: the exit code in decimal ASCII, last packet */
+    ATTACH_RESIZE = 4,      /* client -> monitor: u16 width (columns), u16 height (rows), LE */
+    ATTACH_CLOSE_STDIN = 5, /* client -> monitor: close the container's stdin */
 };
 
 /* ------------------------------------------------------------ launch plan */
@@ -404,6 +419,14 @@ int reset_signals_for_exec(struct error *err);
 /* Mount namespace setup inside the child (rootfs.c). */
 int setup_rootfs(const struct launch_plan *plan, struct error *err);
 int make_root_readonly(struct error *err);
+
+/* Pseudo terminals (terminal.c): a new pty on /dev/ptmx of the current mount
+ * namespace (enter the container's first), both ends O_CLOEXEC. */
+int open_pseudo_terminal(int *master_out, int *peer_out, struct error *err);
+/* In a new session: the terminal becomes the controlling tty and fds 0-2. */
+int make_controlling_terminal(int terminal, struct error *err);
+/* One byte `tag` carrying `fd` as SCM_RIGHTS. */
+int send_fd(int socket_fd, char tag, int fd, struct error *err);
 
 /* ------------------------------------------------------------- logging */
 

@@ -59,6 +59,14 @@ static void connection_close(struct monitor *monitor, struct connection *connect
     monitor->dead_connections = connection;
 }
 
+int connection_take_fd(struct monitor *monitor, struct connection *connection)
+{
+    int fd = connection->watch.fd;
+    connection->watch.fd = -1; /* events of this batch for the connection are skipped */
+    connection_close(monitor, connection);
+    return fd;
+}
+
 void connection_set_busy(struct monitor *monitor, struct connection *connection, bool busy)
 {
     connection->busy = busy;
@@ -138,6 +146,7 @@ struct request {
     const char *oci_root;
     const char *oci_bundle;
     bool oci_hide_cgroup2;
+    bool stdin;
 };
 
 static int parse_request(const uint8_t *data, size_t length, struct request *request, struct error *err)
@@ -163,6 +172,7 @@ static int parse_request(const uint8_t *data, size_t length, struct request *req
         case FIELD_OCI_ROOT: rc = tlv_string(&field, &request->oci_root, err); break;
         case FIELD_OCI_BUNDLE: rc = tlv_string(&field, &request->oci_bundle, err); break;
         case FIELD_OCI_HIDE_CGROUP2: rc = tlv_bool(&field, &request->oci_hide_cgroup2, err); break;
+        case FIELD_STDIN: rc = tlv_bool(&field, &request->stdin, err); break;
         default: return error_plain(err, EINVAL, "unknown request field %u", field.tag);
         }
         if (rc < 0)
@@ -278,6 +288,9 @@ static int dispatch(struct monitor *monitor, struct connection *connection, cons
         monitor->shutdown_request_id = request->id;
         connection_set_busy(monitor, connection, true);
         return 1;
+    case REQUEST_ATTACH:
+        attach_begin(monitor, connection, request->id, request->container_id, request->stdin);
+        return 1; /* answered by attach_begin */
     default:
         error_plain(&err, EINVAL, "unknown request type %u", request->type);
         reply_start(reply, request->type, request->id, err.code, err.message);
@@ -443,6 +456,7 @@ static void free_dead(struct monitor *monitor)
         container_free(monitor->dead_containers);
         monitor->dead_containers = next;
     }
+    attachers_free_dead(monitor);
 }
 
 int server_run(struct monitor *monitor)
@@ -455,7 +469,7 @@ int server_run(struct monitor *monitor)
     }
     struct epoll_event events[EVENT_BATCH];
     while (!monitor->stopping) {
-        int count = epoll_wait(monitor->epoll_fd, events, EVENT_BATCH, -1);
+        int count = epoll_wait(monitor->epoll_fd, events, EVENT_BATCH, attach_timeout_ms(monitor));
         if (count < 0) {
             if (errno == EINTR)
                 continue;
@@ -472,8 +486,11 @@ int server_run(struct monitor *monitor)
             case WATCH_CONNECTION: on_connection(monitor, watch->owner, events[i].events); break;
             case WATCH_OUTPUT: container_on_output(monitor, watch->owner, watch); break;
             case WATCH_SYNC: container_on_sync(monitor, watch->owner); break;
+            case WATCH_ATTACHER: attach_on_event(monitor, watch->owner, events[i].events); break;
+            case WATCH_STDIN: attach_on_stdin_writable(monitor, watch->owner); break;
             }
         }
+        attach_check_stalls(monitor);
         free_dead(monitor);
     }
     free_dead(monitor);

@@ -4,8 +4,18 @@
 
 #include "monitor.h"
 
+struct attacher; /* an attach stream (attach.c) */
+
 /* What an epoll event refers to; embedded in the owning object. */
-enum watch_kind { WATCH_LISTEN, WATCH_SIGNAL, WATCH_CONNECTION, WATCH_OUTPUT, WATCH_SYNC };
+enum watch_kind {
+    WATCH_LISTEN,
+    WATCH_SIGNAL,
+    WATCH_CONNECTION,
+    WATCH_OUTPUT,
+    WATCH_SYNC,
+    WATCH_ATTACHER, /* an attach stream socket (attach.c) */
+    WATCH_STDIN,    /* a container's stdin, watched for EPOLLOUT while attach input waits */
+};
 
 struct watch {
     enum watch_kind kind;
@@ -55,6 +65,10 @@ struct container {
     struct watch stderr_watch;
     struct watch sync_watch;
     int stdin_fd; /* write end held for attach; the pty master dup with a tty */
+    bool tty;
+    bool stdin_wanted; /* the plan's STDIN: attach input is accepted */
+    bool output_paused; /* stdout/stderr not read while an attacher lags (attach.c) */
+    struct watch stdin_watch; /* fd is stdin_fd while registered (attach.c), else -1; never closes it */
     bool has_oom_baseline;
     uint64_t oom_baseline;
     uint64_t created_at;
@@ -89,6 +103,8 @@ struct monitor {
     /* Freed after the current batch of epoll events, which may still point at them. */
     struct connection *dead_connections;
     struct container *dead_containers;
+    struct attacher *attachers; /* attach streams (attach.c) */
+    struct attacher *dead_attachers;
     uint64_t next_serial;
     bool stopping;
     /* The SHUTDOWN request to answer once the pod is torn down. */
@@ -104,10 +120,30 @@ void watch_close(struct monitor *monitor, struct watch *watch);
 struct connection *connection_by_serial(struct monitor *monitor, uint64_t serial);
 /* A busy connection is not read from until its pending reply is sent. */
 void connection_set_busy(struct monitor *monitor, struct connection *connection, bool busy);
+/* Take over a connection's socket (it stays in the epoll set, pointing at the
+ * connection until re-registered): the connection itself is forgotten. */
+int connection_take_fd(struct monitor *monitor, struct connection *connection);
 /* Answer the SHUTDOWN request (if any) after the teardown. */
 void server_answer_shutdown(struct monitor *monitor, int status, const char *message);
 void reply_start(struct buffer *reply, uint16_t request_type, uint32_t request_id, int status, const char *message);
 void reply_send(struct monitor *monitor, struct connection *connection, struct buffer *reply);
+
+/* attach.c */
+/* ATTACH: sends the reply itself; on success the connection becomes an attach stream. */
+void attach_begin(struct monitor *monitor, struct connection *connection, uint32_t request_id,
+                  const char *container_id, bool sends_input);
+void attach_on_event(struct monitor *monitor, struct attacher *attacher, uint32_t events);
+void attach_on_stdin_writable(struct monitor *monitor, struct container *container);
+/* Output read from a container stream: copied to every attacher of the container. */
+void attach_broadcast(struct monitor *monitor, struct container *container, enum log_stream stream,
+                      const char *data, size_t length);
+/* The container's init was reaped and its output drained: exit packets, detach. */
+void attach_container_exited(struct monitor *monitor, struct container *container);
+void attachers_free_dead(struct monitor *monitor);
+/* epoll_wait timeout until the next lagging attacher times out, or -1. */
+int attach_timeout_ms(struct monitor *monitor);
+/* Detach attachers that held their container's output back for too long. */
+void attach_check_stalls(struct monitor *monitor);
 
 /* container.c */
 struct container *container_find(struct monitor *monitor, const char *id);
