@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,37 +18,20 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
 from tests.support.pods import log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
 
-RUNC = "/usr/sbin/runc"
-CRUN = "/usr/bin/crun"
-HANDLERS = ["native", "runc", "crun"]
-
-
-def _crun_problem() -> str | None:
-    """Why crun cannot run here, or None. Run with the unified mount hidden, as the handler is configured."""
-    if not os.access(CRUN, os.X_OK):
-        return f"{CRUN} is not installed"
-    probe = subprocess.run(["unshare", "-m", "sh", "-c",
-                            "mount --make-rslave / && { umount -l /sys/fs/cgroup/unified 2>/dev/null; true; }"
-                            f" && {CRUN} --version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"crun does not start here: {probe.stderr.strip()}"
-    return None
-
 
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
-    if not os.access(RUNC, os.X_OK):
-        pytest.skip(f"{RUNC} is not installed")
+    if problem := runc_problem():
+        pytest.skip(problem)
     dirs = make_dirs()
-    # crun 1.8 refuses hybrid cgroup layouts unless the cgroup2 mount is hidden from it.
-    (dirs.config_dir / "10-crun.conf").write_text(
-        f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{CRUN}"\nhide_cgroup2_mount = true\n')
+    runtime_args = configure_oci_runtimes(dirs)
     conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf), "--runtimes", f"runc:{RUNC}").start()
+    d = Daemon(dirs, "--registries-conf", str(conf), *runtime_args).start()
     try:
         d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)),
                                  timeout=60)
@@ -66,7 +48,7 @@ def env(registry, busybox_image, tmp_path_factory):
 
 def _handler(request, env):
     if request.param == "crun":
-        problem = _crun_problem()
+        problem = crun_problem()
         if problem:
             pytest.skip(problem)
     try:
@@ -179,6 +161,18 @@ def test_exec_sync_timeout_kills_the_command(env, handler):
     while any(p.cmdline() == ["/bin/sleep", "77"] for p in psutil.process_iter() if p.is_running()):
         assert time.monotonic() < deadline, "the timed-out command still runs"
         time.sleep(0.05)
+
+
+# Not runc: a foreground `runc exec` itself waits for end of file on the command's output (docs/security.md).
+@pytest.mark.parametrize("handler", ["native", "crun"], indirect=True)
+def test_exec_sync_returns_when_the_command_exits(env, handler):
+    """A background process left holding stdout does not hold up ExecSync: it ends with the command."""
+    _, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
+    started = time.monotonic()
+    reply = env.client.runtime.ExecSync(api.ExecSyncRequest(
+        container_id=ctr, cmd=["/bin/sh", "-c", "sleep 30 & echo started; exit 3"], timeout=20), timeout=30)
+    assert time.monotonic() - started < 10
+    assert (reply.exit_code, reply.stdout) == (3, b"started\n")
 
 
 def test_exec_sync_of_a_missing_command_fails(env, handler):

@@ -122,12 +122,12 @@ def test_precedence_defaults_file_drop_ins_flags_for_one_key(tmp_path: Path) -> 
 
 def test_layers_merge_key_by_key_and_lists_are_replaced(tmp_path: Path) -> None:
     main = (
-        '[crio.runtime]\nlog_level = "debug"\ndefault_sysctls = ["a.b=1", "c.d=2"]\n[crio.api]\nstream_port = "1234"\n'
+        '[crio.runtime]\nlog_level = "debug"\ndefault_sysctls = ["kernel.msgmax=1", "kernel.msgmnb=2"]\n[crio.api]\nstream_port = "1234"\n'
     )
-    drop_ins = {"50-sysctls.conf": '[crio.runtime]\ndefault_sysctls = ["e.f=3"]\n'}
+    drop_ins = {"50-sysctls.conf": '[crio.runtime]\ndefault_sysctls = ["kernel.sem=3"]\n'}
     config, _ = load(tmp_path, main, drop_ins, ["--stream-address", "::1"])
     assert config.runtime.log_level == "debug"  # only in the main file
-    assert config.runtime.default_sysctls == ["e.f=3"]  # drop-in's list replaces, not appends
+    assert config.runtime.default_sysctls == ["kernel.sem=3"]  # drop-in's list replaces, not appends
     assert config.api.stream_port == "1234"
     assert config.api.stream_address == "::1"
 
@@ -249,7 +249,7 @@ def test_invalid_utf8_is_an_error(tmp_path: Path) -> None:
         ("[crio]\nroot = 5", "crio.root: expected a string, got integer 5"),
         ("[crio.api]\nstream_port = 10010", "crio.api.stream_port: expected a string, got integer 10010"),
         (
-            '[crio.runtime]\ndefault_sysctls = ["a.b=1", 3]',
+            '[crio.runtime]\ndefault_sysctls = ["kernel.msgmax=1", 3]',
             "crio.runtime.default_sysctls: expected an array of strings, got integer 3 as item 2",
         ),
         (
@@ -327,6 +327,10 @@ def test_wrong_types_are_errors(tmp_path: Path, toml: str, expected: str) -> Non
         ),
         ('[crio.runtime]\ndefault_ulimits = ["files=1:2"]', "crio.runtime.default_ulimits: item 1:"),
         ('[crio.runtime]\ndefault_sysctls = ["novalue"]', 'crio.runtime.default_sysctls: item 1: expected "key=value"'),
+        (
+            '[crio.runtime]\ndefault_sysctls = ["net.ipv4.ip_forward=1", "kernel.panic=5"]',
+            "crio.runtime.default_sysctls: item 2: sysctl 'kernel.panic' is not namespaced",
+        ),
         ('[crio.runtime]\nmonitor_env = ["1X=2"]', 'crio.runtime.monitor_env: item 1: expected "NAME=value"'),
         (
             '[crio.runtime]\ninfra_ctr_cpuset = "3-1"',
@@ -535,7 +539,7 @@ def test_each_flag_sets_its_key_over_the_file(
         '[crio.api]\nlisten = "/f/sock"\nstream_address = "10.0.0.1"\nstream_port = "1"\nstream_idle_timeout = "1s"\n'
         "grpc_max_send_msg_size = 1\ngrpc_max_recv_msg_size = 1\n"
         '[crio.runtime]\nlog_level = "error"\ncgroup_manager = "cgroupfs"\npids_limit = 7\nlog_size_max = 8192\n'
-        'default_capabilities = ["SYS_ADMIN"]\ndefault_sysctls = ["a=b"]\nctr_stop_timeout = 1\n'
+        'default_capabilities = ["SYS_ADMIN"]\ndefault_sysctls = ["net.ipv4.ip_forward=0"]\nctr_stop_timeout = 1\n'
         '[crio.image]\nregistries_conf = "/f/r"\nglobal_auth_file = "/f/a"\nsignature_policy = "/f/p"\n'
         '[crio.network]\nnetwork_dir = "/f/net"\nplugin_dirs = ["/f/bin"]\ncni_default_network = "filenet"\n'
         f"[crio.metrics]\nenable_metrics = {'false' if expected is True else 'true'}\n"

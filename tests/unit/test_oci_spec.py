@@ -59,8 +59,24 @@ def test_namespaces_cgroups_and_sysctls():
     assert linux["namespaces"] == [{"type": "mount"}, {"type": "pid"},
                                    {"type": "network", "path": "/pods/p/ns/net"}]
     assert linux["cgroupsPath"] == "/pods/p/c"
-    assert linux["sysctl"] == {"net.ipv4.ping_group_range": "0 1"}
+    assert "sysctl" not in linux  # net.* of a joined namespace: the daemon writes them (runc would refuse them)
     assert "seccomp" not in linux
+
+
+def test_ipc_sysctls_stay_in_the_spec_and_net_ones_without_a_joined_namespace():
+    plan = make_plan(sysctls={"net.ipv4.ping_group_range": "0 1", "kernel.msgmax": "9000"})
+    joined = oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)
+    assert joined["linux"]["sysctl"] == {"kernel.msgmax": "9000"}
+    own = oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces={})
+    assert own["linux"]["sysctl"] == {"net.ipv4.ping_group_range": "0 1", "kernel.msgmax": "9000"}
+
+
+def test_device_rules_keep_the_requested_access():
+    spec = oci.build_spec(make_plan(), rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS,
+                          device_rules=["c 10:229 r", "b 8:* rw"])
+    assert spec["linux"]["resources"]["devices"] == [
+        {"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "r"},
+        {"allow": True, "type": "b", "major": 8, "access": "rw"}]
 
 
 def test_mounts_are_translated():

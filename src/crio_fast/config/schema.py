@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crio_fast.config.durations import parse_duration
+from crio_fast.container import sysctls as sysctl_names
 
 DEFAULT_CONFIG_PATH = "/etc/crio-fast/crio.conf"
 DEFAULT_CONFIG_DIR = "/etc/crio-fast/crio.conf.d"
@@ -217,6 +218,15 @@ def sysctl(value: str) -> str:
     key, sep, _ = value.partition("=")
     if not sep or not _SYSCTL_KEY.fullmatch(key):
         raise Invalid(f'expected "key=value" such as "net.ipv4.ping_group_range=0 2147483647", got {value!r}')
+    return value
+
+
+def namespaced_sysctl(value: str) -> str:
+    """A default sysctl must be one a pod can hold in its own namespaces, or it could never be applied."""
+    try:
+        sysctl_names.parse_default(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     return value
 
 
@@ -548,7 +558,9 @@ class RuntimeSection:
         each(capability_name),
         unique,
     )
-    default_sysctls: list[str] = setting([], 'Sysctls set in every pod, as "key=value".', each(sysctl))
+    default_sysctls: list[str] = setting(
+        [], 'Sysctls set in every pod, as "key=value" (namespaced ones only; a pod\'s own sysctls win).',
+        each(sysctl), each(namespaced_sysctl))
     default_ulimits: list[str] = setting(
         [], 'Resource limits of every container, as "name=soft:hard" (-1 for unlimited).', each(ulimit)
     )

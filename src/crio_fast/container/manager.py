@@ -322,7 +322,7 @@ class ContainerManager:
         seccomp = security.seccomp_for(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
                                        sc.privileged,
                                        self.config.runtime.seccomp_profile)
-        sysctls = security.pod_sysctls(pod_config)
+        sysctls = security.pod_sysctls(pod_config, self.config.runtime.default_sysctls)
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
         bundle = self.bundles / record.id
@@ -427,7 +427,7 @@ class ContainerManager:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
         monitor = self.sandboxes.monitor(pod)
-        plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc)
+        plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc, devices)
         try:
             result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
         except MonitorError as exc:
@@ -439,7 +439,7 @@ class ContainerManager:
         log.info("container %s (%s) created, pid %d", record.id[:12], record.name, result.pid)
 
     def _oci_bundle(self, record: ContainerRecord, pod, plan: LaunchPlan, sc, pod_sc,
-                    ) -> tuple[LaunchPlan, OciRuntimeCall | None]:
+                    devices: list[security.DeviceNode]) -> tuple[LaunchPlan, OciRuntimeCall | None]:
         """For a pod of an oci handler: mount the rootfs on the host and write config.json (container/oci.py)."""
         handler = self._oci_handler(pod.id)
         if handler is None:
@@ -453,7 +453,9 @@ class ContainerManager:
         seccomp = oci.seccomp_profile(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
                                       sc.privileged, self.config.runtime.seccomp_profile)
         spec = oci.build_spec(plan, rootfs=rootfs, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
-                              privileged=sc.privileged, seccomp=seccomp)
+                              privileged=sc.privileged, seccomp=seccomp,
+                              device_rules=[d.cgroup_rule() for d in devices])
+        oci.apply_network_sysctls(plan.sysctls, pod.ns_paths)
         oci.write_bundle(Path(record.bundle), spec)
         os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
         return plan, OciRuntimeCall(runtime_path=handler.runtime_path, root=handler.runtime_root,

@@ -18,7 +18,12 @@ container the same way:
   values a spec sets, so the daemon stays the one place that writes limits
   (at creation and in UpdateContainerResources), as for native containers;
 - seccomp: the JSON profile itself (the plan's compiled BPF program cannot be
-  expressed in OCI JSON), chosen with the same rules as for native containers.
+  expressed in OCI JSON), chosen with the same rules as for native containers;
+- sysctls: IPC ones in ``linux.sysctl``; network ones are written into the
+  pod's network namespace by the daemon before the runtime runs
+  (``apply_network_sysctls``). The pod monitor, which runs ``runc create``,
+  lives in the pod's network namespace, so runc takes the pod's namespace for
+  the host's one and refuses every ``net.*`` sysctl of the spec.
 """
 
 from __future__ import annotations
@@ -31,14 +36,19 @@ import logging
 import os
 import resource
 import secrets
+import selectors
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
+from crio_fast.container import sysctls as sysctl_names
+from crio_fast.errors import FailedPrecondition
 from crio_fast.runtime.plan import (
     CAPABILITIES,
     DEFAULT_DEVICES,
@@ -141,6 +151,18 @@ def translate_mounts(ops: Sequence[MountOp], privileged: bool) -> tuple[list[dic
     return mounts, devices, masked, readonly
 
 
+def _device_rule(rule: str) -> dict[str, Any]:
+    """A devices cgroup v1 rule ("c 1:11 rw", "*" for any number) as an allowing OCI device rule."""
+    kind, numbers, access = rule.split()
+    major, minor = numbers.split(":")
+    entry: dict[str, Any] = {"allow": True, "type": kind, "access": access}
+    if major != "*":
+        entry["major"] = int(major)
+    if minor != "*":
+        entry["minor"] = int(minor)
+    return entry
+
+
 def seccomp_profile(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
                     default_profile_path: str = "") -> dict[str, Any] | None:
     """The seccomp profile as OCI JSON, chosen as security.seccomp_for chooses (None: unconfined)."""
@@ -168,11 +190,15 @@ def build_spec(
     pod_namespaces: dict[str, str],
     privileged: bool = False,
     seccomp: dict[str, Any] | None = None,
+    device_rules: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The OCI config.json for ``plan`` (already resolved by the container manager).
 
     ``pod_namespaces`` maps "net"/"ipc"/"uts" to the pod's pinned nsfs files; a
-    type missing there is the host's (hostNetwork and friends).
+    type missing there is the host's (hostNetwork and friends). ``device_rules``
+    are the devices cgroup rules ("c 1:11 r") of the container's own devices, as
+    the daemon writes them for native containers; None allows every device the
+    plan creates "rwm".
     """
     caps = plan.capabilities
     mounts, devices, masked, readonly = translate_mounts(plan.mounts, privileged)
@@ -210,23 +236,27 @@ def build_spec(
             namespaces.append({"type": _NAMESPACE_TYPES[kind], "path": pod_namespaces[kind]})
 
     # runc and crun deny every device not listed, then allow their defaults: list what the plan creates.
-    device_rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    cgroup_device_rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
     if privileged:
-        device_rules = [{"allow": True, "access": "rwm"}]
+        cgroup_device_rules = [{"allow": True, "access": "rwm"}]
+    elif device_rules is not None:
+        cgroup_device_rules += [_device_rule(rule) for rule in device_rules]
     else:
-        device_rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
-                          "access": "rwm"} for d in devices]
+        cgroup_device_rules += [{"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
+                                 "access": "rwm"} for d in devices]
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "cgroupsPath": cgroups_path,
-        "resources": {"devices": device_rules},
+        "resources": {"devices": cgroup_device_rules},
         "devices": devices,
         "maskedPaths": masked,
         "readonlyPaths": readonly,
         "rootfsPropagation": "rslave",
     }
-    if plan.sysctls:
-        linux["sysctl"] = dict(plan.sysctls)
+    sysctls = {key: value for key, value in plan.sysctls.items()
+               if not ("net" in pod_namespaces and sysctl_names.namespace_of(key) == sysctl_names.NET)}
+    if sysctls:
+        linux["sysctl"] = sysctls  # the network ones of a joined namespace: apply_network_sysctls
     if seccomp is not None:
         linux["seccomp"] = seccomp
     return {
@@ -247,11 +277,58 @@ def write_bundle(bundle: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
+# -- network sysctls of the pod ------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+
+
+def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str]) -> None:
+    """Write the ``net.*`` sysctls into the pod's network namespace (the one ``build_spec`` leaves out).
+
+    /proc/sys/net shows the network namespace of the task that looks, and setns(2) moves only the calling
+    thread: a short-lived thread joins the pod's namespace, writes, and exits, so no daemon thread ever
+    runs in the pod's namespace afterwards."""
+    netns = pod_namespaces.get("net")
+    network = {key: value for key, value in sysctls.items() if sysctl_names.namespace_of(key) == sysctl_names.NET}
+    if not netns or not network:
+        return
+    failure: list[str] = []
+
+    def write_in_pod_namespace() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            failure.append(f"open {netns}: {exc.strerror}")
+            return
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                failure.append(f"setns {netns}: {os.strerror(err)}")
+                return
+        finally:
+            os.close(fd)
+        for key, value in network.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except OSError as exc:
+                failure.append(f"sysctl {key}={value!r}: write {path}: {exc.strerror}")
+                return
+
+    worker = threading.Thread(target=write_in_pod_namespace, name="pod-netns-sysctls")
+    worker.start()
+    worker.join()
+    if failure:
+        raise FailedPrecondition(failure[0])
+
+
 # -- the host-side rootfs mount ---------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _MNT_DETACH = 2
 
 
@@ -314,7 +391,7 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            stdout, stderr = proc.communicate(timeout=timeout)
+            stdout, stderr = _output_until_exit(proc, timeout)
         except subprocess.TimeoutExpired:
             # Killing the runtime would leave the command running in the container: kill the command.
             try:
@@ -322,11 +399,14 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
             except (OSError, ValueError):
                 pass
             try:
-                proc.communicate(timeout=5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
             raise TimeoutError(f"{argv[0]!r} did not finish within {timeout:g}s") from None
+        finally:
+            proc.stdout.close()  # a background process of the command may still hold the other ends
+            proc.stderr.close()
         return proc.returncode, stdout, stderr
     finally:
         for leftover in (process_file, pid_file):
@@ -334,6 +414,52 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
                 leftover.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _output_until_exit(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of ``proc`` up to its exit, as the native ExecSync gives them.
+
+    Not up to end of file: a command that leaves a background process behind (``sleep 100 &``) leaves it
+    holding the pipes, and ExecSync must still return when the command itself is done. What is in the
+    pipes when it exits is drained. Raises subprocess.TimeoutExpired when it runs past ``timeout``."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    pidfd = os.pidfd_open(proc.pid)
+    deadline = time.monotonic() + timeout
+    try:
+        with selectors.DefaultSelector() as selector:
+            for fd in chunks:
+                os.set_blocking(fd, False)
+                selector.register(fd, selectors.EVENT_READ)
+            selector.register(pidfd, selectors.EVENT_READ)
+            exited = False
+            while not exited:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise subprocess.TimeoutExpired(proc.args, timeout)
+                for key, _ in selector.select(remaining):
+                    if key.fd == pidfd:
+                        exited = True
+                    elif not _read_available(key.fd, chunks[key.fd]):
+                        selector.unregister(key.fd)
+            for fd, parts in chunks.items():  # what the command wrote before it exited
+                _read_available(fd, parts)
+    finally:
+        os.close(pidfd)
+    proc.wait()
+    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd])
+
+
+def _read_available(fd: int, parts: list[bytes]) -> bool:
+    """Append what can be read from non-blocking ``fd`` now; False once it reached end of file."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        parts.append(data)
 
 
 def delete_leftover_state(handler: RuntimeHandler, monitor_path: str, container_id: str) -> None:
