@@ -40,6 +40,9 @@ RUNTIME_DEPENDENCIES = [
     "zstandard>=0.22",
     "aiohttp>=3.9",
     "prometheus_client>=0.20",
+    # The streaming server (exec/attach/port-forward): HTTP/1.1 parsing and WebSocket framing.
+    "h11>=0.14",
+    "wsproto>=1.2",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]
