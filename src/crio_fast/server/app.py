@@ -99,6 +99,7 @@ class Daemon:
         self.server = server
         try:
             self._start_exit_watcher()
+            await self._start_stream_server()
             if self.config.metrics.enable_metrics:
                 self._start_metrics()
         except BaseException:
@@ -131,6 +132,15 @@ class Daemon:
             return
         self.exit_watcher = watcher
 
+    async def _start_stream_server(self) -> None:
+        """The HTTP server that Exec, Attach and PortForward URLs point to."""
+        from crio_fast.streaming.server import build_stream_server
+
+        server = build_stream_server(self.config.api, self.engine.streams)
+        await server.start()
+        self.engine.stream_server = server
+        log.info("streaming server on %s", server.url)
+
     def _start_metrics(self) -> None:
         from crio_fast.server.metrics import Metrics  # prometheus_client only when enabled
 
@@ -151,6 +161,9 @@ class Daemon:
         if self.exit_watcher is not None:
             self.exit_watcher.stop()
             self.exit_watcher = None
+        if self.engine.stream_server is not None:
+            await self.engine.stream_server.stop()
+            self.engine.stream_server = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

@@ -25,6 +25,7 @@ from crio_fast.image.store import ImageStore
 from crio_fast.network.config import NoNetworkConfig, find_default_network
 from crio_fast.api import api_pb2 as pb
 from crio_fast.server.events import EventBus
+from crio_fast.server.streams import EngineStreamingBackend
 from crio_fast.stats.collector import StatsCollector
 from crio_fast.stats.service import StatsService
 from crio_fast.version import version_string
@@ -108,6 +109,8 @@ class Engine:
             p.id for p in self.state.pods.values() if p.id in ready_before and p.state != POD_READY)
         self.stats = StatsService(self.state, self.sandboxes, self.containers,
                                   StatsCollector(self.cgroups, str(self.containers.storage)))
+        self.streams = EngineStreamingBackend(self.containers, self.sandboxes, monitor)
+        self.stream_server = None  # crio_fast.streaming.server.StreamServer, started by the daemon
 
     async def close(self) -> None:
         await self.images.close()

@@ -13,7 +13,7 @@ import json
 import grpc
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import InvalidArgument, ResourceExhausted
+from crio_fast.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
 from crio_fast.server.events import SubscriberOverflow
@@ -151,6 +151,29 @@ class RuntimeServicer(ServicerBase):
             self.engine.containers.exec_sync, request.container_id, list(request.cmd), request.timeout
         )
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
+
+    # -- streaming: the URL of the streaming server; the session runs there -----
+
+    def _stream_server(self):
+        server = self.engine.stream_server
+        if server is None:
+            raise FailedPrecondition("the streaming server is not running")
+        return server
+
+    async def Exec(self, request: pb.ExecRequest, context: grpc.aio.ServicerContext) -> pb.ExecResponse:
+        server = self._stream_server()
+        await asyncio.to_thread(self.engine.streams.check_exec, request)
+        return pb.ExecResponse(url=server.get_exec_url(request))
+
+    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
+        server = self._stream_server()
+        await asyncio.to_thread(self.engine.streams.check_attach, request)
+        return pb.AttachResponse(url=server.get_attach_url(request))
+
+    async def PortForward(self, request: pb.PortForwardRequest, context: grpc.aio.ServicerContext) -> pb.PortForwardResponse:
+        server = self._stream_server()
+        await asyncio.to_thread(self.engine.streams.check_port_forward, request)
+        return pb.PortForwardResponse(url=server.get_port_forward_url(request))
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
