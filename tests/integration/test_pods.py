@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -195,6 +196,49 @@ def test_env_workdir_and_bind_mounts(cri, tmp_path):
     assert not (host / "no").exists()
     mounts = {m.container_path: m.readonly for m in status(cri, ctr).mounts}
     assert mounts == {"/ro": True, "/rw": False}
+
+
+def _mount_points_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(str(path))]
+
+
+@pytest.mark.parametrize("propagation", ["bidirectional", "host_to_container", "private"])
+def test_mount_propagation(cri, tmp_path, propagation):
+    """A mount made on the host under the volume shows up in the container unless private;
+    one made in the container shows up on the host only when bidirectional."""
+    source = tmp_path / "vol"
+    (source / "from-host").mkdir(parents=True)
+    (source / "from-ctr").mkdir()
+    (tmp_path / "flag").mkdir()
+    (tmp_path / "flag" / "flagfile").write_text("x")
+    mode = {"bidirectional": api.MountPropagation.PROPAGATION_BIDIRECTIONAL,
+            "host_to_container": api.MountPropagation.PROPAGATION_HOST_TO_CONTAINER,
+            "private": api.MountPropagation.PROPAGATION_PRIVATE}[propagation]
+    subprocess.run(["mount", "--bind", str(source), str(source)], check=True)
+    try:
+        subprocess.run(["mount", "--make-rshared", str(source)], check=True)
+        pod_id, pod = run_pod(cri)
+        config = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name="propagation"), image=api.ImageSpec(image=cri.image),
+            command=["/bin/sleep", "1000"],
+            mounts=[api.Mount(container_path="/vol", host_path=str(source), propagation=mode)])
+        config.linux.security_context.privileged = True  # to mount inside, as critest's propagation tests do
+        ctr = cri.client.runtime.CreateContainer(
+            api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=30).container_id
+        start(cri, ctr)
+        subprocess.run(["mount", "--bind", str(tmp_path / "flag"), str(source / "from-host")], check=True)
+        seen = exec_sync(cri, ctr, ["/bin/ls", "/vol/from-host"]).stdout
+        assert (seen == b"flagfile\n") == (propagation != "private"), seen
+        mounted = exec_sync(cri, ctr, ["/bin/mount", "-t", "tmpfs", "ctr-tmpfs", "/vol/from-ctr"])
+        assert mounted.exit_code == 0, mounted.stderr
+        on_host = str(source / "from-ctr") in _mount_points_under(source)
+        assert on_host == (propagation == "bidirectional")
+        cri.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        cri.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    finally:
+        for point in sorted(_mount_points_under(source), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
 
 
 def test_readonly_rootfs(cri):

@@ -72,6 +72,16 @@ def test_identity_merge_and_strict(tmp_path):
     assert security.resolve_identity(pb.LinuxContainerSecurityContext(), "app", layers).uid == 1000
 
 
+def test_run_as_group_needs_a_user(tmp_path):
+    sc = pb.LinuxContainerSecurityContext()
+    sc.run_as_group.value = 8
+    layers = _layer(tmp_path)
+    with pytest.raises(InvalidArgument, match="run_as_group is set without run_as_user"):
+        security.resolve_identity(sc, "app", layers)
+    sc.run_as_username = "app"
+    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 8, [])
+
+
 def test_sysctl_classification():
     assert security.classify_sysctl("kernel.shmmax", own_network=False) == "ipc"
     assert security.classify_sysctl("fs.mqueue.msg_max", own_network=False) == "ipc"

@@ -37,6 +37,7 @@ from crio_fast.runtime.plan import (
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
+    MS_REC,
     MS_SHARED,
     MS_SLAVE,
     Capabilities,
@@ -80,6 +81,19 @@ KILL_WAIT_SECONDS = 10.0
 
 def container_name(meta: pb.ContainerMetadata, pod: pb.PodSandboxMetadata) -> str:
     return f"k8s_{meta.name}_{pod.name}_{pod.namespace}_{pod.uid}_{meta.attempt}"
+
+
+def root_propagation_for(mounts) -> int:
+    """Propagation of the container's ``/``: rshared when a mount is bidirectional.
+
+    A bind only propagates back to the host while its source, as the new
+    mount namespace sees it, is still in the host's peer group; the default
+    rslave of ``/`` would turn it into a receiver only. (runc and CRI-O
+    switch the rootfs propagation the same way.)
+    """
+    if any(m.propagation == pb.MountPropagation.PROPAGATION_BIDIRECTIONAL for m in mounts):
+        return MS_REC | MS_SHARED
+    return MS_REC | MS_SLAVE
 
 
 def decode_container_config(data: str) -> pb.ContainerConfig:
@@ -415,6 +429,7 @@ class ContainerManager:
             rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
             stdin=config.stdin,
             tty=config.tty,
+            root_propagation=root_propagation_for(config.mounts),
         )
         record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
         record.process = {

@@ -251,7 +251,8 @@ def build_spec(
         "devices": devices,
         "maskedPaths": masked,
         "readonlyPaths": readonly,
-        "rootfsPropagation": "rslave",
+        "rootfsPropagation": ("r" if plan.root_propagation & MS_REC else "")
+        + _PROPAGATION_OPTIONS[plan.root_propagation & ~MS_REC],
     }
     sysctls = {key: value for key, value in plan.sysctls.items()
                if not ("net" in pod_namespaces and sysctl_names.namespace_of(key) == sysctl_names.NET)}

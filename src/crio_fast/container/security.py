@@ -107,6 +107,9 @@ def resolve_identity(sc: pb.LinuxContainerSecurityContext, image_user: str, laye
     """
     from crio_fast.container.manager import resolve_user  # the passwd/group reader lives with the manager
 
+    if sc.HasField("run_as_group") and not sc.HasField("run_as_user") and not sc.run_as_username:
+        # A group alone would combine with whatever user the image names; CRI-O refuses it too.
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     if sc.HasField("run_as_user"):
         spec = str(sc.run_as_user.value)
     elif sc.run_as_username:

@@ -477,9 +477,24 @@ static int enter_root(const struct launch_plan *plan, int root_fd, struct error 
             return error_errno(err, errno, "chroot %s", plan->rootfs);
     } else {
         /* pivot_root(".", ".") stacks the old root on the new one; detach it
-         * without letting the unmount propagate anywhere. */
-        if (sys_pivot_root(".", ".") < 0)
-            return error_errno(err, errno, "pivot_root %s", plan->rootfs);
+         * without letting the unmount propagate anywhere. The propagation
+         * change must name the old root through a directory of its own: a
+         * lookup of "." from the new root does not cross the mount stacked
+         * on it, and would turn every mount of the container (a
+         * bidirectional volume too) into a slave. */
+        int old_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (old_root < 0)
+            return error_errno(err, errno, "open the old root");
+        if (sys_pivot_root(".", ".") < 0) {
+            int saved = errno;
+            close(old_root);
+            return error_errno(err, saved, "pivot_root %s", plan->rootfs);
+        }
+        int rc = fchdir(old_root);
+        int saved = errno;
+        close(old_root);
+        if (rc < 0)
+            return error_errno(err, saved, "chdir to the old root");
         if (mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
             return error_errno(err, errno, "make the old root a slave");
         if (umount2(".", MNT_DETACH) < 0)
@@ -490,11 +505,39 @@ static int enter_root(const struct launch_plan *plan, int root_fd, struct error 
     return 0;
 }
 
+/* With a shared `/` (a bidirectional volume), the mount the rootfs lives on
+ * would send the container's root mount to the host, and pivot_root refuses
+ * a new root whose parent mount is shared: make that one mount private. The
+ * volume binds still join their sources' peer groups (see attach_clone). */
+static int make_rootfs_parent_private(const char *rootfs, struct error *err)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s", rootfs) >= (int)sizeof(path))
+        return error_plain(err, ENAMETOOLONG, "rootfs path too long: %s", rootfs);
+    for (;;) {
+        char *slash = strrchr(path, '/');
+        if (slash == NULL)
+            return error_plain(err, EINVAL, "rootfs %s is not an absolute path", rootfs);
+        if (slash == path)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+        if (mount(NULL, path, NULL, MS_PRIVATE, NULL) == 0)
+            return 0;
+        if (errno != EINVAL)  /* EINVAL: not a mount point, try its parent */
+            return error_errno(err, errno, "make the mount of %s private", path);
+        if (strcmp(path, "/") == 0)
+            return error_errno(err, errno, "make the mount of %s private", path);
+    }
+}
+
 int setup_rootfs(const struct launch_plan *plan, struct error *err)
 {
     /* Nothing done here may reach the host's mount namespace. */
     if (mount(NULL, "/", NULL, plan->root_propagation, NULL) < 0)
         return error_errno(err, errno, "set propagation %#x on /", plan->root_propagation);
+    if ((plan->root_propagation & MS_SHARED) && make_rootfs_parent_private(plan->rootfs, err) < 0)
+        return -1;
     if (plan->has_overlay) {
         if (mount_overlay(plan, err) < 0)
             return -1;
