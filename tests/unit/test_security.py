@@ -79,7 +79,7 @@ def test_run_as_group_needs_a_user(tmp_path):
     with pytest.raises(InvalidArgument, match="run_as_group is set without run_as_user"):
         security.resolve_identity(sc, "app", layers)
     sc.run_as_username = "app"
-    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 8, [])
+    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 8, [44])  # app is in video
 
 
 def test_sysctl_classification():
