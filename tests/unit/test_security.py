@@ -172,6 +172,7 @@ def test_seccomp_choice_container_pod_and_privileged():
     assert security.seccomp_for(None, unconfined, False) is None  # the pod's profile applies
     assert security.seccomp_for(default, unconfined, False)  # the container's wins
     assert security.seccomp_for(None, None, True) is None
+    assert security.seccomp_for(default, default, True) is None  # privileged: always unconfined
     assert security.seccomp_for(None, None, False)
 
 

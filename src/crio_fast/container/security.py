@@ -550,16 +550,17 @@ def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | 
                 default_profile_path: str = "") -> bytes | None:
     """The BPF program for a container, or None for unconfined.
 
-    The container's profile wins; when it names none, the pod's applies; when
-    neither does, unprivileged containers get RuntimeDefault (as CRI-O's
-    seccomp_use_default_when_empty) and privileged ones run unconfined.
-    RuntimeDefault uses ``default_profile_path`` (config ``seccomp_profile``)
-    when set, else the built-in profile.
+    Privileged containers always run unconfined, whatever profile is named
+    (as Kubernetes documents it). Otherwise the container's profile wins; when
+    it names none, the pod's applies; when neither does, RuntimeDefault (as
+    CRI-O's seccomp_use_default_when_empty). RuntimeDefault uses
+    ``default_profile_path`` (config ``seccomp_profile``) when set, else the
+    built-in profile.
     """
+    if privileged:
+        return None
     chosen = container if container is not None else pod
     if chosen is None:
-        if privileged:
-            return None
         chosen = pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
     if chosen.profile_type == pb.SecurityProfile.Unconfined:
         return None
