@@ -97,6 +97,19 @@ def test_pull_by_digest_and_short_name(image_daemon, push_image):
     assert pushed.reference in status(image_daemon, short).image.repo_tags
 
 
+def test_short_name_finds_an_image_pulled_by_its_docker_hub_name(image_daemon, registries_conf, push_image, registry):
+    """The kubelet pulls docker.io/library/NAME; a short NAME refers to it later even when
+    docker.io is not a search registry (critest's multi-container tests do this)."""
+    pushed = push_image(repository="library/hubimg")
+    # Fetch docker.io/library/hubimg from the test registry (no traffic leaves the host).
+    with open(registries_conf, "a") as conf:
+        conf.write(f'\n[[registry]]\nprefix = "docker.io/library/hubimg"\nlocation = "{registry.host}/library/hubimg"\n'
+                   "insecure = true\n")
+    assert pull(image_daemon, f"docker.io/library/hubimg:{pushed.tag}") == pushed.config_digest
+    assert status(image_daemon, "hubimg").image.id == pushed.config_digest
+    assert status(image_daemon, f"hubimg:{pushed.tag}").image.id == pushed.config_digest
+
+
 # Docker's media types have no zstd layer type.
 @pytest.mark.parametrize(
     "media,compression",

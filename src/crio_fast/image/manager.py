@@ -24,7 +24,7 @@ import aiohttp
 from crio_fast.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from crio_fast.image.auth import AuthFileError, Credentials, load_auth_file
 from crio_fast.image.ingest import LayerIngest, LayerVerificationError
-from crio_fast.image.reference import ImageReference, InvalidReference
+from crio_fast.image.reference import ImageReference, InvalidReference, parse_reference
 from crio_fast.image.registries import RegistriesConfError, RegistriesConfig, RegistryBlocked
 from crio_fast.image.registry import (
     RegistryAuthError,
@@ -125,6 +125,12 @@ class ImageManager:
             refs = self._registries().candidates(name)
         except (InvalidReference, FailedPrecondition):
             return None
+        try:
+            # Last, Docker's own normalization (httpd -> docker.io/library/httpd:latest): the
+            # kubelet and most clients pull by that name and may refer back by the short one.
+            refs.append(parse_reference(name))
+        except InvalidReference:
+            pass
         for ref in refs:
             for candidate in (str(ref), f"{ref.name}@{ref.digest}" if ref.digest else ""):
                 if candidate:
