@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
-from tests.support.pods import create, daemon_with_busybox, run_container, run_pod, start, status, wait_exited, wait_for
+from tests.support.oci_runtimes import configure_oci_runtimes, handler_problem
+from tests.support.pods import daemon_with_busybox, run_container, run_pod, start, status, wait_exited, wait_for
 from tests.support.streamclient import (
     PortForwardClient,
     UpgradeRefused,
@@ -299,3 +300,37 @@ def test_port_forward_over_websocket_and_refused_port(cri, web_pod):
 
     message = run(refused())
     assert str(HTTP_PORT + 1).encode() in message and b"refused" in message.lower(), message
+
+
+# -- External OCI handlers: the same streams, containers made by runc/crun -------
+
+
+@pytest.fixture(scope="module")
+def oci_cri(registry, busybox_image, tmp_path_factory):
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("streaming-oci"),
+                             configure=configure_oci_runtimes) as d:
+        yield d
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_exec_and_attach_on_oci_handlers(oci_cri, handler):
+    problem = handler_problem(handler)
+    if problem:
+        pytest.fail(problem)  # both run on the project's machines: a missing one is a broken setup
+    d = oci_cri
+    config = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=f"oci-{handler}", namespace="streaming", uid=f"oci-{handler}"),
+        log_directory=str(d.dirs.log_dir / f"oci-{handler}"))
+    pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config, runtime_handler=handler),
+                                            timeout=60).pod_sandbox_id
+    sleeper = create_with(d, pod_id, config, ["/bin/sleep", "3600"])
+    url = exec_url(d, sleeper, ["sh", "-c", "tty; cat /proc/1/cmdline | tr '\\0' ' '"], tty=True, stderr=False)
+    stdout, _, st = run(exec_over_spdy(url, tty=True, stderr=False))
+    lines = stdout.decode().split("\r\n")
+    assert exit_code_of(st) == 0 and re.fullmatch(r"/dev/pts/\d+", lines[0]), stdout
+    assert lines[1].strip() == "/bin/sleep 3600", stdout
+
+    catter = create_with(d, pod_id, config, ["cat"], stdin=True, stdin_once=True)
+    stdout, _, st = run(exec_over_spdy(attach_url(d, catter, stdin=True), b"through the monitor\n"))
+    assert stdout == b"through the monitor\n" and exit_code_of(st) == 0
+    assert wait_exited(d, catter).exit_code == 0

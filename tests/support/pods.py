@@ -8,10 +8,10 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from crio_fast.api import api_pb2 as api
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
 
 _numbers = itertools.count(1)
@@ -24,11 +24,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def daemon_with_busybox(registry, busybox_image, conf_dir: Path, *extra_args: str) -> Iterator[Daemon]:
-    """A daemon with busybox pulled; every pod stopped and removed, the daemon stopped, its dirs gone."""
+def daemon_with_busybox(registry, busybox_image, conf_dir: Path, *extra_args: str,
+                        configure: Callable[[DaemonDirs], list[str]] | None = None) -> Iterator[Daemon]:
+    """A daemon with busybox pulled; every pod stopped and removed, the daemon stopped, its dirs gone.
+
+    ``configure`` may write configuration into the daemon's dirs before it starts and returns
+    more daemon arguments (e.g. tests.support.oci_runtimes.configure_oci_runtimes).
+    """
     dirs = make_dirs()
     conf = write_registries_conf(conf_dir / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf), *extra_args).start()
+    more_args = configure(dirs) if configure is not None else []
+    d = Daemon(dirs, "--registries-conf", str(conf), *extra_args, *more_args).start()
     try:
         d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
         d.image = busybox_image.reference
