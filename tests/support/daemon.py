@@ -8,7 +8,6 @@ directory removed, whatever the test did.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
