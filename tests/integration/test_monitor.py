@@ -10,6 +10,7 @@ overlay of it with a private upper dir, so no test changes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import platform
@@ -40,6 +41,8 @@ from crio_fast.runtime import (
     exec_sync,
 )
 from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN
+from crio_fast.runtime.reaper import reap_dead_pod_inits
+from crio_fast.runtime.reaper import wait_adopted
 from crio_fast.runtime.plan import TLVWriter
 from tests.support.monitor_harness import ENV, Harness, child_subreaper, private_harness
 from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
@@ -790,3 +793,72 @@ def test_exec_sync_runs_inside_the_container(harness: Harness) -> None:
     started = time.monotonic()
     monitor.shutdown()
     assert time.monotonic() - started < 2
+
+
+# ------------------------------------------------------- pod pid namespace
+
+
+def pod_init_pids(pod_dir: Path) -> list[int]:
+    """Host pids of processes whose pid namespace is the one pinned at pod_dir/ns/pid."""
+    pinned = os.stat(pod_dir / "ns" / "pid").st_ino
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == pinned:
+                    pids.append(int(entry))
+    return pids
+
+
+def test_pod_pid_namespace_init_reaps_and_is_shared(harness: Harness) -> None:
+    monitor = harness.spawn(pid="new")
+    pod_dir = harness.base / "pod"
+    assert set(monitor.ns_paths) == {"net", "ipc", "uts", "pid"}
+    # The pinned namespace is not the monitor's: the monitor stays in the host's (and so do its children
+    # unless a plan joins the pod's).
+    assert os.stat(monitor.ns_paths["pid"]).st_ino != ns_inode(monitor.pid, "pid")
+    assert ns_inode(monitor.pid, "pid_for_children") == ns_inode("self", "pid")
+    (init_pid,) = pod_init_pids(pod_dir)
+    assert Path(f"/proc/{init_pid}/cmdline").read_bytes() == b"crio-fast-pod-init\0"
+    assert Path(f"/proc/{init_pid}/comm").read_text() == "crio-fast-pod-i\n"  # comm is cut to 15 bytes
+    assert int(status_field(Path(f"/proc/{init_pid}/status").read_text(), "PPid")) == monitor.pid
+
+    pod_pid = [Namespace("mnt"), Namespace("pid", monitor.ns_paths["pid"])]
+    first = harness.start(monitor, "first", harness.plan("first", ["/bin/sleep", "1000"], namespaces=pod_pid))
+    # The second container leaves an orphan that exits at once: the pod init must reap it.
+    plan = harness.plan("second", ["/bin/sh", "-c",
+                                   "(sleep 0.1 &) ; sleep 0.5; cat /proc/1/cmdline; echo; ps -o pid,stat,comm"],
+                        namespaces=pod_pid)
+    assert harness.run(monitor, "second", plan).exit_code == 0
+    lines = harness.output("second").splitlines()
+    assert lines[0] == "crio-fast-pod-init\0"  # cmdline: the name and its NUL, nothing else
+    assert re.search(r"^\s*1 \S+\s+crio-fast-pod-i", "\n".join(lines), re.M)
+    assert re.search(r"^\s*\d+ \S+\s+sleep$", "\n".join(lines), re.M), "the first container is visible"
+    assert not re.search(r"^\s*\d+ Z", "\n".join(lines[1:]), re.M), f"a zombie was left: {lines}"
+    assert first in pod_init_pids(pod_dir)
+
+    monitor.shutdown()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in (init_pid, first)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not Path(f"/proc/{init_pid}").exists() and not Path(f"/proc/{first}").exists()
+    assert not (pod_dir / "ns").exists()
+    assert f" {pod_dir}/" not in host_mountinfo()
+
+
+def test_pod_init_dies_with_a_killed_monitor(harness: Harness) -> None:
+    monitor = harness.spawn(pid="new")
+    pod_dir = harness.base / "pod"
+    (init_pid,) = pod_init_pids(pod_dir)
+    pod_pid = [Namespace("mnt"), Namespace("pid", monitor.ns_paths["pid"])]
+    member = harness.start(monitor, "member", harness.plan("member", ["/bin/sleep", "1000"], namespaces=pod_pid))
+    os.kill(monitor.pid, signal.SIGKILL)
+    # All are re-parented to this process (a child subreaper): reap them, as the daemon does. The
+    # dying init waits for every process of its namespace to be reaped (the kernel's zap_pid_ns_processes):
+    # the container first.
+    assert wait_adopted(monitor.pid, 5) is not None
+    assert wait_adopted(member, 5) is not None
+    assert reap_dead_pod_inits() == 1
+    assert not Path(f"/proc/{init_pid}").exists()
+    cleanup_pod_dir(str(pod_dir))
+    assert f" {pod_dir}/" not in host_mountinfo()

@@ -50,6 +50,7 @@ from crio_fast.runtime.plan import (
 )
 from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
 from crio_fast.container import oci, security
+from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -397,12 +398,11 @@ class ContainerManager:
             # Privileged containers get a writable /sys, as with runc.
             mounts = [MountOp.mount("sysfs", "/sys", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV)
                       if op.destination == "/sys" and op.fstype == "sysfs" else op for op in mounts]
-        # pid mode POD: the pod has no shared pid namespace of its own here (each container is its own
-        # pid 1), so POD is treated like CONTAINER; NODE skips the pid namespace.
-        pid_mode = sc.namespace_options.pid
+        # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
+        pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         namespaces = [Namespace("mnt")]
-        if pid_mode != pb.NamespaceMode.NODE:
-            namespaces.append(Namespace("pid"))
+        if pid_namespace is not None:
+            namespaces.append(pid_namespace)
         if layout_v2:
             namespaces.append(Namespace("cgroup"))
 

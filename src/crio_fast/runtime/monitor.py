@@ -68,6 +68,8 @@ SOCKET_NAME = "monitor.sock"
 _DEFAULT_SEND_LIMIT = 128 * 1024
 PID_FILE_NAME = "monitor.pid"
 POD_NAMESPACES = ("net", "ipc", "uts")
+# Files under DIR/ns a monitor may pin: the three above and, with --pid new, the pod's pid namespace.
+PINNED_NAMESPACES = (*POD_NAMESPACES, "pid")
 
 
 class MonitorError(Exception):
@@ -87,6 +89,7 @@ class PodMonitorSpec:
     pod_dir: str
     exits_dir: str
     namespaces: dict[str, str] = field(default_factory=lambda: {"net": "new", "ipc": "new", "uts": "new"})
+    pid: str = "host"  # "new": a pod pid namespace whose pid 1 is the monitor's pod init (shareProcessNamespace)
     hostname: str | None = None
     cgroup_procs: list[str] = field(default_factory=list)
     shm_size: int = 64 * 1024 * 1024  # 0: no shm mount
@@ -100,6 +103,9 @@ class PodMonitorSpec:
             if mode not in ("new", "host"):
                 raise ValueError(f"namespace {name}: {mode!r} is neither 'new' nor 'host'")
             args += [f"--{name}", mode]
+        if self.pid not in ("new", "host"):
+            raise ValueError(f"pid namespace: {self.pid!r} is neither 'new' nor 'host'")
+        args += ["--pid", self.pid]
         if self.hostname is not None:
             args += ["--hostname", self.hostname]
         for path in self.cgroup_procs:
@@ -201,7 +207,7 @@ class PodMonitor:
         self._next_id = 0
         self.ns_paths: dict[str, str] = {
             name: os.path.join(pod_dir, "ns", name)
-            for name in POD_NAMESPACES
+            for name in PINNED_NAMESPACES
             if os.path.exists(os.path.join(pod_dir, "ns", name))
         }
 
@@ -551,7 +557,7 @@ def cleanup_pod_dir(pod_dir: str) -> list[str]:
     for name in (SOCKET_NAME, PID_FILE_NAME, PID_FILE_NAME + ".tmp"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(root, name))
-    for name in POD_NAMESPACES:
+    for name in PINNED_NAMESPACES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(root, "ns", name))
     for name in ("ns", "shm"):

@@ -8,11 +8,12 @@ ever wait for them: unreaped, they stay zombies and keep their cgroups busy.
 The daemon cannot reap "any child" (waitpid(-1)): that would steal the exit
 status of its own subprocesses (exec helpers, CNI plugins, runtimes). It
 reaps only pids it knows to be adopted: the monitors and container inits its
-records name.
+records name, and dead pod inits (``--pid new``), known by their name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -67,3 +68,47 @@ def exit_code_of(status: int) -> tuple[int, int]:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status), 0
+
+
+POD_INIT_COMM = "crio-fast-pod-i"  # the pod init's name (docs/monitor.md), as comm keeps it: 15 bytes
+
+
+def reap_dead_pod_inits(timeout: float = 2.0) -> int:
+    """Reap pod inits (``--pid new``) whose monitor was killed; returns how many.
+
+    A pod init dies with its monitor (PR_SET_PDEATHSIG) and, when the caller is
+    a child subreaper, is re-parented to it, exited: a zombie only the caller
+    can reap. The death signal is asynchronous, so wait a little for inits that
+    are still dying. A zombie has no namespaces left to match a pod by, but a
+    dead pod init is nobody else's: every one found is reaped."""
+    reaped = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        dying = 0
+        for pid in _adopted_children():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().rstrip("\n") != POD_INIT_COMM:
+                        continue
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != b"Z":
+                dying += 1
+                continue
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+        if not dying or time.monotonic() >= deadline:
+            return reaped
+        time.sleep(0.01)
+
+
+def _adopted_children() -> list[int]:
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.extend(int(pid) for pid in f.read().split())
+    return pids

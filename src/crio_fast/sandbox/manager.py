@@ -31,7 +31,7 @@ from crio_fast.container.security import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
-from crio_fast.runtime.reaper import reap_adopted
+from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
 from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match
 
 if TYPE_CHECKING:
@@ -195,12 +195,18 @@ class SandboxManager:
             "ipc": "host" if host_ipc else "new",
             # A pod on the node's network keeps the node's hostname, as the kubelet expects.
             "uts": "host" if host_net else "new",
+            # POD (shareProcessNamespace): one pid namespace for the pod, whose pid 1 is the monitor's pod init.
+            # POD is also proto3's zero value: a config without namespace_options asked for nothing, and its
+            # containers keep a pid namespace each (the kubelet always sets the pid mode).
+            "pid": "new" if ns_opts.pid == pb.NamespaceMode.POD
+            and config.linux.security_context.HasField("namespace_options") else "host",
         }
         spec = PodMonitorSpec(
             pod_id=record.id,
             pod_dir=record.pod_dir,
             exits_dir=str(self.exits_dir),
             namespaces=record.namespaces,
+            pid=record.namespaces["pid"],
             hostname=None if host_net else hostname,
             cgroup_procs=monitor_cg.procs_files,
             shm_size=0 if host_ipc else DEFAULT_SHM_SIZE,
@@ -263,6 +269,8 @@ class SandboxManager:
                     log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
             else:
                 reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
+                if record.namespaces.get("pid") == "new":
+                    reap_dead_pod_inits()  # and so is its pod init, which died with it
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
             if record.state != POD_NOTREADY:
                 record.state = POD_NOTREADY
@@ -326,7 +334,9 @@ class SandboxManager:
         opts.network = pb.NamespaceMode.NODE if record.namespaces.get("net") == "host" else pb.NamespaceMode.POD
         opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD
         pid_mode = config.linux.security_context.namespace_options.pid
-        opts.pid = pid_mode if pid_mode in (pb.NamespaceMode.NODE, pb.NamespaceMode.POD) else pb.NamespaceMode.CONTAINER
+        # POD only when the monitor made the pod's pid namespace (a pod recorded before it could: CONTAINER).
+        opts.pid = (pb.NamespaceMode.NODE if pid_mode == pb.NamespaceMode.NODE
+                    else pb.NamespaceMode.POD if record.namespaces.get("pid") == "new" else pb.NamespaceMode.CONTAINER)
         return status
 
     def sandbox_proto(self, record: PodRecord) -> pb.PodSandbox:

@@ -16,7 +16,11 @@
  *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts},
  *   5. mounts a tmpfs for the pod's /dev/shm on <pod-dir>/shm,
  *   6. joins the cgroups it was given (the fork inherits them),
- *   7. listens on <pod-dir>/monitor.sock.
+ *   7. listens on <pod-dir>/monitor.sock,
+ *   8. with --pid new (after the fork, in the monitor, which reports back to
+ *      the spawned process over a pipe): clones the pod's pid-namespace init
+ *      (pid 1 of a new pid namespace, a tiny forked child that only reaps)
+ *      and bind-mounts its /proc/<pid>/ns/pid onto <pod-dir>/ns/pid.
  * On any failure it undoes every step and writes "error <errno> <message>\n"
  * instead; no monitor process is left.
  */
@@ -29,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -53,7 +58,12 @@ struct pod_options {
     uint64_t shm_size;
     int ready_fd;
     int new_namespaces; /* CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS subset */
+    bool new_pid_namespace;
 };
+
+/* The name the pod's pid-namespace init shows in /proc/<pid>/cmdline (and,
+ * cut to 15 bytes, in comm): what `ps` in a container of the pod sees as 1. */
+#define POD_INIT_NAME "crio-fast-pod-init"
 
 static const struct {
     int flag;
@@ -68,6 +78,7 @@ struct pod_anchor {
     char *shm_dir;
     char *socket_path;
     char *pid_path;
+    char *pid_ns_file; /* --pid new: the pinned pid namespace of the pod init */
     bool pod_dir_bound;
     bool ns_dir_created;
     bool ns_file_created[POD_NAMESPACE_COUNT];
@@ -76,13 +87,22 @@ struct pod_anchor {
     bool shm_mounted;
     bool socket_bound;
     bool pid_written;
+    /* --pid new: the init of the pod's pid namespace and its ns file. */
+    bool pid_ns_file_created;
+    bool pid_ns_bound;
+    pid_t init_pid;
+    int init_pidfd;
 };
+
+/* The monitor's argv, which the pod init overwrites with its own name. */
+static char **process_argv;
+static int process_argc;
 
 static void pod_usage(FILE *out)
 {
     fprintf(out, "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD\n"
-                 "           [--net new|host] [--ipc new|host] [--uts new|host] [--hostname NAME]\n"
-                 "           [--cgroup-procs PATH]... [--shm-size BYTES]\n");
+                 "           [--net new|host] [--ipc new|host] [--uts new|host] [--pid new|host]\n"
+                 "           [--hostname NAME] [--cgroup-procs PATH]... [--shm-size BYTES]\n");
 }
 
 static int parse_options(int argc, char **argv, struct pod_options *options, struct error *err)
@@ -115,6 +135,10 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
             if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
                 return error_plain(err, EINVAL, "--ready-fd %s is not a descriptor >= 3", value);
             options->ready_fd = (int)number;
+        } else if (strcmp(name, "--pid") == 0) {
+            if (strcmp(value, "new") != 0 && strcmp(value, "host") != 0)
+                return error_plain(err, EINVAL, "--pid %s: expected new or host", value);
+            options->new_pid_namespace = strcmp(value, "new") == 0;
         } else if (strcmp(name, "--net") == 0 || strcmp(name, "--ipc") == 0 || strcmp(name, "--uts") == 0) {
             int flag = name[2] == 'n' ? CLONE_NEWNET : name[2] == 'i' ? CLONE_NEWIPC : CLONE_NEWUTS;
             if (strcmp(value, "new") == 0)
@@ -140,6 +164,135 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
     return 0;
 }
 
+static int create_file(const char *path, mode_t mode, struct error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return error_errno(err, errno, "create %s", path);
+    close(fd);
+    return 0;
+}
+
+/* ------------------------------------------------------------- pod init */
+
+/* Overwrite the inherited argv area with POD_INIT_NAME, so that `ps` and
+ * /proc/1/cmdline in the pod show the init for what it is rather than a copy
+ * of the monitor's command line. Best effort: a name is cosmetic. */
+static void name_pod_init(void)
+{
+    prctl(PR_SET_NAME, POD_INIT_NAME, 0, 0, 0); /* comm: cut to 15 bytes by the kernel */
+    if (!process_argv || process_argc < 1)
+        return;
+    char *start = process_argv[0];
+    char *end = start + strlen(start) + 1;
+    /* The kernel lays the arguments out back to back; use only that run. */
+    for (int i = 1; i < process_argc && process_argv[i] == end; i++)
+        end += strlen(process_argv[i]) + 1;
+    if ((size_t)(end - start) < sizeof(POD_INIT_NAME))
+        return;
+    memset(start, 0, (size_t)(end - start));
+    memcpy(start, POD_INIT_NAME, sizeof(POD_INIT_NAME));
+    /* A non-NUL last byte is the kernel's sign of a rewritten title
+     * (setproctitle): /proc/<pid>/cmdline then stops at the first NUL, the
+     * name alone, instead of showing the whole area with its tail of NULs.
+     * (PR_SET_MM_ARG_END would need CAP_SYS_RESOURCE.) */
+    if ((size_t)(end - start) > sizeof(POD_INIT_NAME))
+        end[-1] = ' ';
+}
+
+/* Pid 1 of the pod's pid namespace: anchors the namespace and reaps. It is a
+ * forked (not exec'd) child of the static monitor, so it costs only the pages
+ * it dirties. It never returns. */
+static void pod_init_main(int monitor_pidfd) __attribute__((noreturn));
+static void pod_init_main(int monitor_pidfd)
+{
+    /* It exists for the monitor only: die with it. The monitor may already
+     * have died before the prctl; its pidfd is readable once it has exited
+     * (getppid() cannot tell: the parent is outside this pid namespace). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        _exit(1);
+    if (monitor_pidfd >= 0) {
+        struct pollfd exited = {.fd = monitor_pidfd, .events = POLLIN};
+        if (poll(&exited, 1, 0) != 0)
+            _exit(1);
+    }
+    /* Hold nothing of the monitor's: sockets, pipes, the epoll set. */
+    if (close_range(0, ~0U, 0) < 0)
+        for (int fd = 0; fd < 1024; fd++)
+            close(fd);
+    name_pod_init();
+    /* SIGCHLD ignored makes the kernel reap every child of the init at once,
+     * including orphans re-parented to it and already zombies then: nothing
+     * in the pod's namespace stays a zombie. Every other signal is ignored
+     * too: the pod's processes must not end the namespace (the kernel already
+     * drops their signals to an init without handlers) nor may a stray
+     * signal from the host; the monitor ends it with SIGKILL. Ignored
+     * signals are discarded only when not blocked: unblock them all. */
+    struct sigaction ignore = {.sa_handler = SIG_IGN};
+    for (int sig = 1; sig < _NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &ignore, NULL); /* EINVAL for libc-reserved numbers: nothing to do */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (;;)
+        pause();
+}
+
+/* In the monitor: clone the pod init as pid 1 of a new pid namespace (the
+ * monitor's own pid_for_children is untouched) and pin that namespace on
+ * <pod-dir>/ns/pid for the containers that join it and for recovery. */
+static int start_pod_init(struct pod_anchor *anchor, struct error *err)
+{
+    int monitor_pidfd = sys_pidfd_open(getpid(), 0); /* -1 on old kernels: no early-death check */
+    int init_pidfd = -1;
+    pid_t pid = clone_process(CLONE_NEWPID, &init_pidfd);
+    if (pid == 0)
+        pod_init_main(monitor_pidfd);
+    int saved = errno;
+    if (monitor_pidfd >= 0)
+        close(monitor_pidfd);
+    if (pid < 0)
+        return error_errno(err, saved, "clone the pod's pid namespace init (CLONE_NEWPID)");
+    anchor->init_pid = pid;
+    anchor->init_pidfd = init_pidfd;
+    if (create_file(anchor->pid_ns_file, 0444, err) < 0)
+        return -1;
+    anchor->pid_ns_file_created = true;
+    char source[64];
+    snprintf(source, sizeof(source), "/proc/%d/ns/pid", (int)pid);
+    if (mount(source, anchor->pid_ns_file, NULL, MS_BIND, NULL) < 0)
+        return error_errno(err, errno, "bind %s on %s", source, anchor->pid_ns_file);
+    anchor->pid_ns_bound = true;
+    return 0;
+}
+
+/* Unpin the pod's pid namespace and end its init (which kills whatever is
+ * left in the namespace). The init may have been reaped already by the
+ * event loop or the shutdown's kill of all children: the pidfd tells. */
+static void stop_pod_init(struct pod_anchor *anchor)
+{
+    if (anchor->pid_ns_bound && umount2(anchor->pid_ns_file, MNT_DETACH) < 0)
+        fprintf(stderr, "unmount %s: %s\n", anchor->pid_ns_file, strerror(errno));
+    if (anchor->pid_ns_file_created && unlink(anchor->pid_ns_file) < 0)
+        fprintf(stderr, "unlink %s: %s\n", anchor->pid_ns_file, strerror(errno));
+    anchor->pid_ns_bound = anchor->pid_ns_file_created = false;
+    if (anchor->init_pid <= 0)
+        return;
+    int rc = anchor->init_pidfd >= 0 ? sys_pidfd_send_signal(anchor->init_pidfd, SIGKILL)
+                                     : kill(anchor->init_pid, SIGKILL);
+    /* Signalled (a zombie counts) means not reaped yet, and this
+     * single-threaded monitor is its only reaper: waiting is safe. */
+    if (rc == 0 && waitpid(anchor->init_pid, NULL, 0) < 0)
+        fprintf(stderr, "wait for the pod init %d: %s\n", (int)anchor->init_pid, strerror(errno));
+    else if (rc < 0 && errno != ESRCH)
+        fprintf(stderr, "kill the pod init %d: %s\n", (int)anchor->init_pid, strerror(errno));
+    if (anchor->init_pidfd >= 0)
+        close(anchor->init_pidfd);
+    anchor->init_pid = 0;
+    anchor->init_pidfd = -1;
+}
+
 /* --------------------------------------------------------------- anchor */
 
 static void teardown(struct pod_anchor *anchor, const struct pod_options *options)
@@ -159,20 +312,12 @@ static void teardown(struct pod_anchor *anchor, const struct pod_options *option
         if (anchor->ns_file_created[i] && unlink(anchor->ns_files[i]) < 0)
             fprintf(stderr, "unlink %s: %s\n", anchor->ns_files[i], strerror(errno));
     }
+    stop_pod_init(anchor);
     if (anchor->ns_dir_created && rmdir(anchor->ns_dir) < 0)
         fprintf(stderr, "rmdir %s: %s\n", anchor->ns_dir, strerror(errno));
     if (anchor->pod_dir_bound && umount2(options->pod_dir, MNT_DETACH) < 0)
         fprintf(stderr, "unmount %s: %s\n", options->pod_dir, strerror(errno));
     memset(&anchor->pod_dir_bound, 0, sizeof(*anchor) - offsetof(struct pod_anchor, pod_dir_bound));
-}
-
-static int create_file(const char *path, mode_t mode, struct error *err)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0)
-        return error_errno(err, errno, "create %s", path);
-    close(fd);
-    return 0;
 }
 
 static int anchor_namespaces(struct pod_anchor *anchor, const struct pod_options *options, struct error *err)
@@ -284,7 +429,8 @@ static int anchor_paths(struct pod_anchor *anchor, const struct pod_options *opt
     anchor->shm_dir = format_string("%s/shm", options->pod_dir);
     anchor->socket_path = format_string("%s/monitor.sock", options->pod_dir);
     anchor->pid_path = format_string("%s/monitor.pid", options->pod_dir);
-    if (!anchor->ns_dir || !anchor->shm_dir || !anchor->socket_path || !anchor->pid_path)
+    anchor->pid_ns_file = format_string("%s/ns/pid", options->pod_dir);
+    if (!anchor->ns_dir || !anchor->shm_dir || !anchor->socket_path || !anchor->pid_path || !anchor->pid_ns_file)
         return error_errno(err, ENOMEM, "paths");
     for (int i = 0; i < POD_NAMESPACE_COUNT; i++)
         if (!(anchor->ns_files[i] = format_string("%s/ns/%s", options->pod_dir, pod_namespaces[i].name)))
@@ -320,6 +466,45 @@ static int setup_pod(struct pod_anchor *anchor, const struct pod_options *option
     if (join_cgroups(options, err) < 0)
         return -1;
     return listen_control_socket(anchor, listen_fd, err);
+}
+
+/* In the spawned process: wait for the forked monitor's word on the pod init
+ * (a struct error, code 0 for success) over the set-up pipe. */
+static int await_pod_init(struct pod_anchor *anchor, pid_t monitor_pid, int setup_fd, struct error *err)
+{
+    struct error reported;
+    size_t got = 0;
+    while (got < sizeof(reported)) {
+        ssize_t n = read(setup_fd, (char *)&reported + got, sizeof(reported) - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            error_errno(err, errno, "read the monitor's set-up report");
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(setup_fd);
+    if (got == sizeof(reported) && reported.code == 0) {
+        /* Made by the monitor; a later failure here must undo them too. */
+        anchor->pid_ns_file_created = anchor->pid_ns_bound = true;
+        return 0;
+    }
+    if (got == sizeof(reported)) {
+        *err = reported;
+        /* The monitor has undone its own part and exits. */
+        while (waitpid(monitor_pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return -1;
+    }
+    if (err->code == 0)
+        error_plain(err, EIO, "the monitor exited while starting the pod's pid namespace init");
+    kill(monitor_pid, SIGKILL);
+    while (waitpid(monitor_pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    /* Whatever it may have left of the pid namespace file. */
+    anchor->pid_ns_file_created = anchor->pid_ns_bound = access(anchor->pid_ns_file, F_OK) == 0;
+    return -1;
 }
 
 static void report_ready(int ready_fd, pid_t monitor_pid, const struct error *err)
@@ -393,7 +578,10 @@ int pod_main(int argc, char **argv)
         .signal_fd = -1,
         .listen_fd = -1,
     };
-    struct pod_anchor anchor = {0};
+    struct pod_anchor anchor = {.init_pidfd = -1};
+    int setup_pipe[2] = {-1, -1}; /* --pid new: the monitor reports its pod init here */
+    process_argv = argv;
+    process_argc = argc;
     /* Everything that can fail happens before the fork, in the process the
      * daemon spawned (and reaps): a failed start leaves no orphan behind.
      * Namespaces, mounts, cgroups, the listening socket, the epoll set and
@@ -405,7 +593,9 @@ int pod_main(int argc, char **argv)
         ((signal(SIGPIPE, SIG_IGN) == SIG_ERR || signal(SIGHUP, SIG_IGN) == SIG_ERR) &&
          error_errno(&err, errno, "ignore SIGPIPE and SIGHUP")) ||
         detach_stdio(&err) < 0 || open_event_fds(&monitor, &err) < 0 ||
-        setup_pod(&anchor, &options, &monitor.listen_fd, &err) < 0) {
+        setup_pod(&anchor, &options, &monitor.listen_fd, &err) < 0 ||
+        (options.new_pid_namespace && pipe2(setup_pipe, O_CLOEXEC) < 0 &&
+         error_errno(&err, errno, "pipe for the monitor's set-up report"))) {
         teardown(&anchor, &options);
         report_ready(options.ready_fd, 0, &err);
         return 1;
@@ -420,6 +610,14 @@ int pod_main(int argc, char **argv)
     if (pid > 0) {
         /* The spawned process: record the monitor and report; the monitor is
          * orphaned (adopted by init) as soon as this returns. */
+        if (options.new_pid_namespace) {
+            close(setup_pipe[1]);
+            if (await_pod_init(&anchor, pid, setup_pipe[0], &err) < 0) {
+                teardown(&anchor, &options);
+                report_ready(options.ready_fd, 0, &err);
+                return 1;
+            }
+        }
         if (write_pid_file(&anchor, pid, &err) < 0) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
@@ -436,6 +634,20 @@ int pod_main(int argc, char **argv)
     /* Containers and the orphans they leave are ours to reap. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
         fprintf(stderr, "prctl(PR_SET_CHILD_SUBREAPER): %s\n", strerror(errno));
+    if (options.new_pid_namespace) {
+        /* The init must be the monitor's own child (it dies with the monitor
+         * and the monitor reaps it), so it is made here, after the fork; the
+         * spawned process waits for this report before it reports ready. */
+        close(setup_pipe[0]);
+        struct error init_err = {0};
+        int init_rc = start_pod_init(&anchor, &init_err);
+        int report_rc = write_all(setup_pipe[1], &init_err, sizeof(init_err));
+        close(setup_pipe[1]);
+        if (init_rc < 0 || report_rc < 0) {
+            stop_pod_init(&anchor); /* the spawned process undoes the rest */
+            return 1;
+        }
+    }
     int rc = server_run(&monitor);
     monitor.stopping = true;
     containers_kill_all(&monitor, SHUTDOWN_KILL_TIMEOUT_MS);
