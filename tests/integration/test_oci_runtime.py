@@ -158,9 +158,17 @@ def test_exec_sync_timeout_kills_the_command(env, handler):
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
-    while any(p.cmdline() == ["/bin/sleep", "77"] for p in psutil.process_iter() if p.is_running()):
+    while any(_cmdline(p) == ["/bin/sleep", "77"] for p in psutil.process_iter()):
         assert time.monotonic() < deadline, "the timed-out command still runs"
         time.sleep(0.05)
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's argv, or [] for one that is gone or a zombie (other jobs on the host come and go)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 # Not runc: a foreground `runc exec` itself waits for end of file on the command's output (docs/security.md).

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from crio_fast._native._cgroupfs import CgroupReadError, CgroupWriteError, read_files, write_files
 from crio_fast.cgroups import tree, v1, v2
+from crio_fast.cgroups.devices_bpf import DeviceFilterCache, container_rules
 from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
 from crio_fast.cgroups.layout import NAMED_PREFIX, CgroupLayout, Hierarchy, discover_layout
 from crio_fast.cgroups.resources import Resources, effective_swap_limit, plan_writes
@@ -123,6 +124,7 @@ class CgroupManager:
             h for h in self.layout.hierarchies if h.version == 2 or h.controllers or h.name == SYSTEMD_HIERARCHY
         ]
         self._v2_wanted = frozenset(c for c in v2.WANTED_CONTROLLERS if self.layout.is_v2(c))
+        self._device_filters = DeviceFilterCache()
 
     # -- paths (no side effects) -------------------------------------------
 
@@ -215,6 +217,20 @@ class CgroupManager:
                 raise CgroupError(f"cannot update {cgroup.path}: {limit_file} does not exist (cgroup removed?)")
             current_memory_limit = int(content)
         self._write(plan_writes(self.layout, cgroup.dirs, resources, current_memory_limit))
+
+    def restrict_devices(self, cgroup: CgroupPaths, allow_rules: list[str]) -> bool:
+        """Attach the eBPF device filter (deny all, then ``allow_rules`` in v1 syntax) to the cgroup's
+        cgroup2 directory. Returns False when the cgroup has none (a pure v1 host).
+
+        On a hybrid host this is done in addition to the v1 devices cgroup: the kernel enforces both.
+        Devices never change after creation (UpdateContainerResources carries none), and removing the
+        cgroup detaches the program, so this is the only call a container needs.
+        """
+        unified_dir = cgroup.dirs.get("unified")
+        if unified_dir is None:
+            return False
+        self._device_filters.attach(unified_dir, container_rules(allow_rules))
+        return True
 
     def remove(self, cgroup: CgroupPaths, timeout: float = 5.0) -> None:
         """Remove the cgroup and its descendants in every hierarchy, leaf first.

@@ -356,14 +356,20 @@ class ContainerManager:
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         record.cgroup_path = cg.path
-        devices_dir = cg.dirs.get("devices")
-        if devices_dir and not self.cgroups.layout.is_v2("devices"):
-            if not sc.privileged:
-                security.write_device_rules(devices_dir, [d.cgroup_rule() for d in devices])
-        elif devices and not sc.privileged:
-            # cgroup v2 needs an eBPF device program to allow exactly these devices; none is attached yet.
-            raise FailedPrecondition("devices in the request need the v1 devices cgroup: "
-                                     "cgroup v2 device filtering (eBPF) is not implemented")
+        if not sc.privileged:
+            device_rules = [d.cgroup_rule() for d in devices]
+            devices_dir = cg.dirs.get("devices")
+            v1_restricted = bool(devices_dir) and not self.cgroups.layout.is_v2("devices")
+            if v1_restricted:
+                security.write_device_rules(devices_dir, device_rules)
+            # cgroup2 (pure v2, or the unified mount of a hybrid host): an eBPF device filter, attached
+            # before the monitor starts the init. runc/crun attach their own from config.json.
+            external_runtime = self._oci_handler(pod.id) is not None
+            v2_restricted = not external_runtime and self.cgroups.restrict_devices(
+                cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
+            if devices and not (v1_restricted or v2_restricted or external_runtime):
+                raise FailedPrecondition("devices in the request need a devices cgroup (v1) or a cgroup2 "
+                                         "hierarchy for the eBPF device filter; this host has neither")
 
         extra_mounts = [
             MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),
