@@ -148,7 +148,7 @@ def test_two_pods_reach_each_other_over_tcp(env: Daemon, net: BridgeNetwork) -> 
     client = start_container(env, client_id, client_pod, ["sleep", "60"])
     addresses = exec_sync(env, client, ["ip", "-o", "-4", "addr", "show"]).stdout.decode()
     assert re.search(rf"eth0\s+inet {re.escape(client_ip)}/24", addresses), addresses
-    assert re.search(r"lo\s+inet 127\.0\.0\.1/8", addresses), addresses  # the loopback plugin brought lo up
+    assert re.search(r"lo\s+inet 127\.0\.0\.1/8", addresses), addresses  # the pod monitor brought lo up
     routes = exec_sync(env, client, ["ip", "route"]).stdout.decode()
     assert "default" not in routes, routes
 

@@ -1,26 +1,19 @@
-"""Working inside a pod's network namespace from the daemon, without a helper process.
+"""Sockets inside a pod's network namespace, made by the daemon without a helper process.
 
 A socket belongs to the network namespace of the thread that created it, for
-its whole life, and interface ioctls on it act in that namespace. So a
-short-lived thread enters the namespace with setns(2) (which affects only the
-calling thread), creates the socket and ends; everything else runs on the
-caller's thread or the event loop.
+its whole life. So a short-lived thread enters the namespace with setns(2)
+(which affects only the calling thread), creates the socket and ends;
+everything else runs on the caller's thread or the event loop.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import socket
-import struct
 import threading
 
 CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags in the 24-byte union
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -60,19 +53,3 @@ def socket_in_netns(netns_path: str, family: int, kind: int = socket.SOCK_STREAM
     if isinstance(result, BaseException):
         raise result
     return result
-
-
-def bring_loopback_up(netns_path: str) -> None:
-    """Set ``lo`` up in the namespace (the kernel then gives it 127.0.0.1/8 and ::1).
-
-    What the CNI loopback plugin does for ADD, without starting a process
-    (about 10 ms per pod for the Go binary on a small node).
-    """
-    with socket_in_netns(netns_path, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            request = _IFREQ.pack(b"lo", 0)
-            _, flags = _IFREQ.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, request))
-            if not flags & IFF_UP:
-                fcntl.ioctl(sock, SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
-        except OSError as exc:
-            raise OSError(exc.errno, f"setting lo up in {netns_path}: {os.strerror(exc.errno or 0)}") from exc

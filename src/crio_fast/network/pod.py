@@ -1,7 +1,8 @@
 """Pod networking: what RunPodSandbox and StopPodSandbox do with CNI.
 
-A pod with its own network namespace gets ``lo`` up (set up by the daemon
-itself, as the loopback plugin would) and one interface, ``eth0``, on the node's default CNI network. The CRI
+A pod with its own network namespace gets ``lo`` up (by its monitor, when
+it makes the namespace: what the loopback plugin would do, without a process)
+and one interface, ``eth0``, on the node's default CNI network. The CRI
 PodSandboxConfig becomes CNI arguments (K8S_POD_*) and capability arguments
 (portMappings, dns, bandwidth) for the plugins that declare them.
 
@@ -23,7 +24,6 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.config import Config
 from crio_fast.network.cni import AttachResult, Attachment, CniClient, NetworkList
 from crio_fast.network.config import NoNetworkConfig, find_default_network
-from crio_fast.network.netns import bring_loopback_up
 
 log = logging.getLogger("crio_fast.network")
 
@@ -93,16 +93,14 @@ class PodNetwork:
         return CniClient(config.network.plugin_dirs, config.network.plugin_timeout, self.cache_dir)
 
     def attach(self, config: Config, pod_id: str, netns: str, pod: pb.PodSandboxConfig) -> AttachResult | None:
-        """``lo`` up, then ADD on the default network; on failure whatever was done is undone.
+        """ADD on the default network; on failure whatever was done is undone.
 
         Returns None when no network is configured (the pod keeps only ``lo``).
         """
         started = time.monotonic()
         client = self.client(config)
         attachment = self.attachment(pod_id, netns, pod)
-        # lo: what the loopback plugin would do, without its process; it needs no DEL
-        # (it goes away with the namespace).
-        bring_loopback_up(netns)
+        # lo is up already: the pod monitor set it up when it made the namespace.
         try:
             found = find_default_network(config.network.network_dir, config.network.cni_default_network)
         except NoNetworkConfig as exc:

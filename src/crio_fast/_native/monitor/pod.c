@@ -12,7 +12,8 @@
  *   2. bind-mounts the pod dir onto itself as a private mount, so that the
  *      mounts below (nsfs, shm) never propagate to other mount namespaces
  *      (a propagated nsfs copy would pin the namespace after the pod is gone),
- *   3. unshares the requested net/ipc/uts namespaces and sets the hostname,
+ *   3. unshares the requested net/ipc/uts namespaces, sets the hostname and,
+ *      in a new network namespace, sets `lo` up,
  *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts},
  *   5. mounts a tmpfs for the pod's /dev/shm on <pod-dir>/shm,
  *   6. joins the cgroups it was given (the fork inherits them),
@@ -32,7 +33,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -320,6 +323,29 @@ static void teardown(struct pod_anchor *anchor, const struct pod_options *option
     memset(&anchor->pod_dir_bound, 0, sizeof(*anchor) - offsetof(struct pod_anchor, pod_dir_bound));
 }
 
+/* A new network namespace has only `lo`, down. Every pod wants it up (what
+ * the CNI loopback plugin does, without a process per pod); the kernel then
+ * gives it 127.0.0.1/8 and ::1. */
+static int bring_loopback_up(struct error *err)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return error_errno(err, errno, "socket for setting lo up");
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    memcpy(request.ifr_name, "lo", sizeof("lo"));
+    int rc = ioctl(fd, SIOCGIFFLAGS, &request);
+    if (rc == 0 && !(request.ifr_flags & IFF_UP)) {
+        request.ifr_flags |= IFF_UP;
+        rc = ioctl(fd, SIOCSIFFLAGS, &request);
+    }
+    int saved = errno;
+    close(fd);
+    if (rc < 0)
+        return error_errno(err, saved, "set lo up");
+    return 0;
+}
+
 static int anchor_namespaces(struct pod_anchor *anchor, const struct pod_options *options, struct error *err)
 {
     if (mkdir(anchor->ns_dir, 0755) == 0)
@@ -459,6 +485,8 @@ static int setup_pod(struct pod_anchor *anchor, const struct pod_options *option
         return error_errno(err, errno, "unshare(%#x)", options->new_namespaces);
     if (options->hostname && sethostname(options->hostname, strlen(options->hostname)) < 0)
         return error_errno(err, errno, "sethostname %s", options->hostname);
+    if ((options->new_namespaces & CLONE_NEWNET) && bring_loopback_up(err) < 0)
+        return -1;
     if (anchor_namespaces(anchor, options, err) < 0)
         return -1;
     if (options->shm_size > 0 && mount_shm(anchor, options, err) < 0)
