@@ -512,6 +512,30 @@ static struct container *container_new(const char *id, const char *log_path)
     return c;
 }
 
+/* What a container keeps of its plan, native or OCI alike: output and stdin
+ * handling, where KILL with ALL looks, the OOM counter's baseline, and the
+ * opened CRI log. */
+static int container_take_plan(struct container *c, const struct launch_plan *plan, const char *log_path,
+                               struct error *err)
+{
+    c->log_line_max = plan->log_line_max;
+    c->tty = plan->tty;
+    c->stdin_wanted = plan->stdin_wanted;
+    if (plan->cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan->cgroup_procs[0])))
+        return error_errno(err, ENOMEM, "create container %s", c->id);
+    if (plan->oom_counter_path) {
+        if (!(c->oom_counter_path = strdup(plan->oom_counter_path)))
+            return error_errno(err, ENOMEM, "create container %s", c->id);
+        if (read_oom_kill_counter(plan->oom_counter_path, &c->oom_baseline, err) < 0)
+            return -1;
+        c->has_oom_baseline = true;
+    }
+    c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+    if (c->log_fd < 0)
+        return error_errno(err, errno, "open log file %s", log_path);
+    return 0;
+}
+
 /* Checks every CREATE makes before doing anything: a valid, unused id, a
  * monitor that is not shutting down, and a plan that decodes. On failure the
  * error reply is written and false returned. */
@@ -559,27 +583,8 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
     }
-    c->log_line_max = plan.log_line_max;
-    c->tty = plan.tty;
-    c->stdin_wanted = plan.stdin_wanted;
-    if (plan.cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan.cgroup_procs[0]))) {
-        error_errno(&err, ENOMEM, "create container %s", id);
+    if (container_take_plan(c, &plan, log_path, &err) < 0)
         goto fail;
-    }
-    if (plan.oom_counter_path) {
-        if (!(c->oom_counter_path = strdup(plan.oom_counter_path))) {
-            error_errno(&err, ENOMEM, "create container %s", id);
-            goto fail;
-        }
-        if (read_oom_kill_counter(plan.oom_counter_path, &c->oom_baseline, &err) < 0)
-            goto fail;
-        c->has_oom_baseline = true;
-    }
-    c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
-    if (c->log_fd < 0) {
-        error_errno(&err, errno, "open log file %s", log_path);
-        goto fail;
-    }
     if (open_stdio(&plan, &stdio, &err) < 0 || open_namespace_fds(&plan, namespace_fds, &err) < 0)
         goto fail;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync_pair) < 0) {
@@ -782,27 +787,8 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
         goto fail;
     }
     c->oci->hide_cgroup2 = hide_cgroup2;
-    c->log_line_max = plan.log_line_max;
-    c->tty = plan.tty;
-    c->stdin_wanted = plan.stdin_wanted;
-    if (plan.cgroup_procs_count && !(c->kill_cgroup_procs = strdup(plan.cgroup_procs[0]))) {
-        error_errno(&err, ENOMEM, "create container %s", id);
+    if (container_take_plan(c, &plan, log_path, &err) < 0)
         goto fail;
-    }
-    if (plan.oom_counter_path) {
-        if (!(c->oom_counter_path = strdup(plan.oom_counter_path))) {
-            error_errno(&err, ENOMEM, "create container %s", id);
-            goto fail;
-        }
-        if (read_oom_kill_counter(plan.oom_counter_path, &c->oom_baseline, &err) < 0)
-            goto fail;
-        c->has_oom_baseline = true;
-    }
-    c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
-    if (c->log_fd < 0) {
-        error_errno(&err, errno, "open log file %s", log_path);
-        goto fail;
-    }
     if (open_stdio(&plan, &stdio, &err) < 0)
         goto fail;
     if (stdio.stderr_read >= 0 && set_nonblocking(stdio.stderr_read, true) < 0) {
