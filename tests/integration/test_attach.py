@@ -20,34 +20,10 @@ from crio_fast.container import oci
 from crio_fast.runtime import MonitorError
 from crio_fast.runtime.monitor import OciRuntimeCall
 from crio_fast.runtime.attach import AttachStream
-from tests.support.monitor_harness import Harness, child_subreaper, private_harness
+from tests.support.monitor_harness import MONITOR_TEST_MARKS, Harness
 from tests.support.oci_runtimes import CRUN, RUNC, handler_problem
-from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_static_busybox() is None, reason="needs Debian's busybox-static"),
-]
-
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reap_monitors():
-    with child_subreaper() as ok:
-        if not ok:
-            pytest.skip("cannot become a child subreaper")
-        yield
-
-
-@pytest.fixture
-def harness(rootfs: Path):
-    with private_harness(rootfs) as h:
-        yield h
+pytestmark = MONITOR_TEST_MARKS
 
 
 TICKER = ["/bin/sh", "-c", "while true; do echo tick; sleep 0.1; done"]

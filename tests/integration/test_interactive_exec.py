@@ -24,26 +24,9 @@ import pytest
 from crio_fast._native import monitor_path
 from crio_fast.runtime import ExecPlan, exec_sync
 from crio_fast.runtime.interactive import ExecOutcome, InteractiveExec
-from tests.support.monitor_harness import ENV, Harness, child_subreaper, private_harness
-from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
+from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness, private_harness
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_static_busybox() is None, reason="needs Debian's busybox-static"),
-]
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reap_monitors():
-    with child_subreaper() as ok:
-        if not ok:
-            pytest.skip("cannot become a child subreaper")
-        yield
+pytestmark = MONITOR_TEST_MARKS
 
 
 class Container:

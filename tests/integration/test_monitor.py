@@ -44,31 +44,9 @@ from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
 from crio_fast.runtime.plan import TLVWriter
-from tests.support.monitor_harness import ENV, Harness, child_subreaper, private_harness
-from tests.support.rootfs import build_busybox_rootfs, find_static_busybox
+from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_static_busybox() is None, reason="needs Debian's busybox-static"),
-]
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reap_monitors():
-    with child_subreaper() as ok:
-        if not ok:
-            pytest.skip("cannot become a child subreaper")
-        yield
-
-
-@pytest.fixture
-def harness(rootfs: Path):
-    with private_harness(rootfs) as h:
-        yield h
+pytestmark = MONITOR_TEST_MARKS
 
 
 @pytest.fixture
