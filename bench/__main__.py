@@ -86,6 +86,8 @@ def main() -> int:
         ("Stats for many containers", run_script("stats.py", ["--containers", "50", "--pods", "10"] if quick else [])),
         ("Pull", run_script("pull.py", ["--runs", "2" if quick else "5"] + (["--layer-mb", "10"] if quick else []))),
         ("Extraction", run_script("extract.py", ["--runs", "1" if quick else "5"])),
+        ("Attach output", run_script("attach_throughput.py", ["--megabytes", "20" if quick else "100",
+                                                              "--rounds", "1" if quick else "3"])),
     ]
     header = [
         "# crio-fast benchmark results",
