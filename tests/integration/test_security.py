@@ -17,6 +17,7 @@ from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
+from tests.support.pods import daemon_with_busybox, run_pod as run_plain_pod
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +213,15 @@ def test_unconfined_seccomp_and_pod_default(env, pod):
     unconfined_pod_id, unconfined_pod = pod(seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined))
     from_pod = run(env, unconfined_pod_id, unconfined_pod)
     assert int(init_status(env, from_pod)["Seccomp"]) == 0
+
+
+def test_empty_seccomp_is_unconfined_when_configured(registry, busybox_image, tmp_path):
+    """seccomp_use_default_when_empty = false: the CRI's own reading of "no profile"."""
+    with daemon_with_busybox(registry, busybox_image, tmp_path, "--no-seccomp-use-default-when-empty") as d:
+        pod_id, pod_config = run_plain_pod(d)
+        assert int(init_status(d, run(d, pod_id, pod_config))["Seccomp"]) == 0
+        default = run(d, pod_id, pod_config, lambda c: c.linux.security_context.seccomp.SetInParent())
+        assert int(init_status(d, default)["Seccomp"]) == 2  # RuntimeDefault asked for explicitly
 
 
 def test_localhost_seccomp_profile(env, pod, tmp_path):

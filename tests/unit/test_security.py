@@ -173,6 +173,9 @@ def test_seccomp_choice_container_pod_and_privileged():
     assert security.seccomp_for(default, unconfined, False)  # the container's wins
     assert security.seccomp_for(None, None, True) is None
     assert security.seccomp_for(default, default, True) is None  # privileged: always unconfined
+    # seccomp_use_default_when_empty = false: no profile named means unconfined, a named one still applies.
+    assert security.seccomp_for(None, None, False, use_default_when_empty=False) is None
+    assert security.seccomp_for(default, None, False, use_default_when_empty=False)
     assert security.seccomp_for(None, None, False)
 
 

@@ -58,6 +58,7 @@ FLAGS = (
     FlagSpec(("--default-capabilities",), "runtime", "default_capabilities", "CAP[,CAP...]"),
     FlagSpec(("--default-sysctls",), "runtime", "default_sysctls", "KEY=VALUE[,...]"),
     FlagSpec(("--ctr-stop-timeout",), "runtime", "ctr_stop_timeout", "SECONDS"),
+    FlagSpec(("--seccomp-use-default-when-empty",), "runtime", "seccomp_use_default_when_empty"),
     FlagSpec(("--registries-conf",), "image", "registries_conf", "FILE"),
     FlagSpec(("--global-auth-file",), "image", "global_auth_file", "FILE"),
     FlagSpec(("--signature-policy",), "image", "signature_policy", "FILE"),

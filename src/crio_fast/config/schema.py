@@ -592,6 +592,11 @@ class RuntimeSection:
         "Seccomp profile (JSON) for containers that ask for the runtime default; empty uses the built-in profile.",
         optional_absolute_path,
     )
+    seccomp_use_default_when_empty: bool = setting(
+        True,
+        "Containers whose request names no seccomp profile (neither the container nor the pod) get the runtime "
+        "default; false leaves them unconfined, as the CRI API itself defines an empty profile.",
+    )
     apparmor_profile: str = setting(
         "crio-fast-default", "AppArmor profile for containers that ask for the runtime default.", not_empty
     )

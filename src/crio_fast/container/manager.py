@@ -336,7 +336,8 @@ class ContainerManager:
         pod_sc = pod_config.linux.security_context
         seccomp = security.seccomp_for(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
                                        sc.privileged,
-                                       self.config.runtime.seccomp_profile)
+                                       self.config.runtime.seccomp_profile,
+                                       self.config.runtime.seccomp_use_default_when_empty)
         sysctls = security.pod_sysctls(pod_config, self.config.runtime.default_sysctls)
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 

@@ -547,20 +547,23 @@ def requested_seccomp(context: Any) -> pb.SecurityProfile | None:
 
 
 def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
-                default_profile_path: str = "") -> bytes | None:
+                default_profile_path: str = "", use_default_when_empty: bool = True) -> bytes | None:
     """The BPF program for a container, or None for unconfined.
 
     Privileged containers always run unconfined, whatever profile is named
     (as Kubernetes documents it). Otherwise the container's profile wins; when
-    it names none, the pod's applies; when neither does, RuntimeDefault (as
-    CRI-O's seccomp_use_default_when_empty). RuntimeDefault uses
-    ``default_profile_path`` (config ``seccomp_profile``) when set, else the
-    built-in profile.
+    it names none, the pod's applies; when neither does, RuntimeDefault, or
+    unconfined (the CRI's own default) with ``use_default_when_empty`` off
+    (config ``seccomp_use_default_when_empty``, as CRI-O's). RuntimeDefault
+    uses ``default_profile_path`` (config ``seccomp_profile``) when set, else
+    the built-in profile.
     """
     if privileged:
         return None
     chosen = container if container is not None else pod
     if chosen is None:
+        if not use_default_when_empty:
+            return None
         chosen = pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
     if chosen.profile_type == pb.SecurityProfile.Unconfined:
         return None

@@ -40,6 +40,7 @@ RELOADABLE_KEYS = frozenset(
         "runtime.default_capabilities",
         "runtime.default_sysctls",
         "runtime.default_ulimits",
+        "runtime.seccomp_use_default_when_empty",
         "runtime.pids_limit",
         "runtime.log_size_max",
         "runtime.ctr_stop_timeout",
