@@ -219,11 +219,12 @@ static void pod_init_main(int monitor_pidfd)
         if (poll(&exited, 1, 0) != 0)
             _exit(1);
     }
-    /* Hold nothing of the monitor's: sockets, pipes, the epoll set. */
+    name_pod_init();
+    /* Hold nothing of the monitor's: sockets, pipes, the epoll set. Closing
+     * the write end of the monitor's start pipe tells it the init is named. */
     if (close_range(0, ~0U, 0) < 0)
         for (int fd = 0; fd < 1024; fd++)
             close(fd);
-    name_pod_init();
     /* SIGCHLD ignored makes the kernel reap every child of the init at once,
      * including orphans re-parented to it and already zombies then: nothing
      * in the pod's namespace stays a zombie. Every other signal is ignored
@@ -247,6 +248,12 @@ static void pod_init_main(int monitor_pidfd)
  * <pod-dir>/ns/pid for the containers that join it and for recovery. */
 static int start_pod_init(struct pod_anchor *anchor, struct error *err)
 {
+    /* EOF on `started` once the init has named itself (or died): then
+     * /proc/<pid>/cmdline already says what it is when the pod is reported
+     * ready. */
+    int started[2];
+    if (pipe2(started, O_CLOEXEC) < 0)
+        return error_errno(err, errno, "pipe for the pod init");
     int monitor_pidfd = sys_pidfd_open(getpid(), 0); /* -1 on old kernels: no early-death check */
     int init_pidfd = -1;
     pid_t pid = clone_process(CLONE_NEWPID, &init_pidfd);
@@ -255,6 +262,13 @@ static int start_pod_init(struct pod_anchor *anchor, struct error *err)
     int saved = errno;
     if (monitor_pidfd >= 0)
         close(monitor_pidfd);
+    close(started[1]);
+    if (pid >= 0) {
+        char byte;
+        while (read(started[0], &byte, 1) < 0 && errno == EINTR)
+            ;
+    }
+    close(started[0]);
     if (pid < 0)
         return error_errno(err, saved, "clone the pod's pid namespace init (CLONE_NEWPID)");
     anchor->init_pid = pid;
