@@ -25,8 +25,8 @@ from crio_fast.cgroups.devices_bpf import (
     load_program,
 )
 from crio_fast.cgroups.errors import CgroupError
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.daemon import Daemon
+from tests.support.pods import daemon_with_busybox
 
 pytestmark = pytest.mark.integration
 
@@ -131,22 +131,8 @@ def env(registry, busybox_image, tmp_path_factory):
         pytest.skip("no cgroup2 hierarchy is mounted")
     if not os.path.exists(REQUESTED_DEVICE) or not os.path.exists("/dev/loop-control"):
         pytest.skip(f"{REQUESTED_DEVICE} and /dev/loop-control are needed as sample devices")
-    dirs = make_dirs()
-    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf)).start()
-    try:
-        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
-        d.image = busybox_image.reference
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf")) as d:
         yield d
-    finally:
-        try:
-            for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
-                d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-                d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 @pytest.fixture

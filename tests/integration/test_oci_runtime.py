@@ -16,10 +16,9 @@ import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
-from tests.support.pods import log_records, remove_all_pods, status, wait_exited
+from tests.support.pods import daemon_with_busybox, log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
 
@@ -28,22 +27,9 @@ pytestmark = pytest.mark.integration
 def env(registry, busybox_image, tmp_path_factory):
     if problem := runc_problem():
         pytest.skip(problem)
-    dirs = make_dirs()
-    runtime_args = configure_oci_runtimes(dirs)
-    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf), *runtime_args).start()
-    try:
-        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)),
-                                 timeout=60)
-        d.image = busybox_image.reference
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"),
+                             configure=configure_oci_runtimes) as d:
         yield d
-    finally:
-        try:
-            remove_all_pods(d)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 def _handler(request, env):

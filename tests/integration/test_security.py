@@ -14,8 +14,7 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
 from tests.support.pods import daemon_with_busybox, run_pod as run_plain_pod
 
@@ -29,26 +28,14 @@ DEFAULT_SYSCTLS = {"kernel.msgmnb": "32768", "net.ipv4.ip_default_ttl": "63"}
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
     """One daemon (pids_limit, a default ulimit, default sysctls, runc and crun) with busybox pulled."""
-    dirs = make_dirs()
-    conf = write_registries_conf(tmp_path_factory.mktemp("regconf") / "registries.conf", [registry.host])
-    default_sysctls = ", ".join(f'"{k}={v}"' for k, v in DEFAULT_SYSCTLS.items())
-    dirs.config.write_text(f'[crio.runtime]\ndefault_ulimits = ["nofile=1024:2048"]\n'
-                           f'default_sysctls = [{default_sysctls}]\n')
-    runtime_args = configure_oci_runtimes(dirs)
-    d = Daemon(dirs, "--registries-conf", str(conf), "--pids-limit", str(PIDS_LIMIT), *runtime_args).start()
-    try:
-        d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
-        d.image = busybox_image.reference
+    def configure(dirs: DaemonDirs) -> list[str]:
+        default_sysctls = ", ".join(f'"{k}={v}"' for k, v in DEFAULT_SYSCTLS.items())
+        dirs.config.write_text(f'[crio.runtime]\ndefault_ulimits = ["nofile=1024:2048"]\n'
+                               f'default_sysctls = [{default_sysctls}]\n')
+        return ["--pids-limit", str(PIDS_LIMIT), *configure_oci_runtimes(dirs)]
+
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"), configure=configure) as d:
         yield d
-    finally:
-        try:
-            for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
-                d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-                d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 @pytest.fixture(params=HANDLERS)
