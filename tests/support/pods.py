@@ -32,9 +32,13 @@ def daemon_with_busybox(registry, busybox_image, conf_dir: Path, *extra_args: st
     more daemon arguments (e.g. tests.support.oci_runtimes.configure_oci_runtimes).
     """
     dirs = make_dirs()
-    conf = write_registries_conf(conf_dir / "registries.conf", [registry.host])
-    more_args = configure(dirs) if configure is not None else []
-    d = Daemon(dirs, "--registries-conf", str(conf), *extra_args, *more_args).start()
+    try:
+        conf = write_registries_conf(conf_dir / "registries.conf", [registry.host])
+        more_args = configure(dirs) if configure is not None else []
+        d = Daemon(dirs, "--registries-conf", str(conf), *extra_args, *more_args).start()
+    except BaseException:
+        remove_dirs(dirs)  # a daemon that did not come up leaves nothing either
+        raise
     try:
         d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
         d.image = busybox_image.reference
