@@ -536,6 +536,16 @@ static int container_take_plan(struct container *c, const struct launch_plan *pl
     return 0;
 }
 
+/* Make a created container known to the monitor (native and OCI alike). */
+static void container_link(struct monitor *monitor, struct container *c)
+{
+    c->next = monitor->containers;
+    monitor->containers = c;
+    /* Never block on a full pipe: the container's stdin is the daemon's business. */
+    if (c->stdin_fd >= 0 && set_nonblocking(c->stdin_fd, true) < 0)
+        fprintf(stderr, "container %s: stdin O_NONBLOCK: %s\n", c->id, strerror(errno));
+}
+
 /* Checks every CREATE makes before doing anything: a valid, unused id, a
  * monitor that is not shutting down, and a plan that decodes. On failure the
  * error reply is written and false returned. */
@@ -624,11 +634,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     c->stdin_fd = stdio.stdin_write;
     stdio.stdout_read = stdio.stderr_read = stdio.stdin_write = -1;
     plan_free(&plan);
-    c->next = monitor->containers;
-    monitor->containers = c;
-    /* Never block on a full pipe: the container's stdin is the daemon's business. */
-    if (c->stdin_fd >= 0 && set_nonblocking(c->stdin_fd, true) < 0)
-        fprintf(stderr, "container %s: stdin O_NONBLOCK: %s\n", id, strerror(errno));
+    container_link(monitor, c);
     struct watch *watches[] = {&c->sync_watch, &c->stdout_watch, &c->stderr_watch};
     for (size_t i = 0; i < 3; i++) {
         if (watches[i]->fd < 0)
@@ -829,10 +835,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
         stdio.stdout_read = stdio.stderr_read = stdio.stdin_write = -1;
     }
     plan_free(&plan);
-    c->next = monitor->containers;
-    monitor->containers = c;
-    if (c->stdin_fd >= 0 && set_nonblocking(c->stdin_fd, true) < 0)
-        fprintf(stderr, "container %s: stdin O_NONBLOCK: %s\n", id, strerror(errno));
+    container_link(monitor, c);
     struct watch *watches[] = {&c->stdout_watch, &c->stderr_watch};
     for (size_t i = 0; i < 2; i++) {
         if (watches[i]->fd < 0)
