@@ -26,7 +26,7 @@ from crio_fast.cgroups.devices_bpf import (
 )
 from crio_fast.cgroups.errors import CgroupError
 from tests.support.daemon import Daemon
-from tests.support.pods import daemon_with_busybox
+from tests.support.pods import create, daemon_with_busybox, start
 
 pytestmark = pytest.mark.integration
 
@@ -148,14 +148,14 @@ def pod(env):
 
 
 def start_container(d: Daemon, pod_id: str, pod_config: api.PodSandboxConfig, name: str, configure=None) -> str:
-    config = api.ContainerConfig(metadata=api.ContainerMetadata(name=name), image=api.ImageSpec(image=d.image),
-                                 command=["sleep", "3600"])
-    config.linux.security_context.capabilities.add_capabilities.append("MKNOD")
-    if configure:
-        configure(config)
-    req = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)
-    ctr = d.client.runtime.CreateContainer(req, timeout=30).container_id
-    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    """A running `sleep` with CAP_MKNOD (to make device nodes it should not be able to open)."""
+    def with_mknod(config: api.ContainerConfig) -> None:
+        config.linux.security_context.capabilities.add_capabilities.append("MKNOD")
+        if configure:
+            configure(config)
+
+    ctr = create(d, pod_id, pod_config, ["sleep", "3600"], name=name, configure=with_mknod)
+    start(d, ctr)
     return ctr
 
 

@@ -16,7 +16,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
-from tests.support.pods import daemon_with_busybox, run_pod as run_plain_pod
+from tests.support.pods import create, daemon_with_busybox, run_pod as run_plain_pod, start
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +82,8 @@ def pod(env, handler):
 def run(d: Daemon, pod_id: str, pod_config: api.PodSandboxConfig, configure=None,
         command: list[str] | None = None) -> str:
     """Create and start a long-running busybox container; ``configure`` edits its ContainerConfig."""
-    config = api.ContainerConfig(
-        metadata=api.ContainerMetadata(name=f"c{next(_counter)}"), image=api.ImageSpec(image=d.image),
-        command=command or ["sleep", "3600"], log_path="ctr.log",
-    )
-    if configure:
-        configure(config)
-    req = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)
-    ctr = d.client.runtime.CreateContainer(req, timeout=30).container_id
-    d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    ctr = create(d, pod_id, pod_config, command or ["sleep", "3600"], configure=configure)
+    start(d, ctr)
     return ctr
 
 

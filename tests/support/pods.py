@@ -69,11 +69,15 @@ def run_pod(d: Daemon, labels: dict[str, str] | None = None) -> tuple[str, api.P
 
 
 def create(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str], name: str = "",
-           labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> str:
+           labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
+           configure: Callable[[api.ContainerConfig], None] | None = None) -> str:
+    """CreateContainer of the daemon's busybox image; ``configure`` edits the ContainerConfig first."""
     config = api.ContainerConfig(
         metadata=api.ContainerMetadata(name=name or f"c{next(_numbers)}"), image=api.ImageSpec(image=d.image),
         command=command, log_path="ctr.log", labels=labels or {}, annotations=annotations or {},
     )
+    if configure is not None:
+        configure(config)
     request = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
     return d.client.runtime.CreateContainer(request, timeout=30).container_id
 
