@@ -292,7 +292,7 @@ class ContainerManager:
                 id=container_id, pod_id=pod.id, name=name, config=base64.b64encode(config.SerializeToString()).decode(),
                 image_id=image.record.id, image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
             )
-            self.state.containers._items[container_id] = record  # reserves the name
+            self.state.containers.reserve(record)  # takes the name
         try:
             with self.sandboxes.pod_lock(pod.id):
                 self._create(record, pod, pod_config, config, image)

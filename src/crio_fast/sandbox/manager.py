@@ -161,7 +161,7 @@ class SandboxManager:
                 created_at=time.time_ns(), pod_dir=str(self.pods_dir / pod_id), cgroup_path="", cgroup_created=False,
                 log_directory=config.log_directory,
             )
-            self.state.pods._items[pod_id] = record
+            self.state.pods.reserve(record)
         try:
             return self._run(record, config)
         except BaseException:

@@ -1,0 +1,108 @@
+"""The durable record store: what is saved comes back after a reopen, damage stays contained."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+from pathlib import Path
+
+from crio_fast.state.records import CTR_CREATED, CTR_RUNNING, POD_READY, ContainerRecord, PodRecord, StateStore
+
+
+def pod(pod_id: str, **changes) -> PodRecord:
+    values = dict(id=pod_id, name=f"k8s_{pod_id}", config="Cg==", runtime_handler="", state=POD_READY,
+                  created_at=1, pod_dir=f"/run/x/{pod_id}", cgroup_path="/crio-fast/p", cgroup_created=True)
+    values.update(changes)
+    return PodRecord(**values)
+
+
+def container(container_id: str, **changes) -> ContainerRecord:
+    values = dict(id=container_id, pod_id="p1", name=f"k8s_{container_id}", config="Cg==", image_id="sha",
+                  image_ref="busybox", state=CTR_CREATED, created_at=2)
+    values.update(changes)
+    return ContainerRecord(**values)
+
+
+def test_saved_records_come_back_after_reopen(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    store.pods.save(pod("p1", namespaces={"net": "new"}, ips=["10.0.0.2"]))
+    c = container("c1", mounts=[{"container_path": "/data", "readonly": True}], process={"env": ["A=b"], "uid": 7})
+    store.containers.save(c)
+    c.state, c.started_at, c.pid = CTR_RUNNING, 99, 1234
+    store.containers.save(c)  # a rewrite replaces the row
+    store.containers.save(container("c2"))
+    store.containers.delete("c2")
+    store.close()
+
+    again = StateStore(str(tmp_path))
+    assert [p.id for p in again.pods.values()] == ["p1"]
+    assert again.pods.get("p1") == pod("p1", namespaces={"net": "new"}, ips=["10.0.0.2"])
+    loaded = again.containers.get("c1")
+    assert loaded == c and loaded.state == CTR_RUNNING and loaded.pid == 1234
+    assert again.containers.get("c2") is None
+    assert again.containers.find("c") == loaded  # a unique prefix
+    again.close()
+
+
+def test_a_reserved_record_is_not_persisted(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    store.pods.reserve(pod("p1"))
+    assert store.pods.get("p1") is not None
+    store.close()
+    assert StateStore(str(tmp_path)).pods.values() == []
+
+
+def test_a_damaged_row_hides_only_that_record(tmp_path: Path, caplog) -> None:
+    store = StateStore(str(tmp_path))
+    store.containers.save(container("good"))
+    store.close()
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db.execute("INSERT INTO containers VALUES ('bad', '{not json')")
+    db.execute("INSERT INTO containers VALUES ('worse', '{\"id\": \"worse\"}')")  # required fields missing
+    db.commit()
+    db.close()
+
+    again = StateStore(str(tmp_path))
+    assert [c.id for c in again.containers.values()] == ["good"]
+    assert "ignoring damaged containers record bad" in caplog.text
+    assert "ignoring damaged containers record worse" in caplog.text
+
+
+def test_an_unreadable_database_is_moved_aside(tmp_path: Path, caplog) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.db").write_bytes(b"this is not a database" * 100)
+    store = StateStore(str(tmp_path))
+    store.pods.save(pod("p1"))
+    names = os.listdir(tmp_path / "state")
+    assert any(n.startswith("state.db.damaged-") for n in names)
+    assert "cannot be used" in caplog.text
+    store.close()
+    assert [p.id for p in StateStore(str(tmp_path)).pods.values()] == ["p1"]
+
+
+def test_records_of_the_file_per_record_layout_are_imported(tmp_path: Path) -> None:
+    pods_dir = tmp_path / "state" / "pods"
+    pods_dir.mkdir(parents=True)
+    (pods_dir / "p1.json").write_text(json.dumps(pod("p1").__dict__))
+    (pods_dir / ".p2.json.1234.tmp").write_text("{")  # a write that a crash interrupted
+    store = StateStore(str(tmp_path))
+    assert store.pods.get("p1") == pod("p1")
+    assert not pods_dir.exists()
+    store.close()
+    assert StateStore(str(tmp_path)).pods.get("p1") == pod("p1")
+
+
+def _save_then_die(root: str) -> None:
+    store = StateStore(root)
+    store.containers.save(container("c1", state=CTR_RUNNING))
+    os._exit(0)  # no close, no checkpoint: as a crashed daemon leaves it
+
+
+def test_a_saved_record_survives_a_process_that_dies_without_closing(tmp_path: Path) -> None:
+    child = multiprocessing.get_context("fork").Process(target=_save_then_die, args=(str(tmp_path),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert StateStore(str(tmp_path)).containers.get("c1").state == CTR_RUNNING
