@@ -618,6 +618,47 @@ def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir)
     assert (info.exit_code, info.oom_killed) == (0, False)
 
 
+def test_monitor_joins_cgroups_made_while_it_starts(harness: Harness, tmp_path: Path, cgroup_dir) -> None:
+    """With a `meanwhile` step the cgroups need not exist at spawn: the monitor joins them after it returns."""
+    root = Path("/sys/fs/cgroup/pids")
+    if not (root / "cgroup.procs").exists():
+        pytest.skip(f"no cgroup hierarchy at {root}")
+    pids = cgroup_dir("pids")
+    pids.rmdir()  # only the name: the step below makes it
+    pod_dir = harness.base / "gated"
+    pod_dir.mkdir()
+    spec = PodMonitorSpec("gated", str(pod_dir), str(harness.exits), cgroup_procs=[str(pids / "cgroup.procs")])
+    seen_during_step: list[bool] = []
+
+    def make_cgroup() -> None:
+        seen_during_step.append((pod_dir / "monitor.pid").exists())
+        pids.mkdir()
+
+    monitor = PodMonitor.spawn(str(monitor_path()), spec, meanwhile=make_cgroup)
+    harness.monitors.append(monitor)
+    assert seen_during_step == [False]  # it waited for the step before reporting ready
+    assert str(monitor.pid) in (pids / "cgroup.procs").read_text().split()
+    monitor.shutdown()  # out of the cgroup before the fixture removes it
+    harness.monitors.remove(monitor)
+
+
+def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> None:
+    pod_dir = harness.base / "cancelled"
+    pod_dir.mkdir()
+    spec = PodMonitorSpec("cancelled", str(pod_dir), str(harness.exits), hostname="cancelled", shm_size=1 << 20,
+                          cgroup_procs=["/sys/fs/cgroup/pids/crio-fast-test-never-made/cgroup.procs"])
+
+    def fail() -> None:
+        raise RuntimeError("the daemon's part failed")
+
+    with pytest.raises(RuntimeError, match="the daemon's part failed"):
+        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=fail)
+    # The monitor undid its namespaces and mounts itself and left no process.
+    assert str(pod_dir) not in host_mountinfo()
+    assert sorted(p.name for p in pod_dir.iterdir()) in ([], ["monitor.log"])
+    assert not (pod_dir / "monitor.pid").exists()
+
+
 def test_kill_all_signals_the_whole_cgroup(harness: Harness, cgroup_dir) -> None:
     pids = cgroup_dir("pids")
     monitor = harness.spawn()

@@ -329,6 +329,31 @@ def test_errors_are_clear(cri):
     assert cri.client.version().runtime_name == "crio-fast"
 
 
+def test_pod_whose_cgroup_cannot_be_made_leaves_nothing(cri):
+    """The pod cgroup is made while the monitor starts; failing there stops the monitor and undoes it all."""
+    config = pod_config(cri)
+    config.linux.cgroup_parent = "/cgroup.procs"  # a control file of every hierarchy's root, not a directory
+    with pytest.raises(grpc.RpcError) as err:
+        cri.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pod cgroup" in err.value.details() and "control file" in err.value.details()
+    assert not cri.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
+    assert os.listdir(cri.dirs.runroot / "pods") == []
+    assert str(cri.dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
+    pods_dir = str(cri.dirs.runroot / "pods")
+    monitors = [p for p in psutil.process_iter(["cmdline", "status"])
+                if any(pods_dir in arg for arg in p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert monitors == []
+    # The daemon is fine: the next pod starts.
+    pod_id, _ = run_pod(cri)
+    assert status_of_pod(cri, pod_id) == api.PodSandboxState.SANDBOX_READY
+
+
+def status_of_pod(d: Daemon, pod_id: str) -> int:
+    request = api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+    return d.client.runtime.PodSandboxStatus(request, timeout=10).status.state
+
+
 def _kernel_objects_of(d: Daemon, pod_id: str, ctr_ids: list[str]) -> list[str]:
     found = []
     with open("/proc/self/mountinfo") as f:

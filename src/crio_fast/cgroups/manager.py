@@ -160,18 +160,27 @@ class CgroupManager:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def pod_cgroup(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
-        """Make the pod cgroup: ``cgroup_parent`` itself, or /crio-fast/pod-<id> when it is empty.
+    def pod_cgroup_paths(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
+        """Where the pod cgroup goes: ``cgroup_parent`` itself, or /crio-fast/pod-<id> when it is empty.
 
-        On v2 the pod cgroup enables the controllers for its children at once,
-        so nothing may be placed in it directly (see monitor_cgroup).
+        Nothing is made; a malformed ``cgroup_parent`` raises CgroupError here.
         """
         _check_name("pod id", pod_id)
         if cgroup_parent.strip("/"):
             path = normalize_cgroup_parent(cgroup_parent, self.driver)
         else:
             path = f"{DEFAULT_POD_PARENT}/pod-{pod_id}"
-        paths = self.paths(path)
+        return self.paths(path)
+
+    def pod_cgroup(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
+        """Make the pod cgroup (see pod_cgroup_paths).
+
+        On v2 the pod cgroup enables the controllers for its children at once,
+        so nothing may be placed in it directly (see monitor_cgroup).
+        """
+        return self.create_pod_cgroup(self.pod_cgroup_paths(cgroup_parent, pod_id))
+
+    def create_pod_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
         paths.created = self._create(paths, enable_for_children=True)
         return paths
 
@@ -194,9 +203,14 @@ class CgroupManager:
             raise
         return paths
 
-    def monitor_cgroup(self, pod: CgroupPaths) -> CgroupPaths:
+    def monitor_cgroup_paths(self, pod: CgroupPaths) -> CgroupPaths:
         """A leaf under the pod for its monitor process (v2 allows no process in the pod cgroup itself)."""
-        paths = self.paths(f"{pod.path}/{MONITOR_CGROUP_NAME}")
+        return self.paths(f"{pod.path}/{MONITOR_CGROUP_NAME}")
+
+    def monitor_cgroup(self, pod: CgroupPaths) -> CgroupPaths:
+        return self.create_monitor_cgroup(self.monitor_cgroup_paths(pod))
+
+    def create_monitor_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
         paths.created = self._create(paths, enable_for_children=False)
         return paths
 

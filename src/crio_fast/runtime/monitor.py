@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import select
@@ -27,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, TLVWriter, parse_tlv
 
@@ -95,9 +97,11 @@ class PodMonitorSpec:
     shm_size: int = 64 * 1024 * 1024  # 0: no shm mount
     stderr_path: str | None = None  # a file for the monitor's own diagnostics
 
-    def argv(self, monitor_path: str, ready_fd: int) -> list[str]:
+    def argv(self, monitor_path: str, ready_fd: int, cgroup_gate_fd: int | None = None) -> list[str]:
         args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
                 "--exits-dir", self.exits_dir, "--ready-fd", str(ready_fd)]
+        if cgroup_gate_fd is not None:
+            args += ["--cgroup-gate-fd", str(cgroup_gate_fd)]
         for name in POD_NAMESPACES:
             mode = self.namespaces.get(name, "host")
             if mode not in ("new", "host"):
@@ -214,43 +218,68 @@ class PodMonitor:
     # ----------------------------------------------------------- life cycle
 
     @classmethod
-    def spawn(cls, monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0) -> "PodMonitor":
+    def spawn(cls, monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0,
+              meanwhile: Callable[[], None] | None = None) -> "PodMonitor":
         """Start a pod monitor and wait until it is ready (namespaces anchored, socket listening).
+
+        ``meanwhile`` runs while the monitor makes the pod's namespaces, and
+        the monitor joins ``spec.cgroup_procs`` only once it has returned: the
+        daemon makes the cgroups there, on the other CPU, instead of before
+        the spawn. If it raises, the monitor is told to give up (it undoes its
+        set-up) and the exception propagates.
 
         Raises MonitorError with the monitor's message and errno on failure;
         the monitor has then undone its own work (after a timeout, call
         cleanup_pod_dir).
         """
         ready_read, ready_write = os.pipe()
-        if ready_write == 3:
-            # dup2(3, 3) would keep close-on-exec set: hand over another fd.
-            moved = os.dup(ready_write)
-            os.close(ready_write)
-            ready_write = moved
+        gate_read = gate_write = -1
         stderr_fd = -1
         try:
+            if meanwhile is not None:
+                gate_read, gate_write = os.pipe()
+            # posix_spawn's dup2 onto the same number would keep close-on-exec
+            # set: move the fds handed over out of the way of 3 and 4 first.
+            ready_write = _above(ready_write, 4)
+            if gate_read >= 0:
+                gate_read = _above(gate_read, 4)
             stderr_fd = (os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                          if spec.stderr_path else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
+                (os.POSIX_SPAWN_DUP2, ready_write, 3),
+            ]
+            if gate_read >= 0:
+                actions.append((os.POSIX_SPAWN_DUP2, gate_read, 4))
             # The spawned process sets the pod up, forks the monitor, writes
             # the ready line and exits; the monitor is not our child.
             child = os.posix_spawn(
                 monitor_path,
-                spec.argv(monitor_path, 3),
+                spec.argv(monitor_path, 3, 4 if gate_read >= 0 else None),
                 {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-                    (os.POSIX_SPAWN_DUP2, ready_write, 3),
-                ],
+                file_actions=actions,
             )
         except BaseException:
             os.close(ready_read)
+            if gate_write >= 0:
+                os.close(gate_write)
             raise
         finally:
-            os.close(ready_write)
-            if stderr_fd >= 0:
-                os.close(stderr_fd)
+            for fd in (ready_write, gate_read, stderr_fd):
+                if fd >= 0:
+                    os.close(fd)
+        meanwhile_error: BaseException | None = None
+        if meanwhile is not None:
+            try:
+                meanwhile()
+                with contextlib.suppress(BrokenPipeError):  # it failed before the gate: its line says why
+                    os.write(gate_write, b"1")
+            except BaseException as exc:
+                meanwhile_error = exc
+            finally:
+                os.close(gate_write)  # unopened: EOF, and the monitor undoes its set-up
         try:
             line = _read_ready_line(ready_read, timeout)
         except BaseException:
@@ -261,6 +290,11 @@ class PodMonitor:
         finally:
             os.close(ready_read)
             _, status = os.waitpid(child, 0)
+        if meanwhile_error is not None:
+            if line.startswith("ok "):  # cannot happen (no byte, no cgroups, no monitor); never leave one running
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(line.split()[1]), signal_module.SIGKILL)
+            raise meanwhile_error
         if line.startswith("ok "):
             pid = int(line.split()[1])
             try:
@@ -482,6 +516,15 @@ class PodMonitor:
             message = _string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else os.strerror(status)
             raise MonitorError(message, status)
         return fields
+
+
+def _above(fd: int, highest_reserved: int) -> int:
+    """``fd``, or a close-on-exec duplicate above ``highest_reserved`` (closing ``fd``)."""
+    if fd > highest_reserved:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest_reserved + 1)
+    os.close(fd)
+    return moved
 
 
 def _read_ready_line(fd: int, timeout: float) -> str:

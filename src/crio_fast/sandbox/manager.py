@@ -177,18 +177,11 @@ class SandboxManager:
         hostname = config.hostname or (socket.gethostname() if host_net else config.metadata.name[:63])
         if not host_net and not HOSTNAME_RE.match(hostname):
             hostname = re.sub(r"[^a-z0-9-]", "-", hostname.lower()).strip("-")[:63] or "pod"
-        (pod_dir / "hostname").write_text(hostname + "\n")
-        (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
-        (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
-        if record.log_directory:
-            os.makedirs(record.log_directory, exist_ok=True)
-
         try:
-            pod_cg = self.cgroups.pod_cgroup(config.linux.cgroup_parent, record.id)
+            pod_cg = self.cgroups.pod_cgroup_paths(config.linux.cgroup_parent, record.id)
         except CgroupError as exc:
             raise InvalidArgument(f"pod cgroup: {exc}") from exc
-        record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
-        monitor_cg = self.cgroups.monitor_cgroup(pod_cg)
+        monitor_cg = self.cgroups.monitor_cgroup_paths(pod_cg)
 
         record.namespaces = {
             "net": "host" if host_net else "new",
@@ -212,8 +205,24 @@ class SandboxManager:
             shm_size=0 if host_ipc else DEFAULT_SHM_SIZE,
             stderr_path=str(pod_dir / "monitor.log"),
         )
+
+        def prepare_while_namespaces_are_made() -> None:
+            # Runs on this CPU while the monitor makes the namespaces on the other; it joins the
+            # cgroups made here once this returns.
+            (pod_dir / "hostname").write_text(hostname + "\n")
+            (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
+            (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
+            if record.log_directory:
+                os.makedirs(record.log_directory, exist_ok=True)
+            try:
+                self.cgroups.create_pod_cgroup(pod_cg)
+                record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
+                self.cgroups.create_monitor_cgroup(monitor_cg)
+            except CgroupError as exc:
+                raise InvalidArgument(f"pod cgroup: {exc}") from exc
+
         try:
-            mon = PodMonitor.spawn(self.monitor_path, spec)
+            mon = PodMonitor.spawn(self.monitor_path, spec, meanwhile=prepare_while_namespaces_are_made)
         except MonitorError as exc:
             raise Internal(f"starting the pod monitor: {exc}") from exc
         with self._lock:

@@ -16,7 +16,10 @@
  *      in a new network namespace, sets `lo` up,
  *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts},
  *   5. mounts a tmpfs for the pod's /dev/shm on <pod-dir>/shm,
- *   6. joins the cgroups it was given (the fork inherits them),
+ *   6. joins the cgroups it was given (the fork inherits them); with
+ *      --cgroup-gate-fd it first waits for one byte on that fd, so that the
+ *      daemon can make the cgroups while the namespaces above are being made
+ *      (EOF instead means the daemon gave up: undo and report an error),
  *   7. listens on <pod-dir>/monitor.sock,
  *   8. with --pid new (after the fork, in the monitor, which reports back to
  *      the spawned process over a pipe): clones the pod's pid-namespace init
@@ -60,6 +63,7 @@ struct pod_options {
     size_t cgroup_count;
     uint64_t shm_size;
     int ready_fd;
+    int cgroup_gate_fd; /* -1: the cgroups exist already */
     int new_namespaces; /* CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS subset */
     bool new_pid_namespace;
 };
@@ -105,13 +109,15 @@ static void pod_usage(FILE *out)
 {
     fprintf(out, "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD\n"
                  "           [--net new|host] [--ipc new|host] [--uts new|host] [--pid new|host]\n"
-                 "           [--hostname NAME] [--cgroup-procs PATH]... [--shm-size BYTES]\n");
+                 "           [--hostname NAME] [--cgroup-procs PATH]... [--cgroup-gate-fd FD]\n"
+                 "           [--shm-size BYTES]\n");
 }
 
 static int parse_options(int argc, char **argv, struct pod_options *options, struct error *err)
 {
     memset(options, 0, sizeof(*options));
     options->ready_fd = -1;
+    options->cgroup_gate_fd = -1;
     for (int i = 2; i < argc; i++) {
         const char *name = argv[i];
         if (i + 1 >= argc)
@@ -138,6 +144,10 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
             if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
                 return error_plain(err, EINVAL, "--ready-fd %s is not a descriptor >= 3", value);
             options->ready_fd = (int)number;
+        } else if (strcmp(name, "--cgroup-gate-fd") == 0) {
+            if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
+                return error_plain(err, EINVAL, "--cgroup-gate-fd %s is not a descriptor >= 3", value);
+            options->cgroup_gate_fd = (int)number;
         } else if (strcmp(name, "--pid") == 0) {
             if (strcmp(value, "new") != 0 && strcmp(value, "host") != 0)
                 return error_plain(err, EINVAL, "--pid %s: expected new or host", value);
@@ -162,6 +172,8 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
         return error_plain(err, EINVAL, "--exits-dir must be an absolute path");
     if (options->ready_fd < 0)
         return error_plain(err, EINVAL, "--ready-fd is required");
+    if (options->cgroup_gate_fd >= 0 && options->cgroup_gate_fd == options->ready_fd)
+        return error_plain(err, EINVAL, "--cgroup-gate-fd and --ready-fd must differ");
     if (options->hostname && !(options->new_namespaces & CLONE_NEWUTS))
         return error_plain(err, EINVAL, "--hostname needs --uts new");
     return 0;
@@ -394,6 +406,23 @@ static int mount_shm(struct pod_anchor *anchor, const struct pod_options *option
     return 0;
 }
 
+/* Block until the daemon has made the cgroups: one byte means go, EOF that
+ * it gave up (its own error is the one it reports). */
+static int await_cgroup_gate(int gate_fd, struct error *err)
+{
+    char go;
+    ssize_t got;
+    do {
+        got = read(gate_fd, &go, 1);
+    } while (got < 0 && errno == EINTR);
+    close(gate_fd);
+    if (got < 0)
+        return error_errno(err, errno, "read the cgroup gate");
+    if (got == 0)
+        return error_plain(err, ECANCELED, "the daemon cancelled the pod's start before its cgroups were made");
+    return 0;
+}
+
 static int join_cgroups(const struct pod_options *options, struct error *err)
 {
     char pid[24];
@@ -505,6 +534,8 @@ static int setup_pod(struct pod_anchor *anchor, const struct pod_options *option
         return -1;
     if (options->shm_size > 0 && mount_shm(anchor, options, err) < 0)
         return -1;
+    if (options->cgroup_gate_fd >= 0 && await_cgroup_gate(options->cgroup_gate_fd, err) < 0)
+        return -1;
     if (join_cgroups(options, err) < 0)
         return -1;
     return listen_control_socket(anchor, listen_fd, err);
@@ -610,6 +641,10 @@ int pod_main(int argc, char **argv)
     }
     if (fcntl(options.ready_fd, F_SETFD, FD_CLOEXEC) < 0) {
         fprintf(stderr, "crio-fast-monitor pod: ready fd %d: %s\n", options.ready_fd, strerror(errno));
+        return 2;
+    }
+    if (options.cgroup_gate_fd >= 0 && fcntl(options.cgroup_gate_fd, F_SETFD, FD_CLOEXEC) < 0) {
+        fprintf(stderr, "crio-fast-monitor pod: cgroup gate fd %d: %s\n", options.cgroup_gate_fd, strerror(errno));
         return 2;
     }
     struct monitor monitor = {
