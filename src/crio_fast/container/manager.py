@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -142,11 +143,16 @@ def _find_in_layers(layer_dirs: list[Path], relative: str) -> Path | None:
     return None
 
 
-def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int], str]:
-    """uid, gid, extra gids and name for an image/CRI user ("name", "uid", "uid:gid", "name:group")."""
-    user, _, group = spec.partition(":")
-    passwd = _find_in_layers(layer_dirs, "etc/passwd")
-    groups_file = _find_in_layers(layer_dirs, "etc/group")
+@functools.lru_cache(maxsize=128)
+def _image_accounts(layer_dirs: tuple[Path, ...]) -> tuple[
+        tuple[tuple[str, int, int], ...], tuple[tuple[str, int, tuple[str, ...]], ...]]:
+    """The (name, uid, gid) entries of the image's /etc/passwd and (name, gid, members) of its /etc/group.
+
+    Cached per layer stack: layers are content-addressed and never change in place, and reading both
+    files through the layers is most of what CreateContainer spends on users.
+    """
+    passwd = _find_in_layers(list(layer_dirs), "etc/passwd")
+    groups_file = _find_in_layers(list(layer_dirs), "etc/group")
     entries = []
     if passwd is not None:
         for line in passwd.read_text(errors="replace").splitlines():
@@ -158,8 +164,15 @@ def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int]
         for line in groups_file.read_text(errors="replace").splitlines():
             parts = line.split(":")
             if len(parts) >= 3 and parts[2].isdigit():
-                members = parts[3].split(",") if len(parts) > 3 and parts[3] else []
+                members = tuple(parts[3].split(",")) if len(parts) > 3 and parts[3] else ()
                 group_entries.append((parts[0], int(parts[2]), members))
+    return tuple(entries), tuple(group_entries)
+
+
+def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int], str]:
+    """uid, gid, extra gids and name for an image/CRI user ("name", "uid", "uid:gid", "name:group")."""
+    user, _, group = spec.partition(":")
+    entries, group_entries = _image_accounts(tuple(layer_dirs))
     if user.isdigit():
         uid = int(user)
         match = next((e for e in entries if e[1] == uid), None)

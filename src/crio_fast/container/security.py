@@ -78,8 +78,11 @@ def resolve_capabilities(default: Sequence[str], caps: pb.Capability, privileged
     return Capabilities(bounding=bounding, effective=added, permitted=added, inheritable=added, ambient=added)
 
 
+@functools.cache
 def grantable_capabilities() -> int:
-    """The bounding set of this process: the most any container it starts can get."""
+    """The bounding set of this process: the most any container it starts can get.
+
+    Read once: the daemon never drops from its bounding set, and the set cannot grow."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapBnd:"):
@@ -140,7 +143,7 @@ def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None
     if apparmor_enabled is None:
         apparmor_enabled = _apparmor_enabled()
     if selinux_enabled is None:
-        selinux_enabled = os.path.exists("/sys/fs/selinux/enforce")
+        selinux_enabled = _selinux_enabled()
     profile = sc.apparmor
     legacy = sc.apparmor_profile
     wants_localhost = profile.profile_type == pb.SecurityProfile.Localhost or legacy.startswith("localhost/")
@@ -154,6 +157,13 @@ def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None
             "but SELinux is not enabled on this host")
 
 
+# Whether a MAC system is on is fixed at boot: probed once per daemon.
+@functools.cache
+def _selinux_enabled() -> bool:
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
+@functools.cache
 def _apparmor_enabled() -> bool:
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"

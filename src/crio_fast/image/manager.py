@@ -40,6 +40,7 @@ from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, chain_id
 log = logging.getLogger("crio_fast.image")
 
 MAX_CONFIG_SIZE = 8 << 20
+_CONFIG_CACHE_SIZE = 256  # parsed image configs kept in memory (a few KiB each)
 # Chunks go to the extractor thread in batches of about this size: one thread
 # hand-off per MiB keeps per-chunk Python overhead negligible.
 FEED_BATCH = 1 << 20
@@ -90,6 +91,7 @@ class ImageManager:
         self._pool = ThreadPoolExecutor(max_workers=max(2, self.max_parallel_layers), thread_name_prefix="layer")
         # Called with (seconds, compressed bytes) for each layer fetched; set by the metrics endpoint.
         self.layer_observer: Callable[[float, int], None] | None = None
+        self._configs: dict[str, dict[str, Any]] = {}  # parsed config blobs by digest, oldest first
 
     def reconfigure(self, *, registries_conf: str | None, auth_file: str | None, max_parallel_layers: int) -> None:
         self.registries_conf = registries_conf or None
@@ -140,10 +142,20 @@ class ImageManager:
         return None
 
     def _config(self, record: ImageRecord) -> dict[str, Any]:
+        """The image's parsed config blob, shared: callers must not change it.
+
+        Cached by digest (a blob never changes) because CreateContainer reads it every time."""
+        config = self._configs.get(record.id)
+        if config is not None:
+            return config
         try:
-            return json.loads(self.store.get_blob(record.id))
+            config = json.loads(self.store.get_blob(record.id))
         except (OSError, ValueError):
             return {}
+        if len(self._configs) >= _CONFIG_CACHE_SIZE:
+            self._configs.pop(next(iter(self._configs)), None)  # the oldest
+        self._configs[record.id] = config
+        return config
 
     def info(self, name: str) -> ImageInfo | None:
         record = self._lookup(name)
