@@ -118,6 +118,10 @@ class Engine:
 
     def publish_container_event(self, record: ContainerRecord, event_type: int) -> None:
         """A container lifecycle step, with its pod's status and the statuses of the pod's containers."""
+        if not self.events.wanted:
+            # Without the kubelet's evented PLEG (or metrics) nobody reads events: building one costs
+            # about 0.2 ms on every CreateContainer and StartContainer.
+            return
         event = pb.ContainerEventResponse(container_id=record.id, container_event_type=event_type,
                                           created_at=time.time_ns())
         pod = self.state.pods.get(record.pod_id)

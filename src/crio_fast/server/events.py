@@ -81,6 +81,11 @@ class EventBus:
         self._listeners.append(listener)
 
     @property
+    def wanted(self) -> bool:
+        """Whether anyone takes events now: publishers skip building one nobody reads."""
+        return bool(self._listeners) or bool(self._subscribers)
+
+    @property
     def subscriber_count(self) -> int:
         with self._lock:
             return len(self._subscribers)
