@@ -56,7 +56,8 @@ def timed(fn, repeat: int = 5) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,50,100")
-    parser.add_argument("--dir", default="/run", help="where the daemon's state goes (default: the /run tmpfs)")
+    parser.add_argument("--dir", default="/var/tmp",
+                        help="where the daemon's root goes (its run root is always a private tmpfs)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))

@@ -4,15 +4,18 @@
         ...
 
 starts Debian's docker-registry on 127.0.0.1 in a temporary dir, pushes a
-busybox image (plus any extra layers), starts a private daemon whose state
-lives under ``state_dir`` (a tmpfs such as /run by default, where nodes keep
-run state, so that ext4's slow-after-deletion file creation does not skew the
-numbers), and on exit removes every pod, stops the daemon and the registry and
-deletes their directories.
+busybox image (plus any extra layers), starts a private daemon and on exit
+removes every pod, stops the daemon and the registry and deletes their
+directories. The daemon's root (records, images, container upper dirs) goes
+in a fresh directory under ``state_dir``; its run root is always a private
+tmpfs mounted for the run, as /run is on a node (whatever the machine's own
+/run is), so that pod dirs and bundles never meet ext4's slow file creation
+after mass deletions.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -49,7 +52,12 @@ def bench_node(
         registry.start()
         dirs = make_dirs(state_dir)
         d = None
+        runroot_mounted = False
         try:
+            dirs.runroot.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=2g", "cf-bench-run", str(dirs.runroot)],
+                           check=True)
+            runroot_mounted = True
             pushed = push_image(registry, "bench/busybox", "latest", **push_options)
             conf = write_registries_conf(Path(tmp) / "registries.conf", [registry.host])
             # daemon_args come last so that they win (a later --log-level replaces "warn").
@@ -69,4 +77,6 @@ def bench_node(
                 if d is not None:
                     d.stop()
                 registry.stop()
+                if runroot_mounted:
+                    subprocess.run(["umount", "--lazy", str(dirs.runroot)], check=False)
                 remove_dirs(dirs)

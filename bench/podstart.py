@@ -80,8 +80,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--handlers", default="native", help="comma-separated runtime handlers to compare")
     parser.add_argument(
-        "--dir", default="/run",
-        help="where the daemon's root and run root go (default /run: a tmpfs, where nodes keep run state)",
+        "--dir", default="/var/tmp",
+        help="where the daemon's root goes (default /var/tmp: a disk, as /var/lib is on nodes); "
+             "its run root is always a private tmpfs",
     )
     parser.add_argument("--json", help="also write the raw timings (ms per phase per handler) to this file")
     parser.add_argument("--runtimes", action="append", default=[], metavar="NAME:PATH[:ROOT]",
@@ -108,7 +109,8 @@ def main() -> int:
 
     if args.json:
         Path(args.json).write_text(json.dumps(results))
-    print(f"Pod start-up, {args.iterations} iterations per handler, no CNI, state under {args.dir} (milliseconds)\n")
+    print(f"Pod start-up, {args.iterations} iterations per handler, no CNI, root under {args.dir}, "
+          "run root on tmpfs (milliseconds)\n")
     print("| handler | phase | p50 | p90 | p99 | mean |")
     print("|---|---|---:|---:|---:|---:|")
     for h in handlers:

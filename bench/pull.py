@@ -55,7 +55,8 @@ def main() -> int:
     parser.add_argument("--layer-mb", type=int, default=40)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compression", default="gzip", choices=("gzip", "zstd", "none"))
-    parser.add_argument("--dir", default="/run", help="where the daemon's store goes (default: the /run tmpfs)")
+    parser.add_argument("--dir", default="/run",
+                        help="where the daemon's root and image store go (its run root is always a private tmpfs)")
     args = parser.parse_args()
 
     layers, content = [], 0

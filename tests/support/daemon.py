@@ -42,8 +42,7 @@ class DaemonDirs:
 
 
 def make_dirs(parent: str = "/tmp") -> DaemonDirs:
-    """Fresh daemon dirs under ``parent`` (benchmarks pass a tmpfs such as /run,
-    where a node keeps its run root)."""
+    """Fresh daemon dirs under ``parent`` (benchmarks also mount a tmpfs on the run root)."""
     dirs = DaemonDirs(Path(tempfile.mkdtemp(prefix="cf-", dir=parent)))
     dirs.config_dir.mkdir()
     dirs.network_dir.mkdir()
