@@ -659,6 +659,60 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
     assert not (pod_dir / "monitor.pid").exists()
 
 
+def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir) -> None:
+    """CREATE with a gate: the cgroups are made after the request went out; the child joins them,
+    gets their limits, and OOM kills are counted from its start."""
+    memory = cgroup_dir("memory")
+    pids = cgroup_dir("pids")
+    memory.rmdir()
+    pids.rmdir()  # only the names: the step below makes them
+    monitor = harness.spawn()
+    plan = harness.plan(
+        "gated", ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
+        cgroup_writes=[(str(memory / "memory.limit_in_bytes"), str(16 << 20)), (str(pids / "pids.max"), "20")],
+        cgroup_procs=[str(memory / "cgroup.procs"), str(pids / "cgroup.procs")],
+        oom_counter_path=str(memory / "memory.oom_control"),
+        namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
+    )
+    made: list[bool] = []
+
+    def make_cgroups() -> None:
+        made.append(True)
+        memory.mkdir()
+        pids.mkdir()
+
+    result = monitor.create("gated", plan, harness.log_path("gated"), meanwhile=make_cgroups)
+    harness.container_pids.append(result.pid)
+    assert made == [True]
+    assert str(result.pid) in (pids / "cgroup.procs").read_text().split()
+    monitor.start("gated")
+    info = harness.wait_exit("gated")
+    assert (info.exit_code, info.oom_killed) == (137, True)
+    assert f"memory:/{memory.name}" in harness.output("gated") and f"pids:/{pids.name}" in harness.output("gated")
+
+
+def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> None:
+    monitor = harness.spawn()
+    never = "/sys/fs/cgroup/pids/crio-fast-test-never-made"
+    plan = harness.plan("cancelled", ["/bin/true"], cgroup_procs=[f"{never}/cgroup.procs"],
+                        namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none")
+
+    def fail() -> None:
+        raise RuntimeError("cgroup could not be made")
+
+    with pytest.raises(RuntimeError, match="cgroup could not be made"):
+        monitor.create("cancelled", plan, harness.log_path("cancelled"), meanwhile=fail)
+    # The child gave up before joining anything or running the command, and the failed container is
+    # forgotten (no exit file: it never existed); the monitor goes on.
+    deadline = time.monotonic() + 5
+    while [s.id for s in monitor.list_containers()]:
+        assert time.monotonic() < deadline, "the cancelled container is still listed"
+        time.sleep(0.01)
+    assert not (harness.exits / "cancelled").exists()
+    assert not os.path.exists(never)
+    assert harness.run(monitor, "cancelled", harness.plan("cancelled", ["/bin/true"])).exit_code == 0
+
+
 def test_kill_all_signals_the_whole_cgroup(harness: Harness, cgroup_dir) -> None:
     pids = cgroup_dir("pids")
     monitor = harness.spawn()

@@ -192,8 +192,20 @@ class CgroupManager:
         The resources are validated before anything is created; if applying
         them fails, a cgroup made by this call is removed again.
         """
+        paths, writes = self.plan_container_cgroup(parent, container_id, resources)
+        return self.make_container_cgroup(paths, writes)
+
+    def plan_container_cgroup(
+        self, parent: CgroupPaths | str, container_id: str, resources: Resources | None = None
+    ) -> tuple[CgroupPaths, list[tuple[str, str]]]:
+        """container_cgroup's first half, without side effects: the paths, and the limit writes
+        (a resource the host cannot apply raises CgroupValidationError here)."""
         paths = self.paths(self.container_path(parent, container_id))
         writes = plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
+        return paths, writes
+
+    def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]]) -> CgroupPaths:
+        """container_cgroup's second half: mkdir in every hierarchy, then the writes."""
         paths.created = self._create(paths, enable_for_children=False)
         try:
             self._write(writes)

@@ -366,24 +366,30 @@ class ContainerManager:
             resources = dataclasses.replace(resources, pids_limit=self.config.runtime.pids_limit)
         try:
             pod_cg = self.cgroups.paths(pod.cgroup_path)
-            cg = self.cgroups.container_cgroup(pod_cg, record.id, resources)
+            cg, cgroup_writes = self.cgroups.plan_container_cgroup(pod_cg, record.id, resources)
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         record.cgroup_path = cg.path
-        if not sc.privileged:
-            device_rules = [d.cgroup_rule() for d in devices]
-            devices_dir = cg.dirs.get("devices")
-            v1_restricted = bool(devices_dir) and not self.cgroups.layout.is_v2("devices")
+        external_runtime = self._oci_handler(pod.id) is not None
+        device_rules = [d.cgroup_rule() for d in devices]
+        devices_dir = cg.dirs.get("devices")
+        v1_restricted = not sc.privileged and bool(devices_dir) and not self.cgroups.layout.is_v2("devices")
+        # cgroup2 (pure v2, or the unified mount of a hybrid host): an eBPF device filter, attached
+        # before the container's init may run. runc/crun attach their own from config.json.
+        v2_restricted = not sc.privileged and not external_runtime and "unified" in cg.dirs
+        if not sc.privileged and devices and not (v1_restricted or v2_restricted or external_runtime):
+            raise FailedPrecondition("devices in the request need a devices cgroup (v1) or a cgroup2 "
+                                     "hierarchy for the eBPF device filter; this host has neither")
+
+        def make_cgroup() -> None:
+            try:
+                self.cgroups.make_container_cgroup(cg, cgroup_writes)
+            except CgroupError as exc:
+                raise InvalidArgument(f"container cgroup: {exc}") from exc
             if v1_restricted:
                 security.write_device_rules(devices_dir, device_rules)
-            # cgroup2 (pure v2, or the unified mount of a hybrid host): an eBPF device filter, attached
-            # before the monitor starts the init. runc/crun attach their own from config.json.
-            external_runtime = self._oci_handler(pod.id) is not None
-            v2_restricted = not external_runtime and self.cgroups.restrict_devices(
-                cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
-            if devices and not (v1_restricted or v2_restricted or external_runtime):
-                raise FailedPrecondition("devices in the request need a devices cgroup (v1) or a cgroup2 "
-                                         "hierarchy for the eBPF device filter; this host has neither")
+            if v2_restricted:
+                self.cgroups.restrict_devices(cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
 
         extra_mounts = [
             MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),
@@ -407,8 +413,9 @@ class ContainerManager:
         mounts = default_linux_mounts(
             shm_source=shm,
             cgroup="v2" if layout_v2 else "v1",
+            # Made by make_cgroup in every hierarchy; bound in after the child has joined them.
             cgroup_v1_binds=None if layout_v2 else {
-                key.removeprefix("name="): d for key, d in cg.hierarchy_dirs.items() if os.path.isdir(d)
+                key.removeprefix("name="): d for key, d in cg.hierarchy_dirs.items()
             },
             extra=[*security.device_mount_ops(devices), *extra_mounts],
             masked_paths=[] if sc.privileged else list(sc.masked_paths) or DEFAULT_MASKED_PATHS,
@@ -462,9 +469,14 @@ class ContainerManager:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
         monitor = self.sandboxes.monitor(pod)
+        if external_runtime:
+            make_cgroup()  # the runtime's create joins it
         plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc, devices)
         try:
-            result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
+            # Natively, the cgroup is made while the monitor's child clones and mounts the rootfs (on the
+            # other CPU); the child joins it before the mount sequence, which binds it in.
+            result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call,
+                                    meanwhile=None if external_runtime else make_cgroup)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         for warning in getattr(result, "warnings", []) or []:

@@ -396,9 +396,18 @@ class PodMonitor:
     # ------------------------------------------------------------- requests
 
     def create(self, container_id: str, plan: LaunchPlan, log_path: str,
-               oci: OciRuntimeCall | None = None) -> CreateResult:
+               oci: OciRuntimeCall | None = None, meanwhile: Callable[[], None] | None = None) -> CreateResult:
         """CREATE a container; with ``oci`` the monitor runs ``RUNTIME create`` on the bundle instead of
-        carrying out the plan itself (it then uses only the plan's stdio, log and cgroup fields)."""
+        carrying out the plan itself (it then uses only the plan's stdio, log and cgroup fields).
+
+        ``meanwhile`` (native plans only) runs once the request is sent, while the monitor's child
+        clones, joins the pod's namespaces and mounts the rootfs; the child joins the plan's cgroups
+        only after it returns (a pipe passed with the request is the gate), so that is where the
+        daemon makes them. If it raises, the child gives up, the reply is awaited and the exception
+        propagates.
+        """
+        if meanwhile is not None and oci is not None:
+            raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
         w = TLVWriter()
         w.string(F_CONTAINER_ID, container_id)
         w.raw(F_PLAN, plan.encode())
@@ -409,7 +418,10 @@ class PodMonitor:
             w.string(F_OCI_BUNDLE, oci.bundle)
             if oci.hide_cgroup2_mount:
                 w.boolean(F_OCI_HIDE_CGROUP2, True)
-        reply = self._request(CREATE, w)
+        if meanwhile is None:
+            reply = self._request(CREATE, w)
+        else:
+            reply = self._gated_request(CREATE, w, meanwhile)
         return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0],
                             warnings=[_string(v) for v in reply.get(F_WARNING, [])])
 
@@ -458,7 +470,47 @@ class PodMonitor:
                                e.errno or errno.EIO) from None
         return sock
 
-    def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0) -> dict[int, list[bytes]]:
+    def _gated_request(self, request_type: int, fields: TLVWriter, meanwhile: Callable[[], None],
+                       timeout: float = 30.0) -> dict[int, list[bytes]]:
+        """A request carrying the read end of a fresh pipe; ``meanwhile`` runs between send and reply,
+        then one byte on the write end opens the gate (closing it unwritten closes it for good)."""
+        gate_read, gate_write = os.pipe()
+        failure: BaseException | None = None
+        open_ends = {gate_read, gate_write}
+
+        def close(fd: int) -> None:
+            open_ends.discard(fd)
+            os.close(fd)
+
+        def between() -> None:
+            nonlocal failure
+            close(gate_read)  # the monitor has its copy now
+            try:
+                meanwhile()
+                with contextlib.suppress(BrokenPipeError):  # the child failed before the gate: its error says why
+                    os.write(gate_write, b"1")
+            except BaseException as exc:
+                failure = exc
+            finally:
+                close(gate_write)  # after a failure, unwritten: the child gives up and the reply comes
+
+        try:
+            reply = self._request(request_type, fields, timeout, fd=gate_read, between=between)
+        except MonitorError:
+            if failure is not None:
+                raise failure from None  # the child's "gave up" only follows from it
+            raise
+        finally:
+            for fd in list(open_ends):  # the request never went out
+                close(fd)
+        if failure is not None:
+            raise failure
+        return reply
+
+    def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0, *, fd: int = -1,
+                 between: Callable[[], None] | None = None) -> dict[int, list[bytes]]:
+        """Send one request and read its reply. ``fd`` goes along (SCM_RIGHTS); ``between`` runs
+        once the request is sent and before the reply is read."""
         name = _REQUEST_NAMES[request_type]
         with self._lock:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
@@ -473,8 +525,16 @@ class PodMonitor:
                 if len(message) > _DEFAULT_SEND_LIMIT:
                     # A packet must fit the send buffer whole (else EMSGSIZE).
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(message) + 65536)
+                sent = False
                 try:
-                    sock.send(message)
+                    if fd >= 0:
+                        sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+                    else:
+                        sock.send(message)
+                    sent = True
+                    if between is not None:
+                        step, between = between, None
+                        step()
                     size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
                     data = sock.recv(size) if size > 0 else b""
                 except (BrokenPipeError, ConnectionResetError) as e:
@@ -482,7 +542,8 @@ class PodMonitor:
                     # monitor): one retry on a fresh connection.
                     sock.close()
                     self._socket = None
-                    if fresh or attempt == 1:
+                    if fresh or attempt == 1 or (sent and request_type in (CREATE, START, SHUTDOWN)):
+                        # Those may have been acted upon once sent; never send them twice.
                         raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}",
                                            e.errno or errno.EIO) from None
                     continue

@@ -223,6 +223,17 @@ void container_on_sync(struct monitor *monitor, struct container *container)
             break;
         case SYNC_READY:
             if (container->status == CONTAINER_CREATING) {
+                struct error err = {0};
+                if (container->oom_counter_path && !container->has_oom_baseline) {
+                    /* A gated create: the child is in its cgroup now. */
+                    if (read_oom_kill_counter(container->oom_counter_path, &container->oom_baseline, &err) < 0) {
+                        signal_container(container, SIGKILL);
+                        container->failed_create = true;
+                        complete_pending(monitor, container, err.code, err.message);
+                        break;
+                    }
+                    container->has_oom_baseline = true;
+                }
                 container->status = CONTAINER_CREATED;
                 complete_pending(monitor, container, 0, NULL);
             }
@@ -515,8 +526,10 @@ static struct container *container_new(const char *id, const char *log_path)
 /* What a container keeps of its plan, native or OCI alike: output and stdin
  * handling, where KILL with ALL looks, the OOM counter's baseline, and the
  * opened CRI log. */
+/* `cgroup_later`: the cgroup is being made while the child sets up (a
+ * gate), so the OOM counter's baseline is read at SYNC_READY instead. */
 static int container_take_plan(struct container *c, const struct launch_plan *plan, const char *log_path,
-                               struct error *err)
+                               bool cgroup_later, struct error *err)
 {
     c->log_line_max = plan->log_line_max;
     c->tty = plan->tty;
@@ -526,9 +539,11 @@ static int container_take_plan(struct container *c, const struct launch_plan *pl
     if (plan->oom_counter_path) {
         if (!(c->oom_counter_path = strdup(plan->oom_counter_path)))
             return error_errno(err, ENOMEM, "create container %s", c->id);
-        if (read_oom_kill_counter(plan->oom_counter_path, &c->oom_baseline, err) < 0)
-            return -1;
-        c->has_oom_baseline = true;
+        if (!cgroup_later) {
+            if (read_oom_kill_counter(plan->oom_counter_path, &c->oom_baseline, err) < 0)
+                return -1;
+            c->has_oom_baseline = true;
+        }
     }
     c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
     if (c->log_fd < 0)
@@ -575,8 +590,11 @@ static bool create_request_acceptable(struct monitor *monitor, uint32_t request_
 }
 
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id, const char *id,
-                     const uint8_t *plan_data, size_t plan_length, const char *log_path, struct buffer *reply)
+                     const uint8_t *plan_data, size_t plan_length, const char *log_path, int *cgroup_gate,
+                     struct buffer *reply)
 {
+    int gate_fd = *cgroup_gate;
+    *cgroup_gate = -1;
     struct error err = {0};
     struct launch_plan plan;
     struct stdio_fds stdio = {-1, -1, -1, -1, -1, -1};
@@ -586,14 +604,16 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     for (size_t i = 0; i < 8; i++)
         namespace_fds[i] = -1;
 
-    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply))
+    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply)) {
+        close_fd(&gate_fd);
         return 0;
+    }
     c = container_new(id, log_path);
     if (!c) {
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
     }
-    if (container_take_plan(c, &plan, log_path, &err) < 0)
+    if (container_take_plan(c, &plan, log_path, gate_fd >= 0, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0 || open_namespace_fds(&plan, namespace_fds, &err) < 0)
         goto fail;
@@ -612,6 +632,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
             .stdin_fd = stdio.stdin_read >= 0 ? stdio.stdin_read : 0,
             .stdout_fd = stdio.stdout_write >= 0 ? stdio.stdout_write : 1,
             .stderr_fd = stdio.stderr_write >= 0 ? stdio.stderr_write : 1,
+            .cgroup_gate_fd = gate_fd,
         };
         memcpy(context.namespace_fds, namespace_fds, sizeof(namespace_fds));
         container_child_main(&context);
@@ -619,6 +640,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     if (pid < 0)
         goto fail;
 
+    close_fd(&gate_fd); /* the child holds it */
     c->pid = pid;
     c->pidfd = pidfd;
     c->status = CONTAINER_CREATING;
@@ -652,6 +674,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     return 1;
 
 fail:
+    close_fd(&gate_fd);
     close_fd(&sync_pair[0]);
     close_fd(&sync_pair[1]);
     close_stdio(&stdio);
@@ -793,7 +816,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
         goto fail;
     }
     c->oci->hide_cgroup2 = hide_cgroup2;
-    if (container_take_plan(c, &plan, log_path, &err) < 0)
+    if (container_take_plan(c, &plan, log_path, false, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0)
         goto fail;

@@ -396,6 +396,32 @@ static int sorted_insert(int *keep, size_t *count, int fd)
     return 0;
 }
 
+/* The cgroup half of the set-up: limits, joining, and a cgroup namespace
+ * rooted there. With a gate, first wait for the daemon to have made the
+ * cgroups (one byte; EOF means it gave up). */
+static int enter_cgroups(const struct child_context *context, struct error *err)
+{
+    const struct launch_plan *plan = context->plan;
+    if (context->cgroup_gate_fd >= 0) {
+        char go;
+        ssize_t got;
+        do {
+            got = read(context->cgroup_gate_fd, &go, 1);
+        } while (got < 0 && errno == EINTR);
+        int saved = errno;
+        close(context->cgroup_gate_fd);
+        if (got < 0)
+            return error_errno(err, saved, "read the cgroup gate");
+        if (got == 0)
+            return error_plain(err, ECANCELED, "the daemon gave up before the container's cgroup was made");
+    }
+    if (write_cgroup_files(plan, err) < 0)
+        return -1;
+    if (plan_creates(plan, CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
+        return error_errno(err, errno, "create cgroup namespace");
+    return 0;
+}
+
 void container_child_main(struct child_context *context)
 {
     const struct launch_plan *plan = context->plan;
@@ -415,6 +441,8 @@ void container_child_main(struct child_context *context)
     int keep[16];
     size_t keep_count = 0;
     sorted_insert(keep, &keep_count, sync_fd);
+    if (context->cgroup_gate_fd >= 0)
+        sorted_insert(keep, &keep_count, context->cgroup_gate_fd);
     for (size_t i = 0; i < plan->namespace_count; i++)
         if (context->namespace_fds[i] >= 0)
             sorted_insert(keep, &keep_count, context->namespace_fds[i]);
@@ -422,12 +450,15 @@ void container_child_main(struct child_context *context)
         child_fail(sync_fd, &err, 1);
     umask(0);
 
-    if (write_cgroup_files(plan, &err) < 0 || join_namespaces(context, &err) < 0)
+    /* Without a gate the cgroups exist already: join them first, so that
+     * everything below is accounted to the container. With one, the daemon
+     * is making them meanwhile; the steps up to the mount sequence do not
+     * need them, and the sequence binds them in. */
+    bool gated = context->cgroup_gate_fd >= 0;
+    if (!gated && enter_cgroups(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
-    if (plan_creates(plan, CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0) {
-        error_errno(&err, errno, "create cgroup namespace");
+    if (join_namespaces(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
-    }
     if (plan->hostname && sethostname(plan->hostname, strlen(plan->hostname)) < 0) {
         error_errno(&err, errno, "sethostname %s", plan->hostname);
         child_fail(sync_fd, &err, 1);
@@ -441,8 +472,11 @@ void container_child_main(struct child_context *context)
             error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
             child_fail(sync_fd, &err, 1);
         }
-        if (setup_rootfs(plan, &err) < 0)
+        if (prepare_rootfs(plan, &err) < 0 || (gated && enter_cgroups(context, &err) < 0) ||
+            finish_rootfs(plan, &err) < 0)
             child_fail(sync_fd, &err, 1);
+    } else if (gated && enter_cgroups(context, &err) < 0) {
+        child_fail(sync_fd, &err, 1);
     }
     if (plan->tty && setup_terminal(sync_fd, &err) < 0)
         child_fail(sync_fd, &err, 1);

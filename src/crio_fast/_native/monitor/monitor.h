@@ -401,6 +401,10 @@ struct child_context {
     int stdout_fd; /* becomes fd 1 */
     int stderr_fd; /* becomes fd 2 */
     int namespace_fds[8]; /* pre-opened join targets, -1 when unused */
+    /* -1, or a pipe the daemon writes one byte to once the plan's cgroups
+     * exist (EOF: it gave up). The child then joins them after the rootfs
+     * base and before the mount sequence, which binds them in. */
+    int cgroup_gate_fd;
 };
 
 /* Runs in the cloned child; never returns. */
@@ -418,6 +422,10 @@ int reset_signals_for_exec(struct error *err);
 
 /* Mount namespace setup inside the child (rootfs.c). */
 int setup_rootfs(const struct launch_plan *plan, struct error *err);
+/* setup_rootfs in two halves, for a step in between: the root mount
+ * (propagation, overlay or bind), then the mount sequence and pivot_root. */
+int prepare_rootfs(const struct launch_plan *plan, struct error *err);
+int finish_rootfs(const struct launch_plan *plan, struct error *err);
 int make_root_readonly(struct error *err);
 
 /* Pseudo terminals (terminal.c): a new pty on /dev/ptmx of the current mount

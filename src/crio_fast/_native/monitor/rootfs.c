@@ -533,6 +533,13 @@ static int make_rootfs_parent_private(const char *rootfs, struct error *err)
 
 int setup_rootfs(const struct launch_plan *plan, struct error *err)
 {
+    if (prepare_rootfs(plan, err) < 0)
+        return -1;
+    return finish_rootfs(plan, err);
+}
+
+int prepare_rootfs(const struct launch_plan *plan, struct error *err)
+{
     /* Nothing done here may reach the host's mount namespace. */
     if (mount(NULL, "/", NULL, plan->root_propagation, NULL) < 0)
         return error_errno(err, errno, "set propagation %#x on /", plan->root_propagation);
@@ -551,6 +558,11 @@ int setup_rootfs(const struct launch_plan *plan, struct error *err)
         if (rc < 0)
             return -1;
     }
+    return 0;
+}
+
+int finish_rootfs(const struct launch_plan *plan, struct error *err)
+{
     int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0)
         return error_errno(err, errno, "open rootfs %s", plan->rootfs);

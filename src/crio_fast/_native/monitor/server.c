@@ -15,11 +15,14 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "server.h"
 
 #define EVENT_BATCH 32
+/* A request carries at most one descriptor; room for one more detects a violation. */
+#define MAX_PASSED_FDS 2
 
 int watch_add(struct monitor *monitor, struct watch *watch, uint32_t events)
 {
@@ -147,6 +150,9 @@ struct request {
     const char *oci_bundle;
     bool oci_hide_cgroup2;
     bool stdin;
+    /* A descriptor passed with the request (SCM_RIGHTS), -1 if none; the
+     * handler that uses it sets it to -1, handle_message closes the rest. */
+    int passed_fd;
 };
 
 static int parse_request(const uint8_t *data, size_t length, struct request *request, struct error *err)
@@ -198,7 +204,7 @@ static struct container *require_container(struct monitor *monitor, const struct
 }
 
 /* Returns 1 if the reply is deferred. */
-static int dispatch(struct monitor *monitor, struct connection *connection, const struct request *request,
+static int dispatch(struct monitor *monitor, struct connection *connection, struct request *request,
                     struct buffer *reply)
 {
     struct error err;
@@ -225,8 +231,10 @@ static int dispatch(struct monitor *monitor, struct connection *connection, cons
                                         request->plan_length, request->log_path, request->oci_runtime,
                                         request->oci_root, request->oci_bundle, request->oci_hide_cgroup2, reply);
         }
+        /* A passed fd is the cgroup gate: the daemon makes the container's
+         * cgroup while the child sets up, and says go on it. */
         return container_create(monitor, connection, request->id, request->container_id, request->plan,
-                                request->plan_length, request->log_path, reply);
+                                request->plan_length, request->log_path, &request->passed_fd, reply);
     case REQUEST_START:
         if (!(c = require_container(monitor, request, reply)))
             return 0;
@@ -312,9 +320,9 @@ void server_answer_shutdown(struct monitor *monitor, int status, const char *mes
 }
 
 static void handle_message(struct monitor *monitor, struct connection *connection, const uint8_t *data,
-                           size_t length)
+                           size_t length, int passed_fd)
 {
-    struct request request = {0};
+    struct request request = {.passed_fd = passed_fd};
     struct buffer reply = {0};
     struct error err;
     if (length < MESSAGE_HEADER_SIZE) {
@@ -336,8 +344,12 @@ static void handle_message(struct monitor *monitor, struct connection *connectio
         reply_start(&reply, request.type, request.id, err.code, err.message);
     } else if (dispatch(monitor, connection, &request, &reply) == 1) {
         buffer_free(&reply);
+        if (request.passed_fd >= 0)
+            close(request.passed_fd);
         return;
     }
+    if (request.passed_fd >= 0)
+        close(request.passed_fd);
     reply_send(monitor, connection, &reply);
     buffer_free(&reply);
 }
@@ -379,16 +391,37 @@ static void on_connection(struct monitor *monitor, struct connection *connection
         connection_close(monitor, connection);
         return;
     }
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
+    } control;
+    struct iovec iov = {.iov_base = data, .iov_len = (size_t)size};
+    struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof(control)};
     ssize_t got;
     do {
-        got = recv(connection->watch.fd, data, (size_t)size, MSG_DONTWAIT);
+        got = recvmsg(connection->watch.fd, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     } while (got < 0 && errno == EINTR);
-    if (got != size) {
+    int passed[MAX_PASSED_FDS];
+    size_t passed_count = 0;
+    if (got >= 0)
+        for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message); cmsg; cmsg = CMSG_NXTHDR(&message, cmsg))
+            if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
+                for (size_t i = 0; i < (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+                    if (passed_count < MAX_PASSED_FDS)
+                        passed[passed_count++] = fd;
+                    else
+                        close(fd);
+                }
+    if (got != size || (message.msg_flags & MSG_CTRUNC) || passed_count > 1) {
+        for (size_t i = 0; i < passed_count; i++)
+            close(passed[i]);
         free(data);
         connection_close(monitor, connection);
         return;
     }
-    handle_message(monitor, connection, data, (size_t)got);
+    handle_message(monitor, connection, data, (size_t)got, passed_count ? passed[0] : -1);
     free(data);
 }
 

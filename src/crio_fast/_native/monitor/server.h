@@ -147,10 +147,12 @@ void attach_check_stalls(struct monitor *monitor);
 
 /* container.c */
 struct container *container_find(struct monitor *monitor, const char *id);
-/* Returns 1 when the reply is deferred (pending), 0 when `reply` is ready. */
+/* Returns 1 when the reply is deferred (pending), 0 when `reply` is ready.
+ * `*cgroup_gate`, when >= 0, is taken (set to -1): the child joins the plan's
+ * cgroups only after a byte arrives there (see container_child_main). */
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id,
                      const char *id, const uint8_t *plan_data, size_t plan_length, const char *log_path,
-                     struct buffer *reply);
+                     int *cgroup_gate, struct buffer *reply);
 int container_start(struct monitor *monitor, struct connection *connection, uint32_t request_id,
                     struct container *container, struct buffer *reply);
 int container_kill(struct container *container, int signal, bool all, struct error *err);
