@@ -422,10 +422,15 @@ int reset_signals_for_exec(struct error *err);
 
 /* Mount namespace setup inside the child (rootfs.c). */
 int setup_rootfs(const struct launch_plan *plan, struct error *err);
-/* setup_rootfs in two halves, for a step in between: the root mount
- * (propagation, overlay or bind), then the mount sequence and pivot_root. */
+/* setup_rootfs in parts, for a step in between: the root mount
+ * (propagation, overlay or bind); mount operations [from, to); the
+ * operations from `first_mount` on, then pivot_root. */
 int prepare_rootfs(const struct launch_plan *plan, struct error *err);
-int finish_rootfs(const struct launch_plan *plan, struct error *err);
+int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct error *err);
+int finish_rootfs(const struct launch_plan *plan, size_t first_mount, struct error *err);
+/* The index of the first mount operation that needs the container's cgroups
+ * (at or below /sys/fs/cgroup), or mount_count. */
+size_t first_cgroup_mount(const struct launch_plan *plan);
 int make_root_readonly(struct error *err);
 
 /* Pseudo terminals (terminal.c): a new pty on /dev/ptmx of the current mount

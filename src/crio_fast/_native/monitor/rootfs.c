@@ -535,7 +535,38 @@ int setup_rootfs(const struct launch_plan *plan, struct error *err)
 {
     if (prepare_rootfs(plan, err) < 0)
         return -1;
-    return finish_rootfs(plan, err);
+    return finish_rootfs(plan, 0, err);
+}
+
+/* Mount operations at or below /sys/fs/cgroup bind the container's cgroups
+ * in (v1) or mount cgroup2 as seen from its cgroup namespace (v2). */
+size_t first_cgroup_mount(const struct launch_plan *plan)
+{
+    static const char prefix[] = "/sys/fs/cgroup";
+    for (size_t i = 0; i < plan->mount_count; i++) {
+        const char *destination = plan->mounts[i].destination;
+        if (destination && strncmp(destination, prefix, sizeof(prefix) - 1) == 0 &&
+            (destination[sizeof(prefix) - 1] == '\0' || destination[sizeof(prefix) - 1] == '/'))
+            return i;
+    }
+    return plan->mount_count;
+}
+
+int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct error *err)
+{
+    if (from >= to)
+        return 0;
+    int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return error_errno(err, errno, "open rootfs %s", plan->rootfs);
+    for (size_t i = from; i < to; i++) {
+        if (apply_mount(root_fd, plan->rootfs, &plan->mounts[i], err) < 0) {
+            close(root_fd);
+            return -1;
+        }
+    }
+    close(root_fd);
+    return 0;
 }
 
 int prepare_rootfs(const struct launch_plan *plan, struct error *err)
@@ -561,17 +592,13 @@ int prepare_rootfs(const struct launch_plan *plan, struct error *err)
     return 0;
 }
 
-int finish_rootfs(const struct launch_plan *plan, struct error *err)
+int finish_rootfs(const struct launch_plan *plan, size_t first_mount, struct error *err)
 {
+    if (apply_mounts(plan, first_mount, plan->mount_count, err) < 0)
+        return -1;
     int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0)
         return error_errno(err, errno, "open rootfs %s", plan->rootfs);
-    for (size_t i = 0; i < plan->mount_count; i++) {
-        if (apply_mount(root_fd, plan->rootfs, &plan->mounts[i], err) < 0) {
-            close(root_fd);
-            return -1;
-        }
-    }
     int rc = enter_root(plan, root_fd, err);
     close(root_fd);
     if (rc < 0)
