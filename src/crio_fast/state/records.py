@@ -181,6 +181,9 @@ class _Database:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Records are read once, at start; the daemon keeps them in memory. A page cache only
+            # serves writes, and SQLite's default (up to 2 MiB) would grow with the pod count.
+            conn.execute("PRAGMA cache_size=-256")
             for table in self.TABLES:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
             conn.execute("PRAGMA quick_check").fetchall()
