@@ -420,6 +420,23 @@ def test_killed_monitor_containers_are_stopped_and_reaped(cri):
     assert _kernel_objects_of(cri, pod_id, [ctr]) == []
 
 
+def test_default_pod_parent_stays_while_the_daemon_runs(registry, busybox_image, tmp_path):
+    """Pods without a cgroup_parent go under /crio-fast: kept while the daemon runs (the next pod
+    need not make it in every hierarchy again), removed when the daemon stops and no pod uses it."""
+    parent = Path("/sys/fs/cgroup/pids/crio-fast")
+    if not Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
+        pytest.skip("no v1 pids hierarchy on this host")
+    with daemon_with_busybox(registry, busybox_image, tmp_path) as d:
+        pod_id, _ = run_pod(d)
+        assert (parent / f"pod-{pod_id}").is_dir()
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        assert not (parent / f"pod-{pod_id}").exists()
+        assert parent.is_dir()
+    # Stopped: gone, unless pods of another daemon on this machine still live in it.
+    assert not parent.exists() or any(p.is_dir() for p in parent.iterdir())
+
+
 def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_path):
     dirs = make_dirs()
     conf = write_registries_conf(tmp_path / "registries.conf", [registry.host])
