@@ -474,7 +474,7 @@ class ContainerManager:
         plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc, devices)
         try:
             # Natively, the cgroup is made while the monitor's child clones and mounts the rootfs (on the
-            # other CPU); the child joins it before the mount sequence, which binds it in.
+            # other CPU); the child joins it before the mounts under /sys/fs/cgroup, which bind it in.
             result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call,
                                     meanwhile=None if external_runtime else make_cgroup)
         except MonitorError as exc:
