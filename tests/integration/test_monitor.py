@@ -667,6 +667,27 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
     assert not (pod_dir / "monitor.pid").exists()
 
 
+def test_monitor_is_shut_down_when_the_after_gate_step_fails(harness: Harness) -> None:
+    pod_dir = harness.base / "late"
+    pod_dir.mkdir()
+    spec = PodMonitorSpec("late", str(pod_dir), str(harness.exits), hostname="late", shm_size=1 << 20)
+    steps: list[str] = []
+
+    def fail() -> None:
+        steps.append("after")
+        raise RuntimeError("writing the pod's files failed")
+
+    with pytest.raises(RuntimeError, match="writing the pod's files failed"):
+        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
+    assert steps == ["meanwhile", "after"]
+    # The monitor came up and was shut down again: its mounts and socket are gone, no process is left.
+    assert str(pod_dir) not in host_mountinfo()
+    assert not (pod_dir / "monitor.sock").exists()
+    pids = [p.pid for p in psutil.process_iter(["cmdline"]) if str(pod_dir) in " ".join(p.info["cmdline"] or [])
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert pids == []
+
+
 def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir) -> None:
     """CREATE with a gate: the cgroups are made after the request went out; the child joins them,
     gets their limits, and OOM kills are counted from its start."""

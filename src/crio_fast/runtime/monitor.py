@@ -219,14 +219,18 @@ class PodMonitor:
 
     @classmethod
     def spawn(cls, monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0,
-              meanwhile: Callable[[], None] | None = None) -> "PodMonitor":
+              meanwhile: Callable[[], None] | None = None,
+              after_gate: Callable[[], None] | None = None) -> "PodMonitor":
         """Start a pod monitor and wait until it is ready (namespaces anchored, socket listening).
 
         ``meanwhile`` runs while the monitor makes the pod's namespaces, and
         the monitor joins ``spec.cgroup_procs`` only once it has returned: the
         daemon makes the cgroups there, on the other CPU, instead of before
         the spawn. If it raises, the monitor is told to give up (it undoes its
-        set-up) and the exception propagates.
+        set-up) and the exception propagates. ``after_gate`` (with
+        ``meanwhile`` only) runs once the monitor may go on, while it joins
+        its cgroups and forks: for work the monitor does not need. If it
+        raises, the monitor, once ready, is shut down again.
 
         Raises MonitorError with the monitor's message and errno on failure;
         the monitor has then undone its own work (after a timeout, call
@@ -280,6 +284,11 @@ class PodMonitor:
                 meanwhile_error = exc
             finally:
                 os.close(gate_write)  # unopened: EOF, and the monitor undoes its set-up
+            if meanwhile_error is None and after_gate is not None:
+                try:
+                    after_gate()
+                except BaseException as exc:
+                    meanwhile_error = exc
         try:
             line = _read_ready_line(ready_read, timeout)
         except BaseException:
@@ -291,9 +300,10 @@ class PodMonitor:
             os.close(ready_read)
             _, status = os.waitpid(child, 0)
         if meanwhile_error is not None:
-            if line.startswith("ok "):  # cannot happen (no byte, no cgroups, no monitor); never leave one running
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(line.split()[1]), signal_module.SIGKILL)
+            if line.startswith("ok "):  # after_gate failed: stop the monitor cleanly (it undoes its set-up)
+                with contextlib.suppress(MonitorError, ValueError, OSError):
+                    pid = int(line.split()[1])
+                    cls(spec.pod_dir, pid, os.pidfd_open(pid)).shutdown()
             raise meanwhile_error
         if line.startswith("ok "):
             pid = int(line.split()[1])

@@ -206,14 +206,9 @@ class SandboxManager:
             stderr_path=str(pod_dir / "monitor.log"),
         )
 
-        def prepare_while_namespaces_are_made() -> None:
+        def make_cgroups() -> None:
             # Runs on this CPU while the monitor makes the namespaces on the other; it joins the
             # cgroups made here once this returns.
-            (pod_dir / "hostname").write_text(hostname + "\n")
-            (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
-            (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
-            if record.log_directory:
-                os.makedirs(record.log_directory, exist_ok=True)
             try:
                 self.cgroups.create_pod_cgroup(pod_cg)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
@@ -221,8 +216,16 @@ class SandboxManager:
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
 
+        def write_pod_files() -> None:
+            # The monitor needs none of these: they are written while it joins its cgroups and forks.
+            (pod_dir / "hostname").write_text(hostname + "\n")
+            (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
+            (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
+            if record.log_directory:
+                os.makedirs(record.log_directory, exist_ok=True)
+
         try:
-            mon = PodMonitor.spawn(self.monitor_path, spec, meanwhile=prepare_while_namespaces_are_made)
+            mon = PodMonitor.spawn(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
         except MonitorError as exc:
             raise Internal(f"starting the pod monitor: {exc}") from exc
         with self._lock:
