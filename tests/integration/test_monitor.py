@@ -17,6 +17,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import struct
 import time
 import uuid
@@ -40,7 +41,7 @@ from crio_fast.runtime import (
     default_linux_mounts,
     exec_sync,
 )
-from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN
+from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN, _encode_request
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
 from crio_fast.runtime.plan import TLVWriter
@@ -546,6 +547,28 @@ def test_malformed_plans_are_rejected_without_harm(harness: Harness) -> None:
         assert "invalid launch plan" in failure.value.message
     assert monitor.ping()["pid"] == monitor.pid
     assert monitor.list_containers() == []
+
+
+def test_a_request_with_more_than_one_fd_closes_only_its_connection(harness: Harness) -> None:
+    monitor = harness.spawn()
+    w = TLVWriter()
+    w.string(F_CONTAINER_ID, "two-fds")
+    w.raw(F_PLAN, harness.plan("two-fds", ["/bin/true"]).encode())
+    w.string(F_LOG_PATH, harness.log_path("two-fds"))
+    message = _encode_request(CREATE, 1, w)
+    read_end, write_end = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(5)
+            sock.connect(str(harness.base / "pod" / "monitor.sock"))
+            sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("ii", read_end, write_end))])
+            assert sock.recv(65536) == b"", "the monitor answered a request carrying two descriptors"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # Nothing was created and the monitor serves other connections as before.
+    assert monitor.list_containers() == []
+    assert harness.run(monitor, "two-fds", harness.plan("two-fds", ["/bin/true"])).exit_code == 0
 
 
 def test_large_plan(harness: Harness) -> None:

@@ -452,8 +452,8 @@ void container_child_main(struct child_context *context)
 
     /* Without a gate the cgroups exist already: join them first, so that
      * everything below is accounted to the container. With one, the daemon
-     * is making them meanwhile; the steps up to the mount sequence do not
-     * need them, and the sequence binds them in. */
+     * is making them meanwhile; nothing before the first mount under
+     * /sys/fs/cgroup (which binds them in) needs them. */
     bool gated = context->cgroup_gate_fd >= 0;
     if (!gated && enter_cgroups(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
