@@ -420,11 +420,10 @@ int apply_rlimits(const struct launch_plan *plan, struct error *err);
 /* Empty signal mask, default dispositions for what the monitor changed. */
 int reset_signals_for_exec(struct error *err);
 
-/* Mount namespace setup inside the child (rootfs.c). */
-int setup_rootfs(const struct launch_plan *plan, struct error *err);
-/* setup_rootfs in parts, for a step in between: the root mount
- * (propagation, overlay or bind); mount operations [from, to); the
- * operations from `first_mount` on, then pivot_root. */
+/* Mount namespace setup inside the child (rootfs.c), in parts so that a
+ * step can come in between (the cgroup gate): the root mount (propagation,
+ * overlay or bind); mount operations [from, to); the operations from
+ * `first_mount` on, then pivot_root. */
 int prepare_rootfs(const struct launch_plan *plan, struct error *err);
 int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct error *err);
 int finish_rootfs(const struct launch_plan *plan, size_t first_mount, struct error *err);

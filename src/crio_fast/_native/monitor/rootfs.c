@@ -531,13 +531,6 @@ static int make_rootfs_parent_private(const char *rootfs, struct error *err)
     }
 }
 
-int setup_rootfs(const struct launch_plan *plan, struct error *err)
-{
-    if (prepare_rootfs(plan, err) < 0)
-        return -1;
-    return finish_rootfs(plan, 0, err);
-}
-
 /* Mount operations at or below /sys/fs/cgroup bind the container's cgroups
  * in (v1) or mount cgroup2 as seen from its cgroup namespace (v2). */
 size_t first_cgroup_mount(const struct launch_plan *plan)
