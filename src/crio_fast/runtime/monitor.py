@@ -276,14 +276,7 @@ class PodMonitor:
                     os.close(fd)
         meanwhile_error: BaseException | None = None
         if meanwhile is not None:
-            try:
-                meanwhile()
-                with contextlib.suppress(BrokenPipeError):  # it failed before the gate: its line says why
-                    os.write(gate_write, b"1")
-            except BaseException as exc:
-                meanwhile_error = exc
-            finally:
-                os.close(gate_write)  # unopened: EOF, and the monitor undoes its set-up
+            meanwhile_error = _run_then_open_gate(meanwhile, gate_write)
             if meanwhile_error is None and after_gate is not None:
                 try:
                     after_gate()
@@ -488,21 +481,11 @@ class PodMonitor:
         failure: BaseException | None = None
         open_ends = {gate_read, gate_write}
 
-        def close(fd: int) -> None:
-            open_ends.discard(fd)
-            os.close(fd)
-
         def between() -> None:
             nonlocal failure
-            close(gate_read)  # the monitor has its copy now
-            try:
-                meanwhile()
-                with contextlib.suppress(BrokenPipeError):  # the child failed before the gate: its error says why
-                    os.write(gate_write, b"1")
-            except BaseException as exc:
-                failure = exc
-            finally:
-                close(gate_write)  # after a failure, unwritten: the child gives up and the reply comes
+            open_ends.clear()
+            os.close(gate_read)  # the monitor has its copy now
+            failure = _run_then_open_gate(meanwhile, gate_write)
 
         try:
             reply = self._request(request_type, fields, timeout, fd=gate_read, between=between)
@@ -511,8 +494,8 @@ class PodMonitor:
                 raise failure from None  # the child's "gave up" only follows from it
             raise
         finally:
-            for fd in list(open_ends):  # the request never went out
-                close(fd)
+            for fd in open_ends:  # the request never went out
+                os.close(fd)
         if failure is not None:
             raise failure
         return reply
@@ -587,6 +570,20 @@ class PodMonitor:
             message = _string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else os.strerror(status)
             raise MonitorError(message, status)
         return fields
+
+
+def _run_then_open_gate(step: Callable[[], None], gate_write: int) -> BaseException | None:
+    """Run ``step``, then write the gate's one byte; close the gate either way (unwritten: EOF, and
+    the waiting monitor or child gives up and undoes its set-up). Returns what ``step`` raised."""
+    try:
+        step()
+        with contextlib.suppress(BrokenPipeError):  # the other side failed before the gate: it says why
+            os.write(gate_write, b"1")
+    except BaseException as exc:
+        return exc
+    finally:
+        os.close(gate_write)
+    return None
 
 
 def _above(fd: int, highest_reserved: int) -> int:
