@@ -20,6 +20,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def cri(env):
+    """The module's shared daemon (its ``env`` fixture); every pod is removed after each test."""
+    # Imported here: at module level it would import tests.support.fixtures before pytest registers
+    # it as a plugin, and its asserts would not be rewritten.
+    from tests.support.pods import remove_all_pods
+
+    try:
+        yield env
+    finally:
+        remove_all_pods(env)
+
+
+@pytest.fixture
 def daemon_dirs():
     dirs = make_dirs()
     try:

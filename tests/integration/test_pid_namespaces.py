@@ -34,14 +34,6 @@ def env(registry, busybox_image, tmp_path_factory):
         yield d
 
 
-@pytest.fixture
-def cri(env):
-    try:
-        yield env
-    finally:
-        remove_all_pods(env)
-
-
 @pytest.fixture(params=["native", "runc", "crun"])
 def handler(request, env):
     if request.param != "native" and not env.has_runc:

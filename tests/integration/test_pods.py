@@ -27,14 +27,6 @@ def env(registry, busybox_image, tmp_path_factory):
         yield d
 
 
-@pytest.fixture
-def cri(env):
-    try:
-        yield env
-    finally:
-        remove_all_pods(env)
-
-
 _counter = iter(range(1_000_000))
 
 

@@ -408,13 +408,7 @@ class SpdySession:
             return
         self.closed = True
         for stream in list(self.streams.values()):
-            stream.reset = True
-            if not stream.remote_closed:
-                stream.remote_closed = True
-                stream.reader.feed_eof()
-            stream._flow.resume_reading()
-            stream._replied.set()
-        self.streams.clear()
+            self._on_reset(stream)  # every stream ends as if the peer had reset it
         self._writer.close()
         self.done.set()
 
