@@ -43,10 +43,12 @@ def remove_all_pods(d: Daemon) -> None:
 @contextmanager
 def bench_node(
     state_dir: str = "/run", pull: bool = True, daemon_args: tuple[str, ...] = (), runtimes: tuple[str, ...] = (),
-    config_drop_in: str = "", **push_options: Any
+    config_drop_in: str = "", daemon_env: dict[str, str] | None = None, **push_options: Any
 ) -> Iterator[tuple[Daemon, PushedImage]]:
     """``runtimes``: extra runtime handlers as ``NAME:PATH[:ROOT]`` (the daemon's --runtimes);
-    ``config_drop_in``: TOML written into the daemon's drop-in dir (settings no flag reaches)."""
+    ``config_drop_in``: TOML written into the daemon's drop-in dir (settings no flag reaches);
+    ``daemon_env``: the daemon's whole environment (default: this process's), e.g. a PYTHONPATH
+    that runs another build."""
     with tempfile.TemporaryDirectory(prefix="cf-bench-") as tmp:
         registry = RegistryServer(Path(tmp) / "registry")
         registry.start()
@@ -65,7 +67,7 @@ def bench_node(
                 (dirs.config_dir / "50-bench.conf").write_text(config_drop_in)
             runtime_args = [arg for spec in runtimes for arg in ("--runtimes", spec)]
             d = Daemon(dirs, "--registries-conf", str(conf), "--log-level", "warn", *runtime_args,
-                       *daemon_args).start()
+                       *daemon_args, env=daemon_env).start()
             if pull:
                 d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pushed.reference)), timeout=600)
             yield d, pushed
