@@ -257,6 +257,30 @@ def test_stop_grace_period(cri):
     assert status(cri, stubborn).exit_code == 128 + signal.SIGKILL
 
 
+def test_a_stop_waiting_out_its_grace_period_holds_up_no_other_call(cri):
+    """Each call has its own server thread: a StopContainer sitting out a 4 s grace period leaves
+    status calls and a whole pod start-up to go ahead meanwhile."""
+    pod_id, pod = run_pod(cri)
+    stubborn = create(cri, pod_id, pod, ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])
+    start(cri, stubborn)
+    time.sleep(0.3)  # let the shell install its trap
+    rt = cri.client.runtime
+    stop = rt.StopContainer.future(api.StopContainerRequest(container_id=stubborn, timeout=4), timeout=30)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    rt.Version(api.VersionRequest(), timeout=10)
+    assert stubborn in [c.id for c in rt.ListContainers(api.ListContainersRequest(), timeout=10).containers]
+    other_pod, other = run_pod(cri)
+    started = create(cri, other_pod, other, ["/bin/sleep", "60"])
+    start(cri, started)
+    assert status(cri, started).state == api.ContainerState.CONTAINER_RUNNING
+    elapsed = time.monotonic() - t0
+    assert not stop.done(), "the stop should still be waiting for its grace period"
+    assert elapsed < 2.5
+    stop.result()
+    assert status(cri, stubborn).exit_code == 128 + signal.SIGKILL
+
+
 def test_long_line_is_split_into_partial_records(cri):
     st, _ = run_to_exit(cri, ["/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' a"])
     records = log_records(st.log_path)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+from concurrent import futures
 from typing import Callable
 
 import grpc
@@ -28,6 +29,11 @@ from crio_fast.server.runtime_service import RuntimeServicer
 log = logging.getLogger("crio_fast.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Worker threads of the gRPC server: one per call in progress, made on
+# demand. An event stream holds one for its life, a stop one for the grace
+# period: enough that a node draining many pods at once still answers Status
+# and the kubelet's relists; calls beyond this wait for a free thread.
+GRPC_WORKER_THREADS = 256
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -66,7 +72,7 @@ class Daemon:
         self.reload_config = reload_config
         self.engine = Engine(config)
         self.lock = InstanceLock(config.crio.runroot)
-        self.server: grpc.aio.Server | None = None
+        self.server: grpc.Server | None = None
         self._stopping: asyncio.Event | None = None
         self.exit_watcher: ExitWatcher | None = None
         self.metrics = None  # crio_fast.server.metrics.Metrics when [crio.metrics] enable_metrics
@@ -82,30 +88,47 @@ class Daemon:
         listen = self.config.api.listen
         try:
             prepare_socket_path(listen)
-            options = [
-                ("grpc.max_send_message_length", self.config.api.grpc_max_send_msg_size),
-                ("grpc.max_receive_message_length", self.config.api.grpc_max_recv_msg_size),
-            ]
-            server = grpc.aio.server(options=options)
-            api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(self.engine), server)
-            api_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.engine), server)
-            if server.add_insecure_port(f"unix:{listen}") == 0:
-                raise OSError(f"cannot bind {listen}")
-            await server.start()
-            finish_socket(listen)
+            server = self._bind_grpc_server(listen)
         except BaseException:
             self.lock.release()
             raise
         self.server = server
         try:
+            # What calls rely on is up before the first call is taken: its worker threads do not wait
+            # for this coroutine.
             self._start_exit_watcher()
             await self._start_stream_server()
             if self.config.metrics.enable_metrics:
                 self._start_metrics()
+            server.start()
+            finish_socket(listen)
         except BaseException:
             await self.stop(grace=0)
             raise
         log.info("crio-fast %s serving CRI v1 on %s", self.engine.version, listen)
+
+    def _bind_grpc_server(self, listen: str) -> grpc.Server:
+        """Both services on the unix socket, not yet serving.
+
+        The thread-pool server: handlers that block run in its worker threads, coroutine handlers
+        on this loop (server/base.py).
+        """
+        options = [
+            ("grpc.max_send_message_length", self.config.api.grpc_max_send_msg_size),
+            ("grpc.max_receive_message_length", self.config.api.grpc_max_recv_msg_size),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=GRPC_WORKER_THREADS, thread_name_prefix="cri"),
+            options=options,
+        )
+        loop = asyncio.get_running_loop()
+        for servicer, add in ((RuntimeServicer(self.engine), api_pb2_grpc.add_RuntimeServiceServicer_to_server),
+                              (ImageServicer(self.engine), api_pb2_grpc.add_ImageServiceServicer_to_server)):
+            servicer.loop = loop
+            add(servicer, server)
+        if server.add_insecure_port(f"unix:{listen}") == 0:
+            raise OSError(f"cannot bind {listen}")
+        return server
 
     def _start_exit_watcher(self) -> None:
         """Exit files turn into container status and STOPPED events as they appear."""
@@ -156,7 +179,8 @@ class Daemon:
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         if self.server is not None:
             log.info("shutting down: finishing in-flight calls (up to %.0fs)", grace)
-            await self.server.stop(grace)
+            # Calls still running on this loop need it while the server waits for them.
+            await asyncio.to_thread(self.server.stop(grace).wait)
             self.server = None
         if self.exit_watcher is not None:
             self.exit_watcher.stop()

@@ -55,14 +55,14 @@ class ImageServicer(ServicerBase):
     def images(self):
         return self.engine.images
 
-    async def PullImage(self, request: pb.PullImageRequest, context: grpc.aio.ServicerContext) -> pb.PullImageResponse:
+    async def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> pb.PullImageResponse:
         name = request.image.image
         if not name:
             raise InvalidArgument("PullImage: image name is empty")
         record = await self.images.pull(name, _credentials(request.auth))
         return pb.PullImageResponse(image_ref=record.id)
 
-    async def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.aio.ServicerContext) -> pb.ImageStatusResponse:
+    def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
         name = request.image.image
         if not name:
             raise InvalidArgument("ImageStatus: image name is empty")
@@ -77,19 +77,19 @@ class ImageServicer(ServicerBase):
             )
         return response
 
-    async def ListImages(self, request: pb.ListImagesRequest, context: grpc.aio.ServicerContext) -> pb.ListImagesResponse:
+    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
         wanted = request.filter.image.image if request.HasField("filter") else ""
         infos = self.images.list(wanted)
         return pb.ListImagesResponse(images=[_image_proto(i) for i in infos])
 
-    async def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.aio.ServicerContext) -> pb.RemoveImageResponse:
+    async def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
         name = request.image.image
         if not name:
             raise InvalidArgument("RemoveImage: image name is empty")
         await self.images.remove(name)
         return pb.RemoveImageResponse()
 
-    async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: grpc.aio.ServicerContext) -> pb.ImageFsInfoResponse:
+    async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: grpc.ServicerContext) -> pb.ImageFsInfoResponse:
         usage = await self.images.fs_usage()
         fs = pb.FilesystemUsage(timestamp=usage.timestamp_ns, fs_id=pb.FilesystemIdentifier(mountpoint=usage.mountpoint))
         fs.used_bytes.value = usage.used_bytes

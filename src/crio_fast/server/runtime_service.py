@@ -1,12 +1,11 @@
-"""RuntimeService: runtime identity, status and runtime configuration.
+"""RuntimeService: the runtime's identity and status, pods, containers, streams, stats, events.
 
-Pod and container RPCs are added by their managers as they land; until then
-the base class answers them UNIMPLEMENTED.
+Handlers are plain functions that run in the gRPC server's worker threads
+(see server/base.py); only the event stream lives on the daemon's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 
@@ -38,7 +37,7 @@ class RuntimeServicer(ServicerBase):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def Version(self, request: pb.VersionRequest, context: grpc.aio.ServicerContext) -> pb.VersionResponse:
+    def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionResponse:
         return pb.VersionResponse(
             version=KUBELET_API_VERSION,
             runtime_name=RUNTIME_NAME,
@@ -46,7 +45,7 @@ class RuntimeServicer(ServicerBase):
             runtime_api_version=RUNTIME_API_VERSION,
         )
 
-    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         conditions = [
             pb.RuntimeCondition(type="RuntimeReady", status=ok, reason=reason, message=message)
             for ok, reason, message in [self.engine.runtime_condition()]
@@ -62,33 +61,33 @@ class RuntimeServicer(ServicerBase):
             response.info["version"] = json.dumps({"runtime_version": self.engine.version})
         return response
 
-    async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.aio.ServicerContext) -> pb.RuntimeConfigResponse:
+    def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext) -> pb.RuntimeConfigResponse:
         driver = pb.CgroupDriver.SYSTEMD if self.engine.config.runtime.cgroup_manager == "systemd" else pb.CgroupDriver.CGROUPFS
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
-    async def UpdateRuntimeConfig(
-        self, request: pb.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext
+    def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: grpc.ServicerContext
     ) -> pb.UpdateRuntimeConfigResponse:
         self.engine.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
 
     # -- pods ------------------------------------------------------------------
 
-    async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.RunPodSandboxResponse:
-        pod_id = await asyncio.to_thread(self.engine.sandboxes.run, request.config, request.runtime_handler)
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.ServicerContext) -> pb.RunPodSandboxResponse:
+        pod_id = self.engine.sandboxes.run(request.config, request.runtime_handler)
         return pb.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
-    async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.StopPodSandboxResponse:
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext) -> pb.StopPodSandboxResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        await asyncio.to_thread(self.engine.sandboxes.stop, request.pod_sandbox_id)
+        self.engine.sandboxes.stop(request.pod_sandbox_id)
         return pb.StopPodSandboxResponse()
 
-    async def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.RemovePodSandboxResponse:
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: grpc.ServicerContext) -> pb.RemovePodSandboxResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        await asyncio.to_thread(self.engine.sandboxes.remove, request.pod_sandbox_id)
+        self.engine.sandboxes.remove(request.pod_sandbox_id)
         return pb.RemovePodSandboxResponse()
 
-    async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> pb.PodSandboxStatusResponse:
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatusResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
         sandboxes = self.engine.sandboxes
         record = sandboxes.get(request.pod_sandbox_id)
@@ -100,36 +99,34 @@ class RuntimeServicer(ServicerBase):
             )
         return response
 
-    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> pb.ListPodSandboxResponse:
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
         sandboxes = self.engine.sandboxes
         records = sandboxes.list(request.filter if request.HasField("filter") else None)
         return pb.ListPodSandboxResponse(items=[sandboxes.sandbox_proto(r) for r in records])
 
     # -- containers ------------------------------------------------------------
 
-    async def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.aio.ServicerContext) -> pb.CreateContainerResponse:
+    def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.ServicerContext) -> pb.CreateContainerResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        container_id = await asyncio.to_thread(
-            self.engine.containers.create, request.pod_sandbox_id, request.config, request.sandbox_config
-        )
+        container_id = self.engine.containers.create(request.pod_sandbox_id, request.config, request.sandbox_config)
         return pb.CreateContainerResponse(container_id=container_id)
 
-    async def StartContainer(self, request: pb.StartContainerRequest, context: grpc.aio.ServicerContext) -> pb.StartContainerResponse:
+    def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext) -> pb.StartContainerResponse:
         _require(request.container_id, "container_id")
-        await asyncio.to_thread(self.engine.containers.start, request.container_id)
+        self.engine.containers.start(request.container_id)
         return pb.StartContainerResponse()
 
-    async def StopContainer(self, request: pb.StopContainerRequest, context: grpc.aio.ServicerContext) -> pb.StopContainerResponse:
+    def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext) -> pb.StopContainerResponse:
         _require(request.container_id, "container_id")
-        await asyncio.to_thread(self.engine.containers.stop, request.container_id, request.timeout)
+        self.engine.containers.stop(request.container_id, request.timeout)
         return pb.StopContainerResponse()
 
-    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> pb.RemoveContainerResponse:
+    def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
         _require(request.container_id, "container_id")
-        await asyncio.to_thread(self.engine.containers.remove, request.container_id)
+        self.engine.containers.remove(request.container_id)
         return pb.RemoveContainerResponse()
 
-    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> pb.ContainerStatusResponse:
+    def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
         _require(request.container_id, "container_id")
         containers = self.engine.containers
         record = containers.get(request.container_id)
@@ -140,16 +137,15 @@ class RuntimeServicer(ServicerBase):
             )
         return response
 
-    async def ListContainers(self, request: pb.ListContainersRequest, context: grpc.aio.ServicerContext) -> pb.ListContainersResponse:
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
         containers = self.engine.containers
         records = containers.list(request.filter if request.HasField("filter") else None)
         return pb.ListContainersResponse(containers=[containers.container_proto(r) for r in records])
 
-    async def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.aio.ServicerContext) -> pb.ExecSyncResponse:
+    def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
         _require(request.container_id, "container_id")
-        exit_code, stdout, stderr = await asyncio.to_thread(
-            self.engine.containers.exec_sync, request.container_id, list(request.cmd), request.timeout
-        )
+        exit_code, stdout, stderr = self.engine.containers.exec_sync(
+            request.container_id, list(request.cmd), request.timeout)
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
     # -- streaming: the URL of the streaming server; the session runs there -----
@@ -160,70 +156,70 @@ class RuntimeServicer(ServicerBase):
             raise FailedPrecondition("the streaming server is not running")
         return server
 
-    async def Exec(self, request: pb.ExecRequest, context: grpc.aio.ServicerContext) -> pb.ExecResponse:
+    def Exec(self, request: pb.ExecRequest, context: grpc.ServicerContext) -> pb.ExecResponse:
         server = self._stream_server()
-        await asyncio.to_thread(self.engine.streams.check_exec, request)
+        self.engine.streams.check_exec(request)
         return pb.ExecResponse(url=server.get_exec_url(request))
 
-    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
+    def Attach(self, request: pb.AttachRequest, context: grpc.ServicerContext) -> pb.AttachResponse:
         server = self._stream_server()
-        await asyncio.to_thread(self.engine.streams.check_attach, request)
+        self.engine.streams.check_attach(request)
         return pb.AttachResponse(url=server.get_attach_url(request))
 
-    async def PortForward(self, request: pb.PortForwardRequest, context: grpc.aio.ServicerContext) -> pb.PortForwardResponse:
+    def PortForward(self, request: pb.PortForwardRequest, context: grpc.ServicerContext) -> pb.PortForwardResponse:
         server = self._stream_server()
-        await asyncio.to_thread(self.engine.streams.check_port_forward, request)
+        self.engine.streams.check_port_forward(request)
         return pb.PortForwardResponse(url=server.get_port_forward_url(request))
 
-    async def UpdateContainerResources(
-        self, request: pb.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
+    def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: grpc.ServicerContext
     ) -> pb.UpdateContainerResourcesResponse:
         _require(request.container_id, "container_id")
-        await asyncio.to_thread(self.engine.containers.update_resources, request.container_id, request.linux)
+        self.engine.containers.update_resources(request.container_id, request.linux)
         return pb.UpdateContainerResourcesResponse()
 
-    async def ReopenContainerLog(
-        self, request: pb.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
+    def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: grpc.ServicerContext
     ) -> pb.ReopenContainerLogResponse:
         _require(request.container_id, "container_id")
-        await asyncio.to_thread(self.engine.containers.reopen_log, request.container_id)
+        self.engine.containers.reopen_log(request.container_id)
         return pb.ReopenContainerLogResponse()
 
     # -- stats, metrics and events (crio_fast.stats, server/events.py) ------------
 
-    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> pb.ContainerStatsResponse:
+    def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext) -> pb.ContainerStatsResponse:
         _require(request.container_id, "container_id")
-        stats = await asyncio.to_thread(self.engine.stats.container_stats, request.container_id)
+        stats = self.engine.stats.container_stats(request.container_id)
         return pb.ContainerStatsResponse(stats=stats)
 
-    async def ListContainerStats(
-        self, request: pb.ListContainerStatsRequest, context: grpc.aio.ServicerContext
+    def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: grpc.ServicerContext
     ) -> pb.ListContainerStatsResponse:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListContainerStatsResponse(stats=await asyncio.to_thread(self.engine.stats.list_container_stats, flt))
+        return pb.ListContainerStatsResponse(stats=self.engine.stats.list_container_stats(flt))
 
-    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> pb.PodSandboxStatsResponse:
+    def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        stats = await asyncio.to_thread(self.engine.stats.pod_stats, request.pod_sandbox_id)
+        stats = self.engine.stats.pod_stats(request.pod_sandbox_id)
         return pb.PodSandboxStatsResponse(stats=stats)
 
-    async def ListPodSandboxStats(
-        self, request: pb.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodSandboxStatsResponse:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListPodSandboxStatsResponse(stats=await asyncio.to_thread(self.engine.stats.list_pod_stats, flt))
+        return pb.ListPodSandboxStatsResponse(stats=self.engine.stats.list_pod_stats(flt))
 
-    async def ListMetricDescriptors(
-        self, request: pb.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext
+    def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: grpc.ServicerContext
     ) -> pb.ListMetricDescriptorsResponse:
         return pb.ListMetricDescriptorsResponse(descriptors=self.engine.stats.metric_descriptors())
 
-    async def ListPodSandboxMetrics(
-        self, request: pb.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext
+    def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodSandboxMetricsResponse:
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=await asyncio.to_thread(self.engine.stats.pod_metrics))
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=self.engine.stats.pod_metrics())
 
-    async def GetContainerEvents(self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext):
+    async def GetContainerEvents(self, request: pb.GetEventsRequest, context: grpc.ServicerContext):
         subscription = self.engine.events.subscribe()
         try:
             async for event in subscription.events():

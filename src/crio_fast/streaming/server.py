@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import secrets
 import ssl
+import threading
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -112,6 +113,8 @@ class StreamServer:
         self.stream_creation_timeout = stream_creation_timeout
         self._server: asyncio.base_events.Server | None = None
         self._tokens: dict[str, tuple[str, Any, float]] = {}
+        # Tokens are issued by the CRI handlers' worker threads and redeemed on the loop.
+        self._tokens_lock = threading.Lock()
         self._connections: set[asyncio.Task] = set()
 
     # -- lifecycle
@@ -135,7 +138,8 @@ class StreamServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        self._tokens.clear()
+        with self._tokens_lock:
+            self._tokens.clear()
 
     @property
     def url(self) -> str:
@@ -150,13 +154,14 @@ class StreamServer:
     # -- tokens
 
     def _insert(self, kind: str, request: Any) -> str:
-        now = time.monotonic()
-        for token in [t for t, (_, _, expires) in self._tokens.items() if expires <= now]:
-            del self._tokens[token]
         token = secrets.token_urlsafe(16)
         stored = type(request)()
         stored.CopyFrom(request)
-        self._tokens[token] = (kind, stored, now + self.token_ttl)
+        now = time.monotonic()
+        with self._tokens_lock:
+            for expired in [t for t, (_, _, expires) in self._tokens.items() if expires <= now]:
+                del self._tokens[expired]
+            self._tokens[token] = (kind, stored, now + self.token_ttl)
         return f"{self.url}/{kind}/{token}"
 
     def get_exec_url(self, request: api_pb2.ExecRequest) -> str:
@@ -176,7 +181,8 @@ class StreamServer:
         return self._insert("portforward", request)
 
     def _consume(self, kind: str, token: str) -> Any:
-        entry = self._tokens.pop(token, None)
+        with self._tokens_lock:
+            entry = self._tokens.pop(token, None)
         if entry is None or entry[0] != kind or entry[2] <= time.monotonic():
             raise HttpError(404, "404 page not found")
         return entry[1]
