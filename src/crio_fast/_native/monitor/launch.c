@@ -101,11 +101,18 @@ int apply_rlimits(const struct launch_plan *plan, struct error *err)
 
 static int last_capability(void)
 {
-    /* Probe rather than read /proc, which may not be mounted any more. */
-    int cap = 0;
-    while (cap < 63 && prctl(PR_CAPBSET_READ, cap + 1, 0, 0, 0) >= 0)
-        cap++;
-    return cap;
+    /* Probe rather than read /proc, which may not be mounted any more:
+     * PR_CAPBSET_READ fails with EINVAL past the kernel's last capability.
+     * A binary search takes 6 calls where a walk up from 0 took 41. */
+    int known = 0, unknown = 64; /* capability 0 always exists; bit 64 never */
+    while (unknown - known > 1) {
+        int probe = known + (unknown - known) / 2;
+        if (prctl(PR_CAPBSET_READ, probe, 0, 0, 0) >= 0)
+            known = probe;
+        else
+            unknown = probe;
+    }
+    return known;
 }
 
 static int drop_bounding_set(uint64_t keep, struct error *err)
