@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ from crio_fast.image.store import chain_ids
 from tests.support.daemon import Daemon, run_cli
 from tests.support.fixtures import write_registries_conf
 from tests.support.images import LayerBuilder
+from tests.support.pods import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -446,3 +448,21 @@ def test_pull_through_mirror_then_primary(daemon_dirs, tmp_path, registry, push_
             d.stop()
     finally:
         mirror.stop()
+
+
+def test_pull_cancelled_by_its_client_stops_and_leaves_no_work_behind(image_daemon, push_image):
+    """The pull runs on the daemon's loop for a handler thread; when the client's deadline ends the
+    call, the pull is cancelled: no image record, nothing left under tmp/ (a layer already being
+    extracted may still land, whole), and a new pull works."""
+    big = LayerBuilder().file("big.bin", os.urandom(96 << 20))
+    pushed = push_image(repository="test/big", extra_layers=[big])
+    request = api.PullImageRequest(image=api.ImageSpec(image=pushed.reference))
+    with pytest.raises(grpc.RpcError) as err:
+        image_daemon.client.image.PullImage(request, timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: store_dirs(image_daemon)["tmp"] == [], timeout=30, what="the cancelled pull to clean up")
+    time.sleep(3)  # a pull that went on would have written its record by now
+    assert store_dirs(image_daemon)["records"] == []
+    assert not status(image_daemon, pushed.reference).HasField("image")
+    assert pull(image_daemon, pushed.reference).startswith("sha256:")
+    assert status(image_daemon, pushed.reference).image.size > 96 << 20
