@@ -195,6 +195,40 @@ def test_v2_pod_cgroup_takes_no_processes_but_its_monitor_leaf_does(manager, tes
     assert cgroups_of(sleeper.pid) == {monitor.path}
 
 
+def test_pod_and_monitor_cgroups_in_one_pass(manager, test_root, spawn):
+    """What RunPodSandbox makes while the monitor starts: the pod cgroup and the monitor's leaf in
+    it, in every hierarchy, ready to take the monitor (cpusets filled in on v1)."""
+    pod = manager.pod_cgroup_paths(f"{test_root}/pod", "p")
+    monitor = manager.monitor_cgroup_paths(pod)
+    manager.create_pod_and_monitor_cgroups(pod, monitor)
+    assert (pod.created, monitor.created) == (True, True)
+    for cgroup in (pod, monitor):
+        assert all(os.path.isdir(d) for d in cgroup.hierarchy_dirs.values())
+    if "cpuset" in monitor.dirs and not manager.layout.is_v2("cpuset"):
+        assert read(monitor, "cpuset", "cpuset.cpus") == read(pod, "cpuset", "cpuset.cpus") != ""
+        assert read(monitor, "cpuset", "cpuset.mems") == read(pod, "cpuset", "cpuset.mems") != ""
+    sleeper = spawn()
+    place(monitor, sleeper.pid)
+    assert cgroups_of(sleeper.pid) == {monitor.path}
+    assert pod.pids() == []
+    manager.remove(pod)
+    assert not any(os.path.exists(d) for d in pod.hierarchy_dirs.values())
+
+
+def test_pod_and_monitor_cgroups_under_a_parent_made_by_the_kubelet(manager, test_root):
+    """With a cgroup_parent the kubelet made, the pod cgroup exists: only the monitor's leaf is
+    ours, and that is what the pod's removal takes away."""
+    kubelet_pod = manager.pod_cgroup(f"{test_root}/kubepods/podx", "p")
+    pod = manager.pod_cgroup_paths(f"{test_root}/kubepods/podx", "p")
+    monitor = manager.monitor_cgroup_paths(pod)
+    manager.create_pod_and_monitor_cgroups(pod, monitor)
+    assert (pod.created, monitor.created) == (False, True)
+    manager.remove(monitor)
+    assert all(os.path.isdir(d) for d in kubelet_pod.hierarchy_dirs.values())
+    with pytest.raises(ValueError):
+        manager.create_pod_and_monitor_cgroups(pod, manager.paths(f"{test_root}/elsewhere"))
+
+
 def test_live_update_raises_and_lowers_memory_and_cpu(manager, test_root, spawn):
     pod = manager.pod_cgroup(f"{test_root}/pod", "p")
     c = manager.container_cgroup(

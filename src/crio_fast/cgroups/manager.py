@@ -226,6 +226,37 @@ class CgroupManager:
         paths.created = self._create(paths, enable_for_children=False)
         return paths
 
+    def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths) -> None:
+        """create_pod_cgroup, then create_monitor_cgroup in it, in one pass over the hierarchies.
+
+        Both on the start-up path: per hierarchy the cpuset values are read
+        and copied once for both levels, and cgroup2 controllers enabled once
+        down to the pod. On failure nothing this call made is left.
+        """
+        if os.path.dirname(monitor.path) != pod.path:
+            raise ValueError(f"{monitor.path} is not a child of {pod.path}")
+        made: list[str] = []
+        pod_made = False
+        try:
+            for hierarchy in self._hierarchies:
+                new = tree.make_dirs(hierarchy.mount_point, pod.path)
+                pod_made = pod_made or bool(new)
+                made.extend(new)
+                made.extend(tree.make_dirs(hierarchy.mount_point, monitor.path))
+                if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
+                    v1.fill_cpusets(hierarchy.mount_point, monitor.path)
+                elif hierarchy.version == 2:
+                    # Down to the monitor's parent: the pod, which holds no process of its own.
+                    v2.enable_controllers(hierarchy.mount_point, monitor.path, self._v2_wanted, include_leaf=False)
+        except (CgroupWriteError, CgroupReadError) as e:
+            self._undo(made)
+            raise CgroupError(str(e)) from e
+        except BaseException:
+            self._undo(made)
+            raise
+        pod.created = pod_made
+        monitor.created = bool(made)
+
     def update(self, cgroup: CgroupPaths, resources: Resources) -> None:
         """Apply new limits to a live cgroup (UpdateContainerResources)."""
         current_memory_limit = None

@@ -210,9 +210,8 @@ class SandboxManager:
             # Runs on this CPU while the monitor makes the namespaces on the other; it joins the
             # cgroups made here once this returns.
             try:
-                self.cgroups.create_pod_cgroup(pod_cg)
+                self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
-                self.cgroups.create_monitor_cgroup(monitor_cg)
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
 
