@@ -115,23 +115,3 @@ def test_many_containers_nothing_lost(cri, subscribers):
             wait_for(lambda: len(sub.of(ctr)) >= 4, timeout=10, what=f"all events of {ctr[:12]}")
             assert types(sub.of(ctr)) == [CREATED, STARTED, STOPPED, DELETED]
 
-
-def test_cancelled_streams_give_their_server_threads_back(cri):
-    """Each stream holds one of the server's worker threads while it runs. Stream after stream is
-    opened, seen to be delivering and cancelled, more in all than the server has threads: if a
-    cancelled stream kept its thread, the later ones would never start."""
-    from crio_fast.server.app import GRPC_WORKER_THREADS
-
-    pod_id, pod = run_pod(cri)
-    batch = 20
-    for _ in range(GRPC_WORKER_THREADS // batch + 2):
-        subs = [Subscriber(cri) for _ in range(batch)]
-        try:
-            probe = create(cri, pod_id, pod, ["/bin/true"])
-            for sub in subs:
-                wait_for(lambda: sub.of(probe), timeout=10, what="the probe's CREATED event on every stream")
-        finally:
-            for sub in subs:
-                sub.close()
-        assert all(sub.error is not None and sub.error.code() == grpc.StatusCode.CANCELLED for sub in subs)
-    assert cri.client.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "crio-fast"

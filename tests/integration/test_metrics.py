@@ -122,3 +122,24 @@ def test_dead_monitor_found_at_restart_is_counted(registry, busybox_image, tmp_p
         assert value(scrape(d), "crio_fast_monitor_gone_total") == 1
         status = d.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)
         assert status.status.state == api.PodSandboxState.SANDBOX_NOTREADY
+
+
+def test_cancelled_event_streams_end_their_subscriptions_and_free_their_threads(cri):
+    """A GetContainerEvents stream holds a server worker thread while it waits on the loop for an
+    event. Streams are opened until the daemon counts them all, then cancelled while no event is
+    published: each must end its subscription at once (nothing else would wake it), and so give
+    its thread back; over more rounds than the server has threads, later streams still start."""
+    from crio_fast.server.app import GRPC_WORKER_THREADS
+
+    batch = 40
+    for _ in range(GRPC_WORKER_THREADS // batch + 2):
+        calls = [cri.client.runtime.GetContainerEvents(api.GetEventsRequest()) for _ in range(batch)]
+        try:
+            wait_for(lambda: value(scrape(cri), "crio_fast_event_subscribers") == batch, timeout=20,
+                     what=f"{batch} subscribed streams")
+        finally:
+            for call in calls:
+                call.cancel()
+        wait_for(lambda: value(scrape(cri), "crio_fast_event_subscribers") == 0, timeout=10,
+                 what="the cancelled streams to unsubscribe")
+    assert cri.client.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "crio-fast"

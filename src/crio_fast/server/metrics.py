@@ -43,7 +43,7 @@ EVENT_NAMES = {v: k.removeprefix("CONTAINER_").removesuffix("_EVENT").lower()
 
 
 class _StoreCollector(Collector):
-    """Containers and pods by state, counted when scraped."""
+    """Containers and pods by state and GetContainerEvents streams, counted when scraped."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -65,6 +65,8 @@ class _StoreCollector(Collector):
         for state, count in pod_counts.items():
             pods.add_metric([state], count)
         yield pods
+        yield GaugeMetricFamily(f"{PREFIX}_event_subscribers", "Open GetContainerEvents streams.",
+                                value=self.engine.events.subscriber_count)
 
 
 class Metrics:
