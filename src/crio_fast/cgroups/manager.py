@@ -181,7 +181,7 @@ class CgroupManager:
         return self.create_pod_cgroup(self.pod_cgroup_paths(cgroup_parent, pod_id))
 
     def create_pod_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
-        paths.created = self._create(paths, enable_for_children=True)
+        [paths.created] = self._create([paths], enable_for_children=True)
         return paths
 
     def container_cgroup(
@@ -206,7 +206,7 @@ class CgroupManager:
 
     def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]]) -> CgroupPaths:
         """container_cgroup's second half: mkdir in every hierarchy, then the writes."""
-        paths.created = self._create(paths, enable_for_children=False)
+        [paths.created] = self._create([paths], enable_for_children=False)
         try:
             self._write(writes)
         except BaseException:
@@ -223,7 +223,7 @@ class CgroupManager:
         return self.create_monitor_cgroup(self.monitor_cgroup_paths(pod))
 
     def create_monitor_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
-        paths.created = self._create(paths, enable_for_children=False)
+        [paths.created] = self._create([paths], enable_for_children=False)
         return paths
 
     def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths) -> None:
@@ -231,31 +231,12 @@ class CgroupManager:
 
         Both on the start-up path: per hierarchy the cpuset values are read
         and copied once for both levels, and cgroup2 controllers enabled once
-        down to the pod. On failure nothing this call made is left.
+        down to the pod (the monitor's parent). On failure nothing this call
+        made is left.
         """
         if os.path.dirname(monitor.path) != pod.path:
             raise ValueError(f"{monitor.path} is not a child of {pod.path}")
-        made: list[str] = []
-        pod_made = False
-        try:
-            for hierarchy in self._hierarchies:
-                new = tree.make_dirs(hierarchy.mount_point, pod.path)
-                pod_made = pod_made or bool(new)
-                made.extend(new)
-                made.extend(tree.make_dirs(hierarchy.mount_point, monitor.path))
-                if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
-                    v1.fill_cpusets(hierarchy.mount_point, monitor.path)
-                elif hierarchy.version == 2:
-                    # Down to the monitor's parent: the pod, which holds no process of its own.
-                    v2.enable_controllers(hierarchy.mount_point, monitor.path, self._v2_wanted, include_leaf=False)
-        except (CgroupWriteError, CgroupReadError) as e:
-            self._undo(made)
-            raise CgroupError(str(e)) from e
-        except BaseException:
-            self._undo(made)
-            raise
-        pod.created = pod_made
-        monitor.created = bool(made)
+        pod.created, monitor.created = self._create([pod, monitor], enable_for_children=False)
 
     def update(self, cgroup: CgroupPaths, resources: Resources) -> None:
         """Apply new limits to a live cgroup (UpdateContainerResources)."""
@@ -350,25 +331,32 @@ class CgroupManager:
 
     # -- internals -----------------------------------------------------------
 
-    def _create(self, paths: CgroupPaths, enable_for_children: bool) -> bool:
-        """mkdir the cgroup in every hierarchy; on failure undo what this call made."""
+    def _create(self, levels: list[CgroupPaths], enable_for_children: bool) -> list[bool]:
+        """mkdir each level (each a child of the one before) in every hierarchy; on failure undo
+        what this call made. Cpusets are filled and cgroup2 controllers enabled down to the last
+        level's parent, or the last level itself with ``enable_for_children``. Returns, per
+        level, whether this call made it (in some hierarchy)."""
         made: list[str] = []
+        level_made = [False] * len(levels)
+        deepest = levels[-1].path
         try:
             for hierarchy in self._hierarchies:
-                made.extend(tree.make_dirs(hierarchy.mount_point, paths.path))
+                for index, level in enumerate(levels):
+                    new = tree.make_dirs(hierarchy.mount_point, level.path)
+                    level_made[index] = level_made[index] or bool(new)
+                    made.extend(new)
                 if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
-                    v1.fill_cpusets(hierarchy.mount_point, paths.path)
+                    v1.fill_cpusets(hierarchy.mount_point, deepest)
                 elif hierarchy.version == 2:
-                    v2.enable_controllers(
-                        hierarchy.mount_point, paths.path, self._v2_wanted, include_leaf=enable_for_children
-                    )
+                    v2.enable_controllers(hierarchy.mount_point, deepest, self._v2_wanted,
+                                          include_leaf=enable_for_children)
         except (CgroupWriteError, CgroupReadError) as e:
             self._undo(made)
             raise CgroupError(str(e)) from e
         except BaseException:
             self._undo(made)
             raise
-        return bool(made)
+        return level_made
 
     @staticmethod
     def _undo(made: list[str]) -> None:
