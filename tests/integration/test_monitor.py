@@ -626,20 +626,30 @@ def test_list_and_remove(harness: Harness) -> None:
         monitor.start("idle")
 
 
-def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir) -> None:
-    memory = cgroup_dir("memory")
-    pids = cgroup_dir("pids")
-    monitor = harness.spawn()
-    plan = harness.plan(
-        "oom", ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
+def oom_plan(harness: Harness, name: str, memory: Path, pids: Path):
+    """A container in the memory and pids cgroups (16 MiB, 20 tasks) that prints its cgroups and
+    then allocates 64 MiB: it is OOM killed."""
+    return harness.plan(
+        name, ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
         cgroup_writes=[(str(memory / "memory.limit_in_bytes"), str(16 << 20)), (str(pids / "pids.max"), "20")],
         cgroup_procs=[str(memory / "cgroup.procs"), str(pids / "cgroup.procs")],
         oom_counter_path=str(memory / "memory.oom_control"),
         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
     )
-    info = harness.run(monitor, "oom", plan)
+
+
+def assert_oom_killed_in(harness: Harness, name: str, info, memory: Path, pids: Path) -> None:
     assert (info.exit_code, info.oom_killed) == (137, True)
-    assert f"memory:/{memory.name}" in harness.output("oom") and f"pids:/{pids.name}" in harness.output("oom")
+    assert f"memory:/{memory.name}" in harness.output(name) and f"pids:/{pids.name}" in harness.output(name)
+
+
+def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir) -> None:
+    memory = cgroup_dir("memory")
+    pids = cgroup_dir("pids")
+    monitor = harness.spawn()
+    plan = oom_plan(harness, "oom", memory, pids)
+    info = harness.run(monitor, "oom", plan)
+    assert_oom_killed_in(harness, "oom", info, memory, pids)
     assert (pids / "pids.max").read_text().strip() == "20"
 
     # Same cgroup, no new OOM kill: the flag is the counter's change during this container's life.
@@ -719,13 +729,7 @@ def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir)
     memory.rmdir()
     pids.rmdir()  # only the names: the step below makes them
     monitor = harness.spawn()
-    plan = harness.plan(
-        "gated", ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
-        cgroup_writes=[(str(memory / "memory.limit_in_bytes"), str(16 << 20)), (str(pids / "pids.max"), "20")],
-        cgroup_procs=[str(memory / "cgroup.procs"), str(pids / "cgroup.procs")],
-        oom_counter_path=str(memory / "memory.oom_control"),
-        namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
-    )
+    plan = oom_plan(harness, "gated", memory, pids)
     made: list[bool] = []
 
     def make_cgroups() -> None:
@@ -738,9 +742,7 @@ def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir)
     assert made == [True]
     assert str(result.pid) in (pids / "cgroup.procs").read_text().split()
     monitor.start("gated")
-    info = harness.wait_exit("gated")
-    assert (info.exit_code, info.oom_killed) == (137, True)
-    assert f"memory:/{memory.name}" in harness.output("gated") and f"pids:/{pids.name}" in harness.output("gated")
+    assert_oom_killed_in(harness, "gated", harness.wait_exit("gated"), memory, pids)
 
 
 def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> None:
