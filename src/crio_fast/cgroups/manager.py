@@ -178,9 +178,7 @@ class CgroupManager:
         On v2 the pod cgroup enables the controllers for its children at once,
         so nothing may be placed in it directly (see monitor_cgroup).
         """
-        return self.create_pod_cgroup(self.pod_cgroup_paths(cgroup_parent, pod_id))
-
-    def create_pod_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
+        paths = self.pod_cgroup_paths(cgroup_parent, pod_id)
         [paths.created] = self._create([paths], enable_for_children=True)
         return paths
 
@@ -220,14 +218,12 @@ class CgroupManager:
         return self.paths(f"{pod.path}/{MONITOR_CGROUP_NAME}")
 
     def monitor_cgroup(self, pod: CgroupPaths) -> CgroupPaths:
-        return self.create_monitor_cgroup(self.monitor_cgroup_paths(pod))
-
-    def create_monitor_cgroup(self, paths: CgroupPaths) -> CgroupPaths:
+        paths = self.monitor_cgroup_paths(pod)
         [paths.created] = self._create([paths], enable_for_children=False)
         return paths
 
     def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths) -> None:
-        """create_pod_cgroup, then create_monitor_cgroup in it, in one pass over the hierarchies.
+        """The pod cgroup, then the monitor's leaf in it, in one pass over the hierarchies.
 
         Both on the start-up path: per hierarchy the cpuset values are read
         and copied once for both levels, and cgroup2 controllers enabled once
