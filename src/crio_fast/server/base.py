@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
@@ -109,10 +110,9 @@ def _wrap_stream(service: str, name: str, fn: Callable) -> Callable:
             log.exception("%s.%s failed", service, name)
             code, message = grpc.StatusCode.INTERNAL, f"{service}.{name}: internal error: {exc}"
         finally:
-            # Runs the generator's own clean-up (its finally blocks) on the loop.
-            loop = self.loop
-            if loop is not None and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(items.aclose(), loop)
+            # Runs the generator's own clean-up (its finally blocks) on the loop, if it still runs.
+            with contextlib.suppress(RuntimeError):
+                self._submit(items.aclose())
         context.abort(code, message)
 
     return handler
