@@ -19,6 +19,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -52,6 +53,68 @@ static int hide_cgroup2_mount(const char *runtime, struct error *err)
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
         return error_errno(err, errno, "unmount /sys/fs/cgroup/unified for %s", runtime);
     return 0;
+}
+
+enum child_program { CHILD_RUNS_OTHER, CHILD_RUNS_RUNTIME, CHILD_EXITING };
+
+/* What child `pid` runs: the runtime's binary, something else, or nothing
+ * any more (exiting, or a zombie: its exe link is gone). */
+static enum child_program child_program(pid_t pid, const char *runtime_binary)
+{
+    char link[64], target[PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/%d/exe", (int)pid);
+    ssize_t length = readlink(link, target, sizeof(target) - 1);
+    if (length < 0)
+        return errno == ENOENT || errno == ESRCH ? CHILD_EXITING : CHILD_RUNS_OTHER;
+    target[length] = '\0';
+    return strcmp(target, runtime_binary) == 0 ? CHILD_RUNS_RUNTIME : CHILD_RUNS_OTHER;
+}
+
+/* Wait for the helpers the runtime left running when it exited (crun's
+ * process of a failed exec, already in the container's pid namespace).
+ * Orphaned further they would go to the daemon, which reaps no strangers,
+ * and a zombie in the container's pid namespace keeps the container's init
+ * from ever finishing its exit. Other orphans (a background process of the
+ * command, when the container shares the host's pid namespace) are not
+ * waited for: ExecSync returns when the command is done. */
+static void reap_runtime_leftovers(const char *runtime)
+{
+    char binary[PATH_MAX];
+    if (!realpath(runtime, binary) && snprintf(binary, sizeof(binary), "%s", runtime) >= (int)sizeof(binary))
+        return;
+    char children_path[64];
+    snprintf(children_path, sizeof(children_path), "/proc/self/task/%d/children", (int)getpid());
+    /* Bounded: an exiting child is looked at again a millisecond later, for at most two seconds. */
+    for (int round = 0; round < 2000; round++) {
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        char *text = NULL;
+        struct error err;
+        if (read_small_file(children_path, 1 << 16, &text, NULL, &err) < 0)
+            return; /* no CONFIG_PROC_CHILDREN: only what had exited is reaped */
+        pid_t helper = 0;
+        bool exiting = false;
+        for (char *p = text; *p && !helper;) {
+            char *end;
+            long pid = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            enum child_program program = child_program((pid_t)pid, binary);
+            if (program == CHILD_RUNS_RUNTIME)
+                helper = (pid_t)pid;
+            exiting |= program == CHILD_EXITING;
+            p = end + strspn(end, " \n");
+        }
+        free(text);
+        if (helper) {
+            while (waitpid(helper, NULL, 0) < 0 && errno == EINTR)
+                ;
+        } else if (exiting) {
+            usleep(1000);
+        } else {
+            return;
+        }
+    }
 }
 
 int runtime_main(int argc, char **argv)
@@ -104,8 +167,7 @@ int runtime_main(int argc, char **argv)
         fprintf(stderr, "crio-fast-monitor runtime: waitpid %d: %s\n", (int)child, strerror(errno));
         return 125;
     }
-    while (waitpid(-1, NULL, WNOHANG) > 0)
-        ; /* orphans that have already exited */
+    reap_runtime_leftovers(argv[i]);
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
