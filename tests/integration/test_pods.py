@@ -345,6 +345,36 @@ def test_errors_are_clear(cri):
     assert cri.client.version().runtime_name == "crio-fast"
 
 
+def test_a_set_up_failing_after_create_answered_is_reported_by_start_and_status(cri):
+    """CreateContainer answers before the monitor's child has finished its set-up; a set-up that
+    then fails (here: the working directory cannot be made, /etc/passwd being a file) ends the
+    container as StartError, with the child's own message, and removing it leaves nothing."""
+    pod_id, pod = run_pod(cri)
+    broken = create(cri, pod_id, pod, ["/bin/true"], working_dir="/etc/passwd/sub")
+    deadline = time.monotonic() + 10
+    while status(cri, broken).state == api.ContainerState.CONTAINER_CREATED and time.monotonic() < deadline:
+        time.sleep(0.02)  # a status takes the outcome in once it is there, without a start
+    st = status(cri, broken)
+    assert st.state == api.ContainerState.CONTAINER_EXITED and st.reason == "StartError"
+    assert "working directory" in st.message and "/etc/passwd/sub" in st.message
+    with pytest.raises(grpc.RpcError) as err:
+        start(cri, broken)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "/etc/passwd/sub" in err.value.details()
+    # Started straight away, the same failure is StartContainer's error.
+    also_broken = create(cri, pod_id, pod, ["/bin/true"], working_dir="/etc/passwd/sub")
+    with pytest.raises(grpc.RpcError) as err:
+        start(cri, also_broken)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "/etc/passwd/sub" in err.value.details()
+    assert status(cri, also_broken).reason == "StartError"
+    for ctr in (broken, also_broken):
+        cri.client.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=ctr), timeout=10)
+    assert [o for o in _kernel_objects_of(cri, pod_id, [broken, also_broken]) if broken in o or also_broken in o] == []
+    # The pod is fine: its next container runs.
+    ctr = create(cri, pod_id, pod, ["/bin/sh", "-c", "exit 0"])
+    start(cri, ctr)
+    assert wait_exited(cri, ctr).exit_code == 0
+
+
 def test_pod_whose_cgroup_cannot_be_made_leaves_nothing(cri):
     """The pod cgroup is made while the monitor starts; failing there stops the monitor and undoes it all."""
     config = pod_config(cri)

@@ -29,7 +29,15 @@ from crio_fast.config import Config
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import ExitInfo, MonitorError, OciRuntimeCall, exec_sync, read_exit_file, write_exit_file
+from crio_fast.runtime.monitor import (
+    ExitInfo,
+    MonitorError,
+    OciRuntimeCall,
+    PendingCreate,
+    exec_sync,
+    read_exit_file,
+    write_exit_file,
+)
 from crio_fast.runtime.reaper import exit_code_of, reap_adopted, wait_adopted
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
@@ -209,6 +217,8 @@ class ContainerManager:
         # Told (record, pb.ContainerEventType) at each lifecycle step; the engine's event bus.
         self.events = events
         self._starting: set[str] = set()  # ids inside start(): their exits are folded in by start()
+        # CREATEs whose reply has not been read: the child is still setting up (see _settle).
+        self._pending: dict[str, PendingCreate] = {}
         self.state = state
         self.sandboxes = sandboxes
         self.images = images
@@ -237,7 +247,9 @@ class ContainerManager:
                 log.exception("container %s: publishing event %d", record.id[:12], event_type)
 
     def refresh(self, record: ContainerRecord) -> ContainerRecord:
-        """Fold in an exit the monitor recorded since we last looked."""
+        """Fold in an exit the monitor recorded since we last looked (and a set-up that has ended)."""
+        if record.id in self._pending:
+            self._settle(record, wait=False)
         if record.state not in (CTR_CREATED, CTR_RUNNING) or record.id in self._starting:
             return record
         try:
@@ -282,6 +294,49 @@ class ContainerManager:
         self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     # -- CreateContainer -------------------------------------------------------
+
+    def _settle(self, record: ContainerRecord, wait: bool = True) -> None:
+        """Take in the reply of the container's CREATE if it is still unread.
+
+        CreateContainer answers once the request is out and the cgroup made; the monitor's child
+        finishes its set-up meanwhile. StartContainer, a stop, a resource update wait for the
+        outcome here (``wait``); a status or list takes it only when it is in. A set-up that failed
+        ends the container as a failed start does: EXITED, reason StartError, with the child's
+        message (as containerd reports a failed task creation).
+        """
+        pending = self._pending.get(record.id)
+        if pending is None or (not wait and not pending.done()):
+            return
+        try:
+            result, failure = pending.result(), None
+        except MonitorError as exc:
+            result, failure = None, exc
+        with self._lock:
+            if self._pending.get(record.id) is not pending:
+                return  # another thread took it in
+            del self._pending[record.id]
+            if result is not None:
+                record.pid = result.pid
+                self.state.containers.save(record)
+            elif record.state == CTR_CREATED:
+                record.state, record.reason = CTR_EXITED, "StartError"
+                record.message = f"container set-up failed: {failure}"
+                record.exit_code, record.finished_at = 128, time.time_ns()
+                self.state.containers.save(record)
+        if result is not None:
+            for warning in result.warnings:
+                log.warning("container %s: %s", record.id[:12], warning)
+            log.info("container %s (%s) set up, pid %d", record.id[:12], record.name, result.pid)
+        else:
+            log.warning("container %s (%s): set-up failed: %s", record.id[:12], record.name, failure)
+            self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
+
+    def abandon_pending(self) -> None:
+        """Drop the unread CREATE replies (the daemon is stopping; the monitors keep the state)."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for p in pending:
+            p.abandon()
 
     def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
         pod = self.sandboxes.get(pod_id)
@@ -475,15 +530,16 @@ class ContainerManager:
         try:
             # Natively, the cgroup is made while the monitor's child clones and mounts the rootfs (on the
             # other CPU); the child joins it before the mounts under /sys/fs/cgroup, which bind it in.
-            result = monitor.create(record.id, plan, record.log_path or os.devnull, oci=oci_call,
-                                    meanwhile=None if external_runtime else make_cgroup)
+            # The reply is not awaited: the child's set-up overlaps this call's answer and the next
+            # call's arrival; _settle takes the outcome in.
+            pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call,
+                                           meanwhile=None if external_runtime else make_cgroup)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
-        for warning in getattr(result, "warnings", []) or []:
-            log.warning("container %s: %s", record.id[:12], warning)
-        record.pid = result.pid
+        with self._lock:
+            self._pending[record.id] = pending
         self.state.containers.save(record)
-        log.info("container %s (%s) created, pid %d", record.id[:12], record.name, result.pid)
+        log.info("container %s (%s) created", record.id[:12], record.name)
 
     def _oci_bundle(self, record: ContainerRecord, pod, plan: LaunchPlan, sc, pod_sc,
                     devices: list[security.DeviceNode]) -> tuple[LaunchPlan, OciRuntimeCall | None]:
@@ -537,10 +593,19 @@ class ContainerManager:
 
     def start(self, container_id: str) -> None:
         record = self.get(container_id)
+        self._settle(record)
+        if record.state == CTR_EXITED and record.reason == "StartError":
+            raise FailedPrecondition(f"starting container {record.id}: {record.message}")
         if record.state != CTR_CREATED:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
+        if not record.pid:
+            # Created before a daemon restart, its CREATE reply unread: the monitor knows the pid.
+            try:
+                record.pid = monitor.state(record.id).pid
+            except MonitorError as exc:
+                log.info("container %s: pid from the monitor: %s", record.id[:12], exc)
         with self._lock:
             self._starting.add(record.id)
         try:
@@ -574,6 +639,7 @@ class ContainerManager:
 
     def stop(self, container_id: str, timeout: int) -> None:
         record = self.get(container_id)
+        self._settle(record)
         if record.state not in (CTR_CREATED, CTR_RUNNING):
             return
         pod = self.state.pods.get(record.pod_id)
@@ -718,6 +784,7 @@ class ContainerManager:
     def update_resources(self, container_id: str, resources: pb.LinuxContainerResources) -> None:
         """UpdateContainerResources: new cgroup limits (and oom_score_adj) for a live container."""
         record = self.get(container_id)
+        self._settle(record)
         if record.state not in (CTR_CREATED, CTR_RUNNING):
             raise FailedPrecondition(f"container {record.id} is {record.state}: its resources cannot change")
         limits = self._resources(resources)

@@ -411,6 +411,45 @@ class PodMonitor:
         """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
+        w = self._create_fields(container_id, plan, log_path, oci)
+        if meanwhile is None:
+            reply = self._request(CREATE, w)
+        else:
+            reply = self._gated_request(CREATE, w, meanwhile)
+        return _create_result(reply)
+
+    def begin_create(self, container_id: str, plan: LaunchPlan, log_path: str,
+                     oci: OciRuntimeCall | None = None,
+                     meanwhile: Callable[[], None] | None = None) -> "PendingCreate":
+        """``create`` without waiting for the reply: the request goes out on a connection of its own,
+        ``meanwhile`` runs and the gate opens as in ``create``, and the reply (the child ready, or why
+        its set-up failed) is read later through the returned ``PendingCreate``. If ``meanwhile``
+        raises, the reply is awaited (the child gives up) and the exception propagates."""
+        if meanwhile is not None and oci is not None:
+            raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
+        w = self._create_fields(container_id, plan, log_path, oci)
+        if meanwhile is None:
+            sock, request_id = self._send_detached(CREATE, w)
+            return PendingCreate(self, sock, request_id)
+        gate_read, gate_write = os.pipe()
+        try:
+            sock, request_id = self._send_detached(CREATE, w, fd=gate_read)
+        except BaseException:
+            os.close(gate_write)
+            raise
+        finally:
+            os.close(gate_read)  # the monitor has its copy now (or the request never went out)
+        pending = PendingCreate(self, sock, request_id)
+        failure = _run_then_open_gate(meanwhile, gate_write)
+        if failure is not None:
+            with contextlib.suppress(MonitorError):  # the child's "gave up" only follows from it
+                pending.result()
+            raise failure
+        return pending
+
+    @staticmethod
+    def _create_fields(container_id: str, plan: LaunchPlan, log_path: str,
+                       oci: OciRuntimeCall | None) -> TLVWriter:
         w = TLVWriter()
         w.string(F_CONTAINER_ID, container_id)
         w.raw(F_PLAN, plan.encode())
@@ -421,12 +460,7 @@ class PodMonitor:
             w.string(F_OCI_BUNDLE, oci.bundle)
             if oci.hide_cgroup2_mount:
                 w.boolean(F_OCI_HIDE_CGROUP2, True)
-        if meanwhile is None:
-            reply = self._request(CREATE, w)
-        else:
-            reply = self._gated_request(CREATE, w, meanwhile)
-        return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0],
-                            warnings=[_string(v) for v in reply.get(F_WARNING, [])])
+        return w
 
     def start(self, container_id: str) -> None:
         self._request(START, self._id_fields(container_id))
@@ -472,6 +506,65 @@ class PodMonitor:
             raise MonitorError(f"connect to the pod monitor in {self.pod_dir}: {e.strerror}",
                                e.errno or errno.EIO) from None
         return sock
+
+    def _send_detached(self, request_type: int, fields: TLVWriter, timeout: float = 30.0, *,
+                       fd: int = -1) -> tuple[socket.socket, int]:
+        """Send one request on a connection nobody else uses until its reply is read: the idle
+        connection if there is one (it is not idle any more), else a new one. Returns the connection
+        and the request id; ``_finish_detached`` reads the reply."""
+        name = _REQUEST_NAMES[request_type]
+        with self._lock:
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+            request_id = self._next_id
+            sock, self._socket = self._socket, None
+        message = _encode_request(request_type, request_id, fields)
+        for attempt in (0, 1):
+            fresh = sock is None
+            if sock is None:
+                sock = self._connect(timeout)
+            sock.settimeout(timeout)
+            if len(message) > _DEFAULT_SEND_LIMIT:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(message) + 65536)
+            try:
+                if fd >= 0:
+                    sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+                else:
+                    sock.send(message)
+            except (BrokenPipeError, ConnectionResetError) as e:
+                sock.close()
+                sock = None
+                if fresh or attempt == 1:  # an idle connection the monitor dropped gets one retry
+                    raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}",
+                                       e.errno or errno.EIO) from None
+                continue
+            break
+        return sock, request_id
+
+    def _finish_detached(self, request_type: int, request_id: int, sock: socket.socket,
+                         timeout: float) -> dict[int, list[bytes]]:
+        """Read the reply to a ``_send_detached`` request; the connection becomes the idle one again
+        (or is closed when there is one already, or when it failed)."""
+        name = _REQUEST_NAMES[request_type]
+        sock.settimeout(timeout)
+        try:
+            size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+            data = sock.recv(size) if size > 0 else b""
+        except (BrokenPipeError, ConnectionResetError) as e:
+            sock.close()
+            raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}", e.errno or errno.EIO) from None
+        except TimeoutError:
+            sock.close()
+            raise MonitorError(f"{name}: no reply from the pod monitor within {timeout}s", errno.ETIMEDOUT) from None
+        if not data:
+            sock.close()
+            raise MonitorError(f"{name}: the pod monitor closed the connection", errno.ECONNRESET)
+        with self._lock:
+            if self._socket is None:
+                self._socket = sock
+                sock = None
+        if sock is not None:
+            sock.close()
+        return self._parse_reply(name, request_type, request_id, data)
 
     def _gated_request(self, request_type: int, fields: TLVWriter, meanwhile: Callable[[], None],
                        timeout: float = 30.0) -> dict[int, list[bytes]]:
@@ -570,6 +663,62 @@ class PodMonitor:
             message = _string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else os.strerror(status)
             raise MonitorError(message, status)
         return fields
+
+
+class PendingCreate:
+    """A CREATE sent but not yet answered (``PodMonitor.begin_create``).
+
+    The daemon answers CreateContainer once the request is out and the container's cgroup is made;
+    the monitor's child finishes its mounts meanwhile, while the reply and the kubelet's
+    StartContainer are on the wire. Whoever needs the outcome first (StartContainer, a stop, a
+    status) calls ``result``; every caller gets the same outcome.
+    """
+
+    def __init__(self, monitor: PodMonitor, sock: socket.socket, request_id: int) -> None:
+        self._monitor = monitor
+        self._sock: socket.socket | None = sock
+        self._request_id = request_id
+        self._lock = threading.Lock()
+        self._outcome: CreateResult | MonitorError | None = None
+
+    def done(self) -> bool:
+        """Whether ``result`` would return at once: the reply is in (or read already)."""
+        if not self._lock.acquire(blocking=False):
+            return False  # another thread is reading it
+        try:
+            if self._outcome is not None or self._sock is None:
+                return True
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable)
+        finally:
+            self._lock.release()
+
+    def result(self, timeout: float = 30.0) -> CreateResult:
+        """The created container's pid and warnings; raises MonitorError with the child's own
+        message when its set-up failed."""
+        with self._lock:
+            if self._outcome is None:
+                sock, self._sock = self._sock, None
+                try:
+                    reply = self._monitor._finish_detached(CREATE, self._request_id, sock, timeout)
+                    self._outcome = _create_result(reply)
+                except MonitorError as exc:
+                    self._outcome = exc
+            outcome = self._outcome
+        if isinstance(outcome, MonitorError):
+            raise outcome
+        return outcome
+
+    def abandon(self) -> None:
+        """Drop the connection unread (the monitor keeps the container's state)."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
+    return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0], warnings=[_string(v) for v in reply.get(F_WARNING, [])])
 
 
 def _run_then_open_gate(step: Callable[[], None], gate_write: int) -> BaseException | None:

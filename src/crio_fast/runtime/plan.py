@@ -520,9 +520,10 @@ def default_linux_mounts(
 
     proc, a tmpfs /dev with the standard devices and symlinks, devpts, /dev/shm
     (the pod's shm dir bound in when `shm_source` is given, else a private
-    tmpfs), mqueue, a read-only sysfs and cgroup filesystem; then `extra`
-    (volumes, /etc/hosts, ...); then the masked and read-only paths, last so
-    that nothing mounted later can uncover them.
+    tmpfs), mqueue, a read-only sysfs; the masked and read-only paths in /proc
+    and /sys (see _hiding_before_cgroups); the cgroup filesystem; then `extra`
+    (volumes, /etc/hosts, ...); then the other masked and read-only paths,
+    last so that nothing mounted later can uncover them.
 
     `cgroup`: "v2" mounts cgroup2 (pair it with a cgroup namespace); "v1" makes
     /sys/fs/cgroup a tmpfs with one read-only bind per entry of
@@ -534,6 +535,9 @@ def default_linux_mounts(
     """
     nosuid_noexec_nodev = MS_NOSUID | MS_NOEXEC | MS_NODEV
     ops = list(_system_mounts(shm_source, tuple(devices), dev_size))
+    hiding = _hiding_mounts(tuple(masked_paths), tuple(readonly_paths))
+    early_hiding, hiding = _hiding_before_cgroups(hiding, extra)
+    ops += early_hiding
     if cgroup == "v2":
         ops.append(_CGROUP2_MOUNT)
     elif cgroup == "v1":
@@ -545,8 +549,38 @@ def default_linux_mounts(
     elif cgroup != "none":
         raise ValueError(f"cgroup must be 'v2', 'v1' or 'none', not {cgroup!r}")
     ops += list(extra)
-    ops += _hiding_mounts(tuple(masked_paths), tuple(readonly_paths))
+    ops += hiding
     return ops
+
+
+_KERNEL_FS_ROOTS = ("/proc", "/sys")
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _at_or_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def _hiding_before_cgroups(hiding: Sequence[MountOp], extra: Sequence[MountOp],
+                           ) -> tuple[list[MountOp], list[MountOp]]:
+    """Split the masked and read-only paths into those that can go right after /proc and /sys are
+    mounted, ahead of the cgroup mounts, and those that stay last.
+
+    The monitor's child carries out every operation before the first one under /sys/fs/cgroup while
+    the daemon is still making the container's cgroups; the rest waits for them. Hiding a path in
+    /proc or /sys away from /sys/fs/cgroup commutes with the cgroup mounts (those paths resolve inside
+    proc and sysfs, out of the image's reach), so it moves ahead. Nothing moves when a volume mounts
+    into /proc or /sys: hiding must stay after anything that could uncover it.
+    """
+    if any(_at_or_under(op.destination, root) for op in extra for root in _KERNEL_FS_ROOTS):
+        return [], list(hiding)
+    early, late = [], []
+    for op in hiding:
+        movable = (any(_at_or_under(op.destination, root) for root in _KERNEL_FS_ROOTS)
+                   and not _at_or_under(op.destination, _CGROUP_ROOT)
+                   and not _at_or_under(_CGROUP_ROOT, op.destination))
+        (early if movable else late).append(op)
+    return early, late
 
 
 _CGROUP2_MOUNT = MountOp.mount("cgroup2", "/sys/fs/cgroup",

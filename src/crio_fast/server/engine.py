@@ -114,6 +114,7 @@ class Engine:
         self.stream_server = None  # crio_fast.streaming.server.StreamServer, started by the daemon
 
     async def close(self) -> None:
+        self.containers.abandon_pending()
         self.sandboxes.close()
         await self.images.close()
 
