@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import struct
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -765,6 +766,56 @@ def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> Non
     assert not (harness.exits / "cancelled").exists()
     assert not os.path.exists(never)
     assert harness.run(monitor, "cancelled", harness.plan("cancelled", ["/bin/true"])).exit_code == 0
+
+
+def _start_while_the_child_waits_at_the_gate(harness: Harness, name: str, step):
+    """begin_create with ``step`` as the cgroup step (run in a thread), and a START sent while the child
+    is still held at the gate. Returns the monitor, how long START took, what it raised (None when it
+    worked), and what begin_create returned or raised."""
+    monitor = harness.spawn()
+    plan = harness.plan(name, ["/bin/sh", "-c", "exec sleep 1000"], namespaces=[Namespace("mnt"), Namespace("pid")],
+                        cgroup="none")
+    pending: list = []
+    creator = threading.Thread(target=lambda: pending.append(
+        _outcome(lambda: monitor.begin_create(name, plan, harness.log_path(name), meanwhile=step))))
+    creator.start()
+    time.sleep(0.2)  # the child is at the gate: the CREATE is unanswered
+    started = time.monotonic()
+    outcome = _outcome(lambda: monitor.start(name))
+    took = time.monotonic() - started
+    creator.join()
+    if not isinstance(pending[0], BaseException):
+        with contextlib.suppress(MonitorError):
+            harness.container_pids.append(pending[0].result().pid)
+    return monitor, took, outcome, pending[0]
+
+
+def _outcome(call):
+    try:
+        result = call()
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return result
+
+
+def test_a_start_sent_during_the_set_up_waits_for_it(harness: Harness) -> None:
+    monitor, took, outcome, pending = _start_while_the_child_waits_at_the_gate(harness, "early",
+                                                                              lambda: time.sleep(0.6))
+    assert outcome is None, outcome  # START did not refuse a container still being created...
+    assert took >= 0.3  # ...it was answered once the child, released by the gate, ran its command
+    assert pending.result().pid > 0
+    assert monitor.state("early").status == "running"
+
+
+def test_a_start_sent_during_a_failing_set_up_gets_its_error(harness: Harness) -> None:
+    def fail() -> None:
+        time.sleep(0.6)
+        raise RuntimeError("cgroup could not be made")
+
+    _, _, outcome, pending = _start_while_the_child_waits_at_the_gate(harness, "doomed", fail)
+    assert isinstance(pending, RuntimeError)
+    assert isinstance(outcome, MonitorError) and "gave up" in outcome.message, outcome
+    assert not (harness.exits / "doomed").exists()
 
 
 def test_kill_all_signals_the_whole_cgroup(harness: Harness, cgroup_dir) -> None:

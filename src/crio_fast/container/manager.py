@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -21,7 +22,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
@@ -593,37 +594,59 @@ class ContainerManager:
 
     def start(self, container_id: str) -> None:
         record = self.get(container_id)
-        self._settle(record)
         if record.state == CTR_EXITED and record.reason == "StartError":
             raise FailedPrecondition(f"starting container {record.id}: {record.message}")
         if record.state != CTR_CREATED:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
+        with self._lock:
+            self._starting.add(record.id)
+        try:
+            try:
+                # Sent without waiting for the CREATE reply: the monitor holds a START that comes
+                # while the child is still setting up and releases the child the moment it is ready.
+                monitor.start(record.id)
+            except MonitorError as exc:
+                self._settle(record)
+                if record.state == CTR_EXITED:  # the set-up failed: its own message says why
+                    raise FailedPrecondition(f"starting container {record.id}: {record.message}") from exc
+                if exc.code == errno.EINVAL and "still being created" in exc.message:
+                    # A monitor from before queued STARTs, and the set-up has ended meanwhile.
+                    self._start_created(record, monitor)
+                    return
+                self._fail_start(record, exc)
+            self._mark_started(record, monitor)
+        finally:
+            with self._lock:
+                self._starting.discard(record.id)
+        self.refresh(record)  # an exit the watcher saw while this start was under way
+
+    def _start_created(self, record: ContainerRecord, monitor) -> None:
+        try:
+            monitor.start(record.id)
+        except MonitorError as exc:
+            self._fail_start(record, exc)
+        self._mark_started(record, monitor)
+
+    def _fail_start(self, record: ContainerRecord, exc: MonitorError) -> NoReturn:
+        record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
+        record.exit_code, record.finished_at = 128, time.time_ns()
+        self.state.containers.save(record)
+        self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
+        raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
+
+    def _mark_started(self, record: ContainerRecord, monitor) -> None:
+        self._settle(record)  # the CREATE reply came before the START reply: the pid
         if not record.pid:
             # Created before a daemon restart, its CREATE reply unread: the monitor knows the pid.
             try:
                 record.pid = monitor.state(record.id).pid
             except MonitorError as exc:
                 log.info("container %s: pid from the monitor: %s", record.id[:12], exc)
-        with self._lock:
-            self._starting.add(record.id)
-        try:
-            try:
-                monitor.start(record.id)
-            except MonitorError as exc:
-                record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
-                record.exit_code, record.finished_at = 128, time.time_ns()
-                self.state.containers.save(record)
-                self._emit(record, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
-                raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
-            record.state, record.started_at = CTR_RUNNING, time.time_ns()
-            self.state.containers.save(record)
-            self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
-        finally:
-            with self._lock:
-                self._starting.discard(record.id)
-        self.refresh(record)  # an exit the watcher saw while this start was under way
+        record.state, record.started_at = CTR_RUNNING, time.time_ns()
+        self.state.containers.save(record)
+        self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
 
     def _wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -34,23 +34,56 @@ struct container *container_find(struct monitor *monitor, const char *id)
     return NULL;
 }
 
-static void complete_pending(struct monitor *monitor, struct container *container, int status, const char *message)
+static void answer_pending(struct monitor *monitor, struct container *container, struct pending_reply *pending,
+                           int status, const char *message)
 {
-    if (!container->pending.active)
+    if (!pending->active)
         return;
-    container->pending.active = false;
-    struct connection *connection = connection_by_serial(monitor, container->pending.connection_serial);
+    pending->active = false;
+    struct connection *connection = connection_by_serial(monitor, pending->connection_serial);
     if (!connection)
         return; /* the daemon hung up; the state is still queryable */
     connection_set_busy(monitor, connection, false);
     struct buffer reply = {0};
-    reply_start(&reply, container->pending.type, container->pending.request_id, status, message);
-    if (status == 0 && container->pending.type == REQUEST_CREATE) {
+    reply_start(&reply, pending->type, pending->request_id, status, message);
+    if (status == 0 && pending->type == REQUEST_CREATE) {
         buffer_put_u32(&reply, FIELD_PID, (uint32_t)container->pid);
         buffer_append(&reply, container->warnings.data, container->warnings.length);
     }
     reply_send(monitor, connection, &reply);
     buffer_free(&reply);
+}
+
+/* Answer the pending CREATE or START; a failure also answers a START queued
+ * behind the CREATE, with the same message (the set-up failed). */
+static void complete_pending(struct monitor *monitor, struct container *container, int status, const char *message)
+{
+    answer_pending(monitor, container, &container->pending, status, message);
+    if (status != 0)
+        answer_pending(monitor, container, &container->queued_start, status, message);
+}
+
+static int send_go(struct container *container, struct error *err)
+{
+    char go = SYNC_GO;
+    if (send(container->sync_watch.fd, &go, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+        return error_errno(err, errno, "start container %s", container->id);
+    container->starting = true;
+    return 0;
+}
+
+/* The child is ready: a START that came early is carried out now. */
+static void run_queued_start(struct monitor *monitor, struct container *container)
+{
+    if (!container->queued_start.active)
+        return;
+    struct error err;
+    if (send_go(container, &err) < 0) {
+        answer_pending(monitor, container, &container->queued_start, err.code, err.message);
+        return;
+    }
+    container->pending = container->queued_start;
+    container->queued_start.active = false;
 }
 
 static int signal_container(const struct container *container, int signal)
@@ -236,6 +269,7 @@ void container_on_sync(struct monitor *monitor, struct container *container)
                 }
                 container->status = CONTAINER_CREATED;
                 complete_pending(monitor, container, 0, NULL);
+                run_queued_start(monitor, container);
             }
             break;
         case SYNC_ERROR:
@@ -690,6 +724,13 @@ int container_start(struct monitor *monitor, struct connection *connection, uint
                     struct container *container, struct buffer *reply)
 {
     struct error err;
+    if (container->status == CONTAINER_CREATING && !container->oci && !container->queued_start.active) {
+        /* The daemon need not wait for the CREATE reply: GO goes out the
+         * moment the child reports ready (run_queued_start). */
+        container->queued_start = (struct pending_reply){true, REQUEST_START, request_id, connection->serial};
+        connection_set_busy(monitor, connection, true);
+        return 1;
+    }
     if (container->status != CONTAINER_CREATED || container->starting) {
         error_plain(&err, EINVAL, "container %s cannot be started: it is %s", container->id,
                     container->starting                               ? "starting"
@@ -709,13 +750,10 @@ int container_start(struct monitor *monitor, struct connection *connection, uint
         reply_start(reply, REQUEST_START, request_id, 0, NULL);
         return 0;
     }
-    char go = SYNC_GO;
-    if (send(container->sync_watch.fd, &go, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
-        error_errno(&err, errno, "start container %s", container->id);
+    if (send_go(container, &err) < 0) {
         reply_start(reply, REQUEST_START, request_id, err.code, err.message);
         return 0;
     }
-    container->starting = true;
     container->pending = (struct pending_reply){true, REQUEST_START, request_id, connection->serial};
     connection_set_busy(monitor, connection, true);
     return 1;

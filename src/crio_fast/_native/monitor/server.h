@@ -78,6 +78,9 @@ struct container {
     int exit_signal;
     bool oom_killed;
     struct pending_reply pending;
+    /* A START that came while the native child was still setting up: GO goes
+     * out the moment it reports ready, and the START becomes `pending`. */
+    struct pending_reply queued_start;
     struct buffer warnings; /* FIELD_WARNING fields for the CREATE reply */
     char *child_error;      /* an 'E' message from the child */
 };
