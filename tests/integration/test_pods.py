@@ -161,6 +161,11 @@ def test_namespaces_are_the_pods(cri):
     start(cri, other)
     r = exec_sync(cri, other, ["/bin/hostname"])
     assert r.stdout.decode().strip() == "my-pod"
+    # The pod's files are bound onto /etc paths a layer of the daemon's provides: nothing of /etc is
+    # copied up into the container's writable layer for them (the busybox image has none of the three).
+    r = exec_sync(cri, other, ["/bin/cat", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"])
+    assert r.exit_code == 0 and r.stdout.decode().startswith("my-pod\n")
+    assert not (cri.dirs.root / "containers" / other / "upper" / "etc").exists()
 
 
 def test_host_network_pod_sees_node(cri):

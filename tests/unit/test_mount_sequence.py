@@ -1,4 +1,5 @@
-"""The order of the standard mount sequence (runtime/plan.py default_linux_mounts).
+"""The container's mount set-up as the daemon plans it: the order of the standard mount sequence
+(runtime/plan.py default_linux_mounts) and the layer holding the /etc paths the pod's files are bound on.
 
 The monitor's child carries out everything before the first operation under /sys/fs/cgroup while the
 daemon is still making the container's cgroups, so the sequence puts as much as it safely can there.
@@ -6,6 +7,10 @@ daemon is still making the container's cgroups, so the sequence puts as much as 
 
 from __future__ import annotations
 
+import os
+import stat
+
+from crio_fast.container.manager import make_mount_targets_layer
 from crio_fast.runtime.plan import MountKind, MountOp, default_linux_mounts
 
 
@@ -51,3 +56,33 @@ def test_nothing_moves_when_a_volume_mounts_into_proc_or_sys():
                                    masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
         assert [op.kind for op in ops[-2:]] == [MountKind.MASK, MountKind.READONLY], volume
         assert first_cgroup_index(ops) < [op.destination for op in ops].index("/proc/kcore")
+
+
+def test_mount_targets_layer_copies_the_images_etc_attributes(tmp_path):
+    top, base = tmp_path / "top", tmp_path / "base"
+    (top / "bin").mkdir(parents=True)
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "hosts").write_text("the image's own\n")
+    os.chmod(base / "etc", 0o750)
+    os.chown(base / "etc", 12, 34)
+    os.utime(base / "etc", ns=(1_000_000_000, 2_000_000_000))
+    layer = make_mount_targets_layer([top, base], tmp_path / "targets" / "img")
+    assert layer == tmp_path / "targets" / "img"
+    st = (layer / "etc").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == (0o750, 12, 34, 2_000_000_000)
+    assert sorted(p.name for p in (layer / "etc").iterdir()) == ["hostname", "hosts", "resolv.conf"]
+    assert all((layer / "etc" / name).stat().st_size == 0 for name in ("hostname", "hosts", "resolv.conf"))
+    # Made once: a second container of the image reuses it, and nothing half-made is left beside it.
+    assert make_mount_targets_layer([top, base], layer) == layer
+    assert os.listdir(tmp_path / "targets") == ["img"]
+
+
+def test_no_mount_targets_layer_over_an_etc_that_is_not_a_directory(tmp_path):
+    layer_dir = tmp_path / "layer"
+    layer_dir.mkdir()
+    (layer_dir / "etc").symlink_to("usr/etc")
+    assert make_mount_targets_layer([layer_dir], tmp_path / "targets" / "a") is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert make_mount_targets_layer([empty], tmp_path / "targets" / "b") is None
+    assert not (tmp_path / "targets").exists()
