@@ -8,8 +8,10 @@ docs/monitor.md). The monitor outlives the daemon: after a restart,
 the monitor are read with ``read_exit_file``; ``exec_sync`` runs a command in a
 container through the monitor binary's exec mode.
 
-All calls are synchronous and thread-safe (one lock per monitor); the daemon
-calls them from worker threads.
+All calls are synchronous and thread-safe: a call uses the monitor's idle
+connection or, while another call has it, a new one (the lock guards only
+that); the daemon calls them from worker threads. ``begin_create`` sends a
+CREATE whose reply is read later.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class MonitorError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class _ConnectionLost(MonitorError):
+    """The connection broke or was closed before the reply came."""
 
 
 @dataclass
@@ -409,14 +415,7 @@ class PodMonitor:
         daemon makes them. If it raises, the child gives up, the reply is awaited and the exception
         propagates.
         """
-        if meanwhile is not None and oci is not None:
-            raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
-        w = self._create_fields(container_id, plan, log_path, oci)
-        if meanwhile is None:
-            reply = self._request(CREATE, w)
-        else:
-            reply = self._gated_request(CREATE, w, meanwhile)
-        return _create_result(reply)
+        return self.begin_create(container_id, plan, log_path, oci=oci, meanwhile=meanwhile).result()
 
     def begin_create(self, container_id: str, plan: LaunchPlan, log_path: str,
                      oci: OciRuntimeCall | None = None,
@@ -429,11 +428,11 @@ class PodMonitor:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
         w = self._create_fields(container_id, plan, log_path, oci)
         if meanwhile is None:
-            sock, request_id = self._send_detached(CREATE, w)
+            sock, request_id, _ = self._send(CREATE, w)
             return PendingCreate(self, sock, request_id)
         gate_read, gate_write = os.pipe()
         try:
-            sock, request_id = self._send_detached(CREATE, w, fd=gate_read)
+            sock, request_id, _ = self._send(CREATE, w, fd=gate_read)
         except BaseException:
             os.close(gate_write)
             raise
@@ -507,11 +506,12 @@ class PodMonitor:
                                e.errno or errno.EIO) from None
         return sock
 
-    def _send_detached(self, request_type: int, fields: TLVWriter, timeout: float = 30.0, *,
-                       fd: int = -1) -> tuple[socket.socket, int]:
-        """Send one request on a connection nobody else uses until its reply is read: the idle
-        connection if there is one (it is not idle any more), else a new one. Returns the connection
-        and the request id; ``_finish_detached`` reads the reply."""
+    def _send(self, request_type: int, fields: TLVWriter, timeout: float = 30.0, *,
+              fd: int = -1) -> tuple[socket.socket, int, bool]:
+        """Send one request on a connection nobody else uses until its reply is read: the idle one if
+        there is one (it is not idle any more), else a new one. ``fd`` goes along (SCM_RIGHTS).
+        Returns the connection, the request id and whether the connection was an idle one;
+        ``_receive`` reads the reply."""
         name = _REQUEST_NAMES[request_type]
         with self._lock:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
@@ -519,11 +519,12 @@ class PodMonitor:
             sock, self._socket = self._socket, None
         message = _encode_request(request_type, request_id, fields)
         for attempt in (0, 1):
-            fresh = sock is None
+            reused = sock is not None
             if sock is None:
                 sock = self._connect(timeout)
             sock.settimeout(timeout)
             if len(message) > _DEFAULT_SEND_LIMIT:
+                # A packet must fit the send buffer whole (else EMSGSIZE).
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(message) + 65536)
             try:
                 if fd >= 0:
@@ -533,17 +534,17 @@ class PodMonitor:
             except (BrokenPipeError, ConnectionResetError) as e:
                 sock.close()
                 sock = None
-                if fresh or attempt == 1:  # an idle connection the monitor dropped gets one retry
+                if not reused or attempt == 1:  # an idle connection the monitor dropped gets one retry
                     raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}",
                                        e.errno or errno.EIO) from None
                 continue
-            break
-        return sock, request_id
+            return sock, request_id, reused
+        raise AssertionError("unreachable")
 
-    def _finish_detached(self, request_type: int, request_id: int, sock: socket.socket,
-                         timeout: float) -> dict[int, list[bytes]]:
-        """Read the reply to a ``_send_detached`` request; the connection becomes the idle one again
-        (or is closed when there is one already, or when it failed)."""
+    def _receive(self, request_type: int, request_id: int, sock: socket.socket,
+                 timeout: float) -> dict[int, list[bytes]]:
+        """Read the reply to a ``_send`` request; the connection becomes the idle one again (or is
+        closed when there is one already, or when it failed: _ConnectionLost)."""
         name = _REQUEST_NAMES[request_type]
         sock.settimeout(timeout)
         try:
@@ -551,102 +552,32 @@ class PodMonitor:
             data = sock.recv(size) if size > 0 else b""
         except (BrokenPipeError, ConnectionResetError) as e:
             sock.close()
-            raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}", e.errno or errno.EIO) from None
+            raise _ConnectionLost(f"{name}: pod monitor connection lost: {e.strerror}", e.errno or errno.EIO) from None
         except TimeoutError:
             sock.close()
             raise MonitorError(f"{name}: no reply from the pod monitor within {timeout}s", errno.ETIMEDOUT) from None
         if not data:
             sock.close()
-            raise MonitorError(f"{name}: the pod monitor closed the connection", errno.ECONNRESET)
+            raise _ConnectionLost(f"{name}: the pod monitor closed the connection", errno.ECONNRESET)
         with self._lock:
             if self._socket is None:
-                self._socket = sock
-                sock = None
+                self._socket, sock = sock, None
         if sock is not None:
             sock.close()
         return self._parse_reply(name, request_type, request_id, data)
 
-    def _gated_request(self, request_type: int, fields: TLVWriter, meanwhile: Callable[[], None],
-                       timeout: float = 30.0) -> dict[int, list[bytes]]:
-        """A request carrying the read end of a fresh pipe; ``meanwhile`` runs between send and reply,
-        then one byte on the write end opens the gate (closing it unwritten closes it for good)."""
-        gate_read, gate_write = os.pipe()
-        failure: BaseException | None = None
-        open_ends = {gate_read, gate_write}
-
-        def between() -> None:
-            nonlocal failure
-            open_ends.clear()
-            os.close(gate_read)  # the monitor has its copy now
-            failure = _run_then_open_gate(meanwhile, gate_write)
-
-        try:
-            reply = self._request(request_type, fields, timeout, fd=gate_read, between=between)
-        except MonitorError:
-            if failure is not None:
-                raise failure from None  # the child's "gave up" only follows from it
-            raise
-        finally:
-            for fd in open_ends:  # the request never went out
-                os.close(fd)
-        if failure is not None:
-            raise failure
-        return reply
-
-    def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0, *, fd: int = -1,
-                 between: Callable[[], None] | None = None) -> dict[int, list[bytes]]:
-        """Send one request and read its reply. ``fd`` goes along (SCM_RIGHTS); ``between`` runs
-        once the request is sent and before the reply is read."""
-        name = _REQUEST_NAMES[request_type]
-        with self._lock:
-            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-            request_id = self._next_id
-            message = _encode_request(request_type, request_id, fields)
-            for attempt in (0, 1):
-                fresh = self._socket is None
-                if fresh:
-                    self._socket = self._connect(timeout)
-                sock = self._socket
-                sock.settimeout(timeout)
-                if len(message) > _DEFAULT_SEND_LIMIT:
-                    # A packet must fit the send buffer whole (else EMSGSIZE).
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(message) + 65536)
-                sent = False
-                try:
-                    if fd >= 0:
-                        sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
-                    else:
-                        sock.send(message)
-                    sent = True
-                    if between is not None:
-                        step, between = between, None
-                        step()
-                    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
-                    data = sock.recv(size) if size > 0 else b""
-                except (BrokenPipeError, ConnectionResetError) as e:
-                    # A connection the monitor dropped (or a restarted
-                    # monitor): one retry on a fresh connection.
-                    sock.close()
-                    self._socket = None
-                    if fresh or attempt == 1 or (sent and request_type in (CREATE, START, SHUTDOWN)):
-                        # Those may have been acted upon once sent; never send them twice.
-                        raise MonitorError(f"{name}: pod monitor connection lost: {e.strerror}",
-                                           e.errno or errno.EIO) from None
-                    continue
-                except TimeoutError:
-                    sock.close()
-                    self._socket = None
-                    raise MonitorError(f"{name}: no reply from the pod monitor within {timeout}s",
-                                       errno.ETIMEDOUT) from None
-                if not data:
-                    sock.close()
-                    self._socket = None
-                    if fresh or attempt == 1 or request_type in (CREATE, START, SHUTDOWN):
-                        # These may have been acted upon; never send them twice.
-                        raise MonitorError(f"{name}: the pod monitor closed the connection", errno.ECONNRESET)
-                    continue
-                break
-        return self._parse_reply(name, request_type, request_id, data)
+    def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0) -> dict[int, list[bytes]]:
+        """Send one request and read its reply."""
+        for attempt in (0, 1):
+            sock, request_id, reused = self._send(request_type, fields, timeout)
+            try:
+                return self._receive(request_type, request_id, sock, timeout)
+            except _ConnectionLost:
+                # An idle connection the monitor had dropped: one retry on a new one, except for the
+                # requests that may have been acted upon once sent; those are never sent twice.
+                if not reused or attempt == 1 or request_type in (CREATE, START, SHUTDOWN):
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> dict[int, list[bytes]]:
@@ -700,7 +631,7 @@ class PendingCreate:
             if self._outcome is None:
                 sock, self._sock = self._sock, None
                 try:
-                    reply = self._monitor._finish_detached(CREATE, self._request_id, sock, timeout)
+                    reply = self._monitor._receive(CREATE, self._request_id, sock, timeout)
                     self._outcome = _create_result(reply)
                 except MonitorError as exc:
                     self._outcome = exc
