@@ -337,14 +337,15 @@ class ContainerManager:
 
     # -- CreateContainer -------------------------------------------------------
 
-    def _settle(self, record: ContainerRecord, wait: bool = True) -> None:
+    def _settle(self, record: ContainerRecord, wait: bool = True, save_pid: bool = True) -> None:
         """Take in the reply of the container's CREATE if it is still unread.
 
         CreateContainer answers once the request is out and the cgroup made; the monitor's child
         finishes its set-up meanwhile. StartContainer, a stop, a resource update wait for the
         outcome here (``wait``); a status or list takes it only when it is in. A set-up that failed
         ends the container as a failed start does: EXITED, reason StartError, with the child's
-        message (as containerd reports a failed task creation).
+        message (as containerd reports a failed task creation). ``save_pid`` False: the caller
+        saves the record next anyway.
         """
         pending = self._pending.get(record.id)
         if pending is None or (not wait and not pending.done()):
@@ -359,7 +360,8 @@ class ContainerManager:
             del self._pending[record.id]
             if result is not None:
                 record.pid = result.pid
-                self.state.containers.save(record)
+                if save_pid:
+                    self.state.containers.save(record)
             elif record.state == CTR_CREATED:
                 record.state, record.reason = CTR_EXITED, "StartError"
                 record.message = f"container set-up failed: {failure}"
@@ -688,7 +690,7 @@ class ContainerManager:
         raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
 
     def _mark_started(self, record: ContainerRecord, monitor) -> None:
-        self._settle(record)  # the CREATE reply came before the START reply: the pid
+        self._settle(record, save_pid=False)  # the CREATE reply came before the START reply: the pid
         if not record.pid:
             # Created before a daemon restart, its CREATE reply unread: the monitor knows the pid.
             try:
