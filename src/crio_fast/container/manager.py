@@ -664,12 +664,12 @@ class ContainerManager:
                 self._settle(record)
                 if record.state == CTR_EXITED:  # the set-up failed: its own message says why
                     raise FailedPrecondition(f"starting container {record.id}: {record.message}") from exc
-                if exc.code == errno.EINVAL and "still being created" in exc.message:
-                    # A monitor from before queued STARTs, and the set-up has ended meanwhile.
-                    self._start_created(record, monitor)
-                    return
-                self._fail_start(record, exc)
-            self._mark_started(record, monitor)
+                if exc.code != errno.EINVAL or "still being created" not in exc.message:
+                    self._fail_start(record, exc)
+                # A monitor from before queued STARTs, and the set-up has ended meanwhile.
+                self._start_created(record, monitor)
+            else:
+                self._mark_started(record, monitor)
         finally:
             with self._lock:
                 self._starting.discard(record.id)
