@@ -498,6 +498,8 @@ def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_pat
         pod_id, pod = run_pod(d)
         long_running = create(d, pod_id, pod, ["/bin/sleep", "1000"])
         short = create(d, pod_id, pod, ["/bin/sh", "-c", "sleep 1; exit 5"])
+        # Created, never started: the daemon dies with its CREATE reply unread.
+        waiting = create(d, pod_id, pod, ["/bin/sleep", "1000"])
         start(d, long_running)
         start(d, short)
         d.proc.send_signal(signal.SIGKILL)
@@ -510,6 +512,13 @@ def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_pat
         st = status(d, short)
         assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 5)
         assert exec_sync(d, long_running, ["/bin/echo", "alive"]).stdout == b"alive\n"
+        # The new daemon learns the waiting container's pid from the monitor: exec finds its namespaces.
+        assert status(d, waiting).state == api.ContainerState.CONTAINER_CREATED
+        start(d, waiting)
+        assert exec_sync(d, waiting, ["/bin/sh", "-c", "cat /proc/1/cmdline"]).stdout == b"/bin/sleep\x001000\x00"
+        info = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=waiting, verbose=True),
+                                                timeout=10).info
+        assert psutil.Process(json.loads(info["info"])["pid"]).cmdline() == ["/bin/sleep", "1000"]
         d.client.runtime.StopContainer(api.StopContainerRequest(container_id=long_running, timeout=1), timeout=30)
         assert status(d, long_running).state == api.ContainerState.CONTAINER_EXITED
     finally:
