@@ -5,7 +5,9 @@
 Starts a private registry and daemon, then grows the node to each size in
 turn (each pod: its monitor plus one busybox `sleep` container), and at each
 size reads the proportional set size (smaps_rollup) of the daemon and of all
-pod monitors, and times ListPodSandbox and ListContainers. The per-pod cost is
+pod monitors, times ListPodSandbox and ListContainers, and times the start-up
+(RunPodSandbox + CreateContainer + StartContainer) of ten more pods, each
+removed again, to show what the node's size does to it. The per-pod cost is
 the slope between the smallest and the largest size. Container processes
 themselves (the workload) are not counted: they are the same whatever engine
 runs them.
@@ -53,6 +55,36 @@ def timed(fn, repeat: int = 5) -> float:
     return statistics.median(samples)
 
 
+def start_pod(rt, image: str, name: str, log_dir: Path) -> str:
+    pod = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, namespace="density", uid=f"uid-{name}"),
+        hostname=name, log_directory=str(log_dir / name),
+    )
+    pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
+    ctr = api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
+        command=["/bin/sleep", "3600"], log_path="sleep.log",
+    )
+    cid = rt.CreateContainer(
+        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
+    ).container_id
+    rt.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+    return pod_id
+
+
+def probe_start_up(d: Daemon, image: str, size: int, count: int = 10) -> float:
+    """Median start-up of ``count`` more pods on a node of ``size`` pods, each removed after."""
+    rt = d.client.runtime
+    samples = []
+    for n in range(count):
+        t = time.perf_counter()
+        pod_id = start_pod(rt, image, f"probe{size}-{n}", d.dirs.log_dir)
+        samples.append((time.perf_counter() - t) * 1000)
+        rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    return statistics.median(samples)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,50,100")
@@ -68,19 +100,7 @@ def main() -> int:
         count = 0
         for size in sizes:
             while count < size:
-                pod = api.PodSandboxConfig(
-                    metadata=api.PodSandboxMetadata(name=f"d{count}", namespace="density", uid=f"d-{count}"),
-                    hostname=f"d{count}", log_directory=str(d.dirs.log_dir / f"d{count}"),
-                )
-                pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
-                ctr = api.ContainerConfig(
-                    metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=pushed.reference),
-                    command=["/bin/sleep", "3600"], log_path="sleep.log",
-                )
-                cid = rt.CreateContainer(
-                    api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30
-                ).container_id
-                rt.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+                start_pod(rt, pushed.reference, f"d{count}", d.dirs.log_dir)
                 count += 1
             time.sleep(1.0)  # let lazily touched pages settle
             monitors = [pss_kib(p) for p in monitor_pids(d)]
@@ -91,15 +111,17 @@ def main() -> int:
                 "per_monitor": sum(monitors) / max(1, len(monitors)),
                 "list_pods": timed(lambda: rt.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30)),
                 "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
+                "start_up": probe_start_up(d, pushed.reference, size),
             })
 
     if args.json:
         Path(args.json).write_text(json.dumps(rows))
-    print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms "
+          "| start-up p50 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['pods']} | {r['daemon']} | {r['monitors']} | {r['per_monitor']:.0f} | "
-              f"{r['list_pods']:.2f} | {r['list_ctrs']:.2f} |")
+              f"{r['list_pods']:.2f} | {r['list_ctrs']:.2f} | {r['start_up']:.2f} |")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         slope = ((last["daemon"] + last["monitors"]) - (first["daemon"] + first["monitors"])) / (last["pods"] - first["pods"])
