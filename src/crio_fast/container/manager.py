@@ -288,14 +288,19 @@ class ContainerManager:
             except Exception:  # a broken subscriber must not fail the container operation
                 log.exception("container %s: publishing event %d", record.id[:12], event_type)
 
-    def refresh(self, record: ContainerRecord) -> ContainerRecord:
-        """Fold in an exit the monitor recorded since we last looked (and a set-up that has ended)."""
+    def refresh(self, record: ContainerRecord, exit_files: set[str] | None = None) -> ContainerRecord:
+        """Fold in an exit the monitor recorded since we last looked (and a set-up that has ended).
+
+        ``exit_files``: the names in the exits dir, listed once by a caller refreshing many records,
+        so that only the exit files that exist are opened.
+        """
         if record.id in self._pending:
             self._settle(record, wait=False)
         if record.state not in (CTR_CREATED, CTR_RUNNING) or record.id in self._starting:
             return record
         try:
-            info = read_exit_file(self.exits_dir / record.id)
+            info = (None if exit_files is not None and record.id not in exit_files
+                    else read_exit_file(self.exits_dir / record.id))
         except MonitorError as exc:
             log.warning("container %s: %s", record.id[:12], exc)
             return record
@@ -908,20 +913,29 @@ class ContainerManager:
         return status
 
     def container_proto(self, record: ContainerRecord) -> pb.Container:
+        """The record as ListContainers returns it; built once per state (callers must not change it)."""
+        if record.list_entry is not None and record.list_entry[0] == record.state:
+            return record.list_entry[1]
         config = decode_container_config(record.config)
-        return pb.Container(
+        message = pb.Container(
             id=record.id, pod_sandbox_id=record.pod_id, metadata=config.metadata,
             image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id, image_id=record.image_id,
             state=STATE_TO_PROTO[record.state], created_at=record.created_at, labels=config.labels,
             annotations=config.annotations,
         )
+        record.list_entry = (record.state, message)
+        return message
 
     def list(self, flt: pb.ContainerFilter | None) -> list[ContainerRecord]:
         out = []
+        try:
+            exit_files: set[str] | None = set(os.listdir(self.exits_dir))
+        except OSError:
+            exit_files = None
         for record in self.state.containers.values():
             if flt is not None and not matches_filter(record, flt.id, flt.pod_sandbox_id, {}):
                 continue
-            record = self.refresh(record)
+            record = self.refresh(record, exit_files)
             if flt is not None:
                 if flt.HasField("state") and STATE_TO_PROTO[record.state] != flt.state.state:
                     continue
