@@ -54,6 +54,21 @@ def test_a_reserved_record_is_not_persisted(tmp_path: Path) -> None:
     assert StateStore(str(tmp_path)).pods.values() == []
 
 
+def test_the_cached_list_entry_stays_in_memory(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    c = container("c1")
+    c.list_entry = (CTR_CREATED, object())  # what ListContainers caches: not JSON, never written
+    store.containers.save(c)
+    p = pod("p1")
+    p.list_entry = (POD_READY, object())
+    store.pods.save(p)
+    assert "list_entry" not in store.containers.encode(c) and "list_entry" not in store.pods.encode(p)
+    store.close()
+    again = StateStore(str(tmp_path))
+    assert again.containers.get("c1").list_entry is None and again.pods.get("p1").list_entry is None
+    again.close()
+
+
 def test_a_damaged_row_hides_only_that_record(tmp_path: Path, caplog) -> None:
     store = StateStore(str(tmp_path))
     store.containers.save(container("good"))

@@ -352,12 +352,17 @@ class SandboxManager:
         return status
 
     def sandbox_proto(self, record: PodRecord) -> pb.PodSandbox:
+        """The record as ListPodSandbox returns it; built once per state (callers must not change it)."""
+        if record.list_entry is not None and record.list_entry[0] == record.state:
+            return record.list_entry[1]
         config = decode_pod_config(record.config)
         state = pb.PodSandboxState.SANDBOX_READY if record.state == POD_READY else pb.PodSandboxState.SANDBOX_NOTREADY
-        return pb.PodSandbox(
+        message = pb.PodSandbox(
             id=record.id, metadata=config.metadata, state=state, created_at=record.created_at,
             labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
         )
+        record.list_entry = (record.state, message)
+        return message
 
     def list(self, flt: pb.PodSandboxFilter | None) -> list[PodRecord]:
         records = self.state.pods.values()

@@ -42,6 +42,11 @@ CTR_EXITED = "exited"
 CTR_UNKNOWN = "unknown"
 
 
+# A field kept in memory only: ``list_entry`` holds (state, the message ListPodSandbox or
+# ListContainers returns for the record), built once per state; the kubelet lists every second.
+NOT_PERSISTED = {"persisted": False}
+
+
 @dataclass
 class PodRecord:
     id: str
@@ -58,6 +63,7 @@ class PodRecord:
     ns_paths: dict[str, str] = field(default_factory=dict)
     log_directory: str = ""
     ips: list[str] = field(default_factory=list)  # from the CNI result, IPv4 first
+    list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
 
 @dataclass
@@ -83,6 +89,7 @@ class ContainerRecord:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     # What an exec into the container runs as: env, uid, gid, gids, capability masks, no_new_privs.
     process: dict[str, Any] = field(default_factory=dict)
+    list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
 
 R = TypeVar("R", PodRecord, ContainerRecord)
@@ -97,7 +104,7 @@ class RecordTable(Generic[R]):
         self.kind = kind
         self._lock = threading.RLock()
         self._items: dict[str, R] = {}
-        self._field_names = tuple(f.name for f in fields(kind))
+        self._field_names = tuple(f.name for f in fields(kind) if f.metadata.get("persisted", True))
         for record_id, body in db.rows(table):
             record = self._decode(record_id, body)
             if record is not None:
