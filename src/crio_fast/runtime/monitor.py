@@ -631,6 +631,8 @@ class PendingCreate:
             if self._outcome is None:
                 sock, self._sock = self._sock, None
                 try:
+                    if sock is None:
+                        raise MonitorError("CREATE: the reply was abandoned (the daemon is stopping)", errno.ECANCELED)
                     reply = self._monitor._receive(CREATE, self._request_id, sock, timeout)
                     self._outcome = _create_result(reply)
                 except MonitorError as exc:
