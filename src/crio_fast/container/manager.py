@@ -71,6 +71,7 @@ from crio_fast.state.records import (
     ContainerRecord,
     StateStore,
     labels_match,
+    list_entry,
 )
 
 log = logging.getLogger("crio_fast.container")
@@ -914,17 +915,16 @@ class ContainerManager:
 
     def container_proto(self, record: ContainerRecord) -> pb.Container:
         """The record as ListContainers returns it; built once per state (callers must not change it)."""
-        if record.list_entry is not None and record.list_entry[0] == record.state:
-            return record.list_entry[1]
-        config = decode_container_config(record.config)
-        message = pb.Container(
-            id=record.id, pod_sandbox_id=record.pod_id, metadata=config.metadata,
-            image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id, image_id=record.image_id,
-            state=STATE_TO_PROTO[record.state], created_at=record.created_at, labels=config.labels,
-            annotations=config.annotations,
-        )
-        record.list_entry = (record.state, message)
-        return message
+        def build() -> pb.Container:
+            config = decode_container_config(record.config)
+            return pb.Container(
+                id=record.id, pod_sandbox_id=record.pod_id, metadata=config.metadata,
+                image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id, image_id=record.image_id,
+                state=STATE_TO_PROTO[record.state], created_at=record.created_at, labels=config.labels,
+                annotations=config.annotations,
+            )
+
+        return list_entry(record, build)
 
     def list(self, flt: pb.ContainerFilter | None) -> list[ContainerRecord]:
         out = []

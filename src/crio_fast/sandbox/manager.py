@@ -32,7 +32,7 @@ from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, Invali
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
-from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match
+from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match, list_entry
 
 if TYPE_CHECKING:
     from crio_fast.container.manager import ContainerManager
@@ -353,16 +353,16 @@ class SandboxManager:
 
     def sandbox_proto(self, record: PodRecord) -> pb.PodSandbox:
         """The record as ListPodSandbox returns it; built once per state (callers must not change it)."""
-        if record.list_entry is not None and record.list_entry[0] == record.state:
-            return record.list_entry[1]
-        config = decode_pod_config(record.config)
-        state = pb.PodSandboxState.SANDBOX_READY if record.state == POD_READY else pb.PodSandboxState.SANDBOX_NOTREADY
-        message = pb.PodSandbox(
-            id=record.id, metadata=config.metadata, state=state, created_at=record.created_at,
-            labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
-        )
-        record.list_entry = (record.state, message)
-        return message
+        def build() -> pb.PodSandbox:
+            config = decode_pod_config(record.config)
+            ready = record.state == POD_READY
+            return pb.PodSandbox(
+                id=record.id, metadata=config.metadata, created_at=record.created_at,
+                state=pb.PodSandboxState.SANDBOX_READY if ready else pb.PodSandboxState.SANDBOX_NOTREADY,
+                labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
+            )
+
+        return list_entry(record, build)
 
     def list(self, flt: pb.PodSandboxFilter | None) -> list[PodRecord]:
         records = self.state.pods.values()

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 log = logging.getLogger("crio_fast.state")
 
@@ -93,6 +93,14 @@ class ContainerRecord:
 
 
 R = TypeVar("R", PodRecord, ContainerRecord)
+M = TypeVar("M")
+
+
+def list_entry(record: PodRecord | ContainerRecord, build: Callable[[], M]) -> M:
+    """The record's list entry, built by ``build`` when the record's state has changed since."""
+    if record.list_entry is None or record.list_entry[0] != record.state:
+        record.list_entry = (record.state, build())
+    return record.list_entry[1]
 
 
 class RecordTable(Generic[R]):
