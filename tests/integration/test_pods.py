@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -378,6 +379,33 @@ def test_a_set_up_failing_after_create_answered_is_reported_by_start_and_status(
     ctr = create(cri, pod_id, pod, ["/bin/sh", "-c", "exit 0"])
     start(cri, ctr)
     assert wait_exited(cri, ctr).exit_code == 0
+
+
+def test_a_second_start_while_the_first_is_under_way_changes_nothing(cri):
+    """Two StartContainer calls at once: one starts the container, the other is refused, and the
+    refused one does not mark the running container as a failed start."""
+    pod_id, pod = run_pod(cri)
+    for attempt in range(5):
+        ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
+        outcomes = []
+        threads = [threading.Thread(target=lambda: outcomes.append(_start_outcome(cri, ctr))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(o is None for o in outcomes) == [False, True], outcomes
+        refused = next(o for o in outcomes if o is not None)
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+        st = status(cri, ctr)
+        assert (st.state, st.reason) == (api.ContainerState.CONTAINER_RUNNING, ""), (attempt, st.reason, st.message)
+
+
+def _start_outcome(d: Daemon, ctr: str) -> grpc.RpcError | None:
+    try:
+        start(d, ctr)
+    except grpc.RpcError as exc:
+        return exc
+    return None
 
 
 def test_pod_whose_cgroup_cannot_be_made_leaves_nothing(cri):

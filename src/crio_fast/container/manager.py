@@ -653,13 +653,13 @@ class ContainerManager:
 
     def start(self, container_id: str) -> None:
         record = self.get(container_id)
-        if record.state == CTR_EXITED and record.reason == "StartError":
-            raise FailedPrecondition(f"starting container {record.id}: {record.message}")
-        if record.state != CTR_CREATED:
-            raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
+        self._check_startable(record)
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
-        with self._lock:
+        with self._lock:  # checked again and claimed at once: a second start's failure would mark the container
+            if record.id in self._starting:
+                raise FailedPrecondition(f"container {record.id} is being started by another call")
+            self._check_startable(record)
             self._starting.add(record.id)
         try:
             try:
@@ -680,6 +680,13 @@ class ContainerManager:
             with self._lock:
                 self._starting.discard(record.id)
         self.refresh(record)  # an exit the watcher saw while this start was under way
+
+    @staticmethod
+    def _check_startable(record: ContainerRecord) -> None:
+        if record.state == CTR_EXITED and record.reason == "StartError":
+            raise FailedPrecondition(f"starting container {record.id}: {record.message}")
+        if record.state != CTR_CREATED:
+            raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
 
     def _start_created(self, record: ContainerRecord, monitor) -> None:
         try:
