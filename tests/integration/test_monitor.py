@@ -507,6 +507,24 @@ def test_exec_of_a_missing_binary_fails_start(harness: Harness) -> None:
         monitor.start("rel")
 
 
+def test_an_exec_failing_after_its_checks_ends_the_started_container(harness: Harness) -> None:
+    """The child checks the working directory and the executable before READY, and the monitor
+    answers START once GO is out. An exec that fails all the same (here ENOEXEC: a file with the
+    execute bit that is neither ELF nor #!) is the container's exit, 126, with the reason in its
+    log, as with runc."""
+    monitor = harness.spawn()
+    plan = harness.plan("c", ["/not-a-program"])
+    program = harness.container_dir("c") / "upper" / "not-a-program"
+    program.write_text("plain text\n")
+    program.chmod(0o755)
+    monitor.create("c", plan, harness.log_path("c"))
+    monitor.start("c")
+    info = harness.wait_exit("c")
+    assert info.exit_code == 126
+    assert ("stderr", "F", "exec: /not-a-program: Exec format error") in harness.records("c")
+    assert monitor.state("c").status == "exited"
+
+
 def test_create_errors_are_precise_and_leave_nothing(harness: Harness) -> None:
     monitor = harness.spawn()
     missing = harness.container_dir("c") / "missing-lower"

@@ -63,13 +63,22 @@ static void complete_pending(struct monitor *monitor, struct container *containe
         answer_pending(monitor, container, &container->queued_start, status, message);
 }
 
+/* Release the child. Returns 1 when the container counts as running at once
+ * (its READY said the exec was checked: START is answered now, and an exec
+ * that fails all the same is the container's exit, as with runc), 0 when
+ * START waits for the exec's outcome (on_sync_eof or the child's error). */
 static int send_go(struct container *container, struct error *err)
 {
     char go = SYNC_GO;
     if (send(container->sync_watch.fd, &go, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
         return error_errno(err, errno, "start container %s", container->id);
-    container->starting = true;
-    return 0;
+    if (!container->exec_checked) {
+        container->starting = true;
+        return 0;
+    }
+    container->status = CONTAINER_RUNNING;
+    container->started_at = realtime_ns();
+    return 1;
 }
 
 /* The child is ready: a START that came early is carried out now. */
@@ -78,8 +87,10 @@ static void run_queued_start(struct monitor *monitor, struct container *containe
     if (!container->queued_start.active)
         return;
     struct error err;
-    if (send_go(container, &err) < 0) {
-        answer_pending(monitor, container, &container->queued_start, err.code, err.message);
+    int released = send_go(container, &err);
+    if (released != 0) {
+        answer_pending(monitor, container, &container->queued_start, released < 0 ? err.code : 0,
+                       released < 0 ? err.message : NULL);
         return;
     }
     container->pending = container->queued_start;
@@ -268,6 +279,7 @@ void container_on_sync(struct monitor *monitor, struct container *container)
                     container->has_oom_baseline = true;
                 }
                 container->status = CONTAINER_CREATED;
+                container->exec_checked = text[0] == SYNC_READY_EXEC_CHECKED;
                 complete_pending(monitor, container, 0, NULL);
                 run_queued_start(monitor, container);
             }
@@ -750,8 +762,9 @@ int container_start(struct monitor *monitor, struct connection *connection, uint
         reply_start(reply, REQUEST_START, request_id, 0, NULL);
         return 0;
     }
-    if (send_go(container, &err) < 0) {
-        reply_start(reply, REQUEST_START, request_id, err.code, err.message);
+    int released = send_go(container, &err);
+    if (released != 0) {
+        reply_start(reply, REQUEST_START, request_id, released < 0 ? err.code : 0, released < 0 ? err.message : NULL);
         return 0;
     }
     container->pending = (struct pending_reply){true, REQUEST_START, request_id, connection->serial};

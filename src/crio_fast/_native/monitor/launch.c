@@ -278,6 +278,22 @@ static int exit_code_for_exec_error(int code)
     return code == ENOENT ? 127 : 126;
 }
 
+/* Whether execve of a resolved path can be expected to get as far as the
+ * binary: a regular file this process may execute. */
+static bool executable_runnable(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+/* A failure after GO: START may have been answered already, so the reason
+ * also goes to the container's stderr, that is its log. */
+__attribute__((noreturn)) static void exec_fail(int sync_fd, const struct error *err, int exit_code)
+{
+    dprintf(STDERR_FILENO, "%s\n", err->message);
+    child_fail(sync_fd, err, exit_code);
+}
+
 static int mkdir_all(const char *path, mode_t mode, struct error *err)
 {
     char buffer[4096];
@@ -504,7 +520,19 @@ void container_child_main(struct child_context *context)
     if (apply_credentials(plan, &err) < 0)
         child_fail(sync_fd, &err, 1);
 
-    child_send(sync_fd, SYNC_READY, NULL);
+    /* The working directory and the executable are looked at before READY:
+     * when both are fine, the monitor answers START as soon as GO is out (as
+     * runc's start returns once its init is released) instead of waiting out
+     * the execve. Otherwise START waits and fails with the exec's own error. */
+    if (plan->cwd && chdir(plan->cwd) < 0) {
+        error_errno(&err, errno, "chdir %s", plan->cwd);
+        child_fail(sync_fd, &err, 1);
+    }
+    char executable[4096];
+    struct error exec_err = {0};
+    bool resolved = resolve_executable(plan, executable, sizeof(executable), &exec_err) == 0;
+    static const char exec_checked[] = {SYNC_READY_EXEC_CHECKED, '\0'};
+    child_send(sync_fd, SYNC_READY, resolved && executable_runnable(executable) ? exec_checked : NULL);
     char go;
     ssize_t got;
     do {
@@ -513,16 +541,11 @@ void container_child_main(struct child_context *context)
     if (got != 1 || go != SYNC_GO)
         _exit(1); /* the monitor went away or changed its mind */
 
-    if (plan->cwd && chdir(plan->cwd) < 0) {
-        error_errno(&err, errno, "chdir %s", plan->cwd);
-        child_fail(sync_fd, &err, 1);
-    }
-    char executable[4096];
-    if (resolve_executable(plan, executable, sizeof(executable), &err) < 0)
-        child_fail(sync_fd, &err, exit_code_for_exec_error(err.code));
+    if (!resolved)
+        exec_fail(sync_fd, &exec_err, exit_code_for_exec_error(exec_err.code));
     if (!early_seccomp && install_seccomp(plan, &err) < 0)
-        child_fail(sync_fd, &err, 1);
+        exec_fail(sync_fd, &err, 1);
     execve(executable, (char *const *)plan->argv, (char *const *)plan->env);
     error_errno(&err, errno, "exec: %s", executable);
-    child_fail(sync_fd, &err, exit_code_for_exec_error(err.code));
+    exec_fail(sync_fd, &err, exit_code_for_exec_error(err.code));
 }

@@ -385,13 +385,16 @@ const char *namespace_name(int clone_flag);
 
 /* Fixed messages on the container's sync socket (one packet each):
  * child -> monitor: 'W'+text (warning), 'T' with the pty master as
- * SCM_RIGHTS (terminal), 'R' (prepared), 'E'+text (failed);
- * monitor -> child: 'G' (exec now). */
+ * SCM_RIGHTS (terminal), 'R' (prepared; 'R' 'X' when the working directory
+ * and the executable were checked too, see SYNC_READY_EXEC_CHECKED),
+ * 'E'+text (failed); monitor -> child: 'G' (exec now). */
 #define SYNC_WARNING 'W'
 #define SYNC_TERMINAL 'T'
 #define SYNC_READY 'R'
 #define SYNC_ERROR 'E'
 #define SYNC_GO 'G'
+/* The text of a READY whose exec can be expected to succeed: START is answered at GO. */
+#define SYNC_READY_EXEC_CHECKED 'X'
 
 /* Everything the child needs besides the plan, prepared by the monitor. */
 struct child_context {

@@ -58,6 +58,7 @@ struct container {
     int pidfd;
     enum container_status status;
     bool starting;      /* GO sent, exec outcome not known yet */
+    bool exec_checked;  /* READY said the exec should succeed: START is answered at GO */
     bool failed_create; /* CREATE failed: forget it once reaped, no exit file */
     int log_fd;
     size_t log_line_max;
