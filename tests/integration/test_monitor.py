@@ -42,7 +42,16 @@ from crio_fast.runtime import (
     default_linux_mounts,
     exec_sync,
 )
-from crio_fast.runtime.monitor import CREATE, F_CONTAINER_ID, F_LOG_PATH, F_PLAN, _encode_request
+from crio_fast.errors import InvalidArgument
+from crio_fast.runtime.monitor import (
+    CREATE,
+    F_CONTAINER_ID,
+    F_LOG_PATH,
+    F_PLAN,
+    F_PLAN_FOLLOWS,
+    FEATURE_PLAN_FOLLOWS,
+    _encode_request,
+)
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
 from crio_fast.runtime.plan import TLVWriter
@@ -784,6 +793,78 @@ def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> Non
     assert not (harness.exits / "cancelled").exists()
     assert not os.path.exists(never)
     assert harness.run(monitor, "cancelled", harness.plan("cancelled", ["/bin/true"])).exit_code == 0
+
+
+def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
+    """The head clones the child and mounts the rootfs; the rest (command, env, user, mounts) follows
+    through the gate while the daemon decides it, and the cgroups are made after that."""
+    pids = cgroup_dir("pids")
+    pids.rmdir()  # made by the step, after the rest went out
+    monitor = harness.spawn(hostname="split-host")
+    assert monitor.features & FEATURE_PLAN_FOLLOWS
+    plan = harness.plan("split", ["/bin/sh", "-c", 'echo "$GREETING $(id -u) $(hostname -s)"; cat /etc/motd'],
+                        env=[*ENV, "GREETING=hello"], uid=1234, cgroup_procs=[str(pids / "cgroup.procs")],
+                        namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
+                        upper_files={"/etc/motd": "/proc/self/comm"})
+    order: list[str] = []
+
+    def rest() -> bytes:
+        order.append("rest")
+        return plan.encode_rest()
+
+    pending = monitor.begin_create("split", plan.head(), harness.log_path("split"),
+                                   meanwhile=lambda: (order.append("cgroup"), pids.mkdir()), rest=rest)
+    result = pending.result()
+    harness.container_pids.append(result.pid)
+    assert order == ["rest", "cgroup"]
+    assert str(result.pid) in (pids / "cgroup.procs").read_text().split()
+    monitor.start("split")
+    assert harness.wait_exit("split").exit_code == 0
+    assert harness.output("split") == "hello 1234 split-host\ncat\n"
+
+
+@pytest.mark.parametrize("how", ["the rest fails", "the rest is malformed"])
+def test_a_plan_whose_rest_never_comes_right_fails_cleanly(harness: Harness, how: str) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("cut", ["/bin/true"], namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none")
+    steps: list[str] = []
+
+    def rest() -> bytes:
+        if how == "the rest fails":
+            raise InvalidArgument("user nobody-here not found in the image")
+        return b"\x01\x00"  # half a field header
+
+    if how == "the rest fails":
+        with pytest.raises(InvalidArgument, match="nobody-here"):
+            monitor.begin_create("cut", plan.head(), harness.log_path("cut"), meanwhile=lambda: steps.append("cg"),
+                                 rest=rest)
+        assert steps == []  # nothing after the rest: the cgroups are never made
+    else:
+        pending = monitor.begin_create("cut", plan.head(), harness.log_path("cut"),
+                                       meanwhile=lambda: steps.append("cg"), rest=rest)
+        with pytest.raises(MonitorError, match="invalid launch plan"):
+            pending.result()
+    # The child gave up and the container is forgotten: the id is free again, the monitor goes on.
+    deadline = time.monotonic() + 5
+    while [s.id for s in monitor.list_containers()]:
+        assert time.monotonic() < deadline, "the cut container is still listed"
+        time.sleep(0.01)
+    assert not (harness.exits / "cut").exists()
+    assert harness.run(monitor, "cut", harness.plan("cut", ["/bin/true"])).exit_code == 0
+
+
+def test_a_head_without_its_gate_or_its_rest_is_refused(harness: Harness) -> None:
+    monitor = harness.spawn()
+    plan = harness.plan("head", ["/bin/true"])
+    with pytest.raises(ValueError, match="needs a meanwhile step"):
+        monitor.begin_create("head", plan.head(), harness.log_path("head"), rest=plan.encode_rest)
+    w = monitor._create_fields("head", plan.head(), harness.log_path("head"), None)
+    w.boolean(F_PLAN_FOLLOWS, True)
+    with pytest.raises(MonitorError, match="PLAN_FOLLOWS needs the gate descriptor"):
+        monitor._request(CREATE, w)
+    with pytest.raises(MonitorError, match="no command"):  # a head alone is not a whole plan
+        monitor.create("head", plan.head(), harness.log_path("head"))  # type: ignore[arg-type]
+    assert harness.run(monitor, "head", plan).exit_code == 0
 
 
 def _start_while_the_child_waits_at_the_gate(harness: Harness, name: str, step):

@@ -32,6 +32,7 @@ from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.monitor import (
+    FEATURE_PLAN_FOLLOWS,
     ExitInfo,
     MonitorError,
     OciRuntimeCall,
@@ -53,6 +54,7 @@ from crio_fast.runtime.plan import (
     MS_SLAVE,
     Capabilities,
     ExecPlan,
+    LaunchHead,
     LaunchPlan,
     MountOp,
     Namespace,
@@ -422,6 +424,10 @@ class ContainerManager:
         return container_id
 
     def _create(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig, image) -> None:
+        """Natively the plan goes to the monitor in two parts (PodMonitor.begin_create): first its head
+        (namespaces, stdio, cgroups, the overlay), on which the monitor clones the child and the child
+        mounts the rootfs; the rest (mounts, identity, capabilities, seccomp, argv...) is decided
+        meanwhile and follows. The cheap checks of the request come before the head goes out."""
         image_config: dict[str, Any] = image.config.get("config") or {}
         layer_dirs = [self.images.store.layer_diff(c) for c in reversed(image.record.layers)]  # top-most first
         sc = config.linux.security_context
@@ -431,32 +437,16 @@ class ContainerManager:
         argv = entrypoint + cmd
         if not argv:
             raise InvalidArgument("no command: neither the container config nor the image gives one")
-
-        env: dict[str, str] = {}
-        for entry in image_config.get("Env") or []:
-            key, _, value = entry.partition("=")
-            env[key] = value
         for kv in config.envs:
             # CRI carries env values as bytes (they may be binary); NUL cannot be in an environment.
             if b"\0" in kv.value:
                 raise InvalidArgument(f"env {kv.key!r}: value contains a NUL byte")
-            env[kv.key] = kv.value.decode("utf-8", "surrogateescape")
-        env.setdefault("PATH", DEFAULT_PATH.split("=", 1)[1])
-        hostname = Path(pod.pod_dir, "hostname").read_text().strip()
-        env.setdefault("HOSTNAME", hostname)
-        env_list = [f"{k}={v}" for k, v in env.items()]
-
+        for m in config.mounts:
+            if not m.container_path or not os.path.isabs(m.container_path):
+                raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+            if not os.path.exists(m.host_path):
+                raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
         security.check_mac(sc)
-        identity = security.resolve_identity(sc, image_config.get("User") or "", layer_dirs)
-        uid, gid, gids = identity.uid, identity.gid, identity.additional_gids
-        caps = security.resolve_capabilities(
-            list(self.config.runtime.default_capabilities), sc.capabilities, sc.privileged, uid)
-        pod_sc = pod_config.linux.security_context
-        seccomp = security.seccomp_for(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
-                                       sc.privileged,
-                                       self.config.runtime.seccomp_profile,
-                                       self.config.runtime.seccomp_use_default_when_empty)
-        sysctls = security.pod_sysctls(pod_config, self.config.runtime.default_sysctls)
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
         bundle = self.bundles / record.id
@@ -496,6 +486,85 @@ class ContainerManager:
             if v2_restricted:
                 self.cgroups.restrict_devices(cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
 
+        layout_v2 = self.cgroups.layout.version == "v2"
+        # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
+        pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
+        namespaces = [Namespace("mnt")]
+        if pid_namespace is not None:
+            namespaces.append(pid_namespace)
+        if layout_v2:
+            namespaces.append(Namespace("cgroup"))
+        head = LaunchHead(
+            namespaces=namespaces,
+            cgroup_procs=cg.procs_files,
+            oom_counter_path=cg.oom_counter_file,
+            overlay=Overlay(lower=[str(d) for d in self._lower_dirs(image.record.id, layer_dirs)],
+                            target=str(bundle / "rootfs"),
+                            upper=str(storage / "upper"), work=str(storage / "work")),
+            root_propagation=root_propagation_for(config.mounts),
+            stdin=config.stdin,
+            tty=config.tty,
+        )
+        if pod.log_directory and config.log_path:
+            record.log_path = os.path.join(pod.log_directory, config.log_path)
+            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
+        record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
+
+        def rest() -> LaunchPlan:
+            return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, argv,
+                                   devices, cg, layout_v2)
+
+        monitor = self.sandboxes.monitor(pod)
+        try:
+            if external_runtime:
+                make_cgroup()  # the runtime's create joins it
+                plan, oci_call = self._oci_bundle(record, pod, rest(), sc, pod_config.linux.security_context,
+                                                  devices)
+                pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
+            elif monitor.features & FEATURE_PLAN_FOLLOWS:
+                # The cgroup is made while the monitor's child clones and mounts the rootfs (on the other
+                # CPU); the child joins it before the mounts under /sys/fs/cgroup, which bind it in. The
+                # reply is not awaited: the child's set-up overlaps this call's answer and the next
+                # call's arrival; _settle takes the outcome in.
+                pending = monitor.begin_create(record.id, head, record.log_path or os.devnull,
+                                               meanwhile=make_cgroup, rest=lambda: rest().encode_rest())
+            else:  # a monitor from before plans in two parts
+                pending = monitor.begin_create(record.id, rest(), record.log_path or os.devnull,
+                                               meanwhile=make_cgroup)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
+        with self._lock:
+            self._pending[record.id] = pending
+        self.state.containers.save(record)
+        log.info("container %s (%s) created", record.id[:12], record.name)
+
+    def _plan_rest(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig,
+                   image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, argv: list[str],
+                   devices: list[security.DeviceNode], cg, layout_v2: bool) -> LaunchPlan:
+        """The whole plan, from the head on: who the process runs as, with which capabilities and
+        seccomp filter, its environment and mounts. Also fills the record's process and mounts."""
+        sc = config.linux.security_context
+        env: dict[str, str] = {}
+        for entry in image_config.get("Env") or []:
+            key, _, value = entry.partition("=")
+            env[key] = value
+        for kv in config.envs:
+            env[kv.key] = kv.value.decode("utf-8", "surrogateescape")
+        env.setdefault("PATH", DEFAULT_PATH.split("=", 1)[1])
+        env.setdefault("HOSTNAME", Path(pod.pod_dir, "hostname").read_text().strip())
+        env_list = [f"{k}={v}" for k, v in env.items()]
+
+        identity = security.resolve_identity(sc, image_config.get("User") or "", layer_dirs)
+        uid, gid, gids = identity.uid, identity.gid, identity.additional_gids
+        caps = security.resolve_capabilities(
+            list(self.config.runtime.default_capabilities), sc.capabilities, sc.privileged, uid)
+        pod_sc = pod_config.linux.security_context
+        seccomp = security.seccomp_for(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
+                                       sc.privileged,
+                                       self.config.runtime.seccomp_profile,
+                                       self.config.runtime.seccomp_use_default_when_empty)
+        sysctls = security.pod_sysctls(pod_config, self.config.runtime.default_sysctls)
+
         extra_mounts = [
             MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),
             MountOp.bind(str(Path(pod.pod_dir, "hosts")), "/etc/hosts", recursive=False),
@@ -503,17 +572,12 @@ class ContainerManager:
         ]
         record.mounts = []
         for m in config.mounts:
-            if not m.container_path or not os.path.isabs(m.container_path):
-                raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
-            if not os.path.exists(m.host_path):
-                raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
             extra_mounts.append(
                 MountOp.bind(m.host_path, m.container_path, readonly=m.readonly,
                              propagation=PROPAGATION.get(m.propagation, MS_PRIVATE))
             )
             record.mounts.append({"container_path": m.container_path, "host_path": m.host_path,
                                   "readonly": m.readonly, "propagation": int(m.propagation)})
-        layout_v2 = self.cgroups.layout.version == "v2"
         shm = str(Path(pod.pod_dir, "shm")) if pod.namespaces.get("ipc") == "new" else None
         mounts = default_linux_mounts(
             shm_source=shm,
@@ -530,25 +594,16 @@ class ContainerManager:
             # Privileged containers get a writable /sys, as with runc.
             mounts = [MountOp.mount("sysfs", "/sys", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV)
                       if op.destination == "/sys" and op.fstype == "sysfs" else op for op in mounts]
-        # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
-        pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
-        namespaces = [Namespace("mnt")]
-        if pid_namespace is not None:
-            namespaces.append(pid_namespace)
-        if layout_v2:
-            namespaces.append(Namespace("cgroup"))
 
         cwd = config.working_dir or image_config.get("WorkingDir") or "/"
         plan = LaunchPlan(
             argv=argv,
             env=env_list,
             cwd=cwd,
-            namespaces=namespaces,
-            cgroup_procs=cg.procs_files,
-            oom_counter_path=cg.oom_counter_file,
-            overlay=Overlay(lower=[str(d) for d in self._lower_dirs(image.record.id, layer_dirs)],
-                            target=str(bundle / "rootfs"),
-                            upper=str(storage / "upper"), work=str(storage / "work")),
+            namespaces=list(head.namespaces),
+            cgroup_procs=list(head.cgroup_procs),
+            oom_counter_path=head.oom_counter_path,
+            overlay=head.overlay,
             mounts=mounts,
             rootfs_readonly=sc.readonly_rootfs,
             oom_score_adj=config.linux.resources.oom_score_adj if config.linux.HasField("resources") else None,
@@ -560,37 +615,17 @@ class ContainerManager:
             seccomp=seccomp,
             sysctls=sysctls,
             rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
-            stdin=config.stdin,
-            tty=config.tty,
-            root_propagation=root_propagation_for(config.mounts),
+            stdin=head.stdin,
+            tty=head.tty,
+            root_propagation=head.root_propagation,
         )
-        record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
         record.process = {
             "env": env_list, "cwd": cwd, "uid": uid, "gid": gid, "gids": gids, "no_new_privs": sc.no_new_privs,
             "caps": [caps.bounding, caps.effective, caps.permitted, caps.inheritable, caps.ambient],
-            "cgroup_procs": cg.procs_files,
+            "cgroup_procs": list(head.cgroup_procs),
             "seccomp": base64.b64encode(seccomp).decode() if seccomp else None,
         }
-        if pod.log_directory and config.log_path:
-            record.log_path = os.path.join(pod.log_directory, config.log_path)
-            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-        monitor = self.sandboxes.monitor(pod)
-        if external_runtime:
-            make_cgroup()  # the runtime's create joins it
-        plan, oci_call = self._oci_bundle(record, pod, plan, sc, pod_sc, devices)
-        try:
-            # Natively, the cgroup is made while the monitor's child clones and mounts the rootfs (on the
-            # other CPU); the child joins it before the mounts under /sys/fs/cgroup, which bind it in.
-            # The reply is not awaited: the child's set-up overlaps this call's answer and the next
-            # call's arrival; _settle takes the outcome in.
-            pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call,
-                                           meanwhile=None if external_runtime else make_cgroup)
-        except MonitorError as exc:
-            raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
-        with self._lock:
-            self._pending[record.id] = pending
-        self.state.containers.save(record)
-        log.info("container %s (%s) created", record.id[:12], record.name)
+        return plan
 
     def _lower_dirs(self, image_id: str, layer_dirs: list[Path]) -> list[Path]:
         """The overlay's lower dirs, top-most first: the image's layers under its mount-targets layer."""

@@ -18,6 +18,7 @@ from crio_fast.runtime.monitor import (
 from crio_fast.runtime.plan import (
     Capabilities,
     ExecPlan,
+    LaunchHead,
     LaunchPlan,
     MountKind,
     MountOp,
@@ -28,7 +29,8 @@ from crio_fast.runtime.plan import (
 )
 
 __all__ = [
-    "Capabilities", "ContainerState", "CreateResult", "ExecPlan", "ExecResult", "ExitInfo", "LaunchPlan",
+    "Capabilities", "ContainerState", "CreateResult", "ExecPlan", "ExecResult", "ExitInfo", "LaunchHead",
+    "LaunchPlan",
     "MonitorError", "MountKind", "MountOp", "Namespace", "Overlay", "PodMonitor", "PodMonitorSpec", "Rlimit",
     "cleanup_pod_dir", "default_linux_mounts", "exec_sync", "read_exit_file",
 ]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from crio_fast.runtime.plan import ExecPlan, LaunchPlan, TLVWriter, parse_tlv
+from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan, TLVWriter, parse_tlv
 
 PROTOCOL_VERSION = 1
 REPLY_FLAG = 0x8000
@@ -48,6 +48,9 @@ _REQUEST_NAMES = {PING: "PING", CREATE: "CREATE", START: "START", KILL: "KILL", 
  F_VERSION) = range(1, 20)
 # CREATE of a container run by an external OCI runtime (docs/monitor.md, "External OCI runtimes").
 F_OCI_RUNTIME, F_OCI_ROOT, F_OCI_BUNDLE, F_OCI_HIDE_CGROUP2 = range(20, 24)
+# CREATE: the plan is its head, the rest follows through the gate; PING reply: FEATURE_ bits.
+F_PLAN_FOLLOWS, F_FEATURES = 26, 27
+FEATURE_PLAN_FOLLOWS = 1
 
 _MESSAGE_HEADER = struct.Struct("<HHII")
 _U32 = struct.Struct("<I")
@@ -208,10 +211,13 @@ def _state_from_fields(fields: dict[int, list[bytes]]) -> ContainerState:
 class PodMonitor:
     """A connection to one pod's monitor process."""
 
-    def __init__(self, pod_dir: str, pid: int, pidfd: int) -> None:
+    def __init__(self, pod_dir: str, pid: int, pidfd: int, features: int = FEATURE_PLAN_FOLLOWS) -> None:
         self.pod_dir = pod_dir
         self.pid = pid
         self._pidfd = pidfd
+        # What the monitor can do beyond protocol 1: a monitor started by an older build (its pod
+        # outlived an upgrade) says less in its PING reply.
+        self.features = features
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._next_id = 0
@@ -337,6 +343,7 @@ class PodMonitor:
             reported = _U32.unpack(reply[F_PID][0])[0]
             if reported != pid:
                 raise MonitorError(f"{pid_path} says {pid} but the socket's monitor is {reported}", errno.ESTALE)
+            monitor.features = _U32.unpack(reply[F_FEATURES][0])[0] if F_FEATURES in reply else 0
         except BaseException:
             monitor.close()
             raise
@@ -417,16 +424,29 @@ class PodMonitor:
         """
         return self.begin_create(container_id, plan, log_path, oci=oci, meanwhile=meanwhile).result()
 
-    def begin_create(self, container_id: str, plan: LaunchPlan, log_path: str,
+    def begin_create(self, container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                      oci: OciRuntimeCall | None = None,
-                     meanwhile: Callable[[], None] | None = None) -> "PendingCreate":
+                     meanwhile: Callable[[], None] | None = None,
+                     rest: Callable[[], bytes] | None = None) -> "PendingCreate":
         """``create`` without waiting for the reply: the request goes out on a connection of its own,
         ``meanwhile`` runs and the gate opens as in ``create``, and the reply (the child ready, or why
         its set-up failed) is read later through the returned ``PendingCreate``. If ``meanwhile``
-        raises, the reply is awaited (the child gives up) and the exception propagates."""
+        raises, the reply is awaited (the child gives up) and the exception propagates.
+
+        A plan in two parts: ``plan`` is only its head (a ``LaunchHead``) and ``rest`` returns the
+        rest, encoded (``LaunchPlan.encode_rest``). The monitor clones the child on the head, and the
+        child mounts the rootfs while ``rest`` runs here; the rest goes through the gate before
+        ``meanwhile`` runs. Needs ``meanwhile`` and a monitor with FEATURE_PLAN_FOLLOWS. If ``rest``
+        raises, the child gives up as when ``meanwhile`` does.
+        """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
+        if rest is not None and (meanwhile is None or not self.features & FEATURE_PLAN_FOLLOWS):
+            raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step "
+                             "and a monitor that takes it")
         w = self._create_fields(container_id, plan, log_path, oci)
+        if rest is not None:
+            w.boolean(F_PLAN_FOLLOWS, True)
         if meanwhile is None:
             sock, request_id, _ = self._send(CREATE, w)
             return PendingCreate(self, sock, request_id)
@@ -439,7 +459,7 @@ class PodMonitor:
         finally:
             os.close(gate_read)  # the monitor has its copy now (or the request never went out)
         pending = PendingCreate(self, sock, request_id)
-        failure = _run_then_open_gate(meanwhile, gate_write)
+        failure = _run_then_open_gate(meanwhile, gate_write, rest)
         if failure is not None:
             with contextlib.suppress(MonitorError):  # the child's "gave up" only follows from it
                 pending.result()
@@ -447,7 +467,7 @@ class PodMonitor:
         return pending
 
     @staticmethod
-    def _create_fields(container_id: str, plan: LaunchPlan, log_path: str,
+    def _create_fields(container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                        oci: OciRuntimeCall | None) -> TLVWriter:
         w = TLVWriter()
         w.string(F_CONTAINER_ID, container_id)
@@ -654,10 +674,18 @@ def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
     return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0], warnings=[_string(v) for v in reply.get(F_WARNING, [])])
 
 
-def _run_then_open_gate(step: Callable[[], None], gate_write: int) -> BaseException | None:
-    """Run ``step``, then write the gate's one byte; close the gate either way (unwritten: EOF, and
-    the waiting monitor or child gives up and undoes its set-up). Returns what ``step`` raised."""
+def _run_then_open_gate(step: Callable[[], None], gate_write: int,
+                        rest: Callable[[], bytes] | None = None) -> BaseException | None:
+    """Send the rest of the plan when there is one (its length, u32 little endian, then the bytes),
+    run ``step``, then write the gate's one byte; close the gate either way (unwritten: EOF, and
+    the waiting monitor or child gives up and undoes its set-up). Returns what ``rest`` or ``step``
+    raised."""
     try:
+        if rest is not None:
+            body = rest()
+            # A child that failed meanwhile closed its end; its reply says why.
+            with contextlib.suppress(BrokenPipeError):
+                _write_all(gate_write, _U32.pack(len(body)) + body)
         step()
         with contextlib.suppress(BrokenPipeError):  # the other side failed before the gate: it says why
             os.write(gate_write, b"1")
@@ -666,6 +694,12 @@ def _run_then_open_gate(step: Callable[[], None], gate_write: int) -> BaseExcept
     finally:
         os.close(gate_write)
     return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _above(fd: int, highest_reserved: int) -> int:

@@ -296,14 +296,7 @@ class Capabilities:
         w.u64(_CAP_AMBIENT, self.ambient)
 
 
-def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cwd: str | None,
-                    cgroup_procs: Sequence[str], uid: int | None, gid: int | None,
-                    additional_gids: Sequence[int] | None, capabilities: Capabilities | None,
-                    no_new_privs: bool, seccomp: bytes | None, seccomp_flags: int, rlimits: Sequence[Rlimit],
-                    umask: int | None, namespaces: Sequence[Namespace]) -> None:
-    """Fields shared by launch and exec plans."""
-    if not argv:
-        raise ValueError("a plan needs a command (argv)")
+def _encode_namespaces_and_cgroups(w: TLVWriter, namespaces: Sequence[Namespace], cgroup_procs: Sequence[str]) -> None:
     for ns in namespaces:
         inner = TLVWriter()
         inner.u32(_NS_TYPE, NAMESPACE_FLAGS[ns.type])
@@ -312,6 +305,17 @@ def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cw
         w.nested(_NAMESPACE, inner)
     for path in cgroup_procs:
         w.string(_CGROUP_PROCS, path)
+
+
+def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cwd: str | None,
+                    cgroup_procs: Sequence[str], uid: int | None, gid: int | None,
+                    additional_gids: Sequence[int] | None, capabilities: Capabilities | None,
+                    no_new_privs: bool, seccomp: bytes | None, seccomp_flags: int, rlimits: Sequence[Rlimit],
+                    umask: int | None, namespaces: Sequence[Namespace]) -> None:
+    """Fields shared by launch and exec plans."""
+    if not argv:
+        raise ValueError("a plan needs a command (argv)")
+    _encode_namespaces_and_cgroups(w, namespaces, cgroup_procs)
     for limit in rlimits:
         inner = TLVWriter()
         inner.u32(_RLIMIT_RESOURCE, limit.resource)
@@ -377,16 +381,72 @@ class LaunchPlan:
     log_line_max: int | None = None
     umask: int | None = None
 
+    def head(self) -> "LaunchHead":
+        """The plan's head: what the monitor needs before it clones the child."""
+        return LaunchHead(namespaces=self.namespaces, cgroup_procs=self.cgroup_procs,
+                          oom_counter_path=self.oom_counter_path, rootfs=self.rootfs, overlay=self.overlay,
+                          root_propagation=self.root_propagation, stdin=self.stdin, tty=self.tty,
+                          log_line_max=self.log_line_max)
+
     def encode(self) -> bytes:
-        if self.rootfs is not None and self.overlay is not None:
-            raise ValueError("give either a ready rootfs path or an overlay, not both")
+        """The whole plan in one message."""
+        return self.head().encode() + self.encode_rest()
+
+    def encode_rest(self) -> bytes:
+        """Everything but the head: the second part of a plan sent in two (``PodMonitor.begin_create``)."""
         w = TLVWriter()
-        w.u32(_VERSION, PLAN_FORMAT_VERSION)
         for path, value in self.cgroup_writes:
             inner = TLVWriter()
             inner.string(_KV_KEY, path)
             inner.string(_KV_VALUE, value)
             w.nested(_CGROUP_WRITE, inner)
+        for op in self.mounts:
+            w.raw(_MOUNT, _encoded_mount(op))
+        if self.rootfs_readonly:
+            w.boolean(_ROOTFS_READONLY, True)
+        if self.no_pivot:
+            w.boolean(_NO_PIVOT, True)
+        if self.hostname is not None:
+            w.string(_HOSTNAME, self.hostname)
+        for name, value in self.sysctls.items():
+            inner = TLVWriter()
+            inner.string(_KV_KEY, name)
+            inner.string(_KV_VALUE, value)
+            w.nested(_SYSCTL, inner)
+        if self.oom_score_adj is not None:
+            w.i32(_OOM_SCORE_ADJ, self.oom_score_adj)
+        _encode_process(
+            w, argv=self.argv, env=self.env, cwd=self.cwd, cgroup_procs=(), uid=self.uid,
+            gid=self.gid, additional_gids=self.additional_gids, capabilities=self.capabilities,
+            no_new_privs=self.no_new_privs, seccomp=self.seccomp, seccomp_flags=self.seccomp_flags,
+            rlimits=self.rlimits, umask=self.umask, namespaces=(),
+        )
+        return w.getvalue()
+
+
+@dataclass
+class LaunchHead:
+    """The head of a launch plan: what the monitor needs to clone the child (its namespaces, stdio,
+    cgroups) and what the child needs to mount the rootfs. The daemon can send it before the rest of
+    the plan is decided, which then follows through the gate while the child clones and mounts
+    (docs/monitor.md, "A plan in two parts")."""
+
+    namespaces: Sequence[Namespace]
+    cgroup_procs: Sequence[str] = ()
+    oom_counter_path: str | None = None
+    rootfs: str | None = None
+    overlay: Overlay | None = None
+    root_propagation: int = MS_REC | MS_SLAVE
+    stdin: bool = False
+    tty: bool = False
+    log_line_max: int | None = None
+
+    def encode(self) -> bytes:
+        if self.rootfs is not None and self.overlay is not None:
+            raise ValueError("give either a ready rootfs path or an overlay, not both")
+        w = TLVWriter()
+        w.u32(_VERSION, PLAN_FORMAT_VERSION)
+        _encode_namespaces_and_cgroups(w, self.namespaces, self.cgroup_procs)
         if self.oom_counter_path:
             w.string(_OOM_COUNTER, self.oom_counter_path)
         if self.rootfs is not None:
@@ -403,34 +463,13 @@ class LaunchPlan:
             for option in self.overlay.options:
                 inner.string(_OVERLAY_OPTION, option)
             w.nested(_OVERLAY, inner)
-        for op in self.mounts:
-            w.raw(_MOUNT, _encoded_mount(op))
-        if self.rootfs_readonly:
-            w.boolean(_ROOTFS_READONLY, True)
-        if self.no_pivot:
-            w.boolean(_NO_PIVOT, True)
         w.u32(_ROOT_PROPAGATION, self.root_propagation)
-        if self.hostname is not None:
-            w.string(_HOSTNAME, self.hostname)
-        for name, value in self.sysctls.items():
-            inner = TLVWriter()
-            inner.string(_KV_KEY, name)
-            inner.string(_KV_VALUE, value)
-            w.nested(_SYSCTL, inner)
-        if self.oom_score_adj is not None:
-            w.i32(_OOM_SCORE_ADJ, self.oom_score_adj)
         if self.stdin:
             w.boolean(_STDIN, True)
         if self.tty:
             w.boolean(_TTY, True)
         if self.log_line_max is not None:
             w.u32(_LOG_LINE_MAX, self.log_line_max)
-        _encode_process(
-            w, argv=self.argv, env=self.env, cwd=self.cwd, cgroup_procs=self.cgroup_procs, uid=self.uid,
-            gid=self.gid, additional_gids=self.additional_gids, capabilities=self.capabilities,
-            no_new_privs=self.no_new_privs, seccomp=self.seccomp, seccomp_flags=self.seccomp_flags,
-            rlimits=self.rlimits, umask=self.umask, namespaces=self.namespaces,
-        )
         return w.getvalue()
 
 

@@ -611,8 +611,8 @@ static void container_link(struct monitor *monitor, struct container *c)
  * monitor that is not shutting down, and a plan that decodes. On failure the
  * error reply is written and false returned. */
 static bool create_request_acceptable(struct monitor *monitor, uint32_t request_id, const char *id,
-                                      const uint8_t *plan_data, size_t plan_length, struct launch_plan *plan,
-                                      struct buffer *reply)
+                                      const uint8_t *plan_data, size_t plan_length, bool head_only,
+                                      struct launch_plan *plan, struct buffer *reply)
 {
     struct error err = {0};
     if (!container_id_valid(id)) {
@@ -628,7 +628,7 @@ static bool create_request_acceptable(struct monitor *monitor, uint32_t request_
         reply_start(reply, REQUEST_CREATE, request_id, ESHUTDOWN, "the pod monitor is shutting down");
         return false;
     }
-    if (plan_decode(plan_data, plan_length, plan, &err) < 0) {
+    if ((head_only ? plan_decode_head : plan_decode)(plan_data, plan_length, plan, &err) < 0) {
         reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
         return false;
     }
@@ -637,7 +637,7 @@ static bool create_request_acceptable(struct monitor *monitor, uint32_t request_
 
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id, const char *id,
                      const uint8_t *plan_data, size_t plan_length, const char *log_path, int *cgroup_gate,
-                     struct buffer *reply)
+                     bool plan_follows, struct buffer *reply)
 {
     int gate_fd = *cgroup_gate;
     *cgroup_gate = -1;
@@ -650,7 +650,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     for (size_t i = 0; i < 8; i++)
         namespace_fds[i] = -1;
 
-    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply)) {
+    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, plan_follows, &plan, reply)) {
         close_fd(&gate_fd);
         return 0;
     }
@@ -679,6 +679,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
             .stdout_fd = stdio.stdout_write >= 0 ? stdio.stdout_write : 1,
             .stderr_fd = stdio.stderr_write >= 0 ? stdio.stderr_write : 1,
             .cgroup_gate_fd = gate_fd,
+            .plan_follows = plan_follows,
         };
         memcpy(context.namespace_fds, namespace_fds, sizeof(namespace_fds));
         container_child_main(&context);
@@ -858,7 +859,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
 
     /* The plan is the same as for the native launcher; the runtime reads the
      * bundle's config.json, so only stdio, log and cgroup fields are used here. */
-    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, &plan, reply))
+    if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, false, &plan, reply))
         return 0;
     c = container_new(id, log_path);
     if (!c || !(c->oci = calloc(1, sizeof(*c->oci))) || !(c->oci->path = strdup(runtime)) ||

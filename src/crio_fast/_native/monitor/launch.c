@@ -419,6 +419,42 @@ static int sorted_insert(int *keep, size_t *count, int fd)
     return 0;
 }
 
+static int read_exactly(int fd, uint8_t *buffer, size_t length, struct error *err)
+{
+    size_t done = 0;
+    while (done < length) {
+        ssize_t got = read(fd, buffer + done, length - done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return error_errno(err, errno, "read the rest of the plan");
+        if (got == 0)
+            return error_plain(err, ECANCELED, "the daemon gave up before sending the rest of the plan");
+        done += (size_t)got;
+    }
+    return 0;
+}
+
+/* The rest of a plan sent in two parts: a u32 length (little endian) and the
+ * bytes, from the gate. They stay allocated: the plan's strings point into
+ * them until the exec. */
+static int read_plan_rest(int gate_fd, struct launch_plan *plan, struct error *err)
+{
+    uint8_t header[4];
+    if (read_exactly(gate_fd, header, sizeof(header), err) < 0)
+        return -1;
+    uint32_t length = (uint32_t)header[0] | (uint32_t)header[1] << 8 | (uint32_t)header[2] << 16 |
+                      (uint32_t)header[3] << 24;
+    if (length > MESSAGE_MAX_SIZE)
+        return error_plain(err, E2BIG, "the rest of the plan is %u bytes, over %u", length, MESSAGE_MAX_SIZE);
+    uint8_t *data = malloc(length ? length : 1);
+    if (!data)
+        return error_errno(err, ENOMEM, "the rest of the plan (%u bytes)", length);
+    if (read_exactly(gate_fd, data, length, err) < 0)
+        return -1;
+    return plan_decode_rest(data, length, plan, err);
+}
+
 /* The cgroup half of the set-up: limits, joining, and a cgroup namespace
  * rooted there. With a gate, first wait for the daemon to have made the
  * cgroups (one byte; EOF means it gave up). */
@@ -482,6 +518,18 @@ void container_child_main(struct child_context *context)
         child_fail(sync_fd, &err, 1);
     if (join_namespaces(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
+    /* The rootfs first: it needs only the plan's head, and with a plan in two
+     * parts the daemon is sending the rest meanwhile. */
+    if (plan->rootfs) {
+        if (!plan_creates(plan, CLONE_NEWNS)) {
+            error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
+            child_fail(sync_fd, &err, 1);
+        }
+        if (prepare_rootfs(plan, &err) < 0)
+            child_fail(sync_fd, &err, 1);
+    }
+    if (context->plan_follows && read_plan_rest(context->cgroup_gate_fd, context->plan, &err) < 0)
+        child_fail(sync_fd, &err, 1);
     if (plan->hostname && sethostname(plan->hostname, strlen(plan->hostname)) < 0) {
         error_errno(&err, errno, "sethostname %s", plan->hostname);
         child_fail(sync_fd, &err, 1);
@@ -491,16 +539,12 @@ void container_child_main(struct child_context *context)
     if (plan->has_oom_score_adj && set_oom_score_adj(sync_fd, plan->oom_score_adj, &err) < 0)
         child_fail(sync_fd, &err, 1);
     if (plan->rootfs) {
-        if (!plan_creates(plan, CLONE_NEWNS)) {
-            error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
-            child_fail(sync_fd, &err, 1);
-        }
         /* Gated, the mounts that do not need the cgroups (proc, dev, sys...)
          * are done before the gate too: more of the child's work overlaps
          * the daemon's. The order of the operations is kept. */
         size_t split = gated ? first_cgroup_mount(plan) : 0;
-        if (prepare_rootfs(plan, &err) < 0 || apply_mounts(plan, 0, split, &err) < 0 ||
-            (gated && enter_cgroups(context, &err) < 0) || finish_rootfs(plan, split, &err) < 0)
+        if (apply_mounts(plan, 0, split, &err) < 0 || (gated && enter_cgroups(context, &err) < 0) ||
+            finish_rootfs(plan, split, &err) < 0)
             child_fail(sync_fd, &err, 1);
     } else if (gated && enter_cgroups(context, &err) < 0) {
         child_fail(sync_fd, &err, 1);

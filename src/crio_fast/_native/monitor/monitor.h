@@ -205,7 +205,14 @@ enum message_field {
     /* ATTACH: request: this attacher sends input; reply: the container has a stdin. */
     FIELD_STDIN = 24, /* u32 bool */
     FIELD_TTY = 25,   /* u32 bool, ATTACH reply: the container has a terminal */
+    /* CREATE: the plan is only its head; the rest comes through the gate (see
+     * plan_decode_head). PING reply: the MONITOR_FEATURE_ bits. */
+    FIELD_PLAN_FOLLOWS = 26, /* u32 bool */
+    FIELD_FEATURES = 27,     /* u32 bitmask */
 };
+
+/* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). */
+#define MONITOR_FEATURE_PLAN_FOLLOWS 1u
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */
@@ -378,6 +385,12 @@ struct launch_plan {
 };
 
 int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
+/* A plan in two parts: the head, which the monitor needs to clone the child
+ * (namespaces, stdio, cgroups, rootfs), and the rest, which the child reads
+ * from the gate while it mounts the rootfs and adds to it. The head is
+ * checked for what it holds only; plan_decode_rest checks the whole. */
+int plan_decode_head(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
+int plan_decode_rest(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
 void plan_free(struct launch_plan *plan);
 const char *namespace_name(int clone_flag);
 
@@ -398,7 +411,7 @@ const char *namespace_name(int clone_flag);
 
 /* Everything the child needs besides the plan, prepared by the monitor. */
 struct child_context {
-    const struct launch_plan *plan;
+    struct launch_plan *plan; /* the child completes it when the rest follows */
     int sync_fd;
     int stdin_fd;  /* becomes fd 0 */
     int stdout_fd; /* becomes fd 1 */
@@ -408,6 +421,9 @@ struct child_context {
      * exist (EOF: it gave up). The child then joins them after the rootfs
      * base and before the mount sequence, which binds them in. */
     int cgroup_gate_fd;
+    /* The gate first carries the rest of the plan: a u32 length (little
+     * endian) and that many bytes, for plan_decode_rest. */
+    bool plan_follows;
 };
 
 /* Runs in the cloned child; never returns. */

@@ -377,52 +377,78 @@ static int decode_top_field(const struct tlv_field *field, struct launch_plan *p
     }
 }
 
-int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
+static int plan_decode_fields(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
 {
     struct tlv_reader reader;
     struct tlv_field field;
     int rc;
-    memset(plan, 0, sizeof(*plan));
-    plan->log_line_max = LOG_LINE_MAX_DEFAULT;
-    plan->root_propagation = MS_REC | MS_SLAVE;
     tlv_reader_init(&reader, data, length);
     while ((rc = tlv_next(&reader, &field, err)) > 0) {
-        if (plan->version == 0 && field.tag != PLAN_VERSION) {
-            error_plain(err, EINVAL, "the plan must start with its format version");
-            goto fail;
-        }
+        if (plan->version == 0 && field.tag != PLAN_VERSION)
+            return error_plain(err, EINVAL, "the plan must start with its format version");
         if (decode_top_field(&field, plan, err) < 0)
-            goto fail;
+            return -1;
     }
-    if (rc < 0)
-        goto fail;
-    if (plan->version == 0) {
-        error_plain(err, EINVAL, "empty plan");
-        goto fail;
-    }
-    if (plan->argc == 0) {
-        error_plain(err, EINVAL, "no command (argv is empty)");
-        goto fail;
-    }
+    return rc;
+}
+
+/* The checks that need the whole plan. */
+static int plan_complete(struct launch_plan *plan, struct error *err)
+{
+    if (plan->version == 0)
+        return error_plain(err, EINVAL, "empty plan");
+    if (plan->argc == 0)
+        return error_plain(err, EINVAL, "no command (argv is empty)");
     if (plan->hostname) {
         /* Otherwise it would rename the pod's (or the host's) UTS namespace. */
         bool new_uts = false;
         for (size_t i = 0; i < plan->namespace_count; i++)
             if (plan->namespaces[i].clone_flag == CLONE_NEWUTS && !plan->namespaces[i].join_path)
                 new_uts = true;
-        if (!new_uts) {
-            error_plain(err, EINVAL, "a hostname needs a new uts namespace");
-            goto fail;
-        }
+        if (!new_uts)
+            return error_plain(err, EINVAL, "a hostname needs a new uts namespace");
     }
     if (terminate_string_list(&plan->argv, plan->argc, err) < 0 ||
         terminate_string_list(&plan->env, plan->env_count, err) < 0)
+        return -1;
+    return 0;
+}
+
+int plan_decode_head(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
+{
+    memset(plan, 0, sizeof(*plan));
+    plan->log_line_max = LOG_LINE_MAX_DEFAULT;
+    plan->root_propagation = MS_REC | MS_SLAVE;
+    if (plan_decode_fields(data, length, plan, err) < 0)
         goto fail;
+    if (plan->version == 0) {
+        error_plain(err, EINVAL, "empty plan");
+        goto fail;
+    }
     return 0;
 fail:
     error_context(err, "invalid launch plan");
     plan_free(plan);
     return -1;
+}
+
+int plan_decode_rest(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
+{
+    if (plan_decode_fields(data, length, plan, err) < 0 || plan_complete(plan, err) < 0)
+        return error_context(err, "invalid launch plan");
+    return 0;
+}
+
+int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
+{
+    if (plan_decode_head(data, length, plan, err) < 0)
+        return -1;
+    if (plan_complete(plan, err) < 0) {
+        error_context(err, "invalid launch plan");
+        plan_free(plan);
+        return -1;
+    }
+    return 0;
 }
 
 void plan_free(struct launch_plan *plan)

@@ -150,6 +150,7 @@ struct request {
     const char *oci_bundle;
     bool oci_hide_cgroup2;
     bool stdin;
+    bool plan_follows;
     /* A descriptor passed with the request (SCM_RIGHTS), -1 if none; the
      * handler that uses it sets it to -1, handle_message closes the rest. */
     int passed_fd;
@@ -179,6 +180,7 @@ static int parse_request(const uint8_t *data, size_t length, struct request *req
         case FIELD_OCI_BUNDLE: rc = tlv_string(&field, &request->oci_bundle, err); break;
         case FIELD_OCI_HIDE_CGROUP2: rc = tlv_bool(&field, &request->oci_hide_cgroup2, err); break;
         case FIELD_STDIN: rc = tlv_bool(&field, &request->stdin, err); break;
+        case FIELD_PLAN_FOLLOWS: rc = tlv_bool(&field, &request->plan_follows, err); break;
         default: return error_plain(err, EINVAL, "unknown request field %u", field.tag);
         }
         if (rc < 0)
@@ -215,6 +217,7 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
         buffer_put_string(reply, FIELD_POD_ID, monitor->pod_id);
         buffer_put_string(reply, FIELD_VERSION, MONITOR_VERSION);
         buffer_put_u32(reply, FIELD_PID, (uint32_t)getpid());
+        buffer_put_u32(reply, FIELD_FEATURES, MONITOR_FEATURE_PLAN_FOLLOWS);
         return 0;
     case REQUEST_CREATE:
         if (!request->container_id || !request->plan || !request->log_path) {
@@ -232,9 +235,15 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
                                         request->oci_root, request->oci_bundle, request->oci_hide_cgroup2, reply);
         }
         /* A passed fd is the cgroup gate: the daemon makes the container's
-         * cgroup while the child sets up, and says go on it. */
+         * cgroup while the child sets up, and says go on it. With
+         * PLAN_FOLLOWS the rest of the plan comes through it first. */
+        if (request->plan_follows && request->passed_fd < 0) {
+            reply_start(reply, request->type, request->id, EINVAL, "PLAN_FOLLOWS needs the gate descriptor");
+            return 0;
+        }
         return container_create(monitor, connection, request->id, request->container_id, request->plan,
-                                request->plan_length, request->log_path, &request->passed_fd, reply);
+                                request->plan_length, request->log_path, &request->passed_fd,
+                                request->plan_follows, reply);
     case REQUEST_START:
         if (!(c = require_container(monitor, request, reply)))
             return 0;

@@ -156,7 +156,7 @@ struct container *container_find(struct monitor *monitor, const char *id);
  * cgroups only after a byte arrives there (see container_child_main). */
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id,
                      const char *id, const uint8_t *plan_data, size_t plan_length, const char *log_path,
-                     int *cgroup_gate, struct buffer *reply);
+                     int *cgroup_gate, bool plan_follows, struct buffer *reply);
 int container_start(struct monitor *monitor, struct connection *connection, uint32_t request_id,
                     struct container *container, struct buffer *reply);
 int container_kill(struct container *container, int signal, bool all, struct error *err);
