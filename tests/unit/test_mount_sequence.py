@@ -29,16 +29,37 @@ def test_hiding_in_proc_and_sys_comes_before_the_cgroup_mounts():
                                readonly_paths=["/proc/sys"])
     split = first_cgroup_index(ops)
     before, after = ops[:split], ops[split:]
-    assert destinations(before, MountKind.MASK) == ["/proc/kcore", "/sys/firmware"]
+    assert destinations(before, MountKind.MASK) == ["/proc/kcore", "/sys/firmware", "/etc/secret"]
     assert destinations(before, MountKind.READONLY) == ["/proc/sys"]
     # After /proc and /sys are mounted, never before.
     mounted = [op.destination for op in before if op.kind == MountKind.MOUNT]
     assert mounted.index("/sys") < [op.destination for op in before].index("/sys/firmware")
     assert [op.destination for op in before].index("/proc") < [op.destination for op in before].index("/proc/kcore")
-    # What is elsewhere still comes last, after the volumes that could uncover it.
-    assert destinations(after, MountKind.MASK) == ["/etc/secret"]
-    assert [op.destination for op in after][-1] == "/etc/secret"
-    assert destinations(after, MountKind.BIND) == ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/etc/hosts"]
+    # What is elsewhere still comes after the volumes that could uncover it.
+    order = [op.destination for op in ops]
+    assert order.index("/etc/hosts") < order.index("/etc/secret")
+
+
+def test_the_cgroup_mounts_come_last_where_they_commute():
+    """The child waits for the daemon's cgroups at the first mount under /sys/fs/cgroup: everything
+    that commutes with the cgroup mounts (volumes, the pod's files, hiding elsewhere) comes before."""
+    binds = {"cpu": "/h/cpu", "memory": "/h/memory"}
+    volumes = [MountOp.bind("/pod/hosts", "/etc/hosts"), MountOp.bind("/data", "/var/data")]
+    ops = default_linux_mounts(cgroup="v1", cgroup_v1_binds=binds, extra=volumes, masked_paths=["/etc/secret"])
+    split = first_cgroup_index(ops)
+    assert [op.destination for op in ops[split:]] == [
+        "/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+    assert destinations(ops[:split], MountKind.BIND)[-2:] == ["/etc/hosts", "/var/data"]
+    v2 = default_linux_mounts(cgroup="v2", extra=volumes)
+    assert v2[-1].fstype == "cgroup2" and v2[-1].destination == "/sys/fs/cgroup"
+    # A volume under the cgroup tmpfs, or above it, must come after it: the old order stays.
+    for destination in ("/sys/fs/cgroup/extra", "/sys/fs"):
+        ops = default_linux_mounts(cgroup="v1", cgroup_v1_binds=binds,
+                                   extra=[*volumes, MountOp.bind("/host", destination)], masked_paths=[],
+                                   readonly_paths=[])
+        order = [op.destination for op in ops]
+        assert first_cgroup_index(ops) < order.index("/etc/hosts"), destination
+        assert order[-1] == destination
 
 
 def test_hiding_at_or_around_the_cgroup_mounts_stays_after_them():
@@ -54,8 +75,13 @@ def test_nothing_moves_when_a_volume_mounts_into_proc_or_sys():
     for volume in ("/proc/driver/x", "/sys/kernel/y", "/sys"):
         ops = default_linux_mounts(cgroup="v2", extra=[MountOp.bind("/host", volume)],
                                    masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
-        assert [op.kind for op in ops[-2:]] == [MountKind.MASK, MountKind.READONLY], volume
-        assert first_cgroup_index(ops) < [op.destination for op in ops].index("/proc/kcore")
+        order = [op.destination for op in ops]
+        at = ops.index(MountOp.bind("/host", volume))
+        assert at < order.index("/proc/kcore") < order.index("/proc/sys"), volume
+        assert [op.kind for op in ops if op.destination in ("/proc/kcore", "/proc/sys")] == [
+            MountKind.MASK, MountKind.READONLY]
+        # Above the cgroup mount: it stays before the volume; elsewhere it goes last.
+        assert (first_cgroup_index(ops) < at) == (volume == "/sys"), volume
 
 
 def test_mount_targets_layer_copies_the_images_etc_attributes(tmp_path):

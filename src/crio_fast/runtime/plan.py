@@ -560,9 +560,16 @@ def default_linux_mounts(
     proc, a tmpfs /dev with the standard devices and symlinks, devpts, /dev/shm
     (the pod's shm dir bound in when `shm_source` is given, else a private
     tmpfs), mqueue, a read-only sysfs; the masked and read-only paths in /proc
-    and /sys (see _hiding_before_cgroups); the cgroup filesystem; then `extra`
-    (volumes, /etc/hosts, ...); then the other masked and read-only paths,
-    last so that nothing mounted later can uncover them.
+    and /sys (see _hiding_before_cgroups); `extra` (volumes, /etc/hosts, ...);
+    the other masked and read-only paths, after anything mounted that could
+    uncover them; then the cgroup filesystem.
+
+    The monitor's child carries out every operation before the first one under
+    /sys/fs/cgroup while the daemon is still making the container's cgroups, so
+    the cgroup mounts go last where they commute with what would follow them:
+    when neither `extra` nor the late hiding is at, under or above
+    /sys/fs/cgroup. Otherwise they come right after /proc and /sys, as runc
+    orders a spec's mounts.
 
     `cgroup`: "v2" mounts cgroup2 (pair it with a cgroup namespace); "v1" makes
     /sys/fs/cgroup a tmpfs with one read-only bind per entry of
@@ -577,19 +584,21 @@ def default_linux_mounts(
     hiding = _hiding_mounts(tuple(masked_paths), tuple(readonly_paths))
     early_hiding, hiding = _hiding_before_cgroups(hiding, extra)
     ops += early_hiding
+    cgroup_ops: list[MountOp] = []
     if cgroup == "v2":
-        ops.append(_CGROUP2_MOUNT)
+        cgroup_ops.append(_CGROUP2_MOUNT)
     elif cgroup == "v1":
-        ops.append(_CGROUP_V1_TMPFS)
+        cgroup_ops.append(_CGROUP_V1_TMPFS)
         for name, host_dir in sorted((cgroup_v1_binds or {}).items()):
-            ops.append(MountOp.bind(host_dir, f"/sys/fs/cgroup/{name}", readonly=True, recursive=False,
-                                    flags=nosuid_noexec_nodev))
-        ops.append(_CGROUP_V1_READONLY)
+            cgroup_ops.append(MountOp.bind(host_dir, f"/sys/fs/cgroup/{name}", readonly=True, recursive=False,
+                                           flags=nosuid_noexec_nodev))
+        cgroup_ops.append(_CGROUP_V1_READONLY)
     elif cgroup != "none":
         raise ValueError(f"cgroup must be 'v2', 'v1' or 'none', not {cgroup!r}")
-    ops += list(extra)
-    ops += hiding
-    return ops
+    rest = [*extra, *hiding]
+    if any(_at_or_under(op.destination, _CGROUP_ROOT) or _at_or_under(_CGROUP_ROOT, op.destination) for op in rest):
+        return ops + cgroup_ops + rest
+    return ops + rest + cgroup_ops
 
 
 _KERNEL_FS_ROOTS = ("/proc", "/sys")
