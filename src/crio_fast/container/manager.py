@@ -267,11 +267,15 @@ class ContainerManager:
         self.images = images
         self.cgroups = cgroups
         self.monitor_path = monitor_path
-        self.bundles = Path(config.crio.runroot) / "containers"
+        self.bundles = Path(config.crio.runroot) / "containers"  # per container, for external runtimes
+        # Where the native child mounts a container's rootfs, in its own mount namespace (then pivots
+        # into it): one empty directory serves every container, so a create makes no bundle dir.
+        self.native_rootfs_target = self.bundles / ".rootfs"
         self.mount_targets = Path(config.crio.runroot) / "mount-targets"  # per image, make_mount_targets_layer
         self.storage = Path(config.crio.root) / "containers"
         self.exits_dir = Path(config.runtime.container_exits_dir)
         self.bundles.mkdir(parents=True, exist_ok=True)
+        self.native_rootfs_target.mkdir(exist_ok=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         self.mount_targets.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -449,12 +453,16 @@ class ContainerManager:
         security.check_mac(sc)
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
-        bundle = self.bundles / record.id
+        external_runtime = self._oci_handler(pod.id) is not None
         storage = self.storage / record.id
-        (bundle / "rootfs").mkdir(parents=True)
-        (storage / "upper").mkdir(parents=True)
-        (storage / "work").mkdir()
-        record.bundle = str(bundle)
+        for directory in (storage, storage / "upper", storage / "work"):
+            os.mkdir(directory)
+        if external_runtime:  # the runtime's bundle, with the rootfs mounted on the host
+            rootfs_target = self.bundles / record.id / "rootfs"
+            os.makedirs(rootfs_target)
+            record.bundle = str(rootfs_target.parent)
+        else:
+            rootfs_target = self.native_rootfs_target
 
         resources = self._resources(config.linux.resources)
         if self.config.runtime.pids_limit > 0:
@@ -465,7 +473,6 @@ class ContainerManager:
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         record.cgroup_path = cg.path
-        external_runtime = self._oci_handler(pod.id) is not None
         device_rules = [d.cgroup_rule() for d in devices]
         devices_dir = cg.dirs.get("devices")
         v1_restricted = not sc.privileged and bool(devices_dir) and not self.cgroups.layout.is_v2("devices")
@@ -499,7 +506,7 @@ class ContainerManager:
             cgroup_procs=cg.procs_files,
             oom_counter_path=cg.oom_counter_file,
             overlay=Overlay(lower=[str(d) for d in self._lower_dirs(image.record.id, layer_dirs)],
-                            target=str(bundle / "rootfs"),
+                            target=str(rootfs_target),
                             upper=str(storage / "upper"), work=str(storage / "work")),
             root_propagation=root_propagation_for(config.mounts),
             stdin=config.stdin,
