@@ -454,16 +454,6 @@ class ContainerManager:
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
         external_runtime = self._oci_handler(pod.id) is not None
-        storage = self.storage / record.id
-        for directory in (storage, storage / "upper", storage / "work"):
-            os.mkdir(directory)
-        if external_runtime:  # the runtime's bundle, with the rootfs mounted on the host
-            rootfs_target = self.bundles / record.id / "rootfs"
-            os.makedirs(rootfs_target)
-            record.bundle = str(rootfs_target.parent)
-        else:
-            rootfs_target = self.native_rootfs_target
-
         resources = self._resources(config.linux.resources)
         if self.config.runtime.pids_limit > 0:
             resources = dataclasses.replace(resources, pids_limit=self.config.runtime.pids_limit)
@@ -505,9 +495,6 @@ class ContainerManager:
             namespaces=namespaces,
             cgroup_procs=cg.procs_files,
             oom_counter_path=cg.oom_counter_file,
-            overlay=Overlay(lower=[str(d) for d in self._lower_dirs(image.record.id, layer_dirs)],
-                            target=str(rootfs_target),
-                            upper=str(storage / "upper"), work=str(storage / "work")),
             root_propagation=root_propagation_for(config.mounts),
             stdin=config.stdin,
             tty=config.tty,
@@ -515,10 +502,10 @@ class ContainerManager:
         if pod.log_directory and config.log_path:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-        record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
 
         def rest() -> LaunchPlan:
-            return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, argv,
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
+            return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
                                    devices, cg, layout_v2)
 
         monitor = self.sandboxes.monitor(pod)
@@ -529,10 +516,11 @@ class ContainerManager:
                                                   devices)
                 pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
             elif monitor.features & FEATURE_PLAN_FOLLOWS:
-                # The cgroup is made while the monitor's child clones and mounts the rootfs (on the other
-                # CPU); the child joins it before the mounts under /sys/fs/cgroup, which bind it in. The
-                # reply is not awaited: the child's set-up overlaps this call's answer and the next
-                # call's arrival; _settle takes the outcome in.
+                # The monitor clones the child on the head while the rest is decided here; the cgroup is
+                # made while the child mounts the rootfs (on the other CPU), and the child joins it
+                # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
+                # the child's set-up overlaps this call's answer and the next call's arrival; _settle
+                # takes the outcome in.
                 pending = monitor.begin_create(record.id, head, record.log_path or os.devnull,
                                                meanwhile=make_cgroup, rest=lambda: rest().encode_rest())
             else:  # a monitor from before plans in two parts
@@ -545,11 +533,28 @@ class ContainerManager:
         self.state.containers.save(record)
         log.info("container %s (%s) created", record.id[:12], record.name)
 
+    def _rootfs_overlay(self, record: ContainerRecord, image_id: str, layer_dirs: list[Path],
+                        external_runtime: bool) -> Overlay:
+        """The container's writable layer, made, over the image's layers."""
+        storage = self.storage / record.id
+        for directory in (storage, storage / "upper", storage / "work"):
+            os.mkdir(directory)
+        if external_runtime:  # the runtime's bundle, with the rootfs mounted on the host
+            target = self.bundles / record.id / "rootfs"
+            os.makedirs(target)
+            record.bundle = str(target.parent)
+        else:
+            target = self.native_rootfs_target
+        return Overlay(lower=[str(d) for d in self._lower_dirs(image_id, layer_dirs)], target=str(target),
+                       upper=str(storage / "upper"), work=str(storage / "work"))
+
     def _plan_rest(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig,
-                   image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, argv: list[str],
-                   devices: list[security.DeviceNode], cg, layout_v2: bool) -> LaunchPlan:
-        """The whole plan, from the head on: who the process runs as, with which capabilities and
-        seccomp filter, its environment and mounts. Also fills the record's process and mounts."""
+                   image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, overlay: Overlay,
+                   argv: list[str], devices: list[security.DeviceNode], cg, layout_v2: bool) -> LaunchPlan:
+        """The whole plan, from the head on: the rootfs, who the process runs as, with which
+        capabilities and seccomp filter, its environment and mounts. Also fills the record's process,
+        mounts and stop signal."""
+        record.stop_signal = parse_signal(image_config.get("StopSignal") or "")
         sc = config.linux.security_context
         env: dict[str, str] = {}
         for entry in image_config.get("Env") or []:
@@ -610,7 +615,7 @@ class ContainerManager:
             namespaces=list(head.namespaces),
             cgroup_procs=list(head.cgroup_procs),
             oom_counter_path=head.oom_counter_path,
-            overlay=head.overlay,
+            overlay=overlay,
             mounts=mounts,
             rootfs_readonly=sc.readonly_rootfs,
             oom_score_adj=config.linux.resources.oom_score_adj if config.linux.HasField("resources") else None,

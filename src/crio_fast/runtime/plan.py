@@ -384,9 +384,8 @@ class LaunchPlan:
     def head(self) -> "LaunchHead":
         """The plan's head: what the monitor needs before it clones the child."""
         return LaunchHead(namespaces=self.namespaces, cgroup_procs=self.cgroup_procs,
-                          oom_counter_path=self.oom_counter_path, rootfs=self.rootfs, overlay=self.overlay,
-                          root_propagation=self.root_propagation, stdin=self.stdin, tty=self.tty,
-                          log_line_max=self.log_line_max)
+                          oom_counter_path=self.oom_counter_path, root_propagation=self.root_propagation,
+                          stdin=self.stdin, tty=self.tty, log_line_max=self.log_line_max)
 
     def encode(self) -> bytes:
         """The whole plan in one message."""
@@ -394,7 +393,23 @@ class LaunchPlan:
 
     def encode_rest(self) -> bytes:
         """Everything but the head: the second part of a plan sent in two (``PodMonitor.begin_create``)."""
+        if self.rootfs is not None and self.overlay is not None:
+            raise ValueError("give either a ready rootfs path or an overlay, not both")
         w = TLVWriter()
+        if self.rootfs is not None:
+            w.string(_ROOTFS, self.rootfs)
+        if self.overlay is not None:
+            inner = TLVWriter()
+            for lower in self.overlay.lower:
+                inner.string(_OVERLAY_LOWER, lower)
+            if self.overlay.upper is not None:
+                inner.string(_OVERLAY_UPPER, self.overlay.upper)
+            if self.overlay.work is not None:
+                inner.string(_OVERLAY_WORK, self.overlay.work)
+            inner.string(_OVERLAY_TARGET, self.overlay.target)
+            for option in self.overlay.options:
+                inner.string(_OVERLAY_OPTION, option)
+            w.nested(_OVERLAY, inner)
         for path, value in self.cgroup_writes:
             inner = TLVWriter()
             inner.string(_KV_KEY, path)
@@ -427,42 +442,24 @@ class LaunchPlan:
 @dataclass
 class LaunchHead:
     """The head of a launch plan: what the monitor needs to clone the child (its namespaces, stdio,
-    cgroups) and what the child needs to mount the rootfs. The daemon can send it before the rest of
-    the plan is decided, which then follows through the gate while the child clones and mounts
-    (docs/monitor.md, "A plan in two parts")."""
+    cgroups). The daemon sends it as soon as it knows these, and the rest of the plan (the rootfs,
+    the mounts, the process) follows through the gate while the monitor clones the child and the
+    child joins its namespaces (docs/monitor.md, "A plan in two parts")."""
 
     namespaces: Sequence[Namespace]
     cgroup_procs: Sequence[str] = ()
     oom_counter_path: str | None = None
-    rootfs: str | None = None
-    overlay: Overlay | None = None
     root_propagation: int = MS_REC | MS_SLAVE
     stdin: bool = False
     tty: bool = False
     log_line_max: int | None = None
 
     def encode(self) -> bytes:
-        if self.rootfs is not None and self.overlay is not None:
-            raise ValueError("give either a ready rootfs path or an overlay, not both")
         w = TLVWriter()
         w.u32(_VERSION, PLAN_FORMAT_VERSION)
         _encode_namespaces_and_cgroups(w, self.namespaces, self.cgroup_procs)
         if self.oom_counter_path:
             w.string(_OOM_COUNTER, self.oom_counter_path)
-        if self.rootfs is not None:
-            w.string(_ROOTFS, self.rootfs)
-        if self.overlay is not None:
-            inner = TLVWriter()
-            for lower in self.overlay.lower:
-                inner.string(_OVERLAY_LOWER, lower)
-            if self.overlay.upper is not None:
-                inner.string(_OVERLAY_UPPER, self.overlay.upper)
-            if self.overlay.work is not None:
-                inner.string(_OVERLAY_WORK, self.overlay.work)
-            inner.string(_OVERLAY_TARGET, self.overlay.target)
-            for option in self.overlay.options:
-                inner.string(_OVERLAY_OPTION, option)
-            w.nested(_OVERLAY, inner)
         w.u32(_ROOT_PROPAGATION, self.root_propagation)
         if self.stdin:
             w.boolean(_STDIN, True)

@@ -518,8 +518,10 @@ void container_child_main(struct child_context *context)
         child_fail(sync_fd, &err, 1);
     if (join_namespaces(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
-    /* The rootfs first: it needs only the plan's head, and with a plan in two
-     * parts the daemon is sending the rest meanwhile. */
+    /* With a plan in two parts, the child got here on the head alone while
+     * the daemon was still deciding the rest. */
+    if (context->plan_follows && read_plan_rest(context->cgroup_gate_fd, context->plan, &err) < 0)
+        child_fail(sync_fd, &err, 1);
     if (plan->rootfs) {
         if (!plan_creates(plan, CLONE_NEWNS)) {
             error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
@@ -528,8 +530,6 @@ void container_child_main(struct child_context *context)
         if (prepare_rootfs(plan, &err) < 0)
             child_fail(sync_fd, &err, 1);
     }
-    if (context->plan_follows && read_plan_rest(context->cgroup_gate_fd, context->plan, &err) < 0)
-        child_fail(sync_fd, &err, 1);
     if (plan->hostname && sethostname(plan->hostname, strlen(plan->hostname)) < 0) {
         error_errno(&err, errno, "sethostname %s", plan->hostname);
         child_fail(sync_fd, &err, 1);

@@ -386,9 +386,10 @@ struct launch_plan {
 
 int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
 /* A plan in two parts: the head, which the monitor needs to clone the child
- * (namespaces, stdio, cgroups, rootfs), and the rest, which the child reads
- * from the gate while it mounts the rootfs and adds to it. The head is
- * checked for what it holds only; plan_decode_rest checks the whole. */
+ * (namespaces, stdio, cgroups), and the rest (the rootfs, the mounts, the
+ * process), which the child reads from the gate once it has cloned and
+ * joined, and adds to it. The head is checked for what it holds only;
+ * plan_decode_rest checks the whole. */
 int plan_decode_head(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
 int plan_decode_rest(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
 void plan_free(struct launch_plan *plan);
