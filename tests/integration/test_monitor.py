@@ -11,6 +11,7 @@ overlay of it with a private upper dir, so no test changes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import platform
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import threading
 import time
@@ -812,11 +814,14 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
         order.append("rest")
         return plan.encode_rest()
 
-    pending = monitor.begin_create("split", plan.head(), harness.log_path("split"),
+    made = harness.container_dir("split") / "made-by-the-child"
+    head = dataclasses.replace(plan.head(), host_dirs=[str(made), str(made / "inner")])
+    pending = monitor.begin_create("split", head, harness.log_path("split"),
                                    meanwhile=lambda: (order.append("cgroup"), pids.mkdir()), rest=rest)
     result = pending.result()
     harness.container_pids.append(result.pid)
     assert order == ["rest", "cgroup"]
+    assert stat.S_IMODE((made / "inner").stat().st_mode) == 0o755
     assert str(result.pid) in (pids / "cgroup.procs").read_text().split()
     monitor.start("split")
     assert harness.wait_exit("split").exit_code == 0

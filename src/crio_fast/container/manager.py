@@ -491,6 +491,9 @@ class ContainerManager:
             namespaces.append(pid_namespace)
         if layout_v2:
             namespaces.append(Namespace("cgroup"))
+        monitor = self.sandboxes.monitor(pod)
+        split = not external_runtime and bool(monitor.features & FEATURE_PLAN_FOLLOWS)
+        storage = self.storage / record.id
         head = LaunchHead(
             namespaces=namespaces,
             cgroup_procs=cg.procs_files,
@@ -498,24 +501,26 @@ class ContainerManager:
             root_propagation=root_propagation_for(config.mounts),
             stdin=config.stdin,
             tty=config.tty,
+            # Split, the child makes the writable layer while the rest is decided here.
+            host_dirs=[str(storage), str(storage / "upper"), str(storage / "work")] if split else (),
         )
         if pod.log_directory and config.log_path:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
 
         def rest() -> LaunchPlan:
-            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
+                                           make_dirs=not split)
             return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
                                    devices, cg, layout_v2)
 
-        monitor = self.sandboxes.monitor(pod)
         try:
             if external_runtime:
                 make_cgroup()  # the runtime's create joins it
                 plan, oci_call = self._oci_bundle(record, pod, rest(), sc, pod_config.linux.security_context,
                                                   devices)
                 pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
-            elif monitor.features & FEATURE_PLAN_FOLLOWS:
+            elif split:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
                 # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
@@ -534,11 +539,13 @@ class ContainerManager:
         log.info("container %s (%s) created", record.id[:12], record.name)
 
     def _rootfs_overlay(self, record: ContainerRecord, image_id: str, layer_dirs: list[Path],
-                        external_runtime: bool) -> Overlay:
-        """The container's writable layer, made, over the image's layers."""
+                        external_runtime: bool, make_dirs: bool = True) -> Overlay:
+        """The container's writable layer over the image's layers; its directories made here unless
+        the head has the child make them."""
         storage = self.storage / record.id
-        for directory in (storage, storage / "upper", storage / "work"):
-            os.mkdir(directory)
+        if make_dirs:
+            for directory in (storage, storage / "upper", storage / "work"):
+                os.mkdir(directory)
         if external_runtime:  # the runtime's bundle, with the rootfs mounted on the host
             target = self.bundles / record.id / "rootfs"
             os.makedirs(target)

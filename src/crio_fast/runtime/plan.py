@@ -66,7 +66,7 @@ _VERSION, _NAMESPACE, _CGROUP_PROCS, _CGROUP_WRITE, _OOM_COUNTER, _ROOTFS, _OVER
 (_ROOTFS_READONLY, _NO_PIVOT, _ROOT_PROPAGATION, _HOSTNAME, _SYSCTL, _RLIMIT, _OOM_SCORE_ADJ, _UID, _GID,
  _ADDITIONAL_GIDS) = range(9, 19)
 (_CAP_BOUNDING, _CAP_EFFECTIVE, _CAP_PERMITTED, _CAP_INHERITABLE, _CAP_AMBIENT, _NO_NEW_PRIVS, _SECCOMP,
- _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK) = range(19, 35)
+ _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK, _HOST_DIR) = range(19, 36)
 _NS_TYPE, _NS_PATH = 1, 2
 _KV_KEY, _KV_VALUE = 1, 2
 _OVERLAY_LOWER, _OVERLAY_UPPER, _OVERLAY_WORK, _OVERLAY_TARGET, _OVERLAY_OPTION = range(1, 6)
@@ -453,11 +453,16 @@ class LaunchHead:
     stdin: bool = False
     tty: bool = False
     log_line_max: int | None = None
+    # Host directories the child makes (0755, in order) while the rest is on its way: the writable
+    # layer, whose creation on the node's disk would otherwise hold the rest back.
+    host_dirs: Sequence[str] = ()
 
     def encode(self) -> bytes:
         w = TLVWriter()
         w.u32(_VERSION, PLAN_FORMAT_VERSION)
         _encode_namespaces_and_cgroups(w, self.namespaces, self.cgroup_procs)
+        for path in self.host_dirs:
+            w.string(_HOST_DIR, path)
         if self.oom_counter_path:
             w.string(_OOM_COUNTER, self.oom_counter_path)
         w.u32(_ROOT_PROPAGATION, self.root_propagation)

@@ -419,6 +419,14 @@ static int sorted_insert(int *keep, size_t *count, int fd)
     return 0;
 }
 
+static int make_host_dirs(const struct launch_plan *plan, struct error *err)
+{
+    for (size_t i = 0; i < plan->host_dir_count; i++)
+        if (mkdir(plan->host_dirs[i], 0755) < 0)
+            return error_errno(err, errno, "mkdir %s", plan->host_dirs[i]);
+    return 0;
+}
+
 static int read_exactly(int fd, uint8_t *buffer, size_t length, struct error *err)
 {
     size_t done = 0;
@@ -519,7 +527,10 @@ void container_child_main(struct child_context *context)
     if (join_namespaces(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
     /* With a plan in two parts, the child got here on the head alone while
-     * the daemon was still deciding the rest. */
+     * the daemon was still deciding the rest: it makes the directories the
+     * head names (the writable layer) meanwhile. */
+    if (make_host_dirs(plan, &err) < 0)
+        child_fail(sync_fd, &err, 1);
     if (context->plan_follows && read_plan_rest(context->cgroup_gate_fd, context->plan, &err) < 0)
         child_fail(sync_fd, &err, 1);
     if (plan->rootfs) {

@@ -262,6 +262,7 @@ enum plan_field {
     PLAN_LOG_LINE_MAX = 32,
     PLAN_TARGET_PID = 33,
     PLAN_UMASK = 34,
+    PLAN_HOST_DIR = 35, /* string, repeated: a host directory the child makes (0755) once cloned */
 };
 
 enum { NS_TYPE = 1, NS_PATH = 2 };
@@ -338,6 +339,8 @@ struct launch_plan {
     struct plan_key_value *cgroup_writes;
     size_t cgroup_write_count;
     const char *oom_counter_path;
+    const char **host_dirs; /* made in order by the child, before it reads a rest that follows */
+    size_t host_dir_count;
     const char *rootfs; /* ready path, or the overlay target */
     bool has_overlay;
     const char **overlay_lower;

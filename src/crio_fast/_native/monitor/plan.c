@@ -365,6 +365,13 @@ static int decode_top_field(const struct tlv_field *field, struct launch_plan *p
             return error_plain(err, EINVAL, "log line max %u is below 64 bytes", plan->log_line_max);
         return 0;
     case PLAN_TARGET_PID: return tlv_u32(field, &plan->target_pid, err);
+    case PLAN_HOST_DIR:
+        if (push_string(&plan->host_dirs, &plan->host_dir_count, field, err) < 0)
+            return -1;
+        if (plan->host_dirs[plan->host_dir_count - 1][0] != '/')
+            return error_plain(err, EINVAL, "host directory %s is not an absolute path",
+                               plan->host_dirs[plan->host_dir_count - 1]);
+        return 0;
     case PLAN_UMASK:
         plan->has_umask = true;
         if (tlv_u32(field, &plan->umask, err) < 0)
@@ -455,6 +462,7 @@ void plan_free(struct launch_plan *plan)
 {
     free(plan->namespaces);
     free(plan->cgroup_procs);
+    free(plan->host_dirs);
     free(plan->cgroup_writes);
     free(plan->overlay_lower);
     free(plan->overlay_options);
