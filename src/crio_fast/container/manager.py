@@ -458,8 +458,7 @@ class ContainerManager:
         if self.config.runtime.pids_limit > 0:
             resources = dataclasses.replace(resources, pids_limit=self.config.runtime.pids_limit)
         try:
-            pod_cg = self.cgroups.paths(pod.cgroup_path)
-            cg, cgroup_writes = self.cgroups.plan_container_cgroup(pod_cg, record.id, resources)
+            cg, cgroup_writes = self.cgroups.plan_container_cgroup(pod.cgroup_path, record.id, resources)
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         record.cgroup_path = cg.path

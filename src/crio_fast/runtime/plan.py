@@ -584,7 +584,7 @@ def default_linux_mounts(
     nosuid_noexec_nodev = MS_NOSUID | MS_NOEXEC | MS_NODEV
     ops = list(_system_mounts(shm_source, tuple(devices), dev_size))
     hiding = _hiding_mounts(tuple(masked_paths), tuple(readonly_paths))
-    early_hiding, hiding = _hiding_before_cgroups(hiding, extra)
+    early_hiding, hiding = _hiding_before_cgroups(hiding, tuple(op.destination for op in extra))
     ops += early_hiding
     cgroup_ops: list[MountOp] = []
     if cgroup == "v2":
@@ -611,8 +611,9 @@ def _at_or_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def _hiding_before_cgroups(hiding: Sequence[MountOp], extra: Sequence[MountOp],
-                           ) -> tuple[list[MountOp], list[MountOp]]:
+@functools.lru_cache(maxsize=64)
+def _hiding_before_cgroups(hiding: tuple[MountOp, ...], extra_destinations: tuple[str, ...],
+                           ) -> tuple[tuple[MountOp, ...], tuple[MountOp, ...]]:
     """Split the masked and read-only paths into those that can go right after /proc and /sys are
     mounted, ahead of the cgroup mounts, and those that stay last.
 
@@ -622,15 +623,15 @@ def _hiding_before_cgroups(hiding: Sequence[MountOp], extra: Sequence[MountOp],
     proc and sysfs, out of the image's reach), so it moves ahead. Nothing moves when a volume mounts
     into /proc or /sys: hiding must stay after anything that could uncover it.
     """
-    if any(_at_or_under(op.destination, root) for op in extra for root in _KERNEL_FS_ROOTS):
-        return [], list(hiding)
+    if any(_at_or_under(destination, root) for destination in extra_destinations for root in _KERNEL_FS_ROOTS):
+        return (), hiding
     early, late = [], []
     for op in hiding:
         movable = (any(_at_or_under(op.destination, root) for root in _KERNEL_FS_ROOTS)
                    and not _at_or_under(op.destination, _CGROUP_ROOT)
                    and not _at_or_under(_CGROUP_ROOT, op.destination))
         (early if movable else late).append(op)
-    return early, late
+    return tuple(early), tuple(late)
 
 
 _CGROUP2_MOUNT = MountOp.mount("cgroup2", "/sys/fs/cgroup",
