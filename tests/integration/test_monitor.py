@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -810,9 +811,11 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
                         upper_files={"/etc/motd": "/proc/self/comm"})
     order: list[str] = []
 
-    def rest() -> bytes:
+    def rest() -> Iterator[bytes]:
+        order.append("rootfs")
+        yield plan.encode_rootfs()
         order.append("rest")
-        return plan.encode_rest()
+        yield plan.encode_rest()
 
     made = harness.container_dir("split") / "made-by-the-child"
     head = dataclasses.replace(plan.head(), host_dirs=[str(made), str(made / "inner")])
@@ -820,7 +823,7 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
                                    meanwhile=lambda: (order.append("cgroup"), pids.mkdir()), rest=rest)
     result = pending.result()
     harness.container_pids.append(result.pid)
-    assert order == ["rest", "cgroup"]
+    assert order == ["rootfs", "rest", "cgroup"]
     assert stat.S_IMODE((made / "inner").stat().st_mode) == 0o755
     assert str(result.pid) in (pids / "cgroup.procs").read_text().split()
     monitor.start("split")
@@ -834,10 +837,11 @@ def test_a_plan_whose_rest_never_comes_right_fails_cleanly(harness: Harness, how
     plan = harness.plan("cut", ["/bin/true"], namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none")
     steps: list[str] = []
 
-    def rest() -> bytes:
+    def rest() -> Iterator[bytes]:
+        yield plan.encode_rootfs()  # the child mounts it, then the rest goes wrong
         if how == "the rest fails":
             raise InvalidArgument("user nobody-here not found in the image")
-        return b"\x01\x00"  # half a field header
+        yield b"\x01\x00"  # half a field header
 
     if how == "the rest fails":
         with pytest.raises(InvalidArgument, match="nobody-here"):
@@ -862,7 +866,7 @@ def test_a_head_without_its_gate_or_its_rest_is_refused(harness: Harness) -> Non
     monitor = harness.spawn()
     plan = harness.plan("head", ["/bin/true"])
     with pytest.raises(ValueError, match="needs a meanwhile step"):
-        monitor.begin_create("head", plan.head(), harness.log_path("head"), rest=plan.encode_rest)
+        monitor.begin_create("head", plan.head(), harness.log_path("head"), rest=lambda: [plan.encode_rest()])
     w = monitor._create_fields("head", plan.head(), harness.log_path("head"), None)
     w.boolean(F_PLAN_FOLLOWS, True)
     with pytest.raises(MonitorError, match="PLAN_FOLLOWS needs the gate descriptor"):

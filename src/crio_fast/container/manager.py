@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
@@ -60,6 +60,7 @@ from crio_fast.runtime.plan import (
     Namespace,
     Overlay,
     default_linux_mounts,
+    encode_rootfs,
 )
 from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
 from crio_fast.container import oci, security
@@ -507,17 +508,23 @@ class ContainerManager:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
 
-        def rest() -> LaunchPlan:
-            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
-                                           make_dirs=not split)
+        def whole_plan() -> LaunchPlan:
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
             return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
                                    devices, cg, layout_v2)
+
+        def rest_in_chunks() -> Iterator[bytes]:
+            # The rootfs first: the child mounts it while the rest is decided.
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime, make_dirs=False)
+            yield encode_rootfs(overlay=overlay)
+            yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
+                                  devices, cg, layout_v2).encode_rest()
 
         try:
             if external_runtime:
                 make_cgroup()  # the runtime's create joins it
-                plan, oci_call = self._oci_bundle(record, pod, rest(), sc, pod_config.linux.security_context,
-                                                  devices)
+                plan, oci_call = self._oci_bundle(record, pod, whole_plan(), sc,
+                                                  pod_config.linux.security_context, devices)
                 pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
             elif split:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
@@ -526,9 +533,9 @@ class ContainerManager:
                 # the child's set-up overlaps this call's answer and the next call's arrival; _settle
                 # takes the outcome in.
                 pending = monitor.begin_create(record.id, head, record.log_path or os.devnull,
-                                               meanwhile=make_cgroup, rest=lambda: rest().encode_rest())
+                                               meanwhile=make_cgroup, rest=rest_in_chunks)
             else:  # a monitor from before plans in two parts
-                pending = monitor.begin_create(record.id, rest(), record.log_path or os.devnull,
+                pending = monitor.begin_create(record.id, whole_plan(), record.log_path or os.devnull,
                                                meanwhile=make_cgroup)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc

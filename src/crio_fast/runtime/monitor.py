@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan, TLVWriter, parse_tlv
 
@@ -427,17 +427,18 @@ class PodMonitor:
     def begin_create(self, container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                      oci: OciRuntimeCall | None = None,
                      meanwhile: Callable[[], None] | None = None,
-                     rest: Callable[[], bytes] | None = None) -> "PendingCreate":
+                     rest: Callable[[], Iterable[bytes]] | None = None) -> "PendingCreate":
         """``create`` without waiting for the reply: the request goes out on a connection of its own,
         ``meanwhile`` runs and the gate opens as in ``create``, and the reply (the child ready, or why
         its set-up failed) is read later through the returned ``PendingCreate``. If ``meanwhile``
         raises, the reply is awaited (the child gives up) and the exception propagates.
 
-        A plan in two parts: ``plan`` is only its head (a ``LaunchHead``) and ``rest`` returns the
-        rest, encoded (``LaunchPlan.encode_rest``). The monitor clones the child on the head, and the
-        child mounts the rootfs while ``rest`` runs here; the rest goes through the gate before
-        ``meanwhile`` runs. Needs ``meanwhile`` and a monitor with FEATURE_PLAN_FOLLOWS. If ``rest``
-        raises, the child gives up as when ``meanwhile`` does.
+        A plan in two parts: ``plan`` is only its head (a ``LaunchHead``) and ``rest`` yields the rest,
+        encoded, in chunks (``encode_rootfs``, ``LaunchPlan.encode_rest``). The monitor clones the child
+        on the head; each chunk goes through the gate as soon as it is yielded, so the child works on
+        one (mounts the rootfs) while the next is decided here; then ``meanwhile`` runs. Needs
+        ``meanwhile`` and a monitor with FEATURE_PLAN_FOLLOWS. If ``rest`` raises, the child gives up
+        as when ``meanwhile`` does.
         """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
@@ -675,25 +676,35 @@ def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
 
 
 def _run_then_open_gate(step: Callable[[], None], gate_write: int,
-                        rest: Callable[[], bytes] | None = None) -> BaseException | None:
-    """Send the rest of the plan when there is one (its length, u32 little endian, then the bytes),
-    run ``step``, then write the gate's one byte; close the gate either way (unwritten: EOF, and
-    the waiting monitor or child gives up and undoes its set-up). Returns what ``rest`` or ``step``
-    raised."""
+                        rest: Callable[[], Iterable[bytes]] | None = None) -> BaseException | None:
+    """Send the rest of the plan when there is one (each chunk as its length, u32 little endian, and
+    its bytes; a length of 0 ends it), run ``step``, then write the gate's one byte; close the gate
+    either way (unwritten: EOF, and the waiting monitor or child gives up and undoes its set-up).
+    Returns what ``rest`` or ``step`` raised."""
     try:
         if rest is not None:
-            body = rest()
-            # A child that failed meanwhile closed its end; its reply says why.
-            with contextlib.suppress(BrokenPipeError):
-                _write_all(gate_write, _U32.pack(len(body)) + body)
+            child_gone = False  # it closed its end: its reply says why
+            for chunk in rest():
+                if chunk and not child_gone:
+                    child_gone = not _write_to_child(gate_write, _U32.pack(len(chunk)) + chunk)
+            if not child_gone:
+                _write_to_child(gate_write, _U32.pack(0))
         step()
-        with contextlib.suppress(BrokenPipeError):  # the other side failed before the gate: it says why
-            os.write(gate_write, b"1")
+        _write_to_child(gate_write, b"1")
     except BaseException as exc:
         return exc
     finally:
         os.close(gate_write)
     return None
+
+
+def _write_to_child(fd: int, data: bytes) -> bool:
+    """Write all of ``data``; False when the reader is gone (its reply says why)."""
+    try:
+        _write_all(fd, data)
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

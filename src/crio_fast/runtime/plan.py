@@ -389,27 +389,15 @@ class LaunchPlan:
 
     def encode(self) -> bytes:
         """The whole plan in one message."""
-        return self.head().encode() + self.encode_rest()
+        return self.head().encode() + self.encode_rootfs() + self.encode_rest()
+
+    def encode_rootfs(self) -> bytes:
+        return encode_rootfs(self.rootfs, self.overlay)
 
     def encode_rest(self) -> bytes:
-        """Everything but the head: the second part of a plan sent in two (``PodMonitor.begin_create``)."""
-        if self.rootfs is not None and self.overlay is not None:
-            raise ValueError("give either a ready rootfs path or an overlay, not both")
+        """Everything but the head and the rootfs: the last chunk of a plan sent in parts
+        (``PodMonitor.begin_create``)."""
         w = TLVWriter()
-        if self.rootfs is not None:
-            w.string(_ROOTFS, self.rootfs)
-        if self.overlay is not None:
-            inner = TLVWriter()
-            for lower in self.overlay.lower:
-                inner.string(_OVERLAY_LOWER, lower)
-            if self.overlay.upper is not None:
-                inner.string(_OVERLAY_UPPER, self.overlay.upper)
-            if self.overlay.work is not None:
-                inner.string(_OVERLAY_WORK, self.overlay.work)
-            inner.string(_OVERLAY_TARGET, self.overlay.target)
-            for option in self.overlay.options:
-                inner.string(_OVERLAY_OPTION, option)
-            w.nested(_OVERLAY, inner)
         for path, value in self.cgroup_writes:
             inner = TLVWriter()
             inner.string(_KV_KEY, path)
@@ -439,12 +427,35 @@ class LaunchPlan:
         return w.getvalue()
 
 
+def encode_rootfs(rootfs: str | None = None, overlay: Overlay | None = None) -> bytes:
+    """The plan's rootfs fields: a ready path, or an overlay to mount. A chunk of its own in a plan
+    sent in parts, so that the child mounts it while the rest is decided."""
+    if rootfs is not None and overlay is not None:
+        raise ValueError("give either a ready rootfs path or an overlay, not both")
+    w = TLVWriter()
+    if rootfs is not None:
+        w.string(_ROOTFS, rootfs)
+    if overlay is not None:
+        inner = TLVWriter()
+        for lower in overlay.lower:
+            inner.string(_OVERLAY_LOWER, lower)
+        if overlay.upper is not None:
+            inner.string(_OVERLAY_UPPER, overlay.upper)
+        if overlay.work is not None:
+            inner.string(_OVERLAY_WORK, overlay.work)
+        inner.string(_OVERLAY_TARGET, overlay.target)
+        for option in overlay.options:
+            inner.string(_OVERLAY_OPTION, option)
+        w.nested(_OVERLAY, inner)
+    return w.getvalue()
+
+
 @dataclass
 class LaunchHead:
     """The head of a launch plan: what the monitor needs to clone the child (its namespaces, stdio,
-    cgroups). The daemon sends it as soon as it knows these, and the rest of the plan (the rootfs,
-    the mounts, the process) follows through the gate while the monitor clones the child and the
-    child joins its namespaces (docs/monitor.md, "A plan in two parts")."""
+    cgroups). The daemon sends it as soon as it knows these, and the rest of the plan follows through
+    the gate in chunks (the rootfs first, then the mounts and the process) while the monitor clones
+    the child and the child joins its namespaces (docs/monitor.md, "A plan in two parts")."""
 
     namespaces: Sequence[Namespace]
     cgroup_procs: Sequence[str] = ()

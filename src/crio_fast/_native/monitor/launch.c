@@ -443,24 +443,28 @@ static int read_exactly(int fd, uint8_t *buffer, size_t length, struct error *er
     return 0;
 }
 
-/* The rest of a plan sent in two parts: a u32 length (little endian) and the
- * bytes, from the gate. They stay allocated: the plan's strings point into
- * them until the exec. */
-static int read_plan_rest(int gate_fd, struct launch_plan *plan, struct error *err)
+/* One chunk of the rest of a plan sent in two parts, from the gate: a u32
+ * length (little endian) and that many bytes of plan fields, added to the
+ * plan. The bytes stay allocated: the plan's strings point into them until
+ * the exec. *last is set by the chunk of length 0 that ends the rest. */
+static int read_plan_chunk(int gate_fd, struct launch_plan *plan, bool *last, struct error *err)
 {
     uint8_t header[4];
     if (read_exactly(gate_fd, header, sizeof(header), err) < 0)
         return -1;
     uint32_t length = (uint32_t)header[0] | (uint32_t)header[1] << 8 | (uint32_t)header[2] << 16 |
                       (uint32_t)header[3] << 24;
+    *last = length == 0;
+    if (*last)
+        return plan_decode_complete(plan, err);
     if (length > MESSAGE_MAX_SIZE)
-        return error_plain(err, E2BIG, "the rest of the plan is %u bytes, over %u", length, MESSAGE_MAX_SIZE);
-    uint8_t *data = malloc(length ? length : 1);
+        return error_plain(err, E2BIG, "a chunk of the plan is %u bytes, over %u", length, MESSAGE_MAX_SIZE);
+    uint8_t *data = malloc(length);
     if (!data)
-        return error_errno(err, ENOMEM, "the rest of the plan (%u bytes)", length);
+        return error_errno(err, ENOMEM, "a chunk of the plan (%u bytes)", length);
     if (read_exactly(gate_fd, data, length, err) < 0)
         return -1;
-    return plan_decode_rest(data, length, plan, err);
+    return plan_decode_more(data, length, plan, err);
 }
 
 /* The cgroup half of the set-up: limits, joining, and a cgroup namespace
@@ -531,14 +535,22 @@ void container_child_main(struct child_context *context)
      * head names (the writable layer) meanwhile. */
     if (make_host_dirs(plan, &err) < 0)
         child_fail(sync_fd, &err, 1);
-    if (context->plan_follows && read_plan_rest(context->cgroup_gate_fd, context->plan, &err) < 0)
-        child_fail(sync_fd, &err, 1);
-    if (plan->rootfs) {
-        if (!plan_creates(plan, CLONE_NEWNS)) {
-            error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
-            child_fail(sync_fd, &err, 1);
+    /* The rootfs is mounted as soon as a chunk has brought it, while the
+     * daemon is still sending the chunks after it. */
+    bool rest_read = !context->plan_follows, rootfs_ready = false;
+    for (;;) {
+        if (plan->rootfs && !rootfs_ready) {
+            if (!plan_creates(plan, CLONE_NEWNS)) {
+                error_plain(&err, EINVAL, "a rootfs needs a new mount namespace");
+                child_fail(sync_fd, &err, 1);
+            }
+            if (prepare_rootfs(plan, &err) < 0)
+                child_fail(sync_fd, &err, 1);
+            rootfs_ready = true;
         }
-        if (prepare_rootfs(plan, &err) < 0)
+        if (rest_read)
+            break;
+        if (read_plan_chunk(context->cgroup_gate_fd, context->plan, &rest_read, &err) < 0)
             child_fail(sync_fd, &err, 1);
     }
     if (plan->hostname && sethostname(plan->hostname, strlen(plan->hostname)) < 0) {

@@ -390,11 +390,13 @@ struct launch_plan {
 int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
 /* A plan in two parts: the head, which the monitor needs to clone the child
  * (namespaces, stdio, cgroups), and the rest (the rootfs, the mounts, the
- * process), which the child reads from the gate once it has cloned and
- * joined, and adds to it. The head is checked for what it holds only;
- * plan_decode_rest checks the whole. */
+ * process), which the child reads from the gate in chunks once it has cloned
+ * and joined (plan_decode_more adds each to the plan). The head is checked for
+ * what it holds only; plan_decode_complete checks the whole once the last
+ * chunk is in. */
 int plan_decode_head(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
-int plan_decode_rest(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
+int plan_decode_more(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
+int plan_decode_complete(struct launch_plan *plan, struct error *err);
 void plan_free(struct launch_plan *plan);
 const char *namespace_name(int clone_flag);
 
@@ -425,8 +427,9 @@ struct child_context {
      * exist (EOF: it gave up). The child then joins them after the rootfs
      * base and before the mount sequence, which binds them in. */
     int cgroup_gate_fd;
-    /* The gate first carries the rest of the plan: a u32 length (little
-     * endian) and that many bytes, for plan_decode_rest. */
+    /* The gate first carries the rest of the plan, in chunks: each a u32
+     * length (little endian) and that many bytes of plan fields; a length of
+     * 0 ends it (plan_decode_more, plan_decode_complete). */
     bool plan_follows;
 };
 

@@ -439,9 +439,16 @@ fail:
     return -1;
 }
 
-int plan_decode_rest(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
+int plan_decode_more(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
 {
-    if (plan_decode_fields(data, length, plan, err) < 0 || plan_complete(plan, err) < 0)
+    if (plan_decode_fields(data, length, plan, err) < 0)
+        return error_context(err, "invalid launch plan");
+    return 0;
+}
+
+int plan_decode_complete(struct launch_plan *plan, struct error *err)
+{
+    if (plan_complete(plan, err) < 0)
         return error_context(err, "invalid launch plan");
     return 0;
 }
