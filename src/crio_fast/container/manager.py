@@ -712,7 +712,12 @@ class ContainerManager:
     # -- Start / Stop / Remove -------------------------------------------------
 
     def start(self, container_id: str) -> None:
-        record = self.get(container_id)
+        # Not get(): its refresh would take in a CREATE reply that is already there and save the record
+        # for its pid, and _mark_started saves it again right after. A set-up that failed is taken in
+        # when the monitor refuses the START.
+        record = self.state.containers.find(container_id)
+        if record is None:
+            raise NotFound(f"container {container_id!r} not found")
         self._check_startable(record)
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
