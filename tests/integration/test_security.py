@@ -289,6 +289,23 @@ def test_pids_limit_and_default_ulimits(env, pod, handler):
     sh(env, ctr, "pkill sleep; true")
 
 
+def test_the_containers_own_cgroup_files_are_visible_and_read_only(env, pod, handler):
+    """/sys/fs/cgroup inside shows the container's own cgroups (v1: a tmpfs with one bind per
+    hierarchy, each of the container's cgroup), and they cannot be written."""
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config)
+    v1 = Path("/sys/fs/cgroup/pids/cgroup.procs").exists()
+    pids_max = "/sys/fs/cgroup/pids/pids.max" if v1 else "/sys/fs/cgroup/pids.max"
+    result = sh(env, ctr, f"cat {pids_max}; echo 5 > {pids_max} && echo wrote; true")
+    assert result.stdout.decode().split() == [str(PIDS_LIMIT)]
+    assert b"Read-only file system" in result.stderr, result.stderr
+    if v1 and handler == "native":
+        # The tmpfs holding the binds is read-only too (Debian's runc 1.1.5 leaves it writable).
+        result = sh(env, ctr, "mkdir /sys/fs/cgroup/new && echo made; ls /sys/fs/cgroup/memory | wc -l")
+        assert b"Read-only file system" in result.stderr and b"made" not in result.stdout
+        assert int(result.stdout) > 10  # the memory cgroup's files, not an empty directory
+
+
 def test_namespaced_sysctl_applied_and_node_sysctl_refused(env, pod):
     pod_id, pod_config = pod({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"})
     ctr = run(env, pod_id, pod_config)

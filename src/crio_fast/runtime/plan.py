@@ -34,6 +34,7 @@ MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_UNBINDABLE = 1 << 17
@@ -649,7 +650,10 @@ _CGROUP2_MOUNT = MountOp.mount("cgroup2", "/sys/fs/cgroup",
                                flags=MS_NOSUID | MS_NOEXEC | MS_NODEV | MS_RELATIME | MS_RDONLY)
 _CGROUP_V1_TMPFS = MountOp.mount("tmpfs", "/sys/fs/cgroup", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV, data="mode=755",
                                  source="cgroup")
-_CGROUP_V1_READONLY = MountOp.readonly("/sys/fs/cgroup", recursive=False)
+# The tmpfs made read-only where it is, after its binds (as runc does). A read-only bind of it over
+# itself would hide them: the binds belong to the mount underneath.
+_CGROUP_V1_READONLY = MountOp.mount("tmpfs", "/sys/fs/cgroup", source="cgroup",
+                                    flags=MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC | MS_NODEV)
 
 
 @functools.lru_cache(maxsize=64)
