@@ -199,8 +199,12 @@ class CgroupManager:
         """container_cgroup's first half, without side effects: the paths, and the limit writes
         (a resource the host cannot apply raises CgroupValidationError here)."""
         paths = self.paths(self.container_path(parent, container_id))
-        writes = plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
-        return paths, writes
+        return paths, self.limit_writes(paths, resources)
+
+    def limit_writes(self, paths: CgroupPaths, resources: Resources | None) -> list[tuple[str, str]]:
+        """The writes that apply ``resources`` to the cgroup at ``paths``; CgroupValidationError for one
+        the host cannot apply."""
+        return plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
 
     def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]]) -> CgroupPaths:
         """container_cgroup's second half: mkdir in every hierarchy, then the writes."""

@@ -246,6 +246,15 @@ def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int]
     return uid, gid, extra, name
 
 
+@dataclasses.dataclass
+class _CheckedRequest:
+    """What the checks of a CreateContainer request yield (ContainerManager._check_request)."""
+
+    argv: list[str]
+    devices: list[security.DeviceNode]
+    make_cgroup: Callable[[], None]
+
+
 class ContainerManager:
     def __init__(
         self,
@@ -429,14 +438,94 @@ class ContainerManager:
         return container_id
 
     def _create(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig, image) -> None:
-        """Natively the plan goes to the monitor in two parts (PodMonitor.begin_create): first its head
-        (namespaces, stdio, cgroups, the overlay), on which the monitor clones the child and the child
-        mounts the rootfs; the rest (mounts, identity, capabilities, seccomp, argv...) is decided
-        meanwhile and follows. The cheap checks of the request come before the head goes out."""
+        """Natively the plan goes to the monitor in parts (PodMonitor.begin_create). The head comes
+        first: what the monitor needs to clone the child (namespaces, stdio, the cgroup's paths, the
+        writable layer's directories) takes no more than the pod and the container's id. The
+        request's checks, the rootfs and the rest (mounts, identity, capabilities, seccomp, argv...)
+        follow while the monitor clones the child and the child makes the writable layer; a request
+        that fails its checks then cancels the child, which leaves nothing."""
         image_config: dict[str, Any] = image.config.get("config") or {}
         layer_dirs = [self.images.store.layer_diff(c) for c in reversed(image.record.layers)]  # top-most first
         sc = config.linux.security_context
+        layout_v2 = self.cgroups.layout.version == "v2"
+        # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
+        pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
+        namespaces = [Namespace("mnt")]
+        if pid_namespace is not None:
+            namespaces.append(pid_namespace)
+        if layout_v2:
+            namespaces.append(Namespace("cgroup"))
+        try:
+            cg = self.cgroups.paths(self.cgroups.container_path(pod.cgroup_path, record.id))
+        except CgroupError as exc:
+            raise InvalidArgument(f"container cgroup: {exc}") from exc
+        record.cgroup_path = cg.path
+        external_runtime = self._oci_handler(pod.id) is not None
+        monitor = self.sandboxes.monitor(pod)
+        split = not external_runtime and bool(monitor.features & FEATURE_PLAN_FOLLOWS)
+        storage = self.storage / record.id
+        head = LaunchHead(
+            namespaces=namespaces,
+            cgroup_procs=cg.procs_files,
+            oom_counter_path=cg.oom_counter_file,
+            root_propagation=root_propagation_for(config.mounts),
+            stdin=config.stdin,
+            tty=config.tty,
+            # Split, the child makes the writable layer while the rest is decided here.
+            host_dirs=[str(storage), str(storage / "upper"), str(storage / "work")] if split else (),
+        )
+        if pod.log_directory and config.log_path:
+            record.log_path = os.path.join(pod.log_directory, config.log_path)
+            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
+        log_path = record.log_path or os.devnull
 
+        def whole_plan(checked: _CheckedRequest, make_dirs: bool = True) -> LaunchPlan:
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime, make_dirs)
+            return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
+                                   checked.argv, checked.devices, cg, layout_v2)
+
+        try:
+            if external_runtime:
+                checked = self._check_request(config, image_config, cg, external_runtime)
+                checked.make_cgroup()  # the runtime's create joins it
+                plan, oci_call = self._oci_bundle(record, pod, whole_plan(checked), sc,
+                                                  pod_config.linux.security_context, checked.devices)
+                pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call)
+            elif split:
+                # The monitor clones the child on the head while the rest is decided here; the cgroup is
+                # made while the child mounts the rootfs (on the other CPU), and the child joins it
+                # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
+                # the child's set-up overlaps this call's answer and the next call's arrival; _settle
+                # takes the outcome in.
+                checked_box: list[_CheckedRequest] = []
+
+                def rest_in_chunks() -> Iterator[bytes]:
+                    checked_box.append(self._check_request(config, image_config, cg, external_runtime))
+                    # The rootfs first: the child mounts it while the rest is decided.
+                    overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
+                                                   make_dirs=False)
+                    yield encode_rootfs(overlay=overlay)
+                    yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
+                                          checked_box[0].argv, checked_box[0].devices, cg, layout_v2).encode_rest()
+
+                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks,
+                                               meanwhile=lambda: checked_box[0].make_cgroup())
+            else:  # a monitor from before plans in parts
+                checked = self._check_request(config, image_config, cg, external_runtime)
+                pending = monitor.begin_create(record.id, whole_plan(checked), log_path,
+                                               meanwhile=checked.make_cgroup)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
+        with self._lock:
+            self._pending[record.id] = pending
+        self.state.containers.save(record)
+        log.info("container %s (%s) created", record.id[:12], record.name)
+
+    def _check_request(self, config: pb.ContainerConfig, image_config: dict[str, Any], cg,
+                       external_runtime: bool) -> "_CheckedRequest":
+        """The checks of a CreateContainer request, and what they yield: the command, the devices, and
+        the step that makes the container's cgroup with its limits and device rules."""
+        sc = config.linux.security_context
         entrypoint = list(config.command) or list(image_config.get("Entrypoint") or [])
         cmd = list(config.args) if config.args else ([] if config.command else list(image_config.get("Cmd") or []))
         argv = entrypoint + cmd
@@ -454,15 +543,13 @@ class ContainerManager:
         security.check_mac(sc)
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
-        external_runtime = self._oci_handler(pod.id) is not None
         resources = self._resources(config.linux.resources)
         if self.config.runtime.pids_limit > 0:
             resources = dataclasses.replace(resources, pids_limit=self.config.runtime.pids_limit)
         try:
-            cg, cgroup_writes = self.cgroups.plan_container_cgroup(pod.cgroup_path, record.id, resources)
+            cgroup_writes = self.cgroups.limit_writes(cg, resources)
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
-        record.cgroup_path = cg.path
         device_rules = [d.cgroup_rule() for d in devices]
         devices_dir = cg.dirs.get("devices")
         v1_restricted = not sc.privileged and bool(devices_dir) and not self.cgroups.layout.is_v2("devices")
@@ -483,66 +570,7 @@ class ContainerManager:
             if v2_restricted:
                 self.cgroups.restrict_devices(cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
 
-        layout_v2 = self.cgroups.layout.version == "v2"
-        # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
-        pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
-        namespaces = [Namespace("mnt")]
-        if pid_namespace is not None:
-            namespaces.append(pid_namespace)
-        if layout_v2:
-            namespaces.append(Namespace("cgroup"))
-        monitor = self.sandboxes.monitor(pod)
-        split = not external_runtime and bool(monitor.features & FEATURE_PLAN_FOLLOWS)
-        storage = self.storage / record.id
-        head = LaunchHead(
-            namespaces=namespaces,
-            cgroup_procs=cg.procs_files,
-            oom_counter_path=cg.oom_counter_file,
-            root_propagation=root_propagation_for(config.mounts),
-            stdin=config.stdin,
-            tty=config.tty,
-            # Split, the child makes the writable layer while the rest is decided here.
-            host_dirs=[str(storage), str(storage / "upper"), str(storage / "work")] if split else (),
-        )
-        if pod.log_directory and config.log_path:
-            record.log_path = os.path.join(pod.log_directory, config.log_path)
-            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-
-        def whole_plan() -> LaunchPlan:
-            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
-            return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
-                                   devices, cg, layout_v2)
-
-        def rest_in_chunks() -> Iterator[bytes]:
-            # The rootfs first: the child mounts it while the rest is decided.
-            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime, make_dirs=False)
-            yield encode_rootfs(overlay=overlay)
-            yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay, argv,
-                                  devices, cg, layout_v2).encode_rest()
-
-        try:
-            if external_runtime:
-                make_cgroup()  # the runtime's create joins it
-                plan, oci_call = self._oci_bundle(record, pod, whole_plan(), sc,
-                                                  pod_config.linux.security_context, devices)
-                pending = monitor.begin_create(record.id, plan, record.log_path or os.devnull, oci=oci_call)
-            elif split:
-                # The monitor clones the child on the head while the rest is decided here; the cgroup is
-                # made while the child mounts the rootfs (on the other CPU), and the child joins it
-                # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
-                # the child's set-up overlaps this call's answer and the next call's arrival; _settle
-                # takes the outcome in.
-                pending = monitor.begin_create(record.id, head, record.log_path or os.devnull,
-                                               meanwhile=make_cgroup, rest=rest_in_chunks)
-            else:  # a monitor from before plans in two parts
-                pending = monitor.begin_create(record.id, whole_plan(), record.log_path or os.devnull,
-                                               meanwhile=make_cgroup)
-        except MonitorError as exc:
-            raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
-        with self._lock:
-            self._pending[record.id] = pending
-        self.state.containers.save(record)
-        log.info("container %s (%s) created", record.id[:12], record.name)
+        return _CheckedRequest(argv=argv, devices=devices, make_cgroup=make_cgroup)
 
     def _rootfs_overlay(self, record: ContainerRecord, image_id: str, layer_dirs: list[Path],
                         external_runtime: bool, make_dirs: bool = True) -> Overlay:
