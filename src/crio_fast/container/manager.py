@@ -500,11 +500,11 @@ class ContainerManager:
                 checked_box: list[_CheckedRequest] = []
 
                 def rest_in_chunks() -> Iterator[bytes]:
-                    checked_box.append(self._check_request(config, image_config, cg, external_runtime))
-                    # The rootfs first: the child mounts it while the rest is decided.
+                    # The rootfs first: the child mounts it while the request is checked and the rest decided.
                     overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
                                                    make_dirs=False)
                     yield encode_rootfs(overlay=overlay)
+                    checked_box.append(self._check_request(config, image_config, cg, external_runtime))
                     yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
                                           checked_box[0].argv, checked_box[0].devices, cg, layout_v2).encode_rest()
 
