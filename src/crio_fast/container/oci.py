@@ -61,7 +61,6 @@ from crio_fast.runtime.plan import (
     MS_RDONLY,
     MS_REC,
     MS_RELATIME,
-    MS_REMOUNT,
     MS_SHARED,
     MS_SLAVE,
     MS_STRICTATIME,
@@ -125,8 +124,6 @@ def translate_mounts(ops: Sequence[MountOp], privileged: bool) -> tuple[list[dic
     for op in ops:
         dest = op.destination
         if op.kind == MountKind.MOUNT:
-            if dest == CGROUP_ROOT and op.flags & MS_REMOUNT:
-                continue  # the v1 tmpfs made read-only after its binds: part of the cgroup mount
             if dest == CGROUP_ROOT:
                 # runc and crun mount the container's own cgroups there (v1: a tmpfs with one bind per
                 # hierarchy, v2: cgroup2), read-only unless privileged.

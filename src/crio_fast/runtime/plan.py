@@ -604,8 +604,8 @@ def default_linux_mounts(
     elif cgroup == "v1":
         cgroup_ops.append(_CGROUP_V1_TMPFS)
         for name, host_dir in sorted((cgroup_v1_binds or {}).items()):
-            cgroup_ops.append(MountOp.bind(host_dir, f"/sys/fs/cgroup/{name}", readonly=True, recursive=False,
-                                           flags=nosuid_noexec_nodev))
+            # Read-only, private and nosuid/noexec/nodev by _CGROUP_V1_READONLY, all at once.
+            cgroup_ops.append(MountOp.bind(host_dir, f"/sys/fs/cgroup/{name}", recursive=False, propagation=0))
         cgroup_ops.append(_CGROUP_V1_READONLY)
     elif cgroup != "none":
         raise ValueError(f"cgroup must be 'v2', 'v1' or 'none', not {cgroup!r}")
@@ -650,10 +650,12 @@ _CGROUP2_MOUNT = MountOp.mount("cgroup2", "/sys/fs/cgroup",
                                flags=MS_NOSUID | MS_NOEXEC | MS_NODEV | MS_RELATIME | MS_RDONLY)
 _CGROUP_V1_TMPFS = MountOp.mount("tmpfs", "/sys/fs/cgroup", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV, data="mode=755",
                                  source="cgroup")
-# The tmpfs made read-only where it is, after its binds (as runc does). A read-only bind of it over
-# itself would hide them: the binds belong to the mount underneath.
-_CGROUP_V1_READONLY = MountOp.mount("tmpfs", "/sys/fs/cgroup", source="cgroup",
-                                    flags=MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC | MS_NODEV)
+# The tmpfs and its binds made read-only, private, nosuid, noexec and nodev where they are, in one
+# call (MS_REMOUNT: in place). A read-only bind of the tmpfs stacked over itself would hide the binds,
+# which belong to the mount underneath; a monitor from before in-place READONLY stacks a recursive
+# copy instead, binds included.
+_CGROUP_V1_READONLY = MountOp(MountKind.READONLY, "/sys/fs/cgroup",
+                              flags=MS_REMOUNT | MS_REC | MS_NOSUID | MS_NOEXEC | MS_NODEV, propagation=MS_PRIVATE)
 
 
 @functools.lru_cache(maxsize=64)

@@ -216,29 +216,55 @@ static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, 
     return rc;
 }
 
-static int do_mknod(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+/* The directory a run of device nodes and symlinks goes in (/dev), opened
+ * once for the run. Any other operation may mount over it: it drops it. */
+struct parent_cache {
+    char path[PATH_MAX];
+    int fd;
+};
+
+static void drop_parent(struct parent_cache *cache)
+{
+    if (cache->fd >= 0)
+        close(cache->fd);
+    cache->fd = -1;
+}
+
+static int cached_parent(struct parent_cache *cache, int root_fd, const char *rootfs, const char *parent,
+                         struct error *err)
+{
+    if (cache->fd >= 0 && strcmp(cache->path, parent) == 0)
+        return cache->fd;
+    drop_parent(cache);
+    int fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    if (fd < 0)
+        return -1;
+    snprintf(cache->path, sizeof(cache->path), "%s", parent); /* split_path kept it under PATH_MAX */
+    cache->fd = fd;
+    return fd;
+}
+
+static int do_mknod(int root_fd, const char *rootfs, const struct plan_mount *m, struct parent_cache *cache,
+                    struct error *err)
 {
     char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
     const char *base;
     if (split_path(m->destination, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
         return error_plain(err, EINVAL, "mknod: bad path %s%s", rootfs, m->destination);
-    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
-    if (parent_fd < 0)
-        return -1;
     mode_t type = m->mode & S_IFMT;
-    if (type != S_IFCHR && type != S_IFBLK && type != S_IFIFO) {
-        close(parent_fd);
+    if (type != S_IFCHR && type != S_IFBLK && type != S_IFIFO)
         return error_plain(err, EINVAL, "mknod %s%s: mode %#o is not a device or fifo", rootfs, m->destination,
                            m->mode);
-    }
+    int parent_fd = cached_parent(cache, root_fd, rootfs, parent, err);
+    if (parent_fd < 0)
+        return -1;
     int rc = mknodat(parent_fd, base, (mode_t)m->mode, makedev(m->major, m->minor));
     int saved = errno;
-    if (rc == 0 && fchownat(parent_fd, base, m->uid, m->gid, AT_SYMLINK_NOFOLLOW) < 0) {
-        saved = errno;
-        close(parent_fd);
-        return error_errno(err, saved, "chown %s%s", rootfs, m->destination);
-    }
-    close(parent_fd);
+    /* The node is the creator's already when that is the owner asked for (root, before the
+     * credentials change): no chown. */
+    bool owned = m->uid == geteuid() && m->gid == getegid();
+    if (rc == 0 && !owned && fchownat(parent_fd, base, m->uid, m->gid, AT_SYMLINK_NOFOLLOW) < 0)
+        return error_errno(err, errno, "chown %s%s", rootfs, m->destination);
     if (rc == 0)
         return 0;
     if (saved != EPERM || !m->source)
@@ -251,18 +277,18 @@ static int do_mknod(int root_fd, const char *rootfs, const struct plan_mount *m,
     return do_bind(root_fd, rootfs, &bind, err);
 }
 
-static int do_symlink(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+static int do_symlink(int root_fd, const char *rootfs, const struct plan_mount *m, struct parent_cache *cache,
+                      struct error *err)
 {
     char parent[PATH_MAX], base_buffer[NAME_MAX + 1];
     const char *base;
     if (split_path(m->destination, parent, sizeof(parent), &base, base_buffer, sizeof(base_buffer)) < 0)
         return error_plain(err, EINVAL, "symlink: bad path %s%s", rootfs, m->destination);
-    int parent_fd = ensure_directory(root_fd, rootfs, parent, 0755, err);
+    int parent_fd = cached_parent(cache, root_fd, rootfs, parent, err);
     if (parent_fd < 0)
         return -1;
     int rc = symlinkat(m->source, parent_fd, base);
     int saved = errno;
-    close(parent_fd);
     if (rc < 0 && saved != EEXIST)
         return error_errno(err, saved, "symlink %s%s -> %s", rootfs, m->destination, m->source);
     return 0;
@@ -304,20 +330,34 @@ static int do_readonly(int root_fd, const char *rootfs, const struct plan_mount 
             return 0;
         return error_errno(err, errno, "make %s%s read-only", rootfs, m->destination);
     }
-    /* Bind the path over itself, read-only; works for mount points and for
-     * plain directories such as /proc/sys alike. */
-    int rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, "read-only bind of", rootfs, m->destination, err);
+    int rc;
+    if (m->flags & MS_REMOUNT) {
+        /* The plan says the path is a mount point: change it where it is (with MS_REC, the mounts
+         * under it too, in one call) instead of stacking a read-only copy on it. */
+        struct mount_attr_v0 attr = {.attr_set = mount_attributes_from_flags(m->flags | MS_RDONLY),
+                                     .propagation = m->propagation};
+        rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH | (m->flags & MS_REC ? AT_RECURSIVE : 0), &attr);
+        if (rc < 0)
+            error_errno(err, errno, "make %s%s read-only where it is mounted", rootfs, m->destination);
+    } else {
+        /* Bind the path over itself, read-only; works for mount points and for
+         * plain directories such as /proc/sys alike. */
+        rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, "read-only bind of", rootfs, m->destination, err);
+    }
     close(fd);
     return rc;
 }
 
-static int apply_mount(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+static int apply_mount(int root_fd, const char *rootfs, const struct plan_mount *m, struct parent_cache *cache,
+                       struct error *err)
 {
+    if (m->kind != MOUNT_OP_MKNOD && m->kind != MOUNT_OP_SYMLINK)
+        drop_parent(cache);
     switch (m->kind) {
     case MOUNT_OP_MOUNT: return do_mount(root_fd, rootfs, m, err);
     case MOUNT_OP_BIND: return do_bind(root_fd, rootfs, m, err);
-    case MOUNT_OP_MKNOD: return do_mknod(root_fd, rootfs, m, err);
-    case MOUNT_OP_SYMLINK: return do_symlink(root_fd, rootfs, m, err);
+    case MOUNT_OP_MKNOD: return do_mknod(root_fd, rootfs, m, cache, err);
+    case MOUNT_OP_SYMLINK: return do_symlink(root_fd, rootfs, m, cache, err);
     case MOUNT_OP_MKDIR: {
         int fd = ensure_directory(root_fd, rootfs, m->destination, m->mode ? m->mode : 0755, err);
         if (fd < 0)
@@ -552,14 +592,13 @@ int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct 
     int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0)
         return error_errno(err, errno, "open rootfs %s", plan->rootfs);
-    for (size_t i = from; i < to; i++) {
-        if (apply_mount(root_fd, plan->rootfs, &plan->mounts[i], err) < 0) {
-            close(root_fd);
-            return -1;
-        }
-    }
+    struct parent_cache cache = {.fd = -1};
+    int rc = 0;
+    for (size_t i = from; i < to && rc == 0; i++)
+        rc = apply_mount(root_fd, plan->rootfs, &plan->mounts[i], &cache, err);
+    drop_parent(&cache);
     close(root_fd);
-    return 0;
+    return rc;
 }
 
 int prepare_rootfs(const struct launch_plan *plan, struct error *err)
