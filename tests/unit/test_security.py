@@ -126,6 +126,73 @@ def test_runtime_default_compiles_with_arch_check():
     assert _AUDIT_ARCH[os.uname().machine] in constants  # the filter checks the architecture
 
 
+def _run_classic_bpf(program: bytes, data: bytes) -> int:
+    """What a classic BPF seccomp program returns for ``data`` (a struct seccomp_data)."""
+    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    a = x = 0
+    mem = [0] * 16
+    pc = 0
+    alu = {0x00: lambda p, q: p + q, 0x10: lambda p, q: p - q, 0x20: lambda p, q: p * q,
+           0x40: lambda p, q: p | q, 0x50: lambda p, q: p & q, 0x60: lambda p, q: p << q,
+           0x70: lambda p, q: p >> q, 0xA0: lambda p, q: p ^ q}
+    jumps = {0x10: lambda p, q: p == q, 0x20: lambda p, q: p > q, 0x30: lambda p, q: p >= q,
+             0x40: lambda p, q: bool(p & q)}
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        cls, source = code & 0x07, code & 0x08
+        operand = x if source else k
+        if code == 0x20:  # ld [k]
+            a = struct.unpack_from("<I", data, k)[0]
+        elif code == 0x60:  # ld M[k]
+            a = mem[k]
+        elif code == 0x61:  # ldx M[k]
+            x = mem[k]
+        elif code == 0x00:  # ld #k
+            a = k
+        elif code == 0x01:  # ldx #k
+            x = k
+        elif code == 0x02:  # st M[k]
+            mem[k] = a
+        elif code == 0x03:  # stx M[k]
+            mem[k] = x
+        elif cls == 0x04:  # alu
+            a = alu[code & 0xF0](a, operand) & 0xFFFFFFFF
+        elif code == 0x05:  # ja
+            pc += k
+        elif cls == 0x05:  # conditional jump
+            pc += jt if jumps[code & 0xF0](a, operand) else jf
+        elif code == 0x06:  # ret #k
+            return k
+        elif code == 0x16:  # ret a
+            return a
+        elif code == 0x07:  # tax
+            x = a
+        elif code == 0x87:  # txa
+            a = x
+        else:
+            raise AssertionError(f"instruction {code:#x} not interpreted")
+
+
+def test_the_syscall_tree_decides_as_the_list_does():
+    """The binary tree (cheaper for the kernel to install) against the list, for every syscall number
+    of the native and the compat architecture, with and without a namespace flag to clone."""
+    profile = security.runtime_default_profile()
+    tree, listed = security.compile_profile(profile), security.compile_profile(profile, tree=False)
+    assert tree != listed
+    arches = {"x86_64": (0xC000003E, 0x40000003), "aarch64": (0xC00000B7, 0x40000028)}[os.uname().machine]
+    for arch in arches:
+        for nr in [*range(0, 460), 0x40000000 + 56]:  # an x32 clone too
+            for flags in (0, 0x10000000, 0x01200011):
+                data = struct.pack("<iIQ6Q", nr, arch, 0, flags, 0, 0, 0, 0, 0)
+                assert _run_classic_bpf(tree, data) == _run_classic_bpf(listed, data), (hex(arch), nr, flags)
+    # And the tree does decide: unshare is refused, getpid allowed.
+    native = arches[0]
+    unshare, getpid = (272, 39) if os.uname().machine == "x86_64" else (97, 172)
+    assert _run_classic_bpf(tree, struct.pack("<iIQ6Q", unshare, native, 0, 0, 0, 0, 0, 0, 0)) >> 16 == 0x5
+    assert _run_classic_bpf(tree, struct.pack("<iIQ6Q", getpid, native, 0, 0, 0, 0, 0, 0, 0)) == 0x7FFF0000
+
+
 def test_compiled_profile_enforced_in_a_real_process(tmp_path):
     """Load the BPF in a child (no_new_privs + PR_SET_SECCOMP) and see mkdir fail with the profile's errno."""
     program = security.compile_profile({
