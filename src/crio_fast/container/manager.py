@@ -479,10 +479,10 @@ class ContainerManager:
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
         log_path = record.log_path or os.devnull
 
-        def whole_plan(checked: _CheckedRequest, make_dirs: bool = True) -> LaunchPlan:
-            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime, make_dirs)
+        def whole_plan(request: _CheckedRequest) -> LaunchPlan:
+            overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
             return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
-                                   checked.argv, checked.devices, cg, layout_v2)
+                                   request.argv, request.devices, cg, layout_v2)
 
         try:
             if external_runtime:
@@ -497,19 +497,23 @@ class ContainerManager:
                 # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
                 # the child's set-up overlaps this call's answer and the next call's arrival; _settle
                 # takes the outcome in.
-                checked_box: list[_CheckedRequest] = []
+                checked: _CheckedRequest | None = None
 
                 def rest_in_chunks() -> Iterator[bytes]:
+                    nonlocal checked
                     # The rootfs first: the child mounts it while the request is checked and the rest decided.
                     overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
                                                    make_dirs=False)
                     yield encode_rootfs(overlay=overlay)
-                    checked_box.append(self._check_request(config, image_config, cg, external_runtime))
+                    checked = self._check_request(config, image_config, cg, external_runtime)
                     yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
-                                          checked_box[0].argv, checked_box[0].devices, cg, layout_v2).encode_rest()
+                                          checked.argv, checked.devices, cg, layout_v2).encode_rest()
 
-                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks,
-                                               meanwhile=lambda: checked_box[0].make_cgroup())
+                def make_cgroup() -> None:  # after the whole rest is out, so after the checks
+                    assert checked is not None
+                    checked.make_cgroup()
+
+                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
             else:  # a monitor from before plans in parts
                 checked = self._check_request(config, image_config, cg, external_runtime)
                 pending = monitor.begin_create(record.id, whole_plan(checked), log_path,
