@@ -562,6 +562,22 @@ def test_create_errors_are_precise_and_leave_nothing(harness: Harness) -> None:
         monitor.create("shared-uts", harness.plan("x", ["/bin/true"], hostname="renamed"), harness.log_path("x"))
 
 
+def test_a_log_that_cannot_be_opened_fails_the_create_and_leaves_nothing(harness: Harness) -> None:
+    """The log is opened after the clone (its creation on disk need not hold the child back): when it
+    cannot be, the child is killed, CREATE fails naming the file, and the id is free again."""
+    monitor = harness.spawn()
+    nowhere = harness.container_dir("c") / "no-such-dir" / "ctr.log"
+    with pytest.raises(MonitorError, match=f"open log file {nowhere}: No such file or directory"):
+        monitor.create("c", harness.plan("c", ["/bin/sleep", "100"]), str(nowhere))
+    deadline = time.monotonic() + 5
+    while [s.id for s in monitor.list_containers()]:
+        assert time.monotonic() < deadline, "the failed container is still listed"
+        time.sleep(0.01)
+    assert not (harness.exits / "c").exists()
+    assert psutil.Process(monitor.pid).children() == []  # the child was killed and reaped
+    assert harness.run(monitor, "c", harness.plan("c2", ["/bin/true"])).exit_code == 0
+
+
 def test_malformed_plans_are_rejected_without_harm(harness: Harness) -> None:
     monitor = harness.spawn()
     good = harness.plan("c", ["/bin/true"]).encode()

@@ -570,12 +570,11 @@ static struct container *container_new(const char *id, const char *log_path)
 }
 
 /* What a container keeps of its plan, native or OCI alike: output and stdin
- * handling, where KILL with ALL looks, the OOM counter's baseline, and the
- * opened CRI log. */
+ * handling, where KILL with ALL looks, and the OOM counter's baseline. */
 /* `cgroup_later`: the cgroup is being made while the child sets up (a
  * gate), so the OOM counter's baseline is read at SYNC_READY instead. */
-static int container_take_plan(struct container *c, const struct launch_plan *plan, const char *log_path,
-                               bool cgroup_later, struct error *err)
+static int container_take_plan(struct container *c, const struct launch_plan *plan, bool cgroup_later,
+                               struct error *err)
 {
     c->log_line_max = plan->log_line_max;
     c->tty = plan->tty;
@@ -591,9 +590,15 @@ static int container_take_plan(struct container *c, const struct launch_plan *pl
             c->has_oom_baseline = true;
         }
     }
-    c->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+    return 0;
+}
+
+/* The CRI log, opened (created) in its own step: natively after the clone. */
+static int open_log(struct container *c, struct error *err)
+{
+    c->log_fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
     if (c->log_fd < 0)
-        return error_errno(err, errno, "open log file %s", log_path);
+        return error_errno(err, errno, "open log file %s", c->log_path);
     return 0;
 }
 
@@ -659,7 +664,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
     }
-    if (container_take_plan(c, &plan, log_path, gate_fd >= 0, &err) < 0)
+    if (container_take_plan(c, &plan, gate_fd >= 0, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0 || open_namespace_fds(&plan, namespace_fds, &err) < 0)
         goto fail;
@@ -704,17 +709,22 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
     stdio.stdout_read = stdio.stderr_read = stdio.stdin_write = -1;
     plan_free(&plan);
     container_link(monitor, c);
+    /* The log after the clone: creating it on the node's disk need not hold the child back. */
+    bool log_ready = open_log(c, &err) == 0;
     struct watch *watches[] = {&c->sync_watch, &c->stdout_watch, &c->stderr_watch};
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 3 && log_ready; i++) {
         if (watches[i]->fd < 0)
             continue;
         if (set_nonblocking(watches[i]->fd, true) < 0 || watch_add(monitor, watches[i], EPOLLIN) < 0) {
             error_errno(&err, errno, "watch container %s", id);
-            signal_container(c, SIGKILL);
-            c->failed_create = true;
-            reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
-            return 0; /* reaped and recorded as exited like any other death */
+            log_ready = false;
         }
+    }
+    if (!log_ready) {
+        signal_container(c, SIGKILL);
+        c->failed_create = true;
+        reply_start(reply, REQUEST_CREATE, request_id, err.code, err.message);
+        return 0; /* reaped and forgotten, as any failed create */
     }
     c->pending = (struct pending_reply){true, REQUEST_CREATE, request_id, connection->serial};
     connection_set_busy(monitor, connection, true);
@@ -868,7 +878,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
         goto fail;
     }
     c->oci->hide_cgroup2 = hide_cgroup2;
-    if (container_take_plan(c, &plan, log_path, false, &err) < 0)
+    if (container_take_plan(c, &plan, false, &err) < 0 || open_log(c, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0)
         goto fail;
