@@ -535,7 +535,10 @@ static int enter_root(const struct launch_plan *plan, int root_fd, struct error 
         close(old_root);
         if (rc < 0)
             return error_errno(err, saved, "chdir to the old root");
-        if (mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
+        /* Already so when prepare_rootfs made `/` a recursive slave (or private): the
+         * mounts made since, under those, are private. */
+        bool already = (plan->root_propagation & MS_REC) && (plan->root_propagation & (MS_SLAVE | MS_PRIVATE));
+        if (!already && mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
             return error_errno(err, errno, "make the old root a slave");
         if (umount2(".", MNT_DETACH) < 0)
             return error_errno(err, errno, "detach the old root");
