@@ -190,20 +190,12 @@ class CgroupManager:
         The resources are validated before anything is created; if applying
         them fails, a cgroup made by this call is removed again.
         """
-        paths, writes = self.plan_container_cgroup(parent, container_id, resources)
-        return self.make_container_cgroup(paths, writes)
-
-    def plan_container_cgroup(
-        self, parent: CgroupPaths | str, container_id: str, resources: Resources | None = None
-    ) -> tuple[CgroupPaths, list[tuple[str, str]]]:
-        """container_cgroup's first half, without side effects: the paths, and the limit writes
-        (a resource the host cannot apply raises CgroupValidationError here)."""
         paths = self.paths(self.container_path(parent, container_id))
-        return paths, self.limit_writes(paths, resources)
+        return self.make_container_cgroup(paths, self.limit_writes(paths, resources))
 
     def limit_writes(self, paths: CgroupPaths, resources: Resources | None) -> list[tuple[str, str]]:
-        """The writes that apply ``resources`` to the cgroup at ``paths``; CgroupValidationError for one
-        the host cannot apply."""
+        """container_cgroup's first half, without side effects: the writes that apply ``resources`` to
+        the cgroup at ``paths`` (CgroupValidationError for one the host cannot apply)."""
         return plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
 
     def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]]) -> CgroupPaths:

@@ -700,17 +700,13 @@ def _run_then_open_gate(step: Callable[[], None], gate_write: int,
 
 def _write_to_child(fd: int, data: bytes) -> bool:
     """Write all of ``data``; False when the reader is gone (its reply says why)."""
+    view = memoryview(data)
     try:
-        _write_all(fd, data)
+        while view:
+            view = view[os.write(fd, view):]
     except BrokenPipeError:
         return False
     return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _above(fd: int, highest_reserved: int) -> int:

@@ -66,7 +66,8 @@ static void complete_pending(struct monitor *monitor, struct container *containe
 /* Release the child. Returns 1 when the container counts as running at once
  * (its READY said the exec was checked: START is answered now, and an exec
  * that fails all the same is the container's exit, as with runc), 0 when
- * START waits for the exec's outcome (on_sync_eof or the child's error). */
+ * START waits for the exec's outcome (on_sync_eof or the child's error), -1
+ * when GO could not be sent. */
 static int send_go(struct container *container, struct error *err)
 {
     char go = SYNC_GO;
