@@ -160,8 +160,14 @@ def test_cpuset_copied_from_parent_on_v1(manager, test_root):
     with open(os.path.join(cpuset.mount_point, "cpuset.mems")) as f:
         root_mems = f.read().strip()
     pod = manager.pod_cgroup(f"{test_root}/a/b/pod", "p")
+    # The pod has the kernel fill its containers' cpusets at mkdir...
+    assert read(pod, "cpuset", "cgroup.clone_children") == "1"
     container = manager.container_cgroup(pod, "c", None)
-    for path in (f"{test_root}/a", f"{test_root}/a/b", pod.path, container.path):
+    # ...and a pod that does not (made by a build before, or the kubelet's) gets them copied.
+    write_files([(os.path.join(pod.dirs["cpuset"], "cgroup.clone_children"), "0")])
+    copied = manager.container_cgroup(pod, "d", None)
+    assert read(copied, "cpuset", "cgroup.clone_children") == "0"
+    for path in (f"{test_root}/a", f"{test_root}/a/b", pod.path, container.path, copied.path):
         directory = cpuset.directory(path)
         assert read_files([f"{directory}/cpuset.cpus", f"{directory}/cpuset.mems"]) == [
             f"{root_cpus}\n".encode(),

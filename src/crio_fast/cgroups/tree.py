@@ -27,10 +27,10 @@ def levels(mount_point: str, relative_path: str) -> list[str]:
 
 def make_dirs(mount_point: str, relative_path: str) -> list[str]:
     """mkdir the cgroup and any missing ancestors; return the directories created, top first."""
-    chain = levels(mount_point, relative_path)
-    leaf = chain[-1]
-    if leaf == mount_point:
+    relative = relative_path.strip("/")
+    if not relative:
         return []
+    leaf = os.path.join(mount_point, relative)
     try:
         os.mkdir(leaf)
         return [leaf]
@@ -42,7 +42,7 @@ def make_dirs(mount_point: str, relative_path: str) -> list[str]:
     except OSError as e:
         raise CgroupError(f"mkdir {leaf}: {e.strerror}") from e
     created = []
-    for directory in chain[1:]:
+    for directory in levels(mount_point, relative_path)[1:]:
         try:
             os.mkdir(directory)
             created.append(directory)

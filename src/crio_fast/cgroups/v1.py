@@ -5,8 +5,9 @@ cgroup in each and calls in here for what v1 adds on top of mkdir:
 
 * cpuset: a new v1 cpuset cgroup starts with empty ``cpuset.cpus`` and
   ``cpuset.mems`` and refuses processes until both are set, so each new level
-  is given its parent's values (the kernel's cgroup.clone_children would do
-  the same, but it is a property of the parent, which we may not own).
+  is given its parent's values. The kernel's cgroup.clone_children does the
+  same at mkdir, but it is a property of the parent, which we may not own:
+  the pod cgroups we make set it for their containers.
 * removal: v1 has no cgroup.kill, so the processes left in a cgroup are
   signalled one by one, frozen first (when the freezer hierarchy is mounted)
   so that none can fork between the listing and the signal.
@@ -34,6 +35,11 @@ def fill_cpusets(mount_point: str, relative_path: str) -> list[tuple[str, str]]:
     batch, top-down. Returns the writes made (for tests and logs).
     """
     chain = levels(mount_point, relative_path)
+    # Under a parent with cgroup.clone_children (pods set it: set_clone_children) the kernel filled
+    # the new cgroup at mkdir: one read of its own two files says so.
+    leaf = read_files([os.path.join(chain[-1], name) for name in CPUSET_FILES])
+    if all(content is not None and content.strip() for content in leaf):
+        return []
     paths = [os.path.join(d, name) for d in chain for name in CPUSET_FILES]
     contents = read_files(paths)
     inherited: dict[str, str] = {}
@@ -53,6 +59,13 @@ def fill_cpusets(mount_point: str, relative_path: str) -> list[tuple[str, str]]:
             raise CgroupError(f"{path} is empty and no ancestor up to {mount_point} has a value to copy")
     write_files(writes)
     return writes
+
+
+def set_clone_children(directory: str) -> None:
+    """Have the kernel give the cpuset cgroups made under ``directory`` its cpus and mems at mkdir
+    (cgroup.clone_children, inherited by the levels below), so fill_cpusets reads two files there
+    instead of the whole chain and writes nothing."""
+    write_files([(os.path.join(directory, "cgroup.clone_children"), "1")])
 
 
 def _freezer_state(state_file: str) -> str | None:

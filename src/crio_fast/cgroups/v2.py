@@ -47,11 +47,18 @@ def plan_subtree_control(
     return writes
 
 
-def enable_controllers(mount_point: str, relative_path: str, wanted: frozenset[str], include_leaf: bool) -> None:
-    """Enable ``wanted`` (where offered) from the hierarchy root down to the cgroup's parent, or the cgroup itself."""
+def enable_controllers(mount_point: str, relative_path: str, wanted: frozenset[str], include_leaf: bool,
+                       from_parent: bool = False) -> None:
+    """Enable ``wanted`` (where offered) from the hierarchy root down to the cgroup's parent, or the cgroup itself.
+
+    ``from_parent``: the levels above the parent were set up before (a container under its pod):
+    only the parent is read, its cgroup.controllers telling what the levels above offer.
+    """
     chain = levels(mount_point, relative_path)
     if not include_leaf:
         chain = chain[:-1]
+    if from_parent:
+        chain = chain[-1:]
     if not chain or not wanted:
         return
     contents = read_files(
