@@ -540,6 +540,9 @@ def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_pat
         st = status(d, short)
         assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 5)
         assert exec_sync(d, long_running, ["/bin/echo", "alive"]).stdout == b"alive\n"
+        # The exec runs under the container's seccomp filter, found by the digest its record names.
+        seccomp = exec_sync(d, long_running, ["/bin/grep", "Seccomp:", "/proc/self/status"]).stdout
+        assert seccomp.split() == [b"Seccomp:", b"2"]
         # The new daemon learns the waiting container's pid from the monitor: exec finds its namespaces.
         assert status(d, waiting).state == api.ContainerState.CONTAINER_CREATED
         start(d, waiting)

@@ -182,6 +182,7 @@ def test_runtime_default_seccomp_blocks_unshare(env, pod):
     assert result.exit_code != 0
     assert b"Operation not permitted" in result.stderr
     assert sh(env, ctr, "echo ok").stdout == b"ok\n"  # ordinary work still runs
+    assert sh(env, ctr, "exec grep Seccomp: /proc/self/status").stdout.split() == [b"Seccomp:", b"2"]  # execs too
 
 
 def test_unconfined_seccomp_and_pod_default(env, pod):

@@ -121,3 +121,23 @@ def test_a_saved_record_survives_a_process_that_dies_without_closing(tmp_path: P
     child.join(30)
     assert child.exitcode == 0
     assert StateStore(str(tmp_path)).containers.get("c1").state == CTR_RUNNING
+
+
+def test_seccomp_programs_are_kept_once_and_named_by_digest(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    default, other = bytes(range(256)) * 8, b"\x06\x00\x00\x00\x00\x00\xff\x7f"
+    digest = store.seccomp.add(default)
+    assert store.seccomp.add(default) == digest  # the same program, the same row
+    store.containers.save(container("c1", process={"seccomp_digest": digest}))
+    store.containers.save(container("c2", process={"seccomp_digest": digest}))
+    orphan = store.seccomp.add(other)  # its container's record never got saved
+    row = store.db.rows("containers")[0][1]
+    assert len(row) < 500 and digest in row
+    store.close()
+
+    again = StateStore(str(tmp_path))
+    assert again.seccomp.get(digest) == default
+    # A program no record names is dropped at start.
+    assert again.seccomp.get(orphan) is None
+    assert [d for d, _ in again.db.rows("seccomp")] == [digest]
+    again.close()

@@ -680,7 +680,7 @@ class ContainerManager:
             "env": env_list, "cwd": cwd, "uid": uid, "gid": gid, "gids": gids, "no_new_privs": sc.no_new_privs,
             "caps": [caps.bounding, caps.effective, caps.permitted, caps.inheritable, caps.ambient],
             "cgroup_procs": list(head.cgroup_procs),
-            "seccomp": base64.b64encode(seccomp).decode() if seccomp else None,
+            "seccomp_digest": self.state.seccomp.add(seccomp) if seccomp else None,
         }
         return plan
 
@@ -947,12 +947,19 @@ class ContainerManager:
         cgroups, credentials, capabilities, seccomp, environment and cwd."""
         p = record.process
         bounding, effective, permitted, inheritable, ambient = p["caps"]
+        seccomp = None
+        if p.get("seccomp_digest"):
+            seccomp = self.state.seccomp.get(p["seccomp_digest"])
+            if seccomp is None:  # never dropped while a record names it: the database was damaged
+                raise FailedPrecondition(f"container {record.id}: its seccomp program is missing from the state")
+        elif p.get("seccomp"):  # a record from a build that kept the program inline
+            seccomp = base64.b64decode(p["seccomp"])
         return ExecPlan(
             target_pid=record.pid, argv=list(cmd), env=list(p["env"]), cwd=p["cwd"],
             cgroup_procs=list(p["cgroup_procs"]), uid=p["uid"], gid=p["gid"], additional_gids=list(p["gids"]),
             capabilities=Capabilities(bounding, effective, permitted, inheritable, ambient),
             no_new_privs=p["no_new_privs"],
-            seccomp=base64.b64decode(p["seccomp"]) if p.get("seccomp") else None,
+            seccomp=seccomp,
             rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
         )
 
