@@ -124,33 +124,35 @@ class CgroupManager:
             h for h in self.layout.hierarchies if h.version == 2 or h.controllers or h.name == SYSTEMD_HIERARCHY
         ]
         self._v2_wanted = frozenset(c for c in v2.WANTED_CONTROLLERS if self.layout.is_v2(c))
+        # What paths() puts together for every cgroup, worked out once: (name, mount point) pairs.
+        self._hierarchy_mounts = [(h.key, h.mount_point.rstrip("/")) for h in self._hierarchies]
+        dir_mounts = {controller: h.mount_point for controller, h in sorted(self.layout.controllers.items())}
+        for hierarchy in self._hierarchies:
+            if hierarchy.version == 2:
+                dir_mounts["unified"] = hierarchy.mount_point
+            elif hierarchy.name is not None:
+                dir_mounts[NAMED_PREFIX + hierarchy.name] = hierarchy.mount_point
+        self._dir_mounts = [(name, mount_point.rstrip("/")) for name, mount_point in dir_mounts.items()]
+        memory = self.layout.hierarchy_of("memory")
+        self._oom_counter = None if memory is None else (
+            memory.mount_point.rstrip("/"), "/memory.events" if memory.version == 2 else "/memory.oom_control")
         self._device_filters = DeviceFilterCache()
 
     # -- paths (no side effects) -------------------------------------------
 
     def paths(self, relative_path: str) -> CgroupPaths:
         """Directories of a cgroup given by its path relative to the hierarchy roots."""
-        path = "/" + relative_path.strip("/")
-        hierarchy_dirs = {h.key: h.directory(path) for h in self._hierarchies}
-        dirs: dict[str, str] = {}
-        for controller, hierarchy in sorted(self.layout.controllers.items()):
-            dirs[controller] = hierarchy.directory(path)
-        for hierarchy in self._hierarchies:
-            if hierarchy.version == 2:
-                dirs["unified"] = hierarchy.directory(path)
-            elif hierarchy.name is not None:
-                dirs[NAMED_PREFIX + hierarchy.name] = hierarchy.directory(path)
-        memory = self.layout.hierarchy_of("memory")
-        oom_file = None
-        if memory is not None:
-            name = "memory.events" if memory.version == 2 else "memory.oom_control"
-            oom_file = os.path.join(memory.directory(path), name)
+        relative = relative_path.strip("/")
+        path = "/" + relative
+        suffix = "/" + relative if relative else ""
+        hierarchy_dirs = {key: mount_point + suffix for key, mount_point in self._hierarchy_mounts}
+        dirs = {name: mount_point + suffix for name, mount_point in self._dir_mounts}
         return CgroupPaths(
             path=path,
             dirs=dirs,
             hierarchy_dirs=hierarchy_dirs,
-            procs_files=[os.path.join(d, "cgroup.procs") for d in hierarchy_dirs.values()],
-            oom_counter_file=oom_file,
+            procs_files=[d + "/cgroup.procs" for d in hierarchy_dirs.values()],
+            oom_counter_file=(self._oom_counter[0] + suffix + self._oom_counter[1]) if self._oom_counter else None,
         )
 
     def container_path(self, parent: CgroupPaths | str, container_id: str) -> str:
