@@ -11,12 +11,10 @@ interpreter exit, so a failing or interrupted test run leaks no server.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import errno
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,7 +25,6 @@ from pathlib import Path
 
 REGISTRY_BINARY = "docker-registry"
 HTPASSWD_BINARY = "htpasswd"
-_PR_SET_PDEATHSIG = 1
 _live_servers: set["RegistryServer"] = set()
 
 
@@ -39,12 +36,10 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the registry gets SIGKILL if the test process dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+# The registry gets SIGKILL if the test process dies without cleaning up. util-linux's setpriv sets
+# that up rather than a preexec_fn: with one, subprocess forks (no vfork), and the fork handlers of
+# the gRPC event engine that a test process runs then abort the child now and then before its exec.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 def free_port() -> int:
@@ -153,11 +148,10 @@ class RegistryServer:
             self._write_config()
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    [binary, "serve", str(self.config_path)],
+                    [*_DIE_WITH_PARENT, binary, "serve", str(self.config_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
                     cwd=self.base_dir,
                 )
             _live_servers.add(self)
