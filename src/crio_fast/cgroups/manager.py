@@ -181,7 +181,7 @@ class CgroupManager:
         so nothing may be placed in it directly (see monitor_cgroup).
         """
         paths = self.pod_cgroup_paths(cgroup_parent, pod_id)
-        [paths.created] = self._create([paths], enable_for_children=True, pod_level=0)
+        [paths.created] = self._create([paths], enable_for_children=True, pod_first=True)
         return paths
 
     def container_cgroup(
@@ -230,7 +230,7 @@ class CgroupManager:
         """
         if os.path.dirname(monitor.path) != pod.path:
             raise ValueError(f"{monitor.path} is not a child of {pod.path}")
-        pod.created, monitor.created = self._create([pod, monitor], enable_for_children=False, pod_level=0)
+        pod.created, monitor.created = self._create([pod, monitor], enable_for_children=False, pod_first=True)
 
     def update(self, cgroup: CgroupPaths, resources: Resources) -> None:
         """Apply new limits to a live cgroup (UpdateContainerResources)."""
@@ -325,12 +325,12 @@ class CgroupManager:
 
     # -- internals -----------------------------------------------------------
 
-    def _create(self, levels: list[CgroupPaths], enable_for_children: bool, pod_level: int | None = None,
+    def _create(self, levels: list[CgroupPaths], enable_for_children: bool, pod_first: bool = False,
                 under_pod: bool = False) -> list[bool]:
         """mkdir each level (each a child of the one before) in every hierarchy; on failure undo
         what this call made. Cpusets are filled and cgroup2 controllers enabled down to the last
-        level's parent, or the last level itself with ``enable_for_children``. ``pod_level``: the
-        index of the pod's level, whose v1 cpuset gets cgroup.clone_children for the containers.
+        level's parent, or the last level itself with ``enable_for_children``. ``pod_first``: the
+        first level is a pod's, whose v1 cpuset gets cgroup.clone_children for the containers.
         ``under_pod``: the first level's parent is a pod cgroup made before, its ancestors set up
         then, so only that parent's cgroup2 controllers are checked. Returns, per level, whether
         this call made it (in some hierarchy)."""
@@ -345,8 +345,8 @@ class CgroupManager:
                     made.extend(new)
                 if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
                     v1.fill_cpusets(hierarchy.mount_point, deepest)
-                    if pod_level is not None:
-                        v1.set_clone_children(hierarchy.directory(levels[pod_level].path))
+                    if pod_first:
+                        v1.set_clone_children(hierarchy.directory(levels[0].path))
                 elif hierarchy.version == 2:
                     v2.enable_controllers(hierarchy.mount_point, deepest, self._v2_wanted,
                                           include_leaf=enable_for_children,
