@@ -350,7 +350,7 @@ class CgroupManager:
                 elif hierarchy.version == 2:
                     v2.enable_controllers(hierarchy.mount_point, deepest, self._v2_wanted,
                                           include_leaf=enable_for_children,
-                                          from_parent=under_pod and not enable_for_children)
+                                          from_parent=under_pod)
         except (CgroupWriteError, CgroupReadError) as e:
             self._undo(made)
             raise CgroupError(str(e)) from e
