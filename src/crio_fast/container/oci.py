@@ -49,6 +49,7 @@ from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
 from crio_fast.container import sysctls as sysctl_names
 from crio_fast.errors import FailedPrecondition
+from crio_fast.runtime import mounts
 from crio_fast.runtime.plan import (
     CAPABILITIES,
     DEFAULT_DEVICES,
@@ -328,9 +329,7 @@ def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_MNT_DETACH = 2
 
 
 def mount_rootfs(overlay: Overlay) -> None:
@@ -347,23 +346,9 @@ def mount_rootfs(overlay: Overlay) -> None:
         raise OSError(err, f"mount overlay on {overlay.target}: {os.strerror(err)}")
 
 
-def is_mount_point(path: str) -> bool:
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == target for line in f)
-    except OSError:
-        return False
-
-
 def unmount_rootfs(path: str) -> None:
     """Lazily unmount the bundle's rootfs if it is mounted (idempotent)."""
-    while is_mount_point(path):
-        if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err == errno.EINVAL:
-                return
-            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    mounts.detach_stacked(path)
 
 
 # -- ExecSync through the runtime ---------------------------------------------------

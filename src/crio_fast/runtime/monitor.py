@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from crio_fast.runtime import mounts
 from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan, TLVWriter, parse_tlv
 
 PROTOCOL_VERSION = 1
@@ -771,23 +772,11 @@ def write_exit_file(path: str | os.PathLike[str], info: ExitInfo) -> None:
 def cleanup_pod_dir(pod_dir: str) -> list[str]:
     """Undo what a dead monitor left in its pod dir: lazy-unmount every mount at
     or under it (nsfs, shm, the private self-bind) and remove the files the
-    monitor made. Returns the mount points it unmounted."""
+    monitor made. Returns the mount points it unmounted. Runs at every pod stop
+    and removal, so it finds the mounts without reading the host's mount table
+    (see runtime/mounts.py)."""
     root = os.path.realpath(pod_dir)
-    unmounted = []
-    mount_points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = _unescape_mountinfo(line.split()[4])
-            if point == root or point.startswith(root + "/"):
-                mount_points.append(point)
-    # Deepest first; a path may be mounted several times (stacked).
-    for point in sorted(mount_points, key=len, reverse=True):
-        try:
-            _umount_detach(point)
-            unmounted.append(point)
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.ENOENT):
-                raise
+    unmounted = mounts.detach_all_under(root)
     for name in (SOCKET_NAME, PID_FILE_NAME, PID_FILE_NAME + ".tmp"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(root, name))
@@ -803,19 +792,6 @@ def cleanup_pod_dir(pod_dir: str) -> list[str]:
             if e.errno != errno.ENOTEMPTY:  # someone else's files: leave them
                 raise
     return unmounted
-
-
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _umount_detach(path: str) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(path), 2) != 0:  # MNT_DETACH
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {path}: {os.strerror(err)}")
 
 
 def exec_sync(monitor_path: str, plan: ExecPlan, timeout: float, stdin: bytes = b"") -> ExecResult:

@@ -1,0 +1,144 @@
+"""Finding and detaching the host mounts the engine leaves under a directory.
+
+A pod's monitor mounts a handful of things under its pod dir (the pod dir's
+private self-bind, the nsfs pins, the pod's /dev/shm); an external runtime's
+bundle has its rootfs mounted. Tearing them down must not cost in proportion
+to the node: /proc/self/mountinfo lists every mount of the host, five per pod
+of ours plus the kubelet's volumes, and reading it means the kernel prints
+(and Python parses) thousands of lines per call. Instead each candidate path
+is asked for the id of the mount it lives on (statx STATX_MNT_ID, Linux 5.8);
+a path whose mount differs from its parent directory's is a mount point, same
+filesystem or not (a bind of a directory onto itself included). Kernels
+without STATX_MNT_ID fall back to mountinfo.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_statx = getattr(_libc, "statx", None)
+if _statx is not None:
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    _statx.restype = ctypes.c_int
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.restype = ctypes.c_int
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_NO_AUTOMOUNT = 0x800
+_STATX_MNT_ID = 0x1000
+_STATX_SIZE = 256  # struct statx, padded by the kernel ABI to 0x100
+_STATX_MNT_ID_OFFSET = 0x90
+_MNT_DETACH = 2
+# Mounts stacked on one path are detached one at a time; more than this is someone else's loop.
+_MAX_STACKED = 64
+
+
+def mount_id(path: str) -> int | None:
+    """The id of the mount ``path`` is on (not following a final symlink); None where the kernel
+    cannot tell (no statx, or a kernel before STATX_MNT_ID). OSError if the path cannot be reached."""
+    if _statx is None:
+        return None
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    if _statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT, _STATX_MNT_ID, buffer) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            return None
+        raise OSError(err, f"statx {path}: {os.strerror(err)}", path)
+    mask = int.from_bytes(buffer.raw[0:4], "little")
+    if not mask & _STATX_MNT_ID:
+        return None
+    return int.from_bytes(buffer.raw[_STATX_MNT_ID_OFFSET:_STATX_MNT_ID_OFFSET + 8], "little")
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether something is mounted on ``path`` (a missing path is not)."""
+    target = os.path.realpath(path)
+    try:
+        own, parent = mount_id(target), mount_id(os.path.dirname(target))
+    except FileNotFoundError:
+        return False
+    if own is None or parent is None:
+        return target in _mountinfo_points(target)
+    return own != parent or target == "/"
+
+
+def detach(path: str) -> None:
+    """umount2(MNT_DETACH): the mount leaves the tree now, its filesystem goes once unused."""
+    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {path}: {os.strerror(err)}", path)
+
+
+def mount_points_under(root: str) -> list[str] | None:
+    """Every mount point at or under ``root`` (a realpath), parents before children, without
+    descending into a mounted filesystem other than at ``root`` itself (a detach takes what is
+    mounted inside it along). Every directory on root's own mount is visited: meant for small
+    trees such as a pod dir. None where the kernel cannot tell mounts by id."""
+    try:
+        root_id, parent_id = mount_id(root), mount_id(os.path.dirname(root))
+    except FileNotFoundError:
+        return []
+    if root_id is None or parent_id is None:
+        return None
+    points = [root] if root_id != parent_id else []
+    pending = [(root, root_id)]
+    while pending:
+        directory, directory_id = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                entry_id = mount_id(entry.path)
+            except FileNotFoundError:
+                continue
+            if entry_id != directory_id:
+                points.append(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, entry_id))
+    return points
+
+
+def detach_stacked(path: str) -> int:
+    """Detach whatever is mounted on ``path`` itself, stacked mounts included (not mounts below it
+    on other paths); returns how many were detached."""
+    for count in range(_MAX_STACKED):
+        try:
+            detach(path)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):  # not (or no longer) a mount point
+                return count
+            raise
+    raise OSError(errno.ELOOP, f"umount {path}: still mounted after {_MAX_STACKED} detaches", path)
+
+
+def detach_all_under(root: str) -> list[str]:
+    """Detach every mount at or under ``root`` (stacked ones too), deepest first; returns the mount
+    points detached. Idempotent: nothing mounted, nothing done."""
+    root = os.path.realpath(root)
+    points = mount_points_under(root)
+    if points is None:
+        points = _mountinfo_points(root)
+    return [point for point in sorted(set(points), key=len, reverse=True) if detach_stacked(point)]
+
+
+def _mountinfo_points(root: str) -> list[str]:
+    """The slow way, for kernels before STATX_MNT_ID: mount points at or under ``root`` from
+    /proc/self/mountinfo."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = _unescape_mountinfo(line.split()[4])
+            if point == root or point.startswith(root + "/"):
+                points.append(point)
+    return points
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
