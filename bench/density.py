@@ -6,8 +6,9 @@ Starts a private registry and daemon, then grows the node to each size in
 turn (each pod: its monitor plus one busybox `sleep` container), and at each
 size reads the proportional set size (smaps_rollup) of the daemon and of all
 pod monitors, times ListPodSandbox and ListContainers, and times the start-up
-(RunPodSandbox + CreateContainer + StartContainer) of ten more pods, each
-removed again, to show what the node's size does to it. The per-pod cost is
+(RunPodSandbox + CreateContainer + StartContainer) and the teardown
+(StopPodSandbox + RemovePodSandbox) of ten more pods, one at a time, to show
+what the node's size does to them. The per-pod cost is
 the slope between the smallest and the largest size. Container processes
 themselves (the workload) are not counted: they are the same whatever engine
 runs them.
@@ -72,17 +73,20 @@ def start_pod(rt, image: str, name: str, log_dir: Path) -> str:
     return pod_id
 
 
-def probe_start_up(d: Daemon, image: str, size: int, count: int = 10) -> float:
-    """Median start-up of ``count`` more pods on a node of ``size`` pods, each removed after."""
+def probe_pods(d: Daemon, image: str, size: int, count: int = 10) -> tuple[float, float]:
+    """Median start-up and median teardown (StopPodSandbox + RemovePodSandbox) of ``count`` more
+    pods on a node of ``size`` pods, each removed before the next starts."""
     rt = d.client.runtime
-    samples = []
+    start_ups, teardowns = [], []
     for n in range(count):
         t = time.perf_counter()
         pod_id = start_pod(rt, image, f"probe{size}-{n}", d.dirs.log_dir)
-        samples.append((time.perf_counter() - t) * 1000)
+        t_started = time.perf_counter()
         rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
         rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
-    return statistics.median(samples)
+        start_ups.append((t_started - t) * 1000)
+        teardowns.append((time.perf_counter() - t_started) * 1000)
+    return statistics.median(start_ups), statistics.median(teardowns)
 
 
 def main() -> int:
@@ -104,6 +108,7 @@ def main() -> int:
                 count += 1
             time.sleep(1.0)  # let lazily touched pages settle
             monitors = [pss_kib(p) for p in monitor_pids(d)]
+            start_up, teardown = probe_pods(d, pushed.reference, size)
             rows.append({
                 "pods": size,
                 "daemon": pss_kib(d.proc.pid),
@@ -111,17 +116,18 @@ def main() -> int:
                 "per_monitor": sum(monitors) / max(1, len(monitors)),
                 "list_pods": timed(lambda: rt.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30)),
                 "list_ctrs": timed(lambda: rt.ListContainers(api.ListContainersRequest(), timeout=30)),
-                "start_up": probe_start_up(d, pushed.reference, size),
+                "start_up": start_up,
+                "teardown": teardown,
             })
 
     if args.json:
         Path(args.json).write_text(json.dumps(rows))
     print("| pods | daemon PSS KiB | monitors PSS KiB | per monitor KiB | ListPodSandbox ms | ListContainers ms "
-          "| start-up p50 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "| start-up p50 ms | stop+remove p50 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['pods']} | {r['daemon']} | {r['monitors']} | {r['per_monitor']:.0f} | "
-              f"{r['list_pods']:.2f} | {r['list_ctrs']:.2f} | {r['start_up']:.2f} |")
+              f"{r['list_pods']:.2f} | {r['list_ctrs']:.2f} | {r['start_up']:.2f} | {r['teardown']:.2f} |")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         slope = ((last["daemon"] + last["monitors"]) - (first["daemon"] + first["monitors"])) / (last["pods"] - first["pods"])
