@@ -88,6 +88,25 @@ def monitor_children(d: Daemon, pod_id: str) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def container_inits(d: Daemon, pod_id: str, name: str = "sleep", timeout: float = 5.0) -> list[psutil.Process]:
+    """The monitor's descendants named ``name``, once there is one. ``runc start`` returns when it
+    has released the init through its exec FIFO, so for a moment the init may still be
+    ``runc:[2:INIT]``, before its execve."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [p for p in monitor_children(d, pod_id) if _name(p) == name]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.01)
+
+
+def _name(process: psutil.Process) -> str | None:
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:
+        return None
+
+
 def dead(process: psutil.Process) -> bool:
     """Gone, or a zombie (its parent, the daemon as child subreaper, may not have reaped it yet)."""
     try:
@@ -208,7 +227,7 @@ def test_spec_joins_the_pod_namespaces(env, oci_handler):
     assert "CAP_SYS_ADMIN" not in spec["process"]["capabilities"]["bounding"]
     assert "/proc/kcore" in spec["linux"]["maskedPaths"]
     # The init really is in the pod's network namespace, and a child of the pod's monitor.
-    init = [p for p in monitor_children(env, pod_id) if p.name() == "sleep"]
+    init = container_inits(env, pod_id)
     assert len(init) == 1
     monitor_pid = int((pod_dir / "monitor.pid").read_text())
     assert os.readlink(f"/proc/{init[0].pid}/ns/net") == os.readlink(f"/proc/{monitor_pid}/ns/net")
@@ -216,7 +235,7 @@ def test_spec_joins_the_pod_namespaces(env, oci_handler):
 
 def test_pod_removal_leaves_nothing(env, handler):
     pod_id, ctr = run_container(env, handler, ["/bin/sleep", "1000"])
-    sleepers = [p for p in monitor_children(env, pod_id) if p.name() == "sleep"]
+    sleepers = container_inits(env, pod_id)
     assert len(sleepers) == 1
     init = sleepers[0]
     cgroups = [line.split(":", 2)[2] for line in Path(f"/proc/{init.pid}/cgroup").read_text().splitlines()
@@ -267,7 +286,7 @@ def test_runtime_failure_comes_back_with_its_stderr(env):
 
 def test_removal_after_the_monitor_was_killed_cleans_the_runtime_state(env, oci_handler):
     pod_id, ctr = run_container(env, oci_handler, ["/bin/sleep", "1000"])
-    init = next(p for p in monitor_children(env, pod_id) if p.name() == "sleep")
+    init = container_inits(env, pod_id)[0]
     monitor = psutil.Process(int((env.dirs.runroot / "pods" / pod_id / "monitor.pid").read_text()))
     monitor.kill()
     state_dir = env.dirs.runroot / "runtimes" / oci_handler
