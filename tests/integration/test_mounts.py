@@ -95,15 +95,15 @@ def test_mountinfo_fallback_finds_the_same(pod_like: tuple[Path, set[str]],
     assert mounted_under(root) == []
 
 
-def test_is_mount_point_tells_a_bind_of_the_same_filesystem(base: Path) -> None:
+def test_a_self_bind_of_the_same_filesystem_is_found(base: Path) -> None:
     target = base / "target"
-    target.mkdir()
-    assert not mounts.is_mount_point(str(target))
-    assert not mounts.is_mount_point(str(base / "missing"))
-    mount("--bind", str(target), str(target))
-    assert mounts.is_mount_point(str(target))  # same st_dev as its parent: stat alone cannot tell
+    (target / "sub").mkdir(parents=True)
+    assert mounts.mount_points_under(str(target)) == []
+    mount("--bind", str(target), str(target))  # same st_dev as its parent: stat alone cannot tell
+    assert mounts.mount_points_under(str(target)) == [str(target)]
+    assert mounts.mount_points_under(str(base / "missing")) == []
     assert mounts.detach_stacked(str(target)) == 1
-    assert not mounts.is_mount_point(str(target))
+    assert mounted_under(target) == []
 
 
 def test_detach_stacked_takes_every_layer_and_no_submount_elsewhere(base: Path) -> None:

@@ -55,18 +55,6 @@ def mount_id(path: str) -> int | None:
     return int.from_bytes(buffer.raw[_STATX_MNT_ID_OFFSET:_STATX_MNT_ID_OFFSET + 8], "little")
 
 
-def is_mount_point(path: str) -> bool:
-    """Whether something is mounted on ``path`` (a missing path is not)."""
-    target = os.path.realpath(path)
-    try:
-        own, parent = mount_id(target), mount_id(os.path.dirname(target))
-    except FileNotFoundError:
-        return False
-    if own is None or parent is None:
-        return target in _mountinfo_points(target)
-    return own != parent or target == "/"
-
-
 def detach(path: str) -> None:
     """umount2(MNT_DETACH): the mount leaves the tree now, its filesystem goes once unused."""
     if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
