@@ -20,17 +20,18 @@ from harness import bench_node, remove_all_pods
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
+from tests.support.pods import kubelet_container_linux, kubelet_pod_linux
 
 
 def start_pod(d: Daemon, image: str, name: str) -> float:
     rt = d.client.runtime
     pod = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=name, namespace="burst", uid=f"burst-{name}"),
-        hostname=name, log_directory=str(d.dirs.log_dir / name),
+        hostname=name, log_directory=str(d.dirs.log_dir / name), linux=kubelet_pod_linux(),
     )
     ctr = api.ContainerConfig(
         metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
-        command=["/bin/sleep", "3600"], log_path="sleep.log",
+        command=["/bin/sleep", "3600"], log_path="sleep.log", linux=kubelet_container_linux(),
     )
     t0 = time.perf_counter()
     pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=120).pod_sandbox_id

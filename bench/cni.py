@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import bench_node  # noqa: E402
+from tests.support.pods import kubelet_pod_linux  # noqa: E402
 
 from crio_fast.api import api_pb2 as api  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
@@ -56,7 +57,7 @@ def run_scenario(d: Daemon, pods: int, host_network: bool = False, host_port: bo
     for n in range(pods):
         config = api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name=f"bench{n}", namespace="bench", uid=f"bench-{n}-{time.time_ns()}"),
-            log_directory=str(d.dirs.log_dir / f"bench{n}"),
+            log_directory=str(d.dirs.log_dir / f"bench{n}"), linux=kubelet_pod_linux(),
         )
         if host_network:
             config.linux.security_context.namespace_options.network = api.NamespaceMode.NODE

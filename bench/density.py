@@ -27,6 +27,7 @@ from harness import bench_node
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
+from tests.support.pods import kubelet_container_linux, kubelet_pod_linux
 
 
 def pss_kib(pid: int) -> int:
@@ -59,12 +60,12 @@ def timed(fn, repeat: int = 5) -> float:
 def start_pod(rt, image: str, name: str, log_dir: Path) -> str:
     pod = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=name, namespace="density", uid=f"uid-{name}"),
-        hostname=name, log_directory=str(log_dir / name),
+        hostname=name, log_directory=str(log_dir / name), linux=kubelet_pod_linux(),
     )
     pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod), timeout=30).pod_sandbox_id
     ctr = api.ContainerConfig(
         metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
-        command=["/bin/sleep", "3600"], log_path="sleep.log",
+        command=["/bin/sleep", "3600"], log_path="sleep.log", linux=kubelet_container_linux(),
     )
     cid = rt.CreateContainer(
         api.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr, sandbox_config=pod), timeout=30

@@ -34,6 +34,7 @@ from harness import bench_node
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
+from tests.support.pods import kubelet_container_linux, kubelet_pod_linux
 
 KNOWN_RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}  # Debian's packages
 PHASES = ("RunPodSandbox", "CreateContainer", "StartContainer", "create+start", "start-up", "StopPodSandbox",
@@ -51,11 +52,11 @@ def one_pod(d: Daemon, image: str, handler: str, n: int, timings: dict[str, list
     pod = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=f"bench{n}", namespace="bench", uid=f"bench-{handler}-{n}"),
         hostname=f"bench{n}",
-        log_directory=str(d.dirs.log_dir / f"bench{n}"),
+        log_directory=str(d.dirs.log_dir / f"bench{n}"), linux=kubelet_pod_linux(),
     )
     ctr = api.ContainerConfig(
         metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
-        command=["/bin/sleep", "3600"], log_path="sleep.log",
+        command=["/bin/sleep", "3600"], log_path="sleep.log", linux=kubelet_container_linux(),
     )
     t0 = time.perf_counter()
     pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod, runtime_handler=handler), timeout=30).pod_sandbox_id

@@ -18,7 +18,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
-from tests.support.pods import daemon_with_busybox, log_records, remove_all_pods, status, wait_exited
+from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def run_pod(d: Daemon, handler: str) -> tuple[str, api.PodSandboxConfig]:
     n = next(_numbers)
     config = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=f"opod{n}", namespace="oci", uid=f"ouid-{n}", attempt=0),
-        hostname=f"opod{n}", log_directory=str(d.dirs.log_dir / f"opod{n}"),
+        hostname=f"opod{n}", log_directory=str(d.dirs.log_dir / f"opod{n}"), linux=kubelet_pod_linux(),
     )
     request = api.RunPodSandboxRequest(config=config, runtime_handler=handler)
     return d.client.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id, config

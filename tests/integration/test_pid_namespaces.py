@@ -155,13 +155,25 @@ def test_container_mode_keeps_a_namespace_per_container(cri):
     assert sh(cri, ctr, "cat /proc/1/cmdline | tr '\\0' ' '").strip() == "/bin/sleep 1000"
 
 
-def test_pod_without_namespace_options_gets_no_shared_namespace(cri):
-    # POD is proto3's zero value: an absent NamespaceOption asks for nothing (the kubelet always sets it).
+def test_configs_without_namespace_options_share_the_pods_namespace(cri):
+    # POD is proto3's zero value: a pod and a container that say nothing (crictl's and critest's
+    # configs; the kubelet always says) get the pod's pid namespace, as with containerd and CRI-O.
+    # So the container's command is not pid 1, and SIGTERM stops it (pid 1 would ignore it).
     pod_id, pod = run_pod(cri, None)
-    assert pod_status_pid_mode(cri, pod_id) == api.NamespaceMode.CONTAINER
-    assert not (cri.dirs.runroot / "pods" / pod_id / "ns" / "pid").exists()
-    ctr = run(cri, pod_id, pod, ["/bin/sleep", "1000"], api.NamespaceMode.POD)
-    assert sh(cri, ctr, "cat /proc/1/cmdline | tr '\\0' ' '").strip() == "/bin/sleep 1000"
+    assert not pod.linux.security_context.HasField("namespace_options")
+    assert pod_status_pid_mode(cri, pod_id) == api.NamespaceMode.POD
+    assert (cri.dirs.runroot / "pods" / pod_id / "ns" / "pid").exists()
+    config = api.ContainerConfig(metadata=api.ContainerMetadata(name="plain"), image=api.ImageSpec(image=cri.image),
+                                 command=["/bin/sleep", "1000"], log_path="plain.log")
+    ctr = cri.client.runtime.CreateContainer(
+        api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=30).container_id
+    cri.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    assert sh(cri, ctr, "cat /proc/1/cmdline").encode() == POD_INIT_CMDLINE
+    started = time.monotonic()
+    cri.client.runtime.StopContainer(api.StopContainerRequest(container_id=ctr, timeout=30), timeout=60)
+    assert time.monotonic() - started < 10  # SIGTERM, not the 30 s timeout and SIGKILL
+    st = cri.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr), timeout=30).status
+    assert (st.state, st.exit_code) == (api.ContainerState.CONTAINER_EXITED, 128 + 15)
 
 
 def test_target_mode_joins_the_target_containers_namespace(cri, handler):

@@ -17,7 +17,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
-from tests.support.pods import daemon_with_busybox, log_records, remove_all_pods, status, wait_exited
+from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,7 @@ def pod_config(d: Daemon, **kw) -> api.PodSandboxConfig:
         hostname=kw.pop("hostname", f"pod{n}"),
         log_directory=str(d.dirs.log_dir / f"pod{n}"),
         labels=kw.pop("labels", {}),
+        linux=kubelet_pod_linux(),
     )
     network = kw.pop("host_network", False)
     if network:

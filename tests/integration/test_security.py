@@ -16,7 +16,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
-from tests.support.pods import create, daemon_with_busybox, run_pod as run_plain_pod, start
+from tests.support.pods import create, daemon_with_busybox, kubelet_pod_linux, run_pod as run_plain_pod, start
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def pod(env, handler):
         n = next(_counter)
         config = api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name=f"sec{n}", namespace="test", uid=f"sec-{n}"),
-            hostname=f"sec{n}", log_directory=str(env.dirs.log_dir / f"sec{n}"),
+            hostname=f"sec{n}", log_directory=str(env.dirs.log_dir / f"sec{n}"), linux=kubelet_pod_linux(),
         )
         config.linux.sysctls.update(sysctls or {})
         if seccomp is not None:

@@ -16,7 +16,9 @@ import pytest
 
 from crio_fast.api import api_pb2 as api
 from tests.support.oci_runtimes import configure_oci_runtimes, handler_problem
-from tests.support.pods import daemon_with_busybox, run_container, run_pod, start, status, wait_exited, wait_for
+from tests.support.pods import (
+    daemon_with_busybox, kubelet_pod_linux, run_container, run_pod, start, status, wait_exited, wait_for,
+)
 from tests.support.streamclient import (
     PortForwardClient,
     UpgradeRefused,
@@ -320,7 +322,7 @@ def test_exec_and_attach_on_oci_handlers(oci_cri, handler):
     d = oci_cri
     config = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=f"oci-{handler}", namespace="streaming", uid=f"oci-{handler}"),
-        log_directory=str(d.dirs.log_dir / f"oci-{handler}"))
+        log_directory=str(d.dirs.log_dir / f"oci-{handler}"), linux=kubelet_pod_linux())
     pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config, runtime_handler=handler),
                                             timeout=60).pod_sandbox_id
     sleeper = create_with(d, pod_id, config, ["/bin/sleep", "3600"])

@@ -52,6 +52,20 @@ def daemon_with_busybox(registry, busybox_image, conf_dir: Path, *extra_args: st
             remove_dirs(dirs)
 
 
+def kubelet_pod_linux() -> api.LinuxPodSandboxConfig:
+    """What the kubelet sends for a pod without shareProcessNamespace: a pid namespace per container.
+    Left out, the mode is POD (proto3's zero value): one pid namespace for the whole pod, as with
+    containerd and CRI-O."""
+    return api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(
+        namespace_options=api.NamespaceOption(pid=api.NamespaceMode.CONTAINER)))
+
+
+def kubelet_container_linux() -> api.LinuxContainerConfig:
+    """The container-level side of kubelet_pod_linux."""
+    return api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+        namespace_options=api.NamespaceOption(pid=api.NamespaceMode.CONTAINER)))
+
+
 def remove_all_pods(d: Daemon) -> None:
     for pod in d.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items:
         d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
@@ -63,6 +77,7 @@ def run_pod(d: Daemon, labels: dict[str, str] | None = None) -> tuple[str, api.P
     config = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=f"spod{n}", namespace="stats", uid=f"suid-{n}", attempt=0),
         hostname=f"spod{n}", log_directory=str(d.dirs.log_dir / f"spod{n}"), labels=labels or {},
+        linux=kubelet_pod_linux(),
     )
     pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30).pod_sandbox_id
     return pod_id, config

@@ -189,10 +189,9 @@ class SandboxManager:
             # A pod on the node's network keeps the node's hostname, as the kubelet expects.
             "uts": "host" if host_net else "new",
             # POD (shareProcessNamespace): one pid namespace for the pod, whose pid 1 is the monitor's pod init.
-            # POD is also proto3's zero value: a config without namespace_options asked for nothing, and its
-            # containers keep a pid namespace each (the kubelet always sets the pid mode).
-            "pid": "new" if ns_opts.pid == pb.NamespaceMode.POD
-            and config.linux.security_context.HasField("namespace_options") else "host",
+            # POD is also proto3's zero value, so a config without namespace_options (crictl's, critest's) gets
+            # one too, as with containerd and CRI-O; the kubelet always says CONTAINER unless it wants POD.
+            "pid": "new" if ns_opts.pid == pb.NamespaceMode.POD else "host",
         }
         spec = PodMonitorSpec(
             pod_id=record.id,
