@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
+
+from crio_fast.cgroups.layout import parse_mountinfo
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _statx = getattr(_libc, "statx", None)
@@ -119,14 +120,6 @@ def detach_all_under(root: str) -> list[str]:
 def _mountinfo_points(root: str) -> list[str]:
     """The slow way, for kernels before STATX_MNT_ID: mount points at or under ``root`` from
     /proc/self/mountinfo."""
-    points = []
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = _unescape_mountinfo(line.split()[4])
-            if point == root or point.startswith(root + "/"):
-                points.append(point)
-    return points
-
-
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+        entries = parse_mountinfo(f.read())
+    return [e.mount_point for e in entries if e.mount_point == root or e.mount_point.startswith(root + "/")]
