@@ -21,6 +21,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -967,23 +968,133 @@ def test_kill_all_signals_the_whole_cgroup(harness: Harness, cgroup_dir) -> None
         time.sleep(0.01)
 
 
-def test_many_overlay_layers(harness: Harness, tmp_path: Path) -> None:
-    monitor = harness.spawn()
+def probe_fs_param(*args: str) -> tuple[int, str]:
+    """``crio-fast-monitor --probe-fs-param ARGS``: (exit status, its line)."""
+    result = subprocess.run([str(monitor_path()), "--probe-fs-param", *args], capture_output=True, text=True,
+                            timeout=10, check=False)
+    return result.returncode, result.stdout.strip()
+
+
+def lowerdir_plus_usable() -> bool:
+    """What the pod monitor's probe finds on this kernel (the same function answers both)."""
+    return probe_fs_param("overlay", "lowerdir+", "/")[0] == 0
+
+
+def kernel_version() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", platform.release())
+    assert match, platform.release()
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_fs_param_probe_is_not_fooled_by_a_context_that_takes_any_key() -> None:
+    # ramfs takes (and ignores) every key, as overlayfs's legacy context does before Linux 6.5:
+    # fsconfig's "yes" means nothing there, and the probe must say so instead of "taken".
+    rc, line = probe_fs_param("ramfs", "lowerdir+", "/")
+    assert (rc, line.split(":")[0]) == (1, "no-parser"), line
+    assert "cannot tell whether it knows lowerdir+" in line
+    # A real parser: an unknown key is refused, a known one taken.
+    rc, line = probe_fs_param("tmpfs", "lowerdir+", "/")
+    assert (rc, line) == (1, "refused: tmpfs refuses lowerdir+=/: Invalid argument")
+    assert probe_fs_param("tmpfs", "size", "1m") == (0, "taken: tmpfs takes size")
+    assert probe_fs_param("tmpfs", "size", "not-a-size")[1].startswith("refused: "), "a bad value is refused too"
+    rc, line = probe_fs_param("crio-fast-no-such-fs", "x")
+    assert (rc, line) == (1, "no-fsopen: fsopen crio-fast-no-such-fs: No such device")
+    if lowerdir_plus_usable():
+        # An error other than EINVAL is no answer at all: the probe failed.
+        assert probe_fs_param("overlay", "lowerdir+", "/nonexistent-crio-fast") == (
+            2, "error: fsconfig overlay lowerdir+=/nonexistent-crio-fast: No such file or directory")
+
+
+def test_overlay_probe_answers_by_the_kernel_version() -> None:
+    """Mainline kernels: no overlay parser before 6.5 (the legacy context takes lowerdir+ and only the
+    mount refuses it), a parser without lowerdir+ in 6.5-6.7, lowerdir+ from 6.8. A distribution
+    kernel with overlayfs backported may answer as a newer one; the probe, not the version, decides."""
+    version = kernel_version()
+    expected = "taken" if version >= (6, 8) else "refused" if version >= (6, 5) else "no-parser"
+    rc, line = probe_fs_param("overlay", "lowerdir+", "/")
+    assert line.split(":")[0] == expected, (platform.release(), line)
+    assert rc == (0 if expected == "taken" else 1)
+    # The legacy context's blind spot: it takes the key, so fsconfig alone would have said yes.
+    if expected == "no-parser":
+        assert "takes even the unknown parameter" in line
+
+
+def overlay_mount_source(pid: int) -> str:
+    """The source field of the container's root mount: "none" when fsconfig made it (no source is
+    set), "overlay" when mount(2) did."""
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            separator = fields.index("-")
+            assert fields[separator + 1] == "overlay", line
+            return fields[separator + 2]
+    raise AssertionError(f"no root mount in /proc/{pid}/mountinfo")
+
+
+def many_layers_plan(harness: Harness, tmp_path: Path, name: str):
     layers = []
     for index in range(40):
         layer = tmp_path / f"layer-with-a-deliberately-long-directory-name-to-pass-one-page-{index:03d}"
-        layer.mkdir()
+        layer.mkdir(exist_ok=True)
         (layer / f"file{index}").write_text(str(index))
         layers.append(str(layer))
     assert sum(len(p) + 1 for p in layers) > 4096, "more than mount(2) could take in one page"
-    directory = harness.container_dir("c")
+    directory = harness.container_dir(name)
     for sub in ("upper", "work", "rootfs"):
         (directory / sub).mkdir()
     overlay = Overlay(lower=[*reversed(layers), str(harness.rootfs)], upper=str(directory / "upper"),
                       work=str(directory / "work"), target=str(directory / "rootfs"))
-    plan = harness.plan("c", ["/bin/sh", "-c", "cat /file0 /file39; ls / | grep -c '^file'"], overlay=overlay)
+    return harness.plan(name, ["/bin/sh", "-c", "cat /file0 /file39; ls / | grep -c '^file'"], overlay=overlay)
+
+
+def test_many_overlay_layers(harness: Harness, tmp_path: Path) -> None:
+    monitor = harness.spawn()
+    plan = many_layers_plan(harness, tmp_path, "c")
+    if not lowerdir_plus_usable():
+        # mount(2) it is, and the options do not fit: a clear error, not a failed mount of lowerdir+.
+        with pytest.raises(MonitorError) as failure:
+            monitor.create("c", plan, harness.log_path("c"))
+        assert "over the one-page limit of mount(2)" in failure.value.message
+        assert "lowerdir+" in failure.value.message and "overlayfs" in failure.value.message
+        return
     assert harness.run(monitor, "c", plan).exit_code == 0
     assert harness.output("c") == "0" + "39" + "40\n"
+
+
+def test_overlay_is_mounted_the_way_the_probe_says(harness: Harness) -> None:
+    monitor = harness.spawn()
+    pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sleep", "1000"]))
+    assert overlay_mount_source(pid) == ("none" if lowerdir_plus_usable() else "overlay")
+    monitor.kill("c", signal.SIGKILL)
+    assert harness.wait_exit("c").exit_code == 137
+
+
+def test_the_legacy_overlay_mount(harness: Harness, tmp_path: Path) -> None:
+    """--overlay-mount legacy: the mount(2) path of kernels without lowerdir+, on any kernel."""
+    monitor = harness.spawn(overlay_mount="legacy")
+    pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sh", "-c", "echo layered > /new; cat /new; sleep 1000"]))
+    assert overlay_mount_source(pid) == "overlay"
+    assert re.search(r"^\S+ \S+ \S+ / / \S+ .*- overlay overlay \S*lowerdir=",
+                     Path(f"/proc/{pid}/mountinfo").read_text(), re.M), "mount(2) with its lowerdir= string"
+    deadline = time.monotonic() + 5
+    while harness.output("c") != "layered\n":
+        assert time.monotonic() < deadline, f"no output: {harness.output('c')!r}"
+        time.sleep(0.01)
+    assert (harness.container_dir("c") / "upper" / "new").read_text() == "layered\n", "written to the upper dir"
+    monitor.kill("c", signal.SIGKILL)
+    assert harness.wait_exit("c").exit_code == 137
+    # Options over a page cannot go that way, and the error says why lowerdir+ was not used.
+    with pytest.raises(MonitorError) as failure:
+        monitor.create("many", many_layers_plan(harness, tmp_path, "many"), harness.log_path("many"))
+    assert "over the one-page limit of mount(2)" in failure.value.message
+    assert "the pod monitor was started with --overlay-mount legacy" in failure.value.message
+    assert [s.id for s in monitor.list_containers()] == ["c"], "the failed create left nothing"
+    # No way to force the fsconfig path: on a kernel without lowerdir+ it is the bug this replaced.
+    with pytest.raises(ValueError, match="overlay_mount"):
+        PodMonitorSpec("p", "/p", "/e", overlay_mount="fsconfig").argv("/m", 3)
+    refused = subprocess.run([str(monitor_path()), "pod", "--overlay-mount", "fsconfig"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    assert refused.returncode == 2 and "--overlay-mount fsconfig: expected auto or legacy" in refused.stderr
 
 
 # ----------------------------------------------- daemon restart, shutdown

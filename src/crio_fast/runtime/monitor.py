@@ -106,6 +106,9 @@ class PodMonitorSpec:
     cgroup_procs: list[str] = field(default_factory=list)
     shm_size: int = 64 * 1024 * 1024  # 0: no shm mount
     stderr_path: str | None = None  # a file for the monitor's own diagnostics
+    # "legacy": mount overlays with mount(2) and one page of options even where the kernel has
+    # fsconfig lowerdir+ (tests; a kernel whose lowerdir+ misbehaves). "auto": the monitor probes.
+    overlay_mount: str = "auto"
 
     def argv(self, monitor_path: str, ready_fd: int, cgroup_gate_fd: int | None = None) -> list[str]:
         args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
@@ -125,6 +128,10 @@ class PodMonitorSpec:
         for path in self.cgroup_procs:
             args += ["--cgroup-procs", path]
         args += ["--shm-size", str(self.shm_size)]
+        if self.overlay_mount not in ("auto", "legacy"):
+            raise ValueError(f"overlay_mount: {self.overlay_mount!r} is neither 'auto' nor 'legacy'")
+        if self.overlay_mount != "auto":
+            args += ["--overlay-mount", self.overlay_mount]
         return args
 
 

@@ -10,6 +10,7 @@
  *   exec    a short-lived helper running one command in a container (exec.c)
  *   runtime runs an OCI runtime command, optionally without the cgroup2 mount (oci.c)
  *   --check the kernel features the monitor needs are usable (selfcheck.c)
+ *   --probe-fs-param whether a filesystem takes a mount parameter (fsprobe.c)
  * Each concern lives in its own file next to this one; docs/monitor.md
  * describes the protocol and the plan format.
  */
@@ -26,6 +27,7 @@ static void usage(FILE *out)
             "       crio-fast-monitor runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...\n"
             "       crio-fast-monitor --version\n"
             "       crio-fast-monitor --check\n"
+            "       crio-fast-monitor --probe-fs-param FSTYPE KEY [VALUE]\n"
             "The monitor is started by the crio-fast daemon, not by hand.\n");
 }
 
@@ -46,6 +48,8 @@ int main(int argc, char **argv)
         /* The daemon runs this at start to prove the binary executes here. */
         return monitor_self_check();
     }
+    if (argc >= 2 && strcmp(argv[1], "--probe-fs-param") == 0)
+        return probe_fs_param_main(argc, argv);
     usage(stderr);
     return 2;
 }

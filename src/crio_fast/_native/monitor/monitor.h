@@ -458,6 +458,28 @@ int finish_rootfs(const struct launch_plan *plan, size_t first_mount, struct err
 size_t first_cgroup_mount(const struct launch_plan *plan);
 int make_root_readonly(struct error *err);
 
+/* Filesystem parameters (fsprobe.c): whether a mount context takes one, asked
+ * without mounting anything. */
+enum fs_param_answer {
+    FS_PARAM_TAKEN,     /* the filesystem's own parser took it */
+    FS_PARAM_REFUSED,   /* its parser refused it (EINVAL): an unknown key or a bad value */
+    FS_PARAM_NO_PARSER, /* the context takes any key (a legacy context): fsconfig tells nothing */
+    FS_PARAM_NO_FSOPEN, /* fsopen refused: no new mount API, not allowed, or no such filesystem */
+};
+/* Whether `fstype` takes `key` (a string `value`, or a flag when NULL). 0 with
+ * `*answer`, and `err` saying why for every answer but TAKEN; -1 with `err`
+ * set when the probe itself failed (EMFILE, ENOMEM, ...). */
+int fs_param_probe(const char *fstype, const char *key, const char *value, enum fs_param_answer *answer,
+                   struct error *err);
+const char *fs_param_answer_name(enum fs_param_answer answer);
+
+/* How overlays are mounted (rootfs.c): fsconfig with one "lowerdir+" per
+ * layer (Linux 6.8), or mount(2) with all options in one page. Decided once
+ * per process, inherited by every child cloned afterwards; `legacy` forces
+ * mount(2) without a probe. -1 with `err` set when the probe failed: still
+ * undecided, and a child that mounts an overlay then probes for itself. */
+int overlay_mount_decide(bool legacy, struct error *err);
+
 /* Pseudo terminals (terminal.c): a new pty on /dev/ptmx of the current mount
  * namespace (enter the container's first), both ends O_CLOEXEC. */
 int open_pseudo_terminal(int *master_out, int *peer_out, struct error *err);
@@ -497,6 +519,8 @@ int read_oom_kill_counter(const char *path, uint64_t *out, struct error *err);
 /* ---------------------------------------------------------------- modes */
 
 int monitor_self_check(void);
+/* `--probe-fs-param FSTYPE KEY [VALUE]` (fsprobe.c): prints fs_param_probe's answer. */
+int probe_fs_param_main(int argc, char **argv);
 int pod_main(int argc, char **argv);
 int exec_main(int argc, char **argv);
 /* `runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...`: exec an OCI runtime command (oci.c). */

@@ -24,7 +24,9 @@
  *   8. with --pid new (after the fork, in the monitor, which reports back to
  *      the spawned process over a pipe): clones the pod's pid-namespace init
  *      (pid 1 of a new pid namespace, a tiny forked child that only reaps)
- *      and bind-mounts its /proc/<pid>/ns/pid onto <pod-dir>/ns/pid.
+ *      and bind-mounts its /proc/<pid>/ns/pid onto <pod-dir>/ns/pid,
+ *   9. (the monitor) decides how its containers' overlays are mounted
+ *      (overlay_mount_decide: fsconfig lowerdir+ where the kernel has it).
  * On any failure it undoes every step and writes "error <errno> <message>\n"
  * instead; no monitor process is left.
  */
@@ -66,6 +68,7 @@ struct pod_options {
     int cgroup_gate_fd; /* -1: the cgroups exist already */
     int new_namespaces; /* CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS subset */
     bool new_pid_namespace;
+    bool overlay_legacy; /* --overlay-mount legacy: mount(2) even where lowerdir+ works */
 };
 
 /* The name the pod's pid-namespace init shows in /proc/<pid>/cmdline (and,
@@ -110,7 +113,7 @@ static void pod_usage(FILE *out)
     fprintf(out, "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD\n"
                  "           [--net new|host] [--ipc new|host] [--uts new|host] [--pid new|host]\n"
                  "           [--hostname NAME] [--cgroup-procs PATH]... [--cgroup-gate-fd FD]\n"
-                 "           [--shm-size BYTES]\n");
+                 "           [--shm-size BYTES] [--overlay-mount auto|legacy]\n");
 }
 
 static int parse_options(int argc, char **argv, struct pod_options *options, struct error *err)
@@ -148,6 +151,10 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
             if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
                 return error_plain(err, EINVAL, "--cgroup-gate-fd %s is not a descriptor >= 3", value);
             options->cgroup_gate_fd = (int)number;
+        } else if (strcmp(name, "--overlay-mount") == 0) {
+            if (strcmp(value, "auto") != 0 && strcmp(value, "legacy") != 0)
+                return error_plain(err, EINVAL, "--overlay-mount %s: expected auto or legacy", value);
+            options->overlay_legacy = strcmp(value, "legacy") == 0;
         } else if (strcmp(name, "--pid") == 0) {
             if (strcmp(value, "new") != 0 && strcmp(value, "host") != 0)
                 return error_plain(err, EINVAL, "--pid %s: expected new or host", value);
@@ -725,6 +732,13 @@ int pod_main(int argc, char **argv)
             return 1;
         }
     }
+    /* How overlays are mounted, decided once for every container this
+     * monitor clones (they inherit it). Here, with the set-up reported: the
+     * daemon takes the ready line and decides a container's plan before a
+     * CREATE can come, so the probe runs meanwhile. */
+    struct error probe_err = {0};
+    if (overlay_mount_decide(options.overlay_legacy, &probe_err) < 0)
+        fprintf(stderr, "%s; each container probes for itself\n", probe_err.message);
     int rc = server_run(&monitor);
     monitor.stopping = true;
     containers_kill_all(&monitor, SHUTDOWN_KILL_TIMEOUT_MS);

@@ -27,6 +27,8 @@
 #include "monitor.h"
 
 #define OVERLAY_LEGACY_DATA_MAX 4095 /* mount(2) data is one page */
+/* fsconfig copies a key or string value of at most 255 bytes (strndup_user(..., 256)). */
+#define FSCONFIG_STRING_MAX 255
 
 static int open_in_root(int root_fd, const char *path, int flags)
 {
@@ -388,7 +390,8 @@ static void append_fs_context_messages(int fs_fd, struct error *err)
     }
 }
 
-static int mount_overlay_legacy(const struct launch_plan *plan, struct error *err)
+/* `why`: why lowerdir+ is not used, for the one-page error. */
+static int mount_overlay_legacy(const struct launch_plan *plan, const char *why, struct error *err)
 {
     struct buffer data = {0};
     int rc = -1;
@@ -419,9 +422,9 @@ static int mount_overlay_legacy(const struct launch_plan *plan, struct error *er
     }
     if (data.length - 1 > OVERLAY_LEGACY_DATA_MAX) {
         error_plain(err, E2BIG,
-                    "mount overlay on %s: options are %zu bytes, over the one-page limit of mount(2), and this "
-                    "kernel lacks fsconfig lowerdir+",
-                    plan->rootfs, data.length - 1);
+                    "mount overlay on %s: options are %zu bytes, over the one-page limit of mount(2), and "
+                    "fsconfig lowerdir+ is not used: %s",
+                    plan->rootfs, data.length - 1, why);
         goto out;
     }
     if (mount("overlay", plan->rootfs, "overlay", 0, data.data) < 0)
@@ -445,42 +448,107 @@ static int overlay_config(int fs_fd, const char *key, const char *value, struct 
     return 0;
 }
 
+/* How this process, and every child cloned from it later, mounts overlays
+ * (overlay_mount_decide). The pod monitor decides before it clones any
+ * container: a child's own probe would not reach the monitor, and the next
+ * child would pay for it again. */
+static enum {
+    OVERLAY_UNDECIDED,
+    OVERLAY_FSCONFIG, /* fsopen + one fsconfig "lowerdir+" per layer: no limit on the layers */
+    OVERLAY_LEGACY,   /* mount(2), every option in one string of at most a page */
+} overlay_mount = OVERLAY_UNDECIDED;
+static bool overlay_forced_legacy;
+static enum fs_param_answer overlay_answer;
+static int overlay_answer_errno;
+
+int overlay_mount_decide(bool legacy, struct error *err)
+{
+    if (legacy) {
+        overlay_forced_legacy = true;
+        overlay_mount = OVERLAY_LEGACY;
+        return 0;
+    }
+    /* The value must name a directory (6.8 resolves it at once); the context
+     * is thrown away, and "/" is there in every mount namespace. */
+    enum fs_param_answer answer;
+    if (fs_param_probe("overlay", "lowerdir+", "/", &answer, err) < 0)
+        return error_context(err, "probe overlayfs for lowerdir+");
+    overlay_answer = answer;
+    overlay_answer_errno = err->code;
+    overlay_mount = answer == FS_PARAM_TAKEN ? OVERLAY_FSCONFIG : OVERLAY_LEGACY;
+    return 0;
+}
+
+/* Why the decision went to mount(2), for its one-page error (fixed strings:
+ * the full probe message is not kept, the monitor keeps no page for it). */
+static const char *overlay_legacy_reason(char *buffer, size_t size)
+{
+    if (overlay_forced_legacy)
+        return "the pod monitor was started with --overlay-mount legacy";
+    switch (overlay_answer) {
+    case FS_PARAM_NO_PARSER:
+        return "this kernel's overlayfs has no parameter parser (Linux 6.5) and no lowerdir+ (Linux 6.8)";
+    case FS_PARAM_REFUSED:
+        return "this kernel's overlayfs refuses lowerdir+ (Linux 6.8)";
+    case FS_PARAM_NO_FSOPEN:
+        snprintf(buffer, size, "fsopen overlay: %s", strerror(overlay_answer_errno));
+        return buffer;
+    case FS_PARAM_TAKEN:
+        break;
+    }
+    return "lowerdir+ is not usable here";
+}
+
+/* fsconfig takes no string longer than FSCONFIG_STRING_MAX: a path beyond
+ * that must go the mount(2) way (which may still fit in a page). */
+static const char *overlay_too_long_for_fsconfig(const struct launch_plan *plan)
+{
+    for (size_t i = 0; i < plan->overlay_lower_count; i++)
+        if (strlen(plan->overlay_lower[i]) > FSCONFIG_STRING_MAX)
+            return plan->overlay_lower[i];
+    if (plan->overlay_upper && strlen(plan->overlay_upper) > FSCONFIG_STRING_MAX)
+        return plan->overlay_upper;
+    if (plan->overlay_work && strlen(plan->overlay_work) > FSCONFIG_STRING_MAX)
+        return plan->overlay_work;
+    for (size_t i = 0; i < plan->overlay_option_count; i++)
+        if (strlen(plan->overlay_options[i]) > FSCONFIG_STRING_MAX)
+            return plan->overlay_options[i];
+    return NULL;
+}
+
 /* Overlay through fsopen/fsconfig: each lower dir is its own "lowerdir+"
- * parameter, so the one-page limit of mount(2) data does not apply. */
+ * parameter, so the one-page limit of mount(2) data does not apply. Only
+ * where the probe found lowerdir+ (overlay_mount_decide): before Linux 6.5
+ * fsconfig would take "lowerdir+" and only FSCONFIG_CMD_CREATE refuse it. */
 static int mount_overlay(const struct launch_plan *plan, struct error *err)
 {
+    if (overlay_mount == OVERLAY_UNDECIDED && overlay_mount_decide(false, err) < 0)
+        return error_context(err, "mount overlay on %s", plan->rootfs);
+    char reason[ERROR_MESSAGE_MAX / 2];
+    if (overlay_mount == OVERLAY_LEGACY)
+        return mount_overlay_legacy(plan, overlay_legacy_reason(reason, sizeof(reason)), err);
+    const char *too_long = overlay_too_long_for_fsconfig(plan);
+    if (too_long) {
+        snprintf(reason, sizeof(reason), "%.200s... is longer than the %d bytes fsconfig takes", too_long,
+                 FSCONFIG_STRING_MAX);
+        return mount_overlay_legacy(plan, reason, err);
+    }
     int fs_fd = sys_fsopen("overlay", FSOPEN_CLOEXEC);
-    if (fs_fd < 0) {
-        if (errno == ENOSYS)
-            return mount_overlay_legacy(plan, err);
+    if (fs_fd < 0)
         return error_errno(err, errno, "fsopen overlay");
-    }
     int rc = -1;
-    for (size_t i = 0; i < plan->overlay_lower_count; i++) {
-        if (sys_fsconfig(fs_fd, FSCONFIG_SET_STRING, "lowerdir+", plan->overlay_lower[i], 0) < 0) {
-            if (i == 0 && errno == EINVAL) {
-                /* Kernel before 6.8: no lowerdir+. */
-                close(fs_fd);
-                return mount_overlay_legacy(plan, err);
-            }
-            error_errno(err, errno, "overlay lower dir %s", plan->overlay_lower[i]);
-            append_fs_context_messages(fs_fd, err);
+    for (size_t i = 0; i < plan->overlay_lower_count; i++)
+        if (overlay_config(fs_fd, "lowerdir+", plan->overlay_lower[i], err) < 0)
             goto out;
-        }
-    }
     if (plan->overlay_upper && (overlay_config(fs_fd, "upperdir", plan->overlay_upper, err) < 0 ||
                                 overlay_config(fs_fd, "workdir", plan->overlay_work, err) < 0))
         goto out;
     for (size_t i = 0; i < plan->overlay_option_count; i++) {
-        char key[256];
+        char key[FSCONFIG_STRING_MAX + 1];
         const char *option = plan->overlay_options[i];
         const char *equals = strchr(option, '=');
         size_t key_length = equals ? (size_t)(equals - option) : strlen(option);
-        if (key_length >= sizeof(key)) {
-            error_plain(err, EINVAL, "overlay option %s: name too long", option);
-            goto out;
-        }
-        memcpy(key, option, key_length);
+        memcpy(key, option, key_length); /* overlay_too_long_for_fsconfig: it fits */
         key[key_length] = '\0';
         if (overlay_config(fs_fd, key, equals ? equals + 1 : NULL, err) < 0)
             goto out;
