@@ -146,6 +146,51 @@ def check_monitor(config: Config) -> Finding:
     )
 
 
+# mount(2) takes a page of options: lowerdir=L1:L2:...,upperdir=U,workdir=W.
+_MOUNT_DATA_MAX = 4095
+
+
+def overlay_layer_limit(root: str, runroot: str) -> int:
+    """About how many image layers fit in mount(2)'s one page of overlay options with these roots:
+    each layer is ``<root>/images/layers/<64 hex>/diff`` plus a ':', and the page also carries the
+    mount-targets layer (``<runroot>/mount-targets/<64 hex>``) and the container's upper and work
+    dirs (``<root>/containers/<64 hex>/upper``, ``.../work``)."""
+    per_layer = len(os.path.join(root, "images", "layers", "x" * 64, "diff")) + 1
+    fixed = (len("lowerdir=") + len(os.path.join(runroot, "mount-targets", "x" * 64)) + 1
+             + len(",upperdir=") + len(os.path.join(root, "containers", "x" * 64, "upper"))
+             + len(",workdir=") + len(os.path.join(root, "containers", "x" * 64, "work")))
+    return max(0, (_MOUNT_DATA_MAX - fixed) // per_layer)
+
+
+def check_overlay_lower_dirs(config: Config) -> Finding:
+    """Whether overlays can take any number of layers (fsconfig "lowerdir+", Linux 6.8), asked the way
+    the pod monitor asks: a throwaway overlay context must refuse an unknown key (before 6.5 overlayfs
+    takes any key and fails only at the mount) and take lowerdir+."""
+    path = config.runtime.monitor_path or str(_native.BIN_DIR / "crio-fast-monitor")
+    part = "overlay lower dirs"
+    try:
+        result = subprocess.run([path, "--probe-fs-param", "overlay", "lowerdir+", "/"], capture_output=True,
+                                text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding(Status.WARN, part, f"cannot ask {path}: {exc}", "see the pod monitor's finding")
+    output = " ".join((result.stdout + result.stderr).split())
+    answer = output.split(":", 1)[0]
+    if result.returncode == 0:
+        return Finding(Status.OK, part, "fsconfig lowerdir+, one layer at a time: images with any number of layers")
+    limit = overlay_layer_limit(config.crio.root, config.crio.runroot)
+    consequence = (f"the layers go to mount(2) in one page of options, so an image of more than about {limit} "
+                   "layers cannot run here")
+    if answer in ("refused", "no-parser"):
+        return Finding(Status.WARN, part,
+                       f"the kernel is too old for overlay lowerdir+ (Linux 6.8): {consequence} (probe: {answer})",
+                       "Linux 6.8 or newer lifts the limit; a shorter --root makes room for a few more")
+    if answer == "no-fsopen":
+        return Finding(Status.WARN, part, f"fsopen cannot be used ({output}): {consequence}",
+                       "fsopen needs root (CAP_SYS_ADMIN), no seccomp filter refusing it, and overlayfs loaded")
+    return Finding(Status.WARN, part, f"cannot tell whether overlayfs takes lowerdir+: {output}",
+                   "the pod monitor probes again when it starts")
+
+
 def check_cni_plugins(plugin_dirs: Iterable[str]) -> Iterator[Finding]:
     dirs = list(plugin_dirs)
     searched = ", ".join(dirs) or "(no plugin_dirs configured)"
@@ -261,6 +306,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_namespaces()
     findings += check_cgroups()
     findings.append(check_monitor(config))
+    findings.append(check_overlay_lower_dirs(config))
     findings += check_cni_plugins(config.network.plugin_dirs)
     findings += check_runtimes(config)
     findings.append(check_socket_dir(config.api.listen))

@@ -3,14 +3,18 @@ configurations that point at missing parts read MISSING with a hint (exit 1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from crio_fast.check import Status, check_namespaces, check_overlayfs
+from crio_fast import _native
+from crio_fast.check import Status, check_namespaces, check_overlay_lower_dirs, check_overlayfs, overlay_layer_limit
+from crio_fast.config.schema import Config
 from tests.support.daemon import run_cli
 
 pytestmark = pytest.mark.integration
@@ -39,6 +43,13 @@ def test_check_passes_on_this_node(daemon_dirs) -> None:
         assert found[part][0] == "OK", (part, result.stdout)
     assert re.match(r"(v1|v2|hybrid) layout", found["cgroups"][1]), found["cgroups"]
     assert found["pod monitor"][1].endswith("--check: ok")
+    # What the pod monitor's own probe finds decides the line.
+    probe = subprocess.run([str(_native.monitor_path()), "--probe-fs-param", "overlay", "lowerdir+", "/"],
+                           capture_output=True, text=True, timeout=10, check=False)
+    if probe.returncode == 0:
+        assert found["overlay lower dirs"][0] == "OK", result.stdout
+    else:
+        assert found["overlay lower dirs"][0] == "WARN" and "Linux 6.8" in found["overlay lower dirs"][1]
     assert str(daemon_dirs.runroot) in found["socket directory"][1]
     assert "All required parts are there" in result.stdout
 
@@ -93,3 +104,35 @@ def test_missing_kernel_features_are_named_with_a_hint(tmp_path: Path) -> None:
 
     (proc / "filesystems").write_text("nodev\tsysfs\nnodev\toverlay\n")
     assert check_overlayfs(str(proc)).status is Status.OK
+
+
+def fake_monitor(tmp_path: Path, line: str, status: int) -> Config:
+    script = tmp_path / "fake-monitor"
+    script.write_text(f"#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"--probe-fs-param overlay lowerdir+ /\" ] || exit 99\n"
+                      f"echo '{line}'\nexit {status}\n")
+    script.chmod(0o755)
+    config = Config()
+    return dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, monitor_path=str(script)))
+
+
+def test_overlay_lower_dirs_finding_says_when_the_kernel_is_too_old(tmp_path: Path) -> None:
+    # What the monitor's probe prints on 6.1 (no overlay parser), on 6.5-6.7 and on 6.8+.
+    config = fake_monitor(tmp_path, "no-parser: overlay takes even the unknown parameter crio-fast-no-such-parameter",
+                          1)
+    finding = check_overlay_lower_dirs(config)
+    limit = overlay_layer_limit(config.crio.root, config.crio.runroot)
+    assert 30 <= limit <= 40, "about 36 with the default root and runroot"
+    assert finding.status is Status.WARN
+    assert finding.detail.startswith("the kernel is too old for overlay lowerdir+ (Linux 6.8)")
+    assert f"more than about {limit} layers cannot run here" in finding.detail
+    assert finding.detail.endswith("(probe: no-parser)") and "Linux 6.8" in finding.hint
+    finding = check_overlay_lower_dirs(fake_monitor(tmp_path, "refused: overlay refuses lowerdir+=/: EINVAL", 1))
+    assert finding.status is Status.WARN and "too old" in finding.detail
+    finding = check_overlay_lower_dirs(fake_monitor(tmp_path, "no-fsopen: fsopen overlay: Operation not permitted", 1))
+    assert finding.status is Status.WARN and finding.detail.startswith("fsopen cannot be used")
+    finding = check_overlay_lower_dirs(fake_monitor(tmp_path, "error: fsconfig overlay: Too many open files", 2))
+    assert finding.status is Status.WARN and finding.detail.startswith("cannot tell whether overlayfs takes lowerdir+")
+    finding = check_overlay_lower_dirs(fake_monitor(tmp_path, "taken: overlay takes lowerdir+", 0))
+    assert finding.status is Status.OK and "any number of layers" in finding.detail
+    # A longer root leaves room for fewer layers.
+    assert overlay_layer_limit("/" + "r" * 100, config.crio.runroot) < limit
