@@ -136,3 +136,15 @@ def test_overlay_lower_dirs_finding_says_when_the_kernel_is_too_old(tmp_path: Pa
     assert finding.status is Status.OK and "any number of layers" in finding.detail
     # A longer root leaves room for fewer layers.
     assert overlay_layer_limit("/" + "r" * 100, config.crio.runroot) < limit
+
+
+def test_the_daemons_self_check_names_what_the_monitor_misses(tmp_path: Path, monkeypatch) -> None:
+    """RuntimeReady's reason: the monitor prints its `missing:` lines on stdout, not stderr."""
+    from crio_fast.server import engine
+
+    script = tmp_path / "old-kernel-monitor"
+    script.write_text("#!/bin/sh\necho 'missing: mount_setattr (Linux 5.12): Function not implemented'\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(engine._native, "monitor_path", lambda: script)
+    assert engine.check_monitor() == (
+        False, "monitor self check failed (1): missing: mount_setattr (Linux 5.12): Function not implemented")

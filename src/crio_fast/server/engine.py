@@ -76,7 +76,9 @@ def check_monitor() -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"monitor cannot run: {exc}"
     if result.returncode != 0:
-        return False, f"monitor self check failed: {result.stderr.strip() or result.returncode}"
+        # The self check names what is missing on stdout, one line each.
+        said = " ".join((result.stdout + result.stderr).split())
+        return False, f"monitor self check failed ({result.returncode}): {said or 'no output'}"
     return True, ""
 
 
