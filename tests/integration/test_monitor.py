@@ -58,7 +58,7 @@ from crio_fast.runtime.monitor import (
 )
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
-from crio_fast.runtime.plan import TLVWriter
+from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, TLVWriter
 from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
 
 pytestmark = MONITOR_TEST_MARKS
@@ -341,6 +341,20 @@ def test_ready_rootfs_path_and_readonly_bind_mount(harness: Harness, tmp_path: P
     assert "Read-only file system" in harness.output("c", "stderr")
     assert not (volume / "new").exists()
     assert (ready / "mnt" / "vol").is_dir(), "the mount point was created inside the rootfs"
+
+
+def test_bind_mount_flags_reach_the_mount(harness: Harness, tmp_path: Path) -> None:
+    """Each MS_* flag of a BIND becomes its mount_setattr attribute; noatime is one of the atime modes,
+    which the kernel changes only with the whole atime field cleared (else EINVAL)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    monitor = harness.spawn()
+    flags = MS_NOATIME | MS_NODIRATIME | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    plan = harness.plan("c", ["/bin/sh", "-c", "grep ' /vol ' /proc/self/mountinfo"],
+                        extra_mounts=(MountOp.bind(str(volume), "/vol", readonly=True, flags=flags),))
+    assert harness.run(monitor, "c", plan).exit_code == 0
+    options = harness.output("c").split()[5].split(",")
+    assert {"ro", "nosuid", "nodev", "noexec", "noatime", "nodiratime"} <= set(options), options
 
 
 def test_symlink_destinations_stay_inside_the_rootfs(harness: Harness) -> None:

@@ -122,7 +122,7 @@ static int ensure_file(int root_fd, const char *rootfs, const char *path, struct
     return fd;
 }
 
-static uint64_t mount_attributes_from_flags(uint64_t flags)
+static struct mount_attr_v0 mount_attr_from_flags(uint64_t flags, uint32_t propagation)
 {
     uint64_t attributes = 0;
     if (flags & MS_RDONLY)
@@ -137,7 +137,12 @@ static uint64_t mount_attributes_from_flags(uint64_t flags)
         attributes |= MOUNT_ATTR_NOATIME;
     if (flags & MS_NODIRATIME)
         attributes |= MOUNT_ATTR_NODIRATIME;
-    return attributes;
+    struct mount_attr_v0 attr = {.attr_set = attributes, .propagation = propagation};
+    /* The atime modes are a field, not bits: the kernel sets one only when
+     * told to clear the whole field (EINVAL otherwise, on every kernel). */
+    if (attributes & MOUNT_ATTR__ATIME)
+        attr.attr_clr = MOUNT_ATTR__ATIME;
+    return attr;
 }
 
 /* Attach a clone of `source_fd` (or of host path `source`) onto `target_fd`
@@ -153,7 +158,7 @@ static int attach_clone(int source_dirfd, const char *source, int target_fd, uin
     if (tree < 0)
         return error_errno(err, errno, "%s %s on %s%s: open_tree", what, *source ? source : "(fd)", rootfs,
                            destination);
-    struct mount_attr_v0 attr = {.attr_set = mount_attributes_from_flags(flags), .propagation = propagation};
+    struct mount_attr_v0 attr = mount_attr_from_flags(flags, propagation);
     if ((attr.attr_set || attr.propagation) &&
         sys_mount_setattr(tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr) < 0) {
         int saved = errno;
@@ -336,8 +341,7 @@ static int do_readonly(int root_fd, const char *rootfs, const struct plan_mount 
     if (m->flags & MS_REMOUNT) {
         /* The plan says the path is a mount point: change it where it is (with MS_REC, the mounts
          * under it too, in one call) instead of stacking a read-only copy on it. */
-        struct mount_attr_v0 attr = {.attr_set = mount_attributes_from_flags(m->flags | MS_RDONLY),
-                                     .propagation = m->propagation};
+        struct mount_attr_v0 attr = mount_attr_from_flags(m->flags | MS_RDONLY, m->propagation);
         rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH | (m->flags & MS_REC ? AT_RECURSIVE : 0), &attr);
         if (rc < 0)
             error_errno(err, errno, "make %s%s read-only where it is mounted", rootfs, m->destination);
