@@ -16,7 +16,11 @@
 static int probe(const char *feature, int rc, int *failures)
 {
     if (rc < 0 && (errno == ENOSYS || errno == EPERM)) {
-        printf("missing: %s: %s\n", feature, strerror(errno));
+        /* ENOSYS: the kernel predates the call; EPERM: something (a seccomp
+         * filter, a missing capability) refuses it here. */
+        printf("missing: %s: %s (%s)\n", feature,
+               errno == ENOSYS ? "the kernel is too old for it" : "refused here (a seccomp filter? not root?)",
+               strerror(errno));
         (*failures)++;
     }
     return rc;
