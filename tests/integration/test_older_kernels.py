@@ -159,9 +159,12 @@ def test_containers_start_where_overlayfs_has_a_legacy_mount_context(harness: Ha
     monitor = spawn(harness, old_kernel_monitor(tmp_path, "pre-6.5", legacy_overlay_context=True), "legacy")
     pid = harness.start(monitor, "c", harness.plan("c", ["/bin/sh", "-c", "echo up; exec sleep 1000"]))
     assert root_mount_source(pid) == "overlay", "mounted with mount(2)"
+    deadline = time.monotonic() + 10
+    while harness.output("c") != "up\n":
+        assert time.monotonic() < deadline, harness.output("c")
+        time.sleep(0.01)
     monitor.kill("c", signal.SIGKILL)
     assert harness.wait_exit("c").exit_code == 137
-    assert harness.output("c") == "up\n"
     # More than a page of options: the error names the kernel's lack, not a failed mount of lowerdir+.
     plan = harness.plan("many", ["/bin/true"], overlay=many_layers(harness, tmp_path, "many"))
     with pytest.raises(MonitorError) as failure:
