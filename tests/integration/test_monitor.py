@@ -59,6 +59,7 @@ from crio_fast.runtime.monitor import (
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
 from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, TLVWriter
+from tests.support import cgroups
 from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
 
 pytestmark = MONITOR_TEST_MARKS
@@ -66,16 +67,29 @@ pytestmark = MONITOR_TEST_MARKS
 
 @pytest.fixture
 def cgroup_dir():
-    """Make test cgroups (v1 hierarchies of this host) and remove them after their processes are gone."""
+    """Make a test cgroup for a controller and remove it after its processes are gone.
+
+    On cgroup v1 each controller has a hierarchy and a directory of its own; on cgroup2 one
+    directory serves every controller (a process is in one cgroup there), with the controllers
+    enabled in the root for it."""
     created: list[Path] = []
+    v2_dir: list[Path] = []
 
     def make(controller: str) -> Path:
-        root = Path("/sys/fs/cgroup") / controller
-        if not (root / "cgroup.procs").exists():
-            pytest.skip(f"no cgroup hierarchy at {root}")
-        path = root / f"crio-fast-test-{uuid.uuid4().hex[:12]}"
+        hierarchy = cgroups.layout().hierarchy_of(controller)
+        if hierarchy is None:
+            pytest.skip(f"no {controller} cgroup controller on this host")
+        if hierarchy.version == 2:
+            root = Path(hierarchy.mount_point)
+            with open(root / "cgroup.subtree_control", "w") as f:
+                f.write(f"+{controller}")
+            if v2_dir:
+                return v2_dir[0]
+        path = Path(hierarchy.mount_point) / f"crio-fast-test-{uuid.uuid4().hex[:12]}"
         path.mkdir()
         created.append(path)
+        if hierarchy.version == 2:
+            v2_dir.append(path)
         return path
 
     yield make
@@ -695,18 +709,25 @@ def test_list_and_remove(harness: Harness) -> None:
 def oom_plan(harness: Harness, name: str, memory: Path, pids: Path):
     """A container in the memory and pids cgroups (16 MiB, 20 tasks) that prints its cgroups and
     then allocates 64 MiB: it is OOM killed."""
+    v2 = cgroups.is_v2("memory")
     return harness.plan(
         name, ["/bin/sh", "-c", "cat /proc/self/cgroup; exec dd if=/dev/zero of=/dev/null bs=64M count=1"],
-        cgroup_writes=[(str(memory / "memory.limit_in_bytes"), str(16 << 20)), (str(pids / "pids.max"), "20")],
-        cgroup_procs=[str(memory / "cgroup.procs"), str(pids / "cgroup.procs")],
-        oom_counter_path=str(memory / "memory.oom_control"),
+        cgroup_writes=[(str(memory / ("memory.max" if v2 else "memory.limit_in_bytes")), str(16 << 20)),
+                       (str(pids / "pids.max"), "20")],
+        cgroup_procs=sorted({str(memory / "cgroup.procs"), str(pids / "cgroup.procs")}),
+        oom_counter_path=str(memory / ("memory.events" if v2 else "memory.oom_control")),
         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
     )
 
 
 def assert_oom_killed_in(harness: Harness, name: str, info, memory: Path, pids: Path) -> None:
     assert (info.exit_code, info.oom_killed) == (137, True)
-    assert f"memory:/{memory.name}" in harness.output(name) and f"pids:/{pids.name}" in harness.output(name)
+    # /proc/self/cgroup as the container saw it: "ID:CONTROLLERS:PATH", cgroup2's line "0::PATH".
+    entries = [line.split(":", 2) for line in harness.output(name).splitlines() if line.count(":") >= 2]
+    for controller, path in (("memory", memory), ("pids", pids)):
+        v2 = cgroups.is_v2(controller)
+        assert any(cgroup == f"/{path.name}" and (hid == "0" if v2 else controller in names.split(","))
+                   for hid, names, cgroup in entries), (controller, entries)
 
 
 def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir) -> None:
@@ -727,9 +748,6 @@ def test_cgroups_are_joined_and_oom_kills_recorded(harness: Harness, cgroup_dir)
 
 def test_monitor_joins_cgroups_made_while_it_starts(harness: Harness, tmp_path: Path, cgroup_dir) -> None:
     """With a `meanwhile` step the cgroups need not exist at spawn: the monitor joins them after it returns."""
-    root = Path("/sys/fs/cgroup/pids")
-    if not (root / "cgroup.procs").exists():
-        pytest.skip(f"no cgroup hierarchy at {root}")
     pids = cgroup_dir("pids")
     pids.rmdir()  # only the name: the step below makes it
     pod_dir = harness.base / "gated"
@@ -753,7 +771,7 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
     pod_dir = harness.base / "cancelled"
     pod_dir.mkdir()
     spec = PodMonitorSpec("cancelled", str(pod_dir), str(harness.exits), hostname="cancelled", shm_size=1 << 20,
-                          cgroup_procs=["/sys/fs/cgroup/pids/crio-fast-test-never-made/cgroup.procs"])
+                          cgroup_procs=[f"{cgroups.cgroup_dir('/crio-fast-test-never-made', 'pids')}/cgroup.procs"])
 
     def fail() -> None:
         raise RuntimeError("the daemon's part failed")
@@ -792,16 +810,17 @@ def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir)
     gets their limits, and OOM kills are counted from its start."""
     memory = cgroup_dir("memory")
     pids = cgroup_dir("pids")
-    memory.rmdir()
-    pids.rmdir()  # only the names: the step below makes them
+    dirs = sorted({memory, pids})  # one directory on cgroup2
+    for d in dirs:
+        d.rmdir()  # only the names: the step below makes them
     monitor = harness.spawn()
     plan = oom_plan(harness, "gated", memory, pids)
     made: list[bool] = []
 
     def make_cgroups() -> None:
         made.append(True)
-        memory.mkdir()
-        pids.mkdir()
+        for d in dirs:
+            d.mkdir()
 
     result = monitor.create("gated", plan, harness.log_path("gated"), meanwhile=make_cgroups)
     harness.container_pids.append(result.pid)
@@ -813,7 +832,7 @@ def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir)
 
 def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> None:
     monitor = harness.spawn()
-    never = "/sys/fs/cgroup/pids/crio-fast-test-never-made"
+    never = cgroups.cgroup_dir("/crio-fast-test-never-made", "pids")
     plan = harness.plan("cancelled", ["/bin/true"], cgroup_procs=[f"{never}/cgroup.procs"],
                         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none")
 

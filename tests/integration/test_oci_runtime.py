@@ -16,9 +16,11 @@ import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from tests.support import cgroups
 from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
-from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
+from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, log_text, remove_all_pods, status,
+                                wait_exited)
 
 pytestmark = pytest.mark.integration
 
@@ -213,7 +215,7 @@ def test_terminal_output_is_logged(env, handler):
     start(env, ctr)
     st = wait_exited(env, ctr)
     assert st.exit_code == 0
-    assert Path(st.log_path).read_bytes().endswith(b" stdout F on a tty\r\n")  # the terminal's own \r\n
+    assert log_text(st.log_path) == b"on a tty\r\n"  # the terminal's own \r\n
 
 
 def test_spec_joins_the_pod_namespaces(env, oci_handler):
@@ -221,8 +223,11 @@ def test_spec_joins_the_pod_namespaces(env, oci_handler):
     spec = json.loads((env.dirs.runroot / "containers" / ctr / "config.json").read_text())
     pod_dir = env.dirs.runroot / "pods" / pod_id
     namespaces = {ns["type"]: ns.get("path") for ns in spec["linux"]["namespaces"]}
-    assert namespaces == {"mount": None, "pid": None, "network": str(pod_dir / "ns" / "net"),
-                          "ipc": str(pod_dir / "ns" / "ipc"), "uts": str(pod_dir / "ns" / "uts")}
+    expected = {"mount": None, "pid": None, "network": str(pod_dir / "ns" / "net"),
+                "ipc": str(pod_dir / "ns" / "ipc"), "uts": str(pod_dir / "ns" / "uts")}
+    if cgroups.layout().version == "v2":
+        expected["cgroup"] = None  # on pure cgroup v2, a container sees only its own cgroup
+    assert namespaces == expected
     assert spec["process"]["args"] == ["/bin/sleep", "1000"]
     assert "CAP_SYS_ADMIN" not in spec["process"]["capabilities"]["bounding"]
     assert "/proc/kcore" in spec["linux"]["maskedPaths"]
@@ -238,9 +243,9 @@ def test_pod_removal_leaves_nothing(env, handler):
     sleepers = container_inits(env, pod_id)
     assert len(sleepers) == 1
     init = sleepers[0]
-    cgroups = [line.split(":", 2)[2] for line in Path(f"/proc/{init.pid}/cgroup").read_text().splitlines()
-               if line.split(":", 2)[1] in ("memory", "pids")]
-    assert cgroups and all(ctr in c for c in cgroups)
+    own = cgroups.cgroups_of(init.pid)
+    paths = [own["memory"], own["pids"]]
+    assert all(ctr in path for path in paths), own
     rootfs = str(env.dirs.runroot / "containers" / ctr / "rootfs")
     mounted = any(line.split()[4] == rootfs for line in Path("/proc/self/mountinfo").read_text().splitlines())
     assert mounted == (handler != "native")  # only oci handlers mount the rootfs on the host
@@ -254,10 +259,10 @@ def test_pod_removal_leaves_nothing(env, handler):
     assert not init.is_running()
     mountinfo = Path("/proc/self/mountinfo").read_text()
     assert ctr not in mountinfo and pod_id not in mountinfo
-    for hierarchy in os.listdir("/sys/fs/cgroup"):  # every hierarchy: runtimes create the path in all of them
-        for relative in cgroups:
+    for root in cgroups.hierarchy_roots():  # every hierarchy: runtimes create the path in all of them
+        for relative in paths:
             for path in (relative, os.path.dirname(relative)):  # the container's and the pod's cgroup
-                assert not os.path.exists(f"/sys/fs/cgroup/{hierarchy}{path}"), (hierarchy, path)
+                assert not os.path.exists(f"{root}{path}"), (root, path)
     if state_dir.exists():
         assert ctr not in os.listdir(state_dir)
     assert not (env.dirs.runroot / "containers" / ctr).exists()

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
 from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
@@ -440,12 +441,7 @@ def _kernel_objects_of(d: Daemon, pod_id: str, ctr_ids: list[str]) -> list[str]:
         for line in f:
             if pod_id in line or any(c in line for c in ctr_ids):
                 found.append(line.split()[4])
-    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
-        for name in dirs:
-            if pod_id in name or any(c in name for c in ctr_ids):
-                found.append(os.path.join(root, name))
-        if root.count("/") > 6:
-            dirs[:] = []
+    found += cgroups.find_cgroups(pod_id, *ctr_ids)
     return found
 
 
@@ -503,9 +499,7 @@ def test_killed_monitor_containers_are_stopped_and_reaped(cri):
 def test_default_pod_parent_stays_while_the_daemon_runs(registry, busybox_image, tmp_path):
     """Pods without a cgroup_parent go under /crio-fast: kept while the daemon runs (the next pod
     need not make it in every hierarchy again), removed when the daemon stops and no pod uses it."""
-    parent = Path("/sys/fs/cgroup/pids/crio-fast")
-    if not Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
-        pytest.skip("no v1 pids hierarchy on this host")
+    parent = cgroups.cgroup_dir("/crio-fast", "pids")
     with daemon_with_busybox(registry, busybox_image, tmp_path) as d:
         pod_id, _ = run_pod(d)
         assert (parent / f"pod-{pod_id}").is_dir()

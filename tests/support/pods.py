@@ -146,8 +146,15 @@ LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 def log_records(path: str) -> list[tuple[str, str, bytes]]:
     """(stream, tag, content) of every line of a CRI log file; fails on a malformed line."""
     out = []
-    for line in Path(path).read_bytes().splitlines():
+    for line in Path(path).read_bytes().split(b"\n")[:-1]:
         m = LOG_LINE.match(line)
         assert m, line[:200]
         out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
     return out
+
+
+def log_text(path: str, stream: str = "stdout") -> bytes:
+    """What the container wrote to ``stream``, its partial records joined as a CRI reader joins them
+    (how output was split into records depends on the timing of its writes)."""
+    return b"".join(content + (b"\n" if tag == "F" else b"")
+                    for record_stream, tag, content in log_records(path) if record_stream == stream)
