@@ -2,8 +2,9 @@
 
 One ``collect`` call gathers everything for a set of pods and containers:
 
-* cgroup files (cpu, memory, pids) of every container cgroup and every pod
-  cgroup, plus ``/proc/<monitor pid>/net/dev`` of every pod, in one native
+* cgroup files (cpu, memory, swap, pids, pressure stall information) of
+  every container cgroup and every pod cgroup, plus
+  ``/proc/<monitor pid>/net/dev`` of every pod, in one native
   ``read_files`` pass. The monitor holds the pod's network namespace, and
   /proc/<pid>/net/dev shows the namespace of that process, so no setns;
 * the writable layer (``<root>/containers/<id>/upper``): bytes and inodes by

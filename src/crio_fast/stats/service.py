@@ -17,6 +17,7 @@ from crio_fast.container.manager import decode_container_config, matches_filter
 from crio_fast.errors import NotFound
 from crio_fast.sandbox.manager import decode_pod_config
 from crio_fast.state.records import ContainerRecord, PodRecord, labels_match
+from crio_fast.stats.cgroup import CgroupSample, Pressure, PressureData
 from crio_fast.stats.collector import ContainerSample, PodSample, StatsCollector
 
 if TYPE_CHECKING:
@@ -66,7 +67,25 @@ METRICS = [
                ("interface",)),
     MetricSpec("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting.",
                ("interface",)),
+    MetricSpec("container_memory_swap", "Container swap usage in bytes."),
+    # Pressure stall information (cgroup v2 with PSI), as cAdvisor and CRI-O name it: "waiting" is the
+    # time at least one task waited ("some"), "stalled" the time no task could run ("full"), whole seconds.
+    MetricSpec("container_pressure_cpu_stalled_seconds_total",
+               "Total time duration no tasks in the container could make progress due to CPU congestion."),
+    MetricSpec("container_pressure_cpu_waiting_seconds_total",
+               "Total time duration tasks in the container have waited due to CPU congestion."),
+    MetricSpec("container_pressure_memory_stalled_seconds_total",
+               "Total time duration no tasks in the container could make progress due to memory congestion."),
+    MetricSpec("container_pressure_memory_waiting_seconds_total",
+               "Total time duration tasks in the container have waited due to memory congestion."),
+    MetricSpec("container_pressure_io_stalled_seconds_total",
+               "Total time duration no tasks in the container could make progress due to IO congestion."),
+    MetricSpec("container_pressure_io_waiting_seconds_total",
+               "Total time duration tasks in the container have waited due to IO congestion."),
 ]
+# (resource, its CgroupSample attribute) for the pressure metrics above.
+PRESSURE_METRICS = (("cpu", "cpu_pressure"), ("memory", "memory_pressure"), ("io", "io_pressure"))
+MICROSECONDS_PER_SECOND = 1_000_000
 METRIC_NAMES = frozenset(m.name for m in METRICS)
 
 
@@ -86,19 +105,49 @@ def pod_attributes(record: PodRecord) -> pb.PodSandboxAttributes:
                                    annotations=config.annotations)
 
 
-def _cpu(timestamp: int, usage_ns: int | None, nano_cores: int | None) -> pb.CpuUsage:
-    return pb.CpuUsage(timestamp=timestamp, usage_core_nano_seconds=_u64(usage_ns), usage_nano_cores=_u64(nano_cores))
+def _psi_data(data: PressureData | None) -> pb.PsiData | None:
+    if data is None:
+        return None
+    # The kernel counts microseconds; CRI's Total is nanoseconds (as containerd sends it).
+    return pb.PsiData(Total=data.total_us * 1000, Avg10=data.avg10, Avg60=data.avg60, Avg300=data.avg300)
 
 
-def _memory(timestamp: int, sample) -> pb.MemoryUsage:
+def _psi(pressure: Pressure | None) -> pb.PsiStats | None:
+    """CRI PsiStats of a pressure file; None (the field left unset) where there is none."""
+    if pressure is None:
+        return None
+    return pb.PsiStats(Full=_psi_data(pressure.full), Some=_psi_data(pressure.some))
+
+
+def _cpu(timestamp: int, sample: CgroupSample, nano_cores: int | None) -> pb.CpuUsage:
+    return pb.CpuUsage(timestamp=timestamp, usage_core_nano_seconds=_u64(sample.cpu_usage_ns),
+                       usage_nano_cores=_u64(nano_cores), psi=_psi(sample.cpu_pressure))
+
+
+def _memory(timestamp: int, sample: CgroupSample) -> pb.MemoryUsage:
     available = None
     if sample.memory_limit is not None and sample.working_set is not None:
         available = max(0, sample.memory_limit - sample.working_set)
     return pb.MemoryUsage(
         timestamp=timestamp, working_set_bytes=_u64(sample.working_set), available_bytes=_u64(available),
         usage_bytes=_u64(sample.memory_usage), rss_bytes=_u64(sample.rss), page_faults=_u64(sample.page_faults),
-        major_page_faults=_u64(sample.major_page_faults),
+        major_page_faults=_u64(sample.major_page_faults), psi=_psi(sample.memory_pressure),
     )
+
+
+def _io(timestamp: int, sample: CgroupSample) -> pb.IoUsage | None:
+    """IoUsage carries only pressure: none without io.pressure (cgroup v1, no PSI)."""
+    if sample.io_pressure is None:
+        return None
+    return pb.IoUsage(timestamp=timestamp, psi=_psi(sample.io_pressure))
+
+
+def _swap(timestamp: int, sample: CgroupSample) -> pb.SwapUsage | None:
+    """None where swap is not accounted; available only under a swap limit."""
+    if sample.swap_usage is None:
+        return None
+    return pb.SwapUsage(timestamp=timestamp, swap_usage_bytes=_u64(sample.swap_usage),
+                        swap_available_bytes=_u64(sample.swap_available))
 
 
 class StatsService:
@@ -141,7 +190,8 @@ class StatsService:
     def container_stats_proto(self, sample: ContainerSample) -> pb.ContainerStats:
         cg, ts = sample.cgroup, sample.timestamp
         stats = pb.ContainerStats(attributes=container_attributes(sample.record),
-                                  cpu=_cpu(ts, cg.cpu_usage_ns, sample.usage_nano_cores), memory=_memory(ts, cg))
+                                  cpu=_cpu(ts, cg, sample.usage_nano_cores), memory=_memory(ts, cg),
+                                  swap=_swap(ts, cg), io=_io(ts, cg))
         if sample.layer is not None:
             stats.writable_layer.CopyFrom(pb.FilesystemUsage(
                 timestamp=ts, fs_id=pb.FilesystemIdentifier(mountpoint=self.collector.storage_dir),
@@ -152,7 +202,8 @@ class StatsService:
 
     def pod_stats_proto(self, sample: PodSample) -> pb.PodSandboxStats:
         cg, ts = sample.cgroup, sample.timestamp
-        linux = pb.LinuxPodSandboxStats(cpu=_cpu(ts, cg.cpu_usage_ns, sample.usage_nano_cores), memory=_memory(ts, cg))
+        linux = pb.LinuxPodSandboxStats(cpu=_cpu(ts, cg, sample.usage_nano_cores), memory=_memory(ts, cg),
+                                        io=_io(ts, cg))
         if cg.processes is not None:
             linux.process.CopyFrom(pb.ProcessUsage(timestamp=ts, process_count=pb.UInt64Value(value=cg.processes)))
         if sample.interfaces is not None:
@@ -241,6 +292,15 @@ class StatsService:
                 cg.major_page_faults)
             add(metrics, "container_spec_memory_limit_bytes", gauge, base, cg.memory_limit or 0)
             add(metrics, "container_processes", gauge, base, cg.processes)
+            add(metrics, "container_memory_swap", gauge, base, cg.swap_usage)
+            for resource, attribute in PRESSURE_METRICS:
+                pressure = getattr(cg, attribute)
+                if pressure is None:
+                    continue
+                for kind, data in (("stalled", pressure.full), ("waiting", pressure.some)):
+                    if data is not None:
+                        add(metrics, f"container_pressure_{resource}_{kind}_seconds_total", pb.MetricType.COUNTER,
+                            base, data.total_us // MICROSECONDS_PER_SECOND)
             device = [*base, self.collector.storage_dir]
             if ctr.layer is not None:
                 add(metrics, "container_fs_usage_bytes", gauge, device, ctr.layer.used_bytes)
