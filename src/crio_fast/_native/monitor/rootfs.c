@@ -395,6 +395,26 @@ static void append_fs_context_messages(int fs_fd, struct error *err)
 }
 
 /* `why`: why lowerdir+ is not used, for the one-page error. */
+/* mount(2) answers EINVAL or ENOENT for the whole option string; name the
+ * directory that is missing, as fsconfig does for each parameter. */
+static void overlay_mount_error(const struct launch_plan *plan, int mount_errno, struct error *err)
+{
+    for (size_t i = 0; i < plan->overlay_lower_count; i++) {
+        if (access(plan->overlay_lower[i], F_OK) < 0) {
+            error_errno(err, errno, "overlay lower dir %s", plan->overlay_lower[i]);
+            return;
+        }
+    }
+    const char *writable[] = {plan->overlay_upper, plan->overlay_work};
+    for (size_t i = 0; i < 2; i++) {
+        if (writable[i] && access(writable[i], F_OK) < 0) {
+            error_errno(err, errno, "overlay %s dir %s", i ? "work" : "upper", writable[i]);
+            return;
+        }
+    }
+    error_errno(err, mount_errno, "mount overlay on %s", plan->rootfs);
+}
+
 static int mount_overlay_legacy(const struct launch_plan *plan, const char *why, struct error *err)
 {
     struct buffer data = {0};
@@ -432,7 +452,7 @@ static int mount_overlay_legacy(const struct launch_plan *plan, const char *why,
         goto out;
     }
     if (mount("overlay", plan->rootfs, "overlay", 0, data.data) < 0)
-        error_errno(err, errno, "mount overlay on %s", plan->rootfs);
+        overlay_mount_error(plan, errno, err);
     else
         rc = 0;
 out:
