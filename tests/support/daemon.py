@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from crio_fast.api import api_pb2_grpc
 from crio_fast.client import CRIClient, wait_for_socket
+from tests.support.timing import SLOWDOWN, StretchedDeadlines, scaled
 
 
 @dataclass
@@ -88,7 +92,7 @@ class Daemon:
         )
         log.close()
         try:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + scaled(timeout)
             while not self.dirs.socket.exists():
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
@@ -111,6 +115,11 @@ class Daemon:
     def client(self) -> CRIClient:
         if self._client is None:
             self._client = CRIClient(str(self.dirs.socket))
+            if SLOWDOWN > 1:
+                client = self._client
+                client.channel = grpc.intercept_channel(client.channel, StretchedDeadlines())
+                client.runtime = api_pb2_grpc.RuntimeServiceStub(client.channel)
+                client.image = api_pb2_grpc.ImageServiceStub(client.channel)
         return self._client
 
     def _close_client(self) -> None:
@@ -126,7 +135,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
