@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from crio_fast.stats.cgroup import parse_pressure
+from tests.support import cgroups
 from tests.support.pods import create, daemon_with_busybox, exec_sync, run_container, run_pod, start, wait_for
 
 pytestmark = pytest.mark.integration
@@ -54,6 +57,12 @@ def test_memory_working_set_counts_shm_pages(cri):
     assert after.usage_bytes.value >= after.working_set_bytes.value
     assert after.page_faults.value > 0
     assert not after.HasField("available_bytes")  # no memory limit
+    swap = container_stats(cri, ctr).swap
+    if cgroups.layout().swap_accounting:
+        assert swap.timestamp > 0 and swap.HasField("swap_usage_bytes")
+        assert not swap.HasField("swap_available_bytes")  # no swap limit
+    else:
+        assert not container_stats(cri, ctr).HasField("swap")
     pod = pod_stats(cri, pod_id)
     assert pod.linux.memory.working_set_bytes.value >= after.working_set_bytes.value
     assert [c.attributes.id for c in pod.linux.containers] == [ctr]
@@ -69,8 +78,13 @@ def test_available_memory_under_a_limit(cri):
     ctr = cri.client.runtime.CreateContainer(
         api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=30).container_id
     start(cri, ctr)
-    memory = container_stats(cri, ctr).memory
+    stats = container_stats(cri, ctr)
+    memory = stats.memory
     assert memory.available_bytes.value == 64 * MB - memory.working_set_bytes.value
+    if cgroups.layout().swap_accounting:
+        # A memory limit without a swap limit allows no swap (the kubelet's default): none available.
+        assert stats.swap.HasField("swap_available_bytes") and stats.swap.swap_available_bytes.value == 0
+        assert stats.swap.swap_usage_bytes.value < MB
 
 
 def test_writable_layer_grows_after_writing_a_file(cri):
@@ -183,3 +197,76 @@ def test_metric_descriptors_match_pod_metrics(cri):
     assert values["container_processes"] == 1
     assert values["container_memory_working_set_bytes"] > 0
     assert values["container_fs_inodes_total"] > 0
+
+
+PRESSURE_FILES = ("cpu.pressure", "memory.pressure", "io.pressure")
+PRESSURE_METRICS = [f"container_pressure_{resource}_{kind}_seconds_total"
+                    for resource in ("cpu", "memory", "io") for kind in ("stalled", "waiting")]
+
+
+def _cgroup_of(d, container_id: str) -> str:
+    response = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=container_id, verbose=True),
+                                                timeout=10)
+    return json.loads(response.info["info"])["cgroup"]
+
+
+def _pressure_dir_or_skip(cgroup: str) -> Path:
+    """The container's cgroup2 directory with its pressure files; skips (naming what is missing) elsewhere."""
+    layout = cgroups.layout()
+    if not all(cgroups.is_v2(c) for c in ("cpu", "memory", "io")):
+        pytest.skip(f"cgroup v2 only: PSI is reported where cpu, memory and io are on cgroup v2; this host is "
+                    f"{layout.version}")
+    directory = cgroups.cgroup_dir(cgroup, "memory")
+    missing = [name for name in PRESSURE_FILES if not (directory / name).exists()]
+    if missing:
+        pytest.skip(f"the container's cgroup {directory} has no {', '.join(missing)} "
+                    f"(a kernel without PSI, booted with psi=0, or cgroup.pressure set to 0)")
+    return directory
+
+
+def _psi_total_ns(directory: Path, name: str, line: str) -> int:
+    pressure = parse_pressure((directory / name).read_bytes())
+    return getattr(pressure, line).total_us * 1000
+
+
+def test_pressure_stall_information_on_cgroup_v2(cri):
+    """Two busy loops under a tenth of a CPU wait for it: CPU pressure grows; memory and io pressure are
+    there too, from the same pass. Totals are the kernel's microseconds as nanoseconds."""
+    def limit_cpu(config: api.ContainerConfig) -> None:
+        config.linux.resources.cpu_period = 100_000
+        config.linux.resources.cpu_quota = 10_000
+
+    pod_id, ctr = run_container(cri, ["/bin/sh", "-c", "while :; do :; done & while :; do :; done"],
+                                configure=limit_cpu)
+    directory = _pressure_dir_or_skip(_cgroup_of(cri, ctr))
+
+    before = _psi_total_ns(directory, "cpu.pressure", "some")
+    stats = wait_for(lambda: (s := container_stats(cri, ctr)).cpu.psi.Some.Total > 0 and s, timeout=30,
+                     what="CPU pressure of a throttled container")
+    after = _psi_total_ns(directory, "cpu.pressure", "some")
+    assert before <= stats.cpu.psi.Some.Total <= after  # the file as read around the calls
+    for psi in (stats.cpu.psi, stats.memory.psi, stats.io.psi):
+        assert psi.HasField("Some")
+        for data in (psi.Some, psi.Full) if psi.HasField("Full") else (psi.Some,):
+            assert 0 <= data.Avg10 <= 100 and 0 <= data.Avg60 <= 100 and 0 <= data.Avg300 <= 100
+    # memory and io have both lines; cpu has "full" from Linux 5.13.
+    assert stats.memory.psi.HasField("Full") and stats.io.psi.HasField("Full")
+    has_cpu_full = b"full" in (directory / "cpu.pressure").read_bytes()
+    assert stats.cpu.psi.HasField("Full") == has_cpu_full
+    assert stats.io.timestamp == stats.cpu.timestamp > 0
+
+    pod = pod_stats(cri, pod_id)
+    assert pod.linux.cpu.psi.Some.Total >= stats.cpu.psi.Some.Total  # the pod's cgroup holds the container's
+    assert pod.linux.memory.HasField("psi") and pod.linux.io.psi.HasField("Some")
+    [listed] = cri.client.runtime.ListContainerStats(
+        api.ListContainerStatsRequest(filter=api.ContainerStatsFilter(id=ctr)), timeout=10).stats
+    assert listed.cpu.psi.Some.Total >= stats.cpu.psi.Some.Total
+
+    descriptors = {d.name for d in cri.client.runtime.ListMetricDescriptors(api.ListMetricDescriptorsRequest(),
+                                                                           timeout=10).descriptors}
+    assert set(PRESSURE_METRICS) <= descriptors
+    metrics = cri.client.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest(), timeout=10).pod_metrics
+    [container] = [c for p in metrics for c in p.container_metrics if c.container_id == ctr]
+    names = {m.name for m in container.metrics}
+    expected = {n for n in PRESSURE_METRICS if n != "container_pressure_cpu_stalled_seconds_total" or has_cpu_full}
+    assert expected <= names
