@@ -16,11 +16,12 @@ import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from crio_fast.cgroups import parse_oom_kill_count
 from tests.support import cgroups
 from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
 from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, log_text, remove_all_pods, status,
-                                wait_exited)
+                                wait_exited, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -306,3 +307,78 @@ def test_removal_after_the_monitor_was_killed_cleans_the_runtime_state(env, oci_
         assert time.monotonic() < deadline, "the container init outlived its removal"
         time.sleep(0.05)
     assert ctr not in Path("/proc/self/mountinfo").read_text()
+
+
+# A bystander (sleep) and an allocator (tail keeps one endless line of /dev/zero) under the shell, the
+# container's init; the allocator starts once the test has found the others, through a FIFO.
+OOM_SCRIPT = "mkfifo /go; sleep 1000 & read x < /go; tail /dev/zero; echo allocator gone; wait"
+OOM_LIMIT = 32 << 20
+
+
+def _oom_container(d: Daemon, handler: str,
+                   unified: dict[str, str]) -> tuple[str, str, psutil.Process, psutil.Process]:
+    """A started OOM_SCRIPT container with a memory limit: (pod id, container id, its shell, its sleep)."""
+    pod_id, pod = run_pod(d, handler)
+    config = api.ContainerConfig(metadata=api.ContainerMetadata(name=f"c{next(_numbers)}"),
+                                 image=api.ImageSpec(image=d.image), command=["/bin/sh", "-c", OOM_SCRIPT],
+                                 log_path="ctr.log")
+    config.linux.resources.memory_limit_in_bytes = OOM_LIMIT
+    config.linux.resources.unified.update(unified)
+    request = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+    ctr = d.client.runtime.CreateContainer(request, timeout=30).container_id
+    start(d, ctr)
+    [sleeper] = container_inits(d, pod_id, "sleep")
+    [shell] = container_inits(d, pod_id, "sh")
+    return pod_id, ctr, shell, sleeper
+
+
+def _release_the_allocator(d: Daemon, ctr: str) -> None:
+    reply = d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["/bin/sh", "-c", "echo > /go"],
+                                                          timeout=30), timeout=60)
+    assert reply.exit_code == 0, reply.stderr
+
+
+def _cgroup_of(d: Daemon, ctr: str) -> str:
+    response = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=10)
+    return json.loads(response.info["info"])["cgroup"]
+
+
+def _oom_kills(directory: Path) -> int:
+    """The oom_kill counter of a memory cgroup (v2 memory.events counts its descendants' too)."""
+    name = "memory.events" if cgroups.is_v2("memory") else "memory.oom_control"
+    return parse_oom_kill_count((directory / name).read_bytes())
+
+
+def test_memory_oom_group_kills_the_whole_container(env, handler):
+    """The kubelet (1.32+, singleProcessOOMKill false, the default on cgroup v2) sends
+    unified memory.oom.group=1: one process past the limit takes all of the container with it,
+    the init included, and the container is OOMKilled, whichever runtime runs it."""
+    if not cgroups.is_v2("memory"):
+        pytest.skip(f"cgroup v2 only: memory.oom.group is a cgroup v2 file (this host is {cgroups.layout().version})")
+    pod_id, ctr, shell, sleeper = _oom_container(env, handler, {"memory.oom.group": "1"})
+    container_dir = cgroups.cgroup_dir(_cgroup_of(env, ctr), "memory")
+    assert (container_dir / "memory.oom.group").read_text().strip() == "1"
+    pod_dir = container_dir.parent
+    before = _oom_kills(pod_dir)
+
+    _release_the_allocator(env, ctr)
+    st = wait_exited(env, ctr, timeout=60)
+    assert (st.reason, st.exit_code) == ("OOMKilled", 128 + 9)
+    assert dead(shell) and dead(sleeper)
+    assert b"allocator gone" not in log_text(st.log_path)  # the shell died with its child, not after it
+    # Three processes killed: the allocator, the bystander and the shell (memory.events counts each).
+    assert _oom_kills(pod_dir) - before >= 3
+
+
+@pytest.mark.parametrize("handler", ["native"], indirect=True)
+def test_without_memory_oom_group_only_the_allocator_dies(env, handler):
+    """What the test above rules out: without memory.oom.group the kernel kills one process, the
+    largest, and the container goes on."""
+    _, ctr, shell, sleeper = _oom_container(env, handler, {})
+    container_dir = cgroups.cgroup_dir(_cgroup_of(env, ctr), "memory")
+    _release_the_allocator(env, ctr)
+    log_path = status(env, ctr).log_path
+    wait_for(lambda: b"allocator gone" in log_text(log_path), timeout=60, what="the shell to see its child killed")
+    assert status(env, ctr).state == api.ContainerState.CONTAINER_RUNNING
+    assert not dead(shell) and not dead(sleeper)
+    assert _oom_kills(container_dir) == 1

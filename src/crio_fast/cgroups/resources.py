@@ -22,6 +22,12 @@ Choices, all documented where they are made below:
   memory + swap: the v2 value is their difference.
 * ``oom_score_adj`` is a property of the process, not of a cgroup: it is
   validated here and applied by the launcher.
+* ``unified`` keys are written as given, last. The kubelet (1.32+, with
+  ``singleProcessOOMKill`` false, its default on cgroup v2) sends
+  ``memory.oom.group: "1"`` for every container, so an OOM kill takes all of
+  the container's processes. Containers of runc and crun get it the same
+  way: the daemon writes every limit into the cgroup before the runtime's
+  ``create`` (container/oci.py), and their spec sets none.
 """
 
 from __future__ import annotations
