@@ -84,8 +84,7 @@ class Daemon:
         self.log_path = dirs.base / "daemon.log"
         self._client: CRIClient | None = None
 
-    def start(self, timeout: float = 60.0) -> "Daemon":
-        # Generous: under emulation (scripts/vm's TCG guests) on a busy host a daemon took over 20 s to listen.
+    def start(self, timeout: float = 20.0) -> "Daemon":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             daemon_argv(self.dirs, *self.extra_args, program=self.program),
