@@ -52,6 +52,7 @@ F_OCI_RUNTIME, F_OCI_ROOT, F_OCI_BUNDLE, F_OCI_HIDE_CGROUP2 = range(20, 24)
 # CREATE: the plan is its head, the rest follows through the gate; PING reply: FEATURE_ bits.
 F_PLAN_FOLLOWS, F_FEATURES = 26, 27
 FEATURE_PLAN_FOLLOWS = 1
+FEATURE_APPARMOR = 2  # plans may carry an AppArmor profile
 
 _MESSAGE_HEADER = struct.Struct("<HHII")
 _U32 = struct.Struct("<I")
@@ -219,7 +220,8 @@ def _state_from_fields(fields: dict[int, list[bytes]]) -> ContainerState:
 class PodMonitor:
     """A connection to one pod's monitor process."""
 
-    def __init__(self, pod_dir: str, pid: int, pidfd: int, features: int = FEATURE_PLAN_FOLLOWS) -> None:
+    def __init__(self, pod_dir: str, pid: int, pidfd: int,
+                 features: int = FEATURE_PLAN_FOLLOWS | FEATURE_APPARMOR) -> None:
         self.pod_dir = pod_dir
         self.pid = pid
         self._pidfd = pidfd

@@ -67,7 +67,8 @@ _VERSION, _NAMESPACE, _CGROUP_PROCS, _CGROUP_WRITE, _OOM_COUNTER, _ROOTFS, _OVER
 (_ROOTFS_READONLY, _NO_PIVOT, _ROOT_PROPAGATION, _HOSTNAME, _SYSCTL, _RLIMIT, _OOM_SCORE_ADJ, _UID, _GID,
  _ADDITIONAL_GIDS) = range(9, 19)
 (_CAP_BOUNDING, _CAP_EFFECTIVE, _CAP_PERMITTED, _CAP_INHERITABLE, _CAP_AMBIENT, _NO_NEW_PRIVS, _SECCOMP,
- _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK, _HOST_DIR) = range(19, 36)
+ _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK, _HOST_DIR,
+ _APPARMOR_PROFILE) = range(19, 37)
 _NS_TYPE, _NS_PATH = 1, 2
 _KV_KEY, _KV_VALUE = 1, 2
 _OVERLAY_LOWER, _OVERLAY_UPPER, _OVERLAY_WORK, _OVERLAY_TARGET, _OVERLAY_OPTION = range(1, 6)
@@ -311,10 +312,15 @@ def _encode_namespaces_and_cgroups(w: TLVWriter, namespaces: Sequence[Namespace]
 def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cwd: str | None,
                     uid: int | None, gid: int | None, additional_gids: Sequence[int] | None,
                     capabilities: Capabilities | None, no_new_privs: bool, seccomp: bytes | None,
-                    seccomp_flags: int, rlimits: Sequence[Rlimit], umask: int | None) -> None:
+                    seccomp_flags: int, rlimits: Sequence[Rlimit], umask: int | None,
+                    apparmor_profile: str | None) -> None:
     """The process fields shared by launch and exec plans."""
     if not argv:
         raise ValueError("a plan needs a command (argv)")
+    if apparmor_profile is not None:
+        if not apparmor_profile:
+            raise ValueError("an AppArmor profile name cannot be empty (None means no profile)")
+        w.string(_APPARMOR_PROFILE, apparmor_profile)
     for limit in rlimits:
         inner = TLVWriter()
         inner.u32(_RLIMIT_RESOURCE, limit.resource)
@@ -379,6 +385,9 @@ class LaunchPlan:
     tty: bool = False
     log_line_max: int | None = None
     umask: int | None = None
+    # The AppArmor profile the command is confined by from its execve on; None: none (unconfined).
+    # Decided by crio_fast.container.apparmor, never here.
+    apparmor_profile: str | None = None
 
     def head(self) -> "LaunchHead":
         """The plan's head: what the monitor needs before it clones the child."""
@@ -421,6 +430,7 @@ class LaunchPlan:
             w, argv=self.argv, env=self.env, cwd=self.cwd, uid=self.uid, gid=self.gid,
             additional_gids=self.additional_gids, capabilities=self.capabilities, no_new_privs=self.no_new_privs,
             seccomp=self.seccomp, seccomp_flags=self.seccomp_flags, rlimits=self.rlimits, umask=self.umask,
+            apparmor_profile=self.apparmor_profile,
         )
         return w.getvalue()
 
@@ -506,6 +516,7 @@ class ExecPlan:
     seccomp_flags: int = 0
     rlimits: list[Rlimit] = field(default_factory=list)
     umask: int | None = None
+    apparmor_profile: str | None = None  # the container's own (ContainerRecord.process)
     # A pseudo terminal on the container's devpts instead of the helper's fds
     # 0-2; the helper then needs --console-fd to hand the master over.
     tty: bool = False
@@ -537,6 +548,7 @@ class ExecPlan:
             w, argv=self.argv, env=self.env, cwd=self.cwd, uid=self.uid, gid=self.gid,
             additional_gids=self.additional_gids, capabilities=self.capabilities, no_new_privs=self.no_new_privs,
             seccomp=self.seccomp, seccomp_flags=self.seccomp_flags, rlimits=self.rlimits, umask=self.umask,
+            apparmor_profile=self.apparmor_profile,
         )
         if self.tty:
             w.boolean(_TTY, True)

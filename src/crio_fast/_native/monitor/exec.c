@@ -6,7 +6,8 @@
  *
  * The helper reads the plan, joins the container's cgroups and namespaces
  * (the pid namespace applies to children, hence the fork), forks the command
- * (which drops privileges, applies seccomp and execs), waits for it, and
+ * (which takes the container's AppArmor profile for its exec, drops
+ * privileges, applies seccomp and execs), waits for it, and
  * reports on the status fd exactly one line:
  *
  *     exit <code>                the command exited
@@ -108,6 +109,10 @@ __attribute__((noreturn)) static void run_command(const struct launch_plan *plan
     }
     umask(plan->has_umask ? plan->umask : 022);
     if (apply_rlimits(plan, &err) < 0)
+        goto failed;
+    /* The container's profile, through its /proc (we are in its mount and
+     * pid namespaces), before the credentials and the filter. */
+    if (apparmor_change_onexec(plan, &err) < 0)
         goto failed;
     bool early_seccomp = seccomp_needs_early_install(plan);
     if (early_seccomp && install_seccomp(plan, &err) < 0)

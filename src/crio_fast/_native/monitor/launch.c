@@ -8,8 +8,9 @@
  *   joined namespaces, new cgroup namespace (after the cgroup move so its root
  *   is the container's cgroup), hostname, sysctls and oom_score_adj (through
  *   the host /proc, which still resolves to this process's namespaces),
- *   rootfs and mounts, pivot_root, rlimits, capabilities and ids,
- *   no_new_privs; then it reports "ready" and blocks until START. After
+ *   rootfs and mounts, pivot_root, rlimits, the AppArmor profile of the
+ *   exec, capabilities and ids, no_new_privs; then it reports "ready" and
+ *   blocks until START. After
  *   START: chdir, PATH lookup, seccomp (last), execve.
  *
  * Every failure is sent to the monitor as one 'E' packet on the sync socket,
@@ -580,6 +581,11 @@ void container_child_main(struct child_context *context)
     }
     umask(plan->has_umask ? plan->umask : 022);
     if (apply_rlimits(plan, &err) < 0)
+        child_fail(sync_fd, &err, 1);
+    /* After pivot_root (the container's /proc), before the credentials and
+     * the filter; it takes effect at the execve (apparmor.c). A profile that
+     * cannot be applied fails the set-up, never runs the command unconfined. */
+    if (apparmor_change_onexec(plan, &err) < 0)
         child_fail(sync_fd, &err, 1);
     bool early_seccomp = seccomp_needs_early_install(plan);
     if (early_seccomp && install_seccomp(plan, &err) < 0)

@@ -213,6 +213,7 @@ enum message_field {
 
 /* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). */
 #define MONITOR_FEATURE_PLAN_FOLLOWS 1u
+#define MONITOR_FEATURE_APPARMOR 2u /* plans may carry PLAN_APPARMOR_PROFILE */
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */
@@ -263,6 +264,7 @@ enum plan_field {
     PLAN_TARGET_PID = 33,
     PLAN_UMASK = 34,
     PLAN_HOST_DIR = 35, /* string, repeated: a host directory the child makes (0755) once cloned */
+    PLAN_APPARMOR_PROFILE = 36, /* string: the AppArmor profile the command is confined by from its execve */
 };
 
 enum { NS_TYPE = 1, NS_PATH = 2 };
@@ -385,6 +387,7 @@ struct launch_plan {
     uint32_t target_pid;
     bool has_umask;
     uint32_t umask;
+    const char *apparmor_profile; /* NULL: no profile of ours (the process stays as it is) */
 };
 
 int plan_decode(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err);
@@ -445,6 +448,10 @@ int write_cgroup_files(const struct launch_plan *plan, struct error *err);
 int apply_rlimits(const struct launch_plan *plan, struct error *err);
 /* Empty signal mask, default dispositions for what the monitor changed. */
 int reset_signals_for_exec(struct error *err);
+/* AppArmor (apparmor.c): have the kernel confine this thread's next execve
+ * with the plan's profile, through the /proc of the current mount namespace
+ * (the container's, once it is the root). Nothing without a profile. */
+int apparmor_change_onexec(const struct launch_plan *plan, struct error *err);
 
 /* Mount namespace setup inside the child (rootfs.c), in parts so that a
  * step can come in between (the cgroup gate): the root mount (propagation,

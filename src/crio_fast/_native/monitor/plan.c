@@ -372,6 +372,16 @@ static int decode_top_field(const struct tlv_field *field, struct launch_plan *p
             return error_plain(err, EINVAL, "host directory %s is not an absolute path",
                                plan->host_dirs[plan->host_dir_count - 1]);
         return 0;
+    case PLAN_APPARMOR_PROFILE:
+        if (plan->apparmor_profile)
+            return error_plain(err, EINVAL, "apparmor profile given twice");
+        if (tlv_string(field, &plan->apparmor_profile, err) < 0)
+            return -1;
+        /* Written as "exec <name>": one word, no line break (the daemon checks names as well). */
+        if (plan->apparmor_profile[0] == '\0' || strpbrk(plan->apparmor_profile, "\n\r\t "))
+            return error_plain(err, EINVAL, "apparmor profile \"%s\" is empty or has white space",
+                               plan->apparmor_profile);
+        return 0;
     case PLAN_UMASK:
         plan->has_umask = true;
         if (tlv_u32(field, &plan->umask, err) < 0)
