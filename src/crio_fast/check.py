@@ -24,6 +24,8 @@ from typing import Iterable, Iterator, TextIO
 
 from crio_fast import _native
 from crio_fast.config.schema import Config
+from crio_fast.container.apparmor import BUILTIN_DEFAULT, UNCONFINED, AppArmor
+from crio_fast.errors import CrioError
 
 # Namespaces a pod needs (pid, net, ipc, uts, mnt) and those only some pods
 # use: user namespaces for userns pods, cgroup namespaces for a private
@@ -191,6 +193,50 @@ def check_overlay_lower_dirs(config: Config) -> Finding:
                    "the pod monitor probes again when it starts")
 
 
+def check_apparmor(config: Config, apparmor: AppArmor | None = None) -> Finding:
+    """Whether containers that ask for the runtime default AppArmor profile (or name none) can get it.
+
+    Looks only: the daemon loads the built-in profile itself when it starts; here the node's
+    apparmor_parser compiles it without loading (-Q)."""
+    part = "AppArmor"
+    aa = apparmor or AppArmor(config.runtime.apparmor_profile)
+    if not aa.enabled:
+        return Finding(Status.OK, part, "not enabled on this host: containers run without a profile "
+                                        "(a Localhost profile is refused)")
+    name = aa.default_profile
+    if name == UNCONFINED:
+        return Finding(Status.WARN, part, 'enabled, but apparmor_profile = "unconfined": containers that ask for '
+                                          "the runtime default run unconfined",
+                       f"leave [crio.runtime] apparmor_profile unset for the built-in {BUILTIN_DEFAULT}")
+    try:
+        loaded = aa.is_loaded(name)
+    except CrioError as exc:
+        return Finding(Status.MISSING, part, str(exc), "is securityfs mounted on /sys/kernel/security?")
+    if loaded:
+        return Finding(Status.OK, part, f"enabled; the default profile {name} is loaded")
+    if not aa.builtin_default:
+        return Finding(Status.MISSING, part, f"enabled, but the configured default profile {name!r} is not loaded",
+                       f"load it with apparmor_parser, or leave apparmor_profile unset for {BUILTIN_DEFAULT}")
+    parser = aa.parser()
+    if parser is None:
+        return Finding(Status.MISSING, part, f"enabled, but apparmor_parser is not installed: the daemon cannot "
+                                             f"load its default profile {name}",
+                       'install it (Debian/Ubuntu: apt-get install apparmor), or set [crio.runtime] '
+                       'apparmor_profile = "unconfined" to run such containers unconfined')
+    try:
+        result = subprocess.run([parser, "-QK"], input=aa.profile_text(), capture_output=True, text=True,
+                                timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding(Status.MISSING, part, f"{parser} cannot run: {exc}", "reinstall apparmor")
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split()) or "no output"
+        return Finding(Status.MISSING, part, f"{parser} cannot compile the default profile {name} "
+                                             f"(exit status {result.returncode}): {said}",
+                       'set [crio.runtime] apparmor_profile to a profile loaded by the node, or to "unconfined"')
+    return Finding(Status.OK, part, f"enabled; {parser} compiles the default profile {name}, which the daemon "
+                                    "loads when it starts")
+
+
 def check_cni_plugins(plugin_dirs: Iterable[str]) -> Iterator[Finding]:
     dirs = list(plugin_dirs)
     searched = ", ".join(dirs) or "(no plugin_dirs configured)"
@@ -307,6 +353,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_cgroups()
     findings.append(check_monitor(config))
     findings.append(check_overlay_lower_dirs(config))
+    findings.append(check_apparmor(config))
     findings += check_cni_plugins(config.network.plugin_dirs)
     findings += check_runtimes(config)
     findings.append(check_socket_dir(config.api.listen))

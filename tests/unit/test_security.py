@@ -102,18 +102,12 @@ def test_ulimits():
     ]
 
 
-def test_mac_requests_refused_without_the_lsm():
-    sc = pb.LinuxContainerSecurityContext()
-    security.check_mac(sc, selinux_enabled=False, apparmor_enabled=False)
-    sc.apparmor.profile_type = pb.SecurityProfile.Unconfined
-    security.check_mac(sc, selinux_enabled=False, apparmor_enabled=False)
-    sc.apparmor.profile_type = pb.SecurityProfile.Localhost
-    sc.apparmor.localhost_ref = "p"
-    with pytest.raises(FailedPrecondition, match="AppArmor"):
-        security.check_mac(sc, selinux_enabled=False, apparmor_enabled=False)
+def test_selinux_options_refused_without_selinux():
+    """AppArmor's part is crio_fast.container.apparmor (tests/unit/test_apparmor.py)."""
+    security.check_mac(pb.LinuxContainerSecurityContext(), selinux_enabled=False)
     sc = pb.LinuxContainerSecurityContext(selinux_options=pb.SELinuxOption(type="container_t"))
     with pytest.raises(FailedPrecondition, match="SELinux"):
-        security.check_mac(sc, selinux_enabled=False, apparmor_enabled=False)
+        security.check_mac(sc, selinux_enabled=False)
 
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}

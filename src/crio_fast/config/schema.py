@@ -152,6 +152,14 @@ def unlimited_or_positive(value: int) -> int:
     return value
 
 
+def apparmor_profile_name(value: str) -> str:
+    """A profile name the launch plan and config.json can carry (as container/apparmor.py checks a
+    container's own): not empty, no white space or control characters."""
+    if not value or len(value) > 4000 or any(c.isspace() or not c.isprintable() for c in value):
+        raise Invalid(f"expected an AppArmor profile name (no white space or control characters), got {value!r}")
+    return value
+
+
 def absolute_path(value: str) -> str:
     if not value.startswith("/"):
         raise Invalid(f"expected an absolute path, got {value!r}")
@@ -598,7 +606,11 @@ class RuntimeSection:
         "default; false leaves them unconfined, as the CRI API itself defines an empty profile.",
     )
     apparmor_profile: str = setting(
-        "crio-fast-default", "AppArmor profile for containers that ask for the runtime default.", not_empty
+        "crio-fast-default",
+        "AppArmor profile of containers that ask for the runtime default or name none, where AppArmor is on: "
+        "crio-fast-default is generated and loaded by the daemon at start, another name must be loaded on the "
+        'node already, "unconfined" runs them without a profile. Privileged containers never get one.',
+        apparmor_profile_name,
     )
     default_mounts_file: str = setting(
         "", 'File listing "src:dst" bind mounts added to every container.', optional_absolute_path

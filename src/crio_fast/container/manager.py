@@ -32,6 +32,7 @@ from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.monitor import (
+    FEATURE_APPARMOR,
     FEATURE_PLAN_FOLLOWS,
     ExitInfo,
     MonitorError,
@@ -64,6 +65,7 @@ from crio_fast.runtime.plan import (
 )
 from crio_fast.sandbox.manager import SandboxManager, decode_pod_config
 from crio_fast.container import oci, security
+from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.state.records import (
     CTR_CREATED,
@@ -253,6 +255,7 @@ class _CheckedRequest:
     argv: list[str]
     devices: list[security.DeviceNode]
     make_cgroup: Callable[[], None]
+    apparmor_profile: str | None  # None: none (unconfined)
 
 
 class ContainerManager:
@@ -265,8 +268,11 @@ class ContainerManager:
         cgroups: CgroupManager,
         monitor_path: str,
         events: Callable[[ContainerRecord, int], None] | None = None,
+        apparmor: AppArmor | None = None,
     ) -> None:
         self.config = config
+        # The node's AppArmor: the one place that decides a container's profile (container/apparmor.py).
+        self.apparmor = apparmor if apparmor is not None else AppArmor(config.runtime.apparmor_profile)
         # Told (record, pb.ContainerEventType) at each lifecycle step; the engine's event bus.
         self.events = events
         self._starting: set[str] = set()  # ids inside start(): their exits are folded in by start()
@@ -482,11 +488,11 @@ class ContainerManager:
         def whole_plan(request: _CheckedRequest) -> LaunchPlan:
             overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime)
             return self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
-                                   request.argv, request.devices, cg, layout_v2)
+                                   request.argv, request.devices, cg, layout_v2, request.apparmor_profile)
 
         try:
             if external_runtime:
-                checked = self._check_request(config, image_config, cg, external_runtime)
+                checked = self._check_request(config, image_config, cg, external_runtime, monitor.features)
                 checked.make_cgroup()  # the runtime's create joins it
                 plan, oci_call = self._oci_bundle(record, pod, whole_plan(checked), sc,
                                                   pod_config.linux.security_context, checked.devices)
@@ -505,9 +511,10 @@ class ContainerManager:
                     overlay = self._rootfs_overlay(record, image.record.id, layer_dirs, external_runtime,
                                                    make_dirs=False)
                     yield encode_rootfs(overlay=overlay)
-                    checked = self._check_request(config, image_config, cg, external_runtime)
+                    checked = self._check_request(config, image_config, cg, external_runtime, monitor.features)
                     yield self._plan_rest(record, pod, pod_config, config, image_config, layer_dirs, head, overlay,
-                                          checked.argv, checked.devices, cg, layout_v2).encode_rest()
+                                          checked.argv, checked.devices, cg, layout_v2,
+                                          checked.apparmor_profile).encode_rest()
 
                 def make_cgroup() -> None:  # after the whole rest is out, so after the checks
                     assert checked is not None
@@ -515,7 +522,7 @@ class ContainerManager:
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
             else:  # a monitor from before plans in parts
-                checked = self._check_request(config, image_config, cg, external_runtime)
+                checked = self._check_request(config, image_config, cg, external_runtime, monitor.features)
                 pending = monitor.begin_create(record.id, whole_plan(checked), log_path,
                                                meanwhile=checked.make_cgroup)
         except MonitorError as exc:
@@ -526,9 +533,9 @@ class ContainerManager:
         log.info("container %s (%s) created", record.id[:12], record.name)
 
     def _check_request(self, config: pb.ContainerConfig, image_config: dict[str, Any], cg,
-                       external_runtime: bool) -> "_CheckedRequest":
-        """The checks of a CreateContainer request, and what they yield: the command, the devices, and
-        the step that makes the container's cgroup with its limits and device rules."""
+                       external_runtime: bool, monitor_features: int) -> "_CheckedRequest":
+        """The checks of a CreateContainer request, and what they yield: the command, the devices, the
+        AppArmor profile, and the step that makes the container's cgroup with its limits and device rules."""
         sc = config.linux.security_context
         entrypoint = list(config.command) or list(image_config.get("Entrypoint") or [])
         cmd = list(config.args) if config.args else ([] if config.command else list(image_config.get("Cmd") or []))
@@ -545,6 +552,11 @@ class ContainerManager:
             if not os.path.exists(m.host_path):
                 raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
         security.check_mac(sc)
+        apparmor_profile = self.apparmor.profile_for(sc)
+        if apparmor_profile is not None and not external_runtime and not monitor_features & FEATURE_APPARMOR:
+            # Its plan decoder would refuse the field; never run the container without its profile.
+            raise FailedPrecondition(f"apparmor profile {apparmor_profile!r}: this pod's monitor was started by a "
+                                     "crio-fast without AppArmor support; recreate the pod")
         devices = security.host_devices() if sc.privileged else security.requested_devices(config.devices)
 
         resources = self._resources(config.linux.resources)
@@ -574,7 +586,7 @@ class ContainerManager:
             if v2_restricted:
                 self.cgroups.restrict_devices(cg, [*security.DEFAULT_DEVICE_RULES, *device_rules])
 
-        return _CheckedRequest(argv=argv, devices=devices, make_cgroup=make_cgroup)
+        return _CheckedRequest(argv=argv, devices=devices, make_cgroup=make_cgroup, apparmor_profile=apparmor_profile)
 
     def _rootfs_overlay(self, record: ContainerRecord, image_id: str, layer_dirs: list[Path],
                         external_runtime: bool, make_dirs: bool = True) -> Overlay:
@@ -595,7 +607,8 @@ class ContainerManager:
 
     def _plan_rest(self, record, pod, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig,
                    image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, overlay: Overlay,
-                   argv: list[str], devices: list[security.DeviceNode], cg, layout_v2: bool) -> LaunchPlan:
+                   argv: list[str], devices: list[security.DeviceNode], cg, layout_v2: bool,
+                   apparmor_profile: str | None) -> LaunchPlan:
         """The whole plan, from the head on: the rootfs, who the process runs as, with which
         capabilities and seccomp filter, its environment and mounts. Also fills the record's process,
         mounts and stop signal."""
@@ -675,12 +688,15 @@ class ContainerManager:
             stdin=head.stdin,
             tty=head.tty,
             root_propagation=head.root_propagation,
+            apparmor_profile=apparmor_profile,
         )
         record.process = {
             "env": env_list, "cwd": cwd, "uid": uid, "gid": gid, "gids": gids, "no_new_privs": sc.no_new_privs,
             "caps": [caps.bounding, caps.effective, caps.permitted, caps.inheritable, caps.ambient],
             "cgroup_procs": list(head.cgroup_procs),
             "seccomp_digest": self.state.seccomp.add(seccomp) if seccomp else None,
+            # ExecSync and Exec run under it too; absent in records from before AppArmor: none.
+            "apparmor_profile": apparmor_profile,
         }
         return plan
 
@@ -713,6 +729,9 @@ class ContainerManager:
         oci.apply_network_sysctls(plan.sysctls, pod.ns_paths)
         oci.write_bundle(Path(record.bundle), spec)
         os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
+        # The runtime applies the profile (process.apparmorProfile); the monitor only decodes this plan, and
+        # one started by a crio-fast without AppArmor would refuse the field.
+        plan = dataclasses.replace(plan, apparmor_profile=None)
         return plan, OciRuntimeCall(runtime_path=handler.runtime_path, root=handler.runtime_root,
                                     bundle=record.bundle, hide_cgroup2_mount=handler.hide_cgroup2_mount)
 
@@ -961,6 +980,7 @@ class ContainerManager:
             no_new_privs=p["no_new_privs"],
             seccomp=seccomp,
             rlimits=security.parse_ulimits(self.config.runtime.default_ulimits),
+            apparmor_profile=p.get("apparmor_profile"),
         )
 
     def streaming_exec_plan(self, container_id: str, cmd: list[str]) -> ExecPlan:

@@ -19,6 +19,8 @@ container the same way:
   (at creation and in UpdateContainerResources), as for native containers;
 - seccomp: the JSON profile itself (the plan's compiled BPF program cannot be
   expressed in OCI JSON), chosen with the same rules as for native containers;
+- AppArmor: ``process.apparmorProfile`` is the plan's profile (none: the key is
+  left out, and the runtime leaves the process unconfined);
 - sysctls: IPC ones in ``linux.sysctl``; network ones are written into the
   pod's network namespace by the daemon before the runtime runs
   (``apply_network_sysctls``). The pod monitor, which runs ``runc create``,
@@ -225,6 +227,9 @@ def build_spec(
         }
     if plan.oom_score_adj is not None:
         process["oomScoreAdj"] = plan.oom_score_adj
+    if plan.apparmor_profile is not None:
+        # The plan's, decided by container/apparmor.py; ExecSync's `exec --process` copies it.
+        process["apparmorProfile"] = plan.apparmor_profile
 
     namespaces: list[dict[str, str]] = []
     for ns in plan.namespaces:

@@ -129,27 +129,16 @@ def resolve_identity(sc: pb.LinuxContainerSecurityContext, image_user: str, laye
     return Identity(uid=uid, gid=gid, additional_gids=sorted(groups))
 
 
-# -- MAC (AppArmor, SELinux) --------------------------------------------------------
+# -- MAC: SELinux (AppArmor: crio_fast.container.apparmor) -------------------------------
 
 
-def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None = None,
-              apparmor_enabled: bool | None = None) -> None:
-    """Refuse AppArmor/SELinux requests this host cannot apply instead of silently running unconfined.
+def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None = None) -> None:
+    """Refuse SELinux options this host cannot apply instead of silently running unlabelled.
 
-    Unconfined or empty requests are fine; RuntimeDefault AppArmor is accepted
-    only when AppArmor is off (the runtime default is then "no profile", as in
-    CRI-O), while an explicit Localhost profile cannot be applied without it.
+    AppArmor is decided (and applied) by crio_fast.container.apparmor.
     """
-    if apparmor_enabled is None:
-        apparmor_enabled = _apparmor_enabled()
     if selinux_enabled is None:
         selinux_enabled = _selinux_enabled()
-    profile = sc.apparmor
-    legacy = sc.apparmor_profile
-    wants_localhost = profile.profile_type == pb.SecurityProfile.Localhost or legacy.startswith("localhost/")
-    if wants_localhost and not apparmor_enabled:
-        name = profile.localhost_ref or legacy.removeprefix("localhost/")
-        raise FailedPrecondition(f"apparmor profile {name!r} requested but AppArmor is not enabled on this host")
     opts = sc.selinux_options
     if any((opts.user, opts.role, opts.type, opts.level)) and not selinux_enabled:
         raise FailedPrecondition(
@@ -161,14 +150,6 @@ def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None
 @functools.cache
 def _selinux_enabled() -> bool:
     return os.path.exists("/sys/fs/selinux/enforce")
-
-
-@functools.cache
-def _apparmor_enabled() -> bool:
-    try:
-        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
-    except OSError:
-        return False
 
 
 # -- Sysctls --------------------------------------------------------------------------

@@ -106,6 +106,9 @@ class Daemon:
             await self.stop(grace=0)
             raise
         log.info("crio-fast %s serving CRI v1 on %s", self.engine.version, listen)
+        # apparmor_parser is a CPU-bound process of its own (0.1-0.3 s, seconds on a slow machine): it runs
+        # once the daemon serves, not in the way of its start; what needs the profile waits for it.
+        self.engine.apparmor.start_loading()
 
     def _bind_grpc_server(self, listen: str) -> grpc.Server:
         """Both services on the unix socket, not yet serving.

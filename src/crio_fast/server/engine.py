@@ -17,6 +17,7 @@ from typing import Any
 from crio_fast import _native
 from crio_fast.config import Config
 from crio_fast.cgroups import CgroupManager
+from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
 from crio_fast.image.manager import ImageManager
 from crio_fast.sandbox.manager import SandboxManager
@@ -102,8 +103,12 @@ class Engine:
         self.state = StateStore(config.crio.root)
         self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor)
         self.events = EventBus()
+        # The runtime default AppArmor profile: loaded by the daemon once it serves (Daemon.start), when
+        # AppArmor is on and it is the built-in one; what stands in its way makes RuntimeReady false
+        # rather than containers run unconfined.
+        self.apparmor = AppArmor(config.runtime.apparmor_profile)
         self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor,
-                                           events=self.publish_container_event)
+                                           events=self.publish_container_event, apparmor=self.apparmor)
         self.sandboxes.containers = self.containers
         ready_before = {p.id for p in self.state.pods.values() if p.state == POD_READY}
         self.sandboxes.recover()
@@ -145,6 +150,10 @@ class Engine:
         for path in (self.config.crio.root, self.config.crio.runroot):
             if not os.access(path, os.W_OK | os.X_OK):
                 return False, "StorageUnavailable", f"{path} is not writable"
+        if problem := self.apparmor.problem():
+            return False, "AppArmorDefaultProfileMissing", (
+                f"{problem}; until it is loaded, containers that ask for the runtime default AppArmor profile "
+                "(or name none) are refused")
         return True, "", ""
 
     def network_condition(self) -> tuple[bool, str, str]:

@@ -59,6 +59,7 @@ class RuntimeServicer(ServicerBase):
         if request.verbose:
             response.info["config"] = json.dumps(self.engine.config_info(), sort_keys=True, default=_jsonable)
             response.info["version"] = json.dumps({"runtime_version": self.engine.version})
+            response.info["apparmor"] = json.dumps(self.engine.apparmor.describe())
         return response
 
     def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext) -> pb.RuntimeConfigResponse:
@@ -133,7 +134,9 @@ class RuntimeServicer(ServicerBase):
         response = pb.ContainerStatusResponse(status=containers.status_proto(record))
         if request.verbose:
             response.info["info"] = json.dumps(
-                {"pid": record.pid, "sandboxID": record.pod_id, "bundle": record.bundle, "cgroup": record.cgroup_path}
+                {"pid": record.pid, "sandboxID": record.pod_id, "bundle": record.bundle, "cgroup": record.cgroup_path,
+                 # The profile the container's processes (and its execs) run under; "unconfined": none.
+                 "apparmorProfile": record.process.get("apparmor_profile") or "unconfined"}
             )
         return response
 
