@@ -6,7 +6,9 @@ monitor: the same CRI request must give the same container whichever handler run
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,10 +16,12 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from crio_fast.container import apparmor
 from tests.support import cgroups
 from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
 from tests.support.pods import create, daemon_with_busybox, kubelet_pod_linux, run_pod as run_plain_pod, start
+from tests.support.streamclient import exec_over_spdy
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +228,62 @@ def test_localhost_seccomp_profile(env, pod, tmp_path):
     assert sh(env, ctr, "touch /tmp/y && echo ok").stdout == b"ok\n"
 
 
+APPARMOR_ON = apparmor.host_enabled()
+needs_apparmor = pytest.mark.skipif(not APPARMOR_ON, reason="AppArmor is not enabled on this host")
+# Allows everything but writes to /tmp/aa-denied*: enough to see it enforced.
+TEST_PROFILE = "crio-fast-test-deny-write"
+
+
+@pytest.fixture(scope="module")
+def apparmor_test_profile(tmp_path_factory):
+    """TEST_PROFILE loaded with apparmor_parser for the module's tests, removed after them."""
+    if not APPARMOR_ON:
+        pytest.skip("AppArmor is not enabled on this host")
+    parser = apparmor.find_parser()
+    if parser is None:
+        pytest.skip("apparmor_parser is not installed (Debian/Ubuntu: the apparmor package)")
+    path = tmp_path_factory.mktemp("apparmor") / TEST_PROFILE
+    abi = "abi <abi/3.0>,\n" if Path(apparmor.POLICY_DIR, "abi", "3.0").exists() else ""
+    path.write_text(f"""{abi}
+profile {TEST_PROFILE} flags=(attach_disconnected,mediate_deleted) {{
+  file,
+  network,
+  capability,
+  signal,
+  ptrace,
+  umount,
+  deny /tmp/aa-denied* w,
+}}
+""")
+    subprocess.run([parser, "-r", "-K", str(path)], check=True, capture_output=True, text=True)
+    try:
+        yield TEST_PROFILE
+    finally:
+        subprocess.run([parser, "-R", str(path)], check=False, capture_output=True)
+
+
+def attr_current(d: Daemon, ctr: str, pid: str = "1") -> str:
+    """The AppArmor label of a process in the container, read from inside it."""
+    result = sh(d, ctr, f"cat /proc/{pid}/attr/current")
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.decode().strip("\0\n ")
+
+
+def verbose_info(d: Daemon, ctr: str) -> dict:
+    info = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=10)
+    return json.loads(info.info["info"])
+
+
+def streaming_exec(d: Daemon, ctr: str, cmd: list[str]) -> tuple[bytes, bytes]:
+    """stdout and stderr of ``cmd`` run through Exec and the streaming server (the exec helper, whatever
+    the handler)."""
+    url = d.client.runtime.Exec(api.ExecRequest(container_id=ctr, cmd=cmd, stdout=True, stderr=True),
+                                timeout=10).url
+    stdout, stderr, _ = asyncio.run(exec_over_spdy(url))
+    return stdout, stderr
+
+
+@pytest.mark.skipif(APPARMOR_ON, reason="AppArmor is enabled on this host: the apparmor tests below run instead")
 def test_apparmor_profile_refused_when_apparmor_is_off(env, pod):
     pod_id, pod_config = pod()
 
@@ -235,6 +295,101 @@ def test_apparmor_profile_refused_when_apparmor_is_off(env, pod):
         run(env, pod_id, pod_config, configure)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "AppArmor is not enabled" in info.value.details()
+    # The runtime default is "none" there: a container that names no profile runs, unconfined.
+    assert verbose_info(env, run(env, pod_id, pod_config))["apparmorProfile"] == "unconfined"
+
+
+def test_apparmor_status_reports_the_default_profile(env):
+    response = env.client.runtime.Status(api.StatusRequest(verbose=True), timeout=10)
+    described = json.loads(response.info["apparmor"])
+    assert described["enabled"] is APPARMOR_ON
+    ready = next(c for c in response.status.conditions if c.type == "RuntimeReady")
+    assert ready.status, ready.message
+    if APPARMOR_ON:
+        assert described == {"enabled": True, "defaultProfile": "crio-fast-default", "problem": None}
+        assert "crio-fast-default" in apparmor.loaded_profiles()  # loaded by the daemon at its start
+
+
+@needs_apparmor
+def test_apparmor_localhost_profile_is_enforced_on_the_container_and_its_execs(env, pod, apparmor_test_profile):
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        c.linux.security_context.apparmor.profile_type = api.SecurityProfile.Localhost
+        c.linux.security_context.apparmor.localhost_ref = apparmor_test_profile
+
+    ctr = run(env, pod_id, pod_config, configure,
+              command=["sh", "-c", "echo x > /tmp/aa-denied-init; echo init-write=$?; exec sleep 3600"])
+    label = f"{apparmor_test_profile} (enforce)"
+    assert attr_current(env, ctr) == label  # the container's own process
+    assert attr_current(env, ctr, "self") == label  # an ExecSync
+    denied = sh(env, ctr, "echo x > /tmp/aa-denied")
+    assert denied.exit_code != 0 and b"Permission denied" in denied.stderr, denied
+    assert sh(env, ctr, "echo x > /tmp/allowed && echo ok").stdout == b"ok\n"
+    stdout, stderr = streaming_exec(env, ctr, ["sh", "-c", "cat /proc/self/attr/current; echo x > /tmp/aa-denied2"])
+    assert stdout.strip(b"\0\n") == label.encode() and b"Permission denied" in stderr, (stdout, stderr)
+    log = Path(container_status(env, ctr).log_path)
+    deadline = time.monotonic() + 10
+    while b"init-write=" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b"init-write=1" in log.read_bytes()  # refused to the init too
+    assert verbose_info(env, ctr)["apparmorProfile"] == apparmor_test_profile
+    # The deprecated field names it too.
+    legacy = run(env, pod_id, pod_config,
+                 lambda c: setattr(c.linux.security_context, "apparmor_profile", f"localhost/{apparmor_test_profile}"))
+    assert attr_current(env, legacy) == label
+
+
+@needs_apparmor
+def test_apparmor_runtime_default_unconfined_and_privileged(env, pod):
+    """Nothing asked or RuntimeDefault: the daemon's default profile, which denies mounts (with
+    CAP_SYS_ADMIN and no seccomp filter, only AppArmor stands in the way); Unconfined and privileged: none."""
+    pod_id, pod_config = pod()
+
+    def mount_powers(kind):
+        def configure(c):
+            sc = c.linux.security_context
+            sc.capabilities.add_capabilities.append("SYS_ADMIN")
+            sc.seccomp.profile_type = api.SecurityProfile.Unconfined
+            if kind is not None:
+                sc.apparmor.profile_type = kind
+                sc.apparmor.SetInParent()
+        return configure
+
+    mount = "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted"
+    for kind in (None, api.SecurityProfile.RuntimeDefault):
+        ctr = run(env, pod_id, pod_config, mount_powers(kind))
+        assert attr_current(env, ctr) == "crio-fast-default (enforce)"
+        assert attr_current(env, ctr, "self") == "crio-fast-default (enforce)"
+        assert streaming_exec(env, ctr, ["cat", "/proc/self/attr/current"])[0].strip(b"\0\n") == \
+            b"crio-fast-default (enforce)"
+        refused = sh(env, ctr, mount)
+        assert refused.exit_code != 0 and b"Permission denied" in refused.stderr, refused
+        assert verbose_info(env, ctr)["apparmorProfile"] == "crio-fast-default"
+    unconfined = run(env, pod_id, pod_config, mount_powers(api.SecurityProfile.Unconfined))
+    assert attr_current(env, unconfined) == "unconfined"
+    assert sh(env, unconfined, mount).stdout == b"mounted\n"
+    assert verbose_info(env, unconfined)["apparmorProfile"] == "unconfined"
+    privileged = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "privileged", True))
+    assert attr_current(env, privileged) == "unconfined"
+
+
+@needs_apparmor
+def test_apparmor_unknown_localhost_profile_is_refused(env, pod):
+    pod_id, pod_config = pod()
+
+    def structured(c):
+        c.linux.security_context.apparmor.profile_type = api.SecurityProfile.Localhost
+        c.linux.security_context.apparmor.localhost_ref = "crio-fast-no-such-profile"
+
+    def legacy(c):
+        c.linux.security_context.apparmor_profile = "localhost/crio-fast-no-such-profile"
+
+    for configure in (structured, legacy):
+        with pytest.raises(grpc.RpcError) as info:
+            create(env, pod_id, pod_config, ["sleep", "3600"], configure=configure)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'crio-fast-no-such-profile' is not loaded" in info.value.details()
 
 
 def test_privileged_container_sees_host_devices(env, pod):
