@@ -843,7 +843,10 @@ class ContainerManager:
             delay = min(delay * 2, 0.05)
 
     def stop(self, container_id: str, timeout: int) -> None:
-        record = self.get(container_id)
+        try:
+            record = self.get(container_id)
+        except NotFound:
+            return  # idempotent, as the CRI conformance suite checks: nothing left to stop
         self._settle(record)
         if record.state not in (CTR_CREATED, CTR_RUNNING):
             return
