@@ -385,10 +385,7 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
             stdout, stderr = _output_until_exit(proc, timeout)
         except subprocess.TimeoutExpired:
             # Killing the runtime would leave the command running in the container: kill the command.
-            try:
-                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+            _kill_exec_command(proc, pid_file)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -405,6 +402,23 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
                 leftover.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _kill_exec_command(runtime: subprocess.Popen, pid_file: Path, patience: float = 5.0) -> None:
+    """SIGKILL the command of ``RUNTIME exec``, named by its pid file. The runtime writes that file
+    once the command runs, which on a slow node can come after a short timeout: wait for it while the
+    runtime lives."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            return
+        except (FileNotFoundError, ValueError):  # not written yet, or half written
+            if runtime.poll() is not None or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        except OSError:
+            return  # it ended by itself
 
 
 def _output_until_exit(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
