@@ -65,14 +65,16 @@ def test_runtime_default_and_no_request_get_the_configured_default():
     assert decide(sc(RD)) == "crio-fast-default"
     assert decide(sc(legacy="runtime/default")) == "crio-fast-default"
     assert decide(sc(RD), default="node-default", loaded=("node-default",)) == "node-default"
-    assert decide(sc(RD), default="unconfined") is None  # the default turned off in the configuration
+    assert decide(sc(RD), default="unconfined") == "unconfined"  # the default turned off in the configuration
     # CRI-O's reading: a localhost_ref with the RuntimeDefault type is still RuntimeDefault.
     assert decide(sc(RD, "deny-write")) == "crio-fast-default"
 
 
-def test_unconfined_gets_none():
-    assert decide(sc(UNCONFINED)) is None
-    assert decide(sc(legacy="unconfined")) is None
+def test_unconfined_is_written_as_a_profile():
+    """As CRI-O: "unconfined" goes to the runtime, so the container drops the runtime's own label."""
+    assert decide(sc(UNCONFINED)) == "unconfined"
+    assert decide(sc(legacy="unconfined")) == "unconfined"
+    assert decide(sc(UNCONFINED), loaded=()) == "unconfined"  # a label, not a profile to find
 
 
 def test_localhost_profile_must_be_loaded():
@@ -175,7 +177,7 @@ def test_missing_apparmor_parser_is_a_clear_problem(node, tmp_path):
     assert aa.problem() == problem
     with pytest.raises(FailedPrecondition, match="apparmor_parser is not installed"):
         aa.profile_for(sc())
-    assert aa.profile_for(sc(UNCONFINED)) is None  # what needs no loading still works
+    assert aa.profile_for(sc(UNCONFINED)) == "unconfined"  # what needs no loading still works
     finding = check_apparmor(Config(), aa)
     assert finding.status is Status.MISSING and "apparmor_parser is not installed" in finding.detail
     assert "apt-get install apparmor" in finding.hint

@@ -10,13 +10,16 @@ ExecSync and Exec run under the container's profile too.
 The rules follow CRI-O's (internal/config/apparmor), with its structured
 field first and the deprecated string as the fallback:
 
-- privileged containers run without a profile, whatever is asked;
+- privileged containers get no profile of ours, whatever they ask: they keep
+  the label they start with (``unconfined``; with runc or crun the runtime's
+  own, ``runc (unconfined)`` where the distribution ships a profile for it);
 - RuntimeDefault, or nothing asked at all (neither ``apparmor`` nor the
   deprecated ``apparmor_profile``; the kubelet sends nothing for a pod that
   names no profile) -> the configured default (``[crio.runtime]
   apparmor_profile``, built in: ``crio-fast-default``, which the daemon
   generates and loads when it starts; ``unconfined`` turns the default off);
-- Unconfined -> no profile;
+- Unconfined -> ``unconfined``, written as a profile (CRI-O does too): the
+  container drops whatever label its runtime or the daemon has;
 - Localhost ``foo`` (``localhost_ref``, or ``apparmor_profile =
   "localhost/foo"``, or a bare name there as CRI-O takes it) -> ``foo``, which
   must be loaded already: refused with FAILED_PRECONDITION naming it if not.
@@ -99,7 +102,7 @@ def check_name(name: str) -> str:
 
 def profile_for(requested: pb.SecurityProfile | None, privileged: bool, *, enabled: bool, default_profile: str,
                 is_loaded: Callable[[str], bool]) -> str | None:
-    """The AppArmor profile a container runs under, or None for none (unconfined).
+    """The AppArmor profile a container runs under (``unconfined`` included), or None: none of ours.
 
     ``requested`` is ``requested_profile(sc)``; ``default_profile`` the configured runtime default
     (``unconfined`` for none); ``is_loaded(name)`` tells whether the kernel has a profile of that name
@@ -109,7 +112,7 @@ def profile_for(requested: pb.SecurityProfile | None, privileged: bool, *, enabl
         return None  # as CRI-O: a privileged container never gets a profile
     kind = pb.SecurityProfile.RuntimeDefault if requested is None else requested.profile_type
     if kind == pb.SecurityProfile.Unconfined:
-        return None
+        return UNCONFINED if enabled else None  # without AppArmor there is nothing to write it to
     if kind == pb.SecurityProfile.Localhost:
         name = check_name(requested.localhost_ref.removeprefix("localhost/"))
         if not enabled:
@@ -121,8 +124,10 @@ def profile_for(requested: pb.SecurityProfile | None, privileged: bool, *, enabl
         return name
     if kind != pb.SecurityProfile.RuntimeDefault:
         raise InvalidArgument(f"apparmor: unknown profile type {kind}")
-    if not enabled or default_profile == UNCONFINED:
+    if not enabled:
         return None
+    if default_profile == UNCONFINED:
+        return UNCONFINED
     if not is_loaded(default_profile):
         raise FailedPrecondition(f"the runtime default AppArmor profile {default_profile!r} is not loaded on "
                                  "this node")
