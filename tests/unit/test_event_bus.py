@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -17,10 +18,12 @@ def event(n: int) -> pb.ContainerEventResponse:
 
 async def take(subscription, count: int) -> list[str]:
     out = []
-    async for e in subscription.events():
-        out.append(e.container_id)
-        if len(out) == count:
-            break
+    # Closed on the way out: a generator left by `break` is closed later by the loop, when it gets to it.
+    async with contextlib.aclosing(subscription.events()) as events:
+        async for e in events:
+            out.append(e.container_id)
+            if len(out) == count:
+                break
     return out
 
 
