@@ -132,8 +132,15 @@ def test_exit_code_3_is_an_error(env, handler):
 
 
 def test_stop_leaves_it_exited(env, handler):
-    _, ctr = run_container(env, handler, ["/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"])
-    assert status(env, ctr).state == api.ContainerState.CONTAINER_RUNNING
+    _, ctr = run_container(env, handler, ["/bin/sh", "-c",
+                                          "trap 'exit 7' TERM; echo trapped; while :; do sleep 0.05; done"])
+    st = status(env, ctr)
+    assert st.state == api.ContainerState.CONTAINER_RUNNING
+    # StartContainer returns before the shell has set its trap (as runc start does): wait for it.
+    deadline = time.monotonic() + 10
+    while log_text(st.log_path) != b"trapped\n":
+        assert time.monotonic() < deadline, log_text(st.log_path)
+        time.sleep(0.01)
     env.client.runtime.StopContainer(api.StopContainerRequest(container_id=ctr, timeout=10), timeout=30)
     st = status(env, ctr)
     assert st.state == api.ContainerState.CONTAINER_EXITED

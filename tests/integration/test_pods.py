@@ -151,8 +151,14 @@ def test_namespaces_are_the_pods(cri):
     pod_id, pod = run_pod(cri, hostname="my-pod")
     ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
     start(cri, ctr)
-    r = exec_sync(cri, ctr, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"])
-    hostname, pid1 = r.stdout.decode().splitlines()
+    # StartContainer returns before the container's execve (as runc start does): until then
+    # /proc/1/cmdline is empty.
+    deadline = time.monotonic() + 10
+    while len(lines := exec_sync(cri, ctr, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"]
+                                 ).stdout.decode().splitlines()) < 2:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.01)
+    hostname, pid1 = lines
     assert hostname == "my-pod"
     assert pid1.strip() == "/bin/sleep 1000"  # its own PID namespace: sleep is PID 1
     info = cri.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=5).info
