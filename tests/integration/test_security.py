@@ -484,6 +484,27 @@ def test_the_containers_own_cgroup_files_are_visible_and_read_only(env, pod, han
         assert int(result.stdout) > 10  # the memory cgroup's files, not an empty directory
 
 
+def test_a_read_only_volume_leaves_the_mounts_under_its_source_writable(env, pod, tmp_path):
+    """CRI's readonly without recursive_read_only: the volume's own mount is read-only, the mounts under its
+    source come along (rbind) as they are, writable, as an OCI runtime's "rbind,ro" leaves them."""
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "sub-of-volume", str(volume / "sub")], check=True)
+    try:
+        pod_id, pod_config = pod()
+
+        def configure(config: api.ContainerConfig) -> None:
+            config.mounts.add(container_path="/vol", host_path=str(volume), readonly=True)
+
+        ctr = run(env, pod_id, pod_config, configure=configure)
+        result = sh(env, ctr, "echo x > /vol/top && echo wrote-top; echo y > /vol/sub/file && echo wrote-sub; true")
+        assert result.stdout.split() == [b"wrote-sub"], (result.stdout, result.stderr)
+        assert b"Read-only file system" in result.stderr
+        assert (volume / "sub" / "file").read_text() == "y\n"
+    finally:
+        subprocess.run(["umount", "-l", str(volume / "sub")], check=False)
+
+
 def test_namespaced_sysctl_applied_and_node_sysctl_refused(env, pod):
     pod_id, pod_config = pod({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"})
     ctr = run(env, pod_id, pod_config)

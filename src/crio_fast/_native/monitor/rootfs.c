@@ -146,9 +146,14 @@ static struct mount_attr_v0 mount_attr_from_flags(uint64_t flags, uint32_t propa
 }
 
 /* Attach a clone of `source_fd` (or of host path `source`) onto `target_fd`
- * with the attributes already applied to the detached clone. */
+ * with the attributes already applied to the detached clone. MS_REC clones the
+ * mounts under the source too and sets the propagation on all of them; the
+ * other attributes (read-only, nosuid, ...) go on the top mount alone unless
+ * `attributes_recursive`, as an OCI runtime's "rbind,ro" leaves a tmpfs under
+ * the source writable. */
 static int attach_clone(int source_dirfd, const char *source, int target_fd, uint64_t flags, uint32_t propagation,
-                        const char *what, const char *rootfs, const char *destination, struct error *err)
+                        bool attributes_recursive, const char *what, const char *rootfs, const char *destination,
+                        struct error *err)
 {
     bool recursive = flags & MS_REC;
     unsigned int tree_flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0);
@@ -159,14 +164,27 @@ static int attach_clone(int source_dirfd, const char *source, int target_fd, uin
         return error_errno(err, errno, "%s %s on %s%s: open_tree", what, *source ? source : "(fd)", rootfs,
                            destination);
     struct mount_attr_v0 attr = mount_attr_from_flags(flags, propagation);
-    if ((attr.attr_set || attr.propagation) &&
-        sys_mount_setattr(tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr) < 0) {
+    /* One call when both parts reach the same mounts, else the attributes and the propagation apart. */
+    bool split = recursive && !attributes_recursive && attr.attr_set && attr.propagation;
+    struct mount_attr_v0 first = attr;
+    if (split)
+        first.propagation = 0;
+    unsigned int first_at = AT_EMPTY_PATH | (recursive && (attributes_recursive || !attr.attr_set) ? AT_RECURSIVE : 0);
+    int rc = 0;
+    if (first.attr_set || first.propagation)
+        rc = sys_mount_setattr(tree, "", first_at, &first);
+    if (rc == 0 && split) {
+        struct mount_attr_v0 propagation_only = {.propagation = attr.propagation};
+        rc = sys_mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &propagation_only);
+    }
+    if (rc < 0) {
         int saved = errno;
         close(tree);
-        return error_errno(err, saved, "%s %s on %s%s: set attributes %#llx", what, *source ? source : "(fd)",
-                           rootfs, destination, (unsigned long long)attr.attr_set);
+        return error_errno(err, saved, "%s %s on %s%s: set attributes %#llx, propagation %#x", what,
+                           *source ? source : "(fd)", rootfs, destination, (unsigned long long)attr.attr_set,
+                           attr.propagation);
     }
-    int rc = sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    rc = sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
     int saved = errno;
     close(tree);
     if (rc < 0)
@@ -218,7 +236,7 @@ static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, 
                                  : ensure_file(root_fd, rootfs, m->destination, err);
     if (fd < 0)
         return -1;
-    int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation, "bind", rootfs, m->destination, err);
+    int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation, false, "bind", rootfs, m->destination, err);
     close(fd);
     return rc;
 }
@@ -323,7 +341,7 @@ static int do_mask(int root_fd, const char *rootfs, const struct plan_mount *m, 
         if (rc < 0)
             error_errno(err, errno, "mask %s%s with an empty tmpfs", rootfs, m->destination);
     } else {
-        rc = attach_clone(AT_FDCWD, "/dev/null", fd, 0, 0, "mask with", rootfs, m->destination, err);
+        rc = attach_clone(AT_FDCWD, "/dev/null", fd, 0, 0, false, "mask with", rootfs, m->destination, err);
     }
     close(fd);
     return rc;
@@ -348,7 +366,7 @@ static int do_readonly(int root_fd, const char *rootfs, const struct plan_mount 
     } else {
         /* Bind the path over itself, read-only; works for mount points and for
          * plain directories such as /proc/sys alike. */
-        rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, "read-only bind of", rootfs, m->destination, err);
+        rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, true, "read-only bind of", rootfs, m->destination, err);
     }
     close(fd);
     return rc;
@@ -711,7 +729,7 @@ int prepare_rootfs(const struct launch_plan *plan, struct error *err)
         int target = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (target < 0)
             return error_errno(err, errno, "open rootfs %s", plan->rootfs);
-        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, "bind rootfs", plan->rootfs, "", err);
+        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, false, "bind rootfs", plan->rootfs, "", err);
         close(target);
         if (rc < 0)
             return -1;
