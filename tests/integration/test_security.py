@@ -398,6 +398,31 @@ def test_apparmor_unknown_localhost_profile_is_refused(env, pod):
         assert "'crio-fast-no-such-profile' is not loaded" in info.value.details()
 
 
+def test_a_localhost_seccomp_profile_confines_all_but_privileged_containers(env, pod, tmp_path):
+    """A Localhost profile denying sethostname: it stops a container holding CAP_SYS_ADMIN, and a privileged
+    container, which runs without seccomp whatever profile it names, sets its (pod's) host name."""
+    profile = tmp_path / "deny-sethostname.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+
+    def with_profile(privileged: bool):
+        def configure(config: api.ContainerConfig) -> None:
+            sc = config.linux.security_context
+            sc.seccomp.profile_type = api.SecurityProfile.Localhost
+            sc.seccomp.localhost_ref = str(profile)
+            sc.capabilities.add_capabilities.append("SYS_ADMIN")
+            sc.privileged = privileged
+        return configure
+
+    pod_id, pod_config = pod()
+    confined = run(env, pod_id, pod_config, with_profile(False))
+    result = sh(env, confined, "hostname confined-name && echo set; grep ^Seccomp: /proc/self/status")
+    assert b"set" not in result.stdout.split() and b"Seccomp:\t2" in result.stdout, (result.stdout, result.stderr)
+    privileged = run(env, pod_id, pod_config, with_profile(True))
+    result = sh(env, privileged, "hostname privileged-name && hostname; grep ^Seccomp: /proc/self/status")
+    assert result.stdout.split() == [b"privileged-name", b"Seccomp:", b"0"], (result.stdout, result.stderr)
+
+
 def test_privileged_container_sees_host_devices(env, pod):
     pod_id, pod_config = pod()
     ctr = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "privileged", True))

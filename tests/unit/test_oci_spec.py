@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import resource
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container import oci
+from crio_fast.container import oci, security
 from crio_fast.runtime.plan import (
     MS_REC,
     MS_SLAVE,
@@ -114,6 +116,27 @@ def test_bind_propagation_without_rec_is_not_recursive():
     assert oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)["mounts"][0]["options"] == \
         ["rbind", "rslave"]
     assert MountOp.bind("/a", "/b").flags & MS_REC
+
+
+def test_seccomp_the_oci_spec_and_the_native_plan_confine_the_same_containers(tmp_path):
+    """Every combination of container profile, pod profile, privileged and seccomp_use_default_when_empty:
+    the OCI spec has a profile exactly when the native plan has a program, and a Localhost one is that file."""
+    localhost_path = tmp_path / "deny-sethostname.json"
+    localhost_path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}))
+    profiles = [None, pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault),
+                pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined),
+                pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(localhost_path))]
+    for container, pod, privileged, use_default in itertools.product(profiles, profiles, (False, True),
+                                                                       (False, True)):
+        native = security.seccomp_for(container, pod, privileged, use_default_when_empty=use_default)
+        spec = oci.seccomp_profile(container, pod, privileged, use_default_when_empty=use_default)
+        case = (container, pod, privileged, use_default)
+        assert (native is None) == (spec is None), case
+        chosen = container if container is not None else pod
+        if spec is not None and chosen is not None and chosen.profile_type == pb.SecurityProfile.Localhost:
+            assert spec["syscalls"][0]["names"] == ["sethostname"], case
+    assert oci.seccomp_profile(profiles[3], None, privileged=True) is None
 
 
 def test_seccomp_profile_follows_the_native_rules():

@@ -722,7 +722,8 @@ class ContainerManager:
             raise FailedPrecondition(f"container rootfs: {exc}") from exc
         plan = dataclasses.replace(plan, overlay=None, rootfs=rootfs)
         seccomp = oci.seccomp_profile(security.requested_seccomp(sc), security.requested_seccomp(pod_sc),
-                                      sc.privileged, self.config.runtime.seccomp_profile)
+                                      sc.privileged, self.config.runtime.seccomp_profile,
+                                      self.config.runtime.seccomp_use_default_when_empty)
         spec = oci.build_spec(plan, rootfs=rootfs, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
                               privileged=sc.privileged, seccomp=seccomp,
                               device_rules=[d.cgroup_rule() for d in devices])

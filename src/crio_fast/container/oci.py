@@ -167,21 +167,12 @@ def _device_rule(rule: str) -> dict[str, Any]:
 
 
 def seccomp_profile(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
-                    default_profile_path: str = "") -> dict[str, Any] | None:
-    """The seccomp profile as OCI JSON, chosen as security.seccomp_for chooses (None: unconfined)."""
-    chosen = container if container is not None else pod
-    if chosen is None:
-        if privileged:
-            return None
-        chosen = pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
-    if chosen.profile_type == pb.SecurityProfile.Unconfined:
+                    default_profile_path: str = "", use_default_when_empty: bool = True) -> dict[str, Any] | None:
+    """The seccomp profile as OCI JSON, the one security.seccomp_choice picks (None: unconfined)."""
+    profile = security.seccomp_profile_json(
+        security.seccomp_choice(container, pod, privileged, default_profile_path, use_default_when_empty))
+    if profile is None:
         return None
-    if chosen.profile_type == pb.SecurityProfile.Localhost:
-        profile = security._load_profile(chosen.localhost_ref)
-    elif default_profile_path:
-        profile = security._load_profile(default_profile_path)
-    else:
-        profile = security.runtime_default_profile()
     return {key: profile[key] for key in _SECCOMP_KEYS if key in profile}
 
 

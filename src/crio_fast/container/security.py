@@ -545,9 +545,13 @@ def requested_seccomp(context: Any) -> pb.SecurityProfile | None:
     raise InvalidArgument(f"seccomp_profile_path {legacy!r}: expected runtime/default, unconfined or localhost/<path>")
 
 
-def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
-                default_profile_path: str = "", use_default_when_empty: bool = True) -> bytes | None:
-    """The BPF program for a container, or None for unconfined.
+BUILTIN_SECCOMP = "builtin"  # seccomp_choice: the built-in RuntimeDefault profile
+
+
+def seccomp_choice(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
+                   default_profile_path: str = "", use_default_when_empty: bool = True) -> str | None:
+    """Which seccomp profile a container runs with: None for unconfined, BUILTIN_SECCOMP, or the path of
+    a JSON profile. Both launch paths take it from here (the native plan compiles it, an OCI spec embeds it).
 
     Privileged containers always run unconfined, whatever profile is named
     (as Kubernetes documents it). Otherwise the container's profile wins; when
@@ -567,10 +571,26 @@ def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | 
     if chosen.profile_type == pb.SecurityProfile.Unconfined:
         return None
     if chosen.profile_type == pb.SecurityProfile.Localhost:
-        return compile_profile(_load_profile(chosen.localhost_ref))
-    if default_profile_path:
-        return compile_profile(_load_profile(default_profile_path))
-    return _runtime_default_program()
+        return chosen.localhost_ref
+    return default_profile_path or BUILTIN_SECCOMP
+
+
+def seccomp_profile_json(choice: str | None) -> dict[str, Any] | None:
+    """The profile seccomp_choice chose, as JSON (None: unconfined)."""
+    if choice is None:
+        return None
+    return runtime_default_profile() if choice == BUILTIN_SECCOMP else _load_profile(choice)
+
+
+def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
+                default_profile_path: str = "", use_default_when_empty: bool = True) -> bytes | None:
+    """The BPF program for a container (seccomp_choice decides which), or None for unconfined."""
+    choice = seccomp_choice(container, pod, privileged, default_profile_path, use_default_when_empty)
+    if choice is None:
+        return None
+    if choice == BUILTIN_SECCOMP:
+        return _runtime_default_program()
+    return compile_profile(_load_profile(choice))
 
 
 @functools.cache
