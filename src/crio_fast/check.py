@@ -63,7 +63,7 @@ class Finding:
         return f"{line}\n         hint: {self.hint}" if self.hint and self.status is not Status.OK else line
 
 
-def check_overlayfs(proc_dir: str = "/proc") -> Finding:
+def check_overlayfs(proc_dir: str = "/proc", modules_dir: str | None = None) -> Finding:
     path = os.path.join(proc_dir, "filesystems")
     try:
         with open(path, encoding="utf-8") as f:
@@ -72,12 +72,29 @@ def check_overlayfs(proc_dir: str = "/proc") -> Finding:
         return Finding(Status.MISSING, "overlayfs", f"cannot read {path}: {exc.strerror}", "is /proc mounted?")
     if "overlay" in names:
         return Finding(Status.OK, "overlayfs", f"listed in {path}")
+    module = overlay_module(modules_dir if modules_dir is not None else os.path.join("/lib/modules", os.uname().release))
+    if module:
+        # The kernel loads a file system's module itself on the first mount of that type (fs-overlay).
+        return Finding(Status.OK, "overlayfs", f"a module ({module}), loaded by the kernel on the first overlay mount")
     return Finding(
         Status.MISSING,
         "overlayfs",
-        f"not listed in {path}; container root filesystems are overlay mounts",
+        f"not listed in {path} and no overlay module for this kernel; container root filesystems are overlay mounts",
         "load it with `modprobe overlay` (and add it to /etc/modules-load.d), or use a kernel built with CONFIG_OVERLAY_FS",
     )
+
+
+def overlay_module(modules_dir: str) -> str:
+    """The overlay module's path in the kernel's modules.dep ("" when it has none)."""
+    try:
+        with open(os.path.join(modules_dir, "modules.dep"), encoding="utf-8") as f:
+            for line in f:
+                module = line.split(":", 1)[0]
+                if os.path.basename(module).split(".", 1)[0] == "overlay":
+                    return module
+    except OSError:
+        pass
+    return ""
 
 
 def check_namespaces(proc_dir: str = "/proc") -> Iterator[Finding]:

@@ -95,8 +95,15 @@ def test_missing_kernel_features_are_named_with_a_hint(tmp_path: Path) -> None:
     for kind in ("pid", "ipc", "uts", "mnt", "cgroup"):
         os.symlink(f"{kind}:[4026531836]", proc / "self" / "ns" / kind)
 
-    overlay = check_overlayfs(str(proc))
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "modules.dep").write_text("kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz\n")
+    overlay = check_overlayfs(str(proc), str(modules))
     assert overlay.status is Status.MISSING and "modprobe overlay" in overlay.hint
+    # Not loaded yet but shipped as a module: the first overlay mount loads it.
+    (modules / "modules.dep").write_text("kernel/fs/overlayfs/overlay.ko.xz:\n")
+    overlay = check_overlayfs(str(proc), str(modules))
+    assert overlay.status is Status.OK and "kernel/fs/overlayfs/overlay.ko.xz" in overlay.detail
     by_kind = {f.part.split()[0]: f for f in check_namespaces(str(proc))}
     assert by_kind["net"].status is Status.MISSING and "CONFIG_NET_NS" in by_kind["net"].hint
     assert by_kind["user"].status is Status.WARN
