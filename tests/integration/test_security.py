@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
 from tests.support.pods import create, daemon_with_busybox, kubelet_pod_linux, run_pod as run_plain_pod, start
 from tests.support.streamclient import exec_over_spdy
+from tests.support.timing import SLOWDOWN
 
 pytestmark = pytest.mark.integration
 
@@ -378,6 +380,33 @@ def test_apparmor_runtime_default_unconfined_and_privileged(env, pod):
     label = attr_current(env, privileged)
     assert label == "unconfined" or label.endswith(" (unconfined)"), label
     assert verbose_info(env, privileged)["apparmorProfile"] == "unconfined"
+
+
+@needs_apparmor
+def test_apparmor_default_profile_follows_a_sighup_reload(env, pod, apparmor_test_profile):
+    """[crio.runtime] apparmor_profile changed and SIGHUP: containers created after it get the new
+    default; changed back, the built-in one again."""
+    pod_id, pod_config = pod()
+    override = env.dirs.config_dir / "50-apparmor-default.conf"
+
+    def reload_with(text: str | None, expected: str) -> None:
+        if text is None:
+            override.unlink(missing_ok=True)
+        else:
+            override.write_text(text)
+        mark = env.log().count("reloaded runtime.apparmor_profile")
+        env.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10 * SLOWDOWN
+        while env.log().count("reloaded runtime.apparmor_profile") == mark and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"reloaded runtime.apparmor_profile = {expected!r}" in env.log()
+
+    try:
+        reload_with(f'[crio.runtime]\napparmor_profile = "{apparmor_test_profile}"\n', apparmor_test_profile)
+        assert attr_current(env, run(env, pod_id, pod_config)) == f"{apparmor_test_profile} (enforce)"
+    finally:
+        reload_with(None, apparmor.BUILTIN_DEFAULT)
+    assert attr_current(env, run(env, pod_id, pod_config)) == f"{apparmor.BUILTIN_DEFAULT} (enforce)"
 
 
 @needs_apparmor

@@ -205,6 +205,20 @@ def test_a_configured_default_of_the_node_is_never_generated(node):
     assert aa.profile_for(sc()) == "node-default"
 
 
+def test_a_new_default_profile_applies_to_the_next_container(node):
+    """What a SIGHUP reload of apparmor_profile does: the next decision uses the new default; going back to
+    the built-in one loads it when the kernel has lost it meanwhile."""
+    aa = host(node, default="node-default")
+    (node / "profiles").write_text("node-default (enforce)\n")
+    assert aa.profile_for(sc()) == "node-default"
+    thread = aa.set_default_profile("unconfined")
+    assert thread is None and aa.profile_for(sc()) == "unconfined"
+    thread = aa.set_default_profile("crio-fast-default")
+    thread.join(10)
+    assert (node / "parser-args").read_text() == "-Kr\n" and aa.is_loaded("crio-fast-default")
+    assert aa.profile_for(sc(RD)) == "crio-fast-default"
+
+
 def test_unconfined_default_and_disabled_apparmor_load_nothing(node):
     assert host(node, default="unconfined").load_default() is None
     off = AppArmor(enabled=False, profiles_file=str(node / "profiles"), parser_dirs=(str(node / "sbin"),))

@@ -251,6 +251,15 @@ class AppArmor:
         self._load_error: str | None = None
         self._parser_failed_at: float | None = None
 
+    def set_default_profile(self, name: str) -> threading.Thread | None:
+        """A new runtime default profile (a SIGHUP reload): containers created from now on get it; it is
+        loaded in the background when it is the built-in one (``start_loading``)."""
+        with self._lock:
+            self.default_profile = name
+            self._load_error = None
+            self._parser_failed_at = None
+        return self.start_loading()
+
     @property
     def builtin_default(self) -> bool:
         return self.default_profile == BUILTIN_DEFAULT

@@ -42,6 +42,7 @@ RELOADABLE_KEYS = frozenset(
         "runtime.default_sysctls",
         "runtime.default_ulimits",
         "runtime.seccomp_use_default_when_empty",
+        "runtime.apparmor_profile",
         "runtime.pids_limit",
         "runtime.log_size_max",
         "runtime.ctr_stop_timeout",
@@ -193,6 +194,8 @@ class Engine:
             auth_file=self.config.image.global_auth_file,
             max_parallel_layers=self.config.image.max_parallel_layer_pulls,
         )
+        if "runtime.apparmor_profile" in applied:
+            self.apparmor.set_default_profile(self.config.runtime.apparmor_profile)
         for key in applied:
             log.info("reloaded %s = %r", key, new_flat[key])
         for key in needs_restart:
