@@ -452,6 +452,44 @@ def test_a_localhost_seccomp_profile_confines_all_but_privileged_containers(env,
     assert result.stdout.split() == [b"privileged-name", b"Seccomp:", b"0"], (result.stdout, result.stderr)
 
 
+def test_no_seccomp_profile_named_follows_seccomp_use_default_when_empty(env, pod):
+    """Neither the container nor the pod names a profile: RuntimeDefault while the setting is true (the
+    default), unconfined once a SIGHUP reload sets it false; a named RuntimeDefault applies either way."""
+    pod_id, pod_config = pod()
+
+    def seccomp_mode(configure=None) -> bytes:
+        ctr = run(env, pod_id, pod_config, configure)
+        return sh(env, ctr, "grep ^Seccomp: /proc/self/status").stdout.split()[-1]
+
+    def runtime_default(config: api.ContainerConfig) -> None:
+        config.linux.security_context.seccomp.profile_type = api.SecurityProfile.RuntimeDefault
+        config.linux.security_context.seccomp.SetInParent()
+
+    assert seccomp_mode() == b"2"
+    override = env.dirs.config_dir / "50-seccomp-empty.conf"
+
+    def reload_with(text: str | None, expected: bool) -> None:
+        if text is None:
+            override.unlink(missing_ok=True)
+        else:
+            override.write_text(text)
+        key = "reloaded runtime.seccomp_use_default_when_empty"
+        mark = env.log().count(key)
+        env.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10 * SLOWDOWN
+        while env.log().count(key) == mark and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"{key} = {expected!r}" in env.log()
+
+    try:
+        reload_with("[crio.runtime]\nseccomp_use_default_when_empty = false\n", False)
+        assert seccomp_mode() == b"0"
+        assert seccomp_mode(runtime_default) == b"2"
+    finally:
+        reload_with(None, True)
+    assert seccomp_mode() == b"2"
+
+
 def test_privileged_container_sees_host_devices(env, pod):
     pod_id, pod_config = pod()
     ctr = run(env, pod_id, pod_config, lambda c: setattr(c.linux.security_context, "privileged", True))
