@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-from crio_fast.container.manager import make_mount_targets_layer
+from crio_fast.container.image_files import make_mount_targets_layer
 from crio_fast.runtime.plan import MountKind, MountOp, default_linux_mounts
 
 

@@ -130,19 +130,22 @@ def test_seccomp_the_oci_spec_and_the_native_plan_confine_the_same_containers(tm
     for container, pod, privileged, use_default in itertools.product(profiles, profiles, (False, True),
                                                                        (False, True)):
         native = security.seccomp_for(container, pod, privileged, use_default_when_empty=use_default)
-        spec = oci.seccomp_profile(container, pod, privileged, use_default_when_empty=use_default)
+        spec = oci.seccomp_profile(security.seccomp_choice(container, pod, privileged,
+                                                           use_default_when_empty=use_default))
         case = (container, pod, privileged, use_default)
         assert (native is None) == (spec is None), case
         chosen = container if container is not None else pod
         if spec is not None and chosen is not None and chosen.profile_type == pb.SecurityProfile.Localhost:
             assert spec["syscalls"][0]["names"] == ["sethostname"], case
-    assert oci.seccomp_profile(profiles[3], None, privileged=True) is None
 
 
 def test_seccomp_profile_follows_the_native_rules():
-    default = oci.seccomp_profile(None, None, privileged=False)
+    def spec_profile(container, pod, privileged):
+        return oci.seccomp_profile(security.seccomp_choice(container, pod, privileged))
+
+    default = spec_profile(None, None, privileged=False)
     assert default["defaultAction"] == "SCMP_ACT_ALLOW" and default["syscalls"]
-    assert oci.seccomp_profile(None, None, privileged=True) is None
+    assert spec_profile(None, None, privileged=True) is None
     unconfined = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
-    assert oci.seccomp_profile(unconfined, None, privileged=False) is None
-    assert oci.seccomp_profile(None, unconfined, privileged=False) is None
+    assert spec_profile(unconfined, None, privileged=False) is None
+    assert spec_profile(None, unconfined, privileged=False) is None

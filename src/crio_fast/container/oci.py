@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import json
 import logging
@@ -46,12 +47,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from crio_fast.api import api_pb2 as pb
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
 from crio_fast.container import sysctls as sysctl_names
 from crio_fast.errors import FailedPrecondition
 from crio_fast.runtime import mounts
+from crio_fast.runtime.monitor import OciRuntimeCall
 from crio_fast.runtime.plan import (
     CAPABILITIES,
     DEFAULT_DEVICES,
@@ -166,11 +167,9 @@ def _device_rule(rule: str) -> dict[str, Any]:
     return entry
 
 
-def seccomp_profile(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
-                    default_profile_path: str = "", use_default_when_empty: bool = True) -> dict[str, Any] | None:
-    """The seccomp profile as OCI JSON, the one security.seccomp_choice picks (None: unconfined)."""
-    profile = security.seccomp_profile_json(
-        security.seccomp_choice(container, pod, privileged, default_profile_path, use_default_when_empty))
+def seccomp_profile(choice: str | None) -> dict[str, Any] | None:
+    """The profile security.seccomp_choice picked, as config.json's ``linux.seccomp`` (None: unconfined)."""
+    profile = security.seccomp_profile_json(choice)
     if profile is None:
         return None
     return {key: profile[key] for key in _SECCOMP_KEYS if key in profile}
@@ -278,6 +277,29 @@ def write_bundle(bundle: Path, spec: dict[str, Any]) -> Path:
 # -- network sysctls of the pod ------------------------------------------------------
 
 _CLONE_NEWNET = 0x40000000
+
+
+def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, cgroups_path: str,
+                   pod_namespaces: dict[str, str], privileged: bool, seccomp: str | None,
+                   device_rules: list[str]) -> tuple[LaunchPlan, OciRuntimeCall]:
+    """For a container of an OCI runtime: its rootfs mounted on the host, its network sysctls written into
+    the pod's namespace, config.json written; the plan the monitor runs it with, and the runtime call."""
+    rootfs = str(bundle / "rootfs")
+    try:
+        mount_rootfs(plan.overlay)
+    except OSError as exc:
+        raise FailedPrecondition(f"container rootfs: {exc}") from exc
+    plan = dataclasses.replace(plan, overlay=None, rootfs=rootfs)
+    spec = build_spec(plan, rootfs=rootfs, cgroups_path=cgroups_path, pod_namespaces=pod_namespaces,
+                      privileged=privileged, seccomp=seccomp_profile(seccomp), device_rules=device_rules)
+    apply_network_sysctls(plan.sysctls, pod_namespaces)
+    write_bundle(bundle, spec)
+    os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
+    # The runtime applies the profile (process.apparmorProfile); the monitor only decodes this plan, and
+    # one started by a crio-fast without AppArmor would refuse the field.
+    plan = dataclasses.replace(plan, apparmor_profile=None)
+    return plan, OciRuntimeCall(runtime_path=handler.runtime_path, root=handler.runtime_root, bundle=str(bundle),
+                                hide_cgroup2_mount=handler.hide_cgroup2_mount)
 
 
 def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str]) -> None:

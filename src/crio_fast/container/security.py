@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.container import sysctls as sysctl_names
+from crio_fast.container.image_files import resolve_user
 from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.runtime.plan import CAPABILITIES, DEFAULT_DEVICES, Capabilities, MountOp, Rlimit
 
@@ -108,8 +109,6 @@ def resolve_identity(sc: pb.LinuxContainerSecurityContext, image_user: str, laye
     Supplemental groups: Merge (the default) adds the groups /etc/group of the
     image lists the user in; Strict uses only ``supplemental_groups``.
     """
-    from crio_fast.container.manager import resolve_user  # the passwd/group reader lives with the manager
-
     if sc.HasField("run_as_group") and not sc.HasField("run_as_user") and not sc.run_as_username:
         # A group alone would combine with whatever user the image names; CRI-O refuses it too.
         raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
@@ -582,15 +581,19 @@ def seccomp_profile_json(choice: str | None) -> dict[str, Any] | None:
     return runtime_default_profile() if choice == BUILTIN_SECCOMP else _load_profile(choice)
 
 
-def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
-                default_profile_path: str = "", use_default_when_empty: bool = True) -> bytes | None:
-    """The BPF program for a container (seccomp_choice decides which), or None for unconfined."""
-    choice = seccomp_choice(container, pod, privileged, default_profile_path, use_default_when_empty)
+def seccomp_program(choice: str | None) -> bytes | None:
+    """The BPF program of the profile seccomp_choice picked (None: unconfined)."""
     if choice is None:
         return None
     if choice == BUILTIN_SECCOMP:
         return _runtime_default_program()
     return compile_profile(_load_profile(choice))
+
+
+def seccomp_for(container: pb.SecurityProfile | None, pod: pb.SecurityProfile | None, privileged: bool,
+                default_profile_path: str = "", use_default_when_empty: bool = True) -> bytes | None:
+    """The BPF program for a container (seccomp_choice decides which), or None for unconfined."""
+    return seccomp_program(seccomp_choice(container, pod, privileged, default_profile_path, use_default_when_empty))
 
 
 @functools.cache

@@ -4,9 +4,10 @@ RunPodSandbox makes the pod's files (hostname, resolv.conf, hosts) under its
 pod dir in the run root, its cgroup, and spawns the pod's native monitor,
 which creates and holds the pod's network, IPC and UTS namespaces (unless the
 pod asks for the node's) and its /dev/shm, then attaches the network namespace
-through CNI (network/pod.py). StopPodSandbox stops the pod's containers, runs
-CNI DEL and shuts the monitor down (namespaces and shm go with it);
-RemovePodSandbox removes what is left. Both are idempotent.
+through CNI (network/pod.py). Stopping a pod runs CNI DEL and shuts the monitor
+down (namespaces and shm go with it); removing it removes what is left. Both are
+idempotent. The engine orders a pod's teardown: its containers first, under the
+pod's lock (server/engine.py stop_pod, remove_pod).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Mapping
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
@@ -32,10 +33,14 @@ from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, Invali
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
-from crio_fast.state.records import POD_NOTREADY, POD_READY, PodRecord, StateStore, labels_match, list_entry
-
-if TYPE_CHECKING:
-    from crio_fast.container.manager import ContainerManager
+from crio_fast.state.records import (
+    POD_NOTREADY,
+    POD_READY,
+    PodRecord,
+    StateStore,
+    decode_pod_config,
+    labels_match,
+)
 
 log = logging.getLogger("crio_fast.sandbox")
 
@@ -49,12 +54,6 @@ def pod_name(meta: pb.PodSandboxMetadata) -> str:
 
 def encode_config(message) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
-
-
-def decode_pod_config(data: str) -> pb.PodSandboxConfig:
-    config = pb.PodSandboxConfig()
-    config.ParseFromString(base64.b64decode(data))
-    return config
 
 
 def resolv_conf(dns: pb.DNSConfig) -> bytes:
@@ -96,7 +95,6 @@ class SandboxManager:
         self.exits_dir = Path(config.runtime.container_exits_dir)
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.exits_dir.mkdir(parents=True, exist_ok=True)
-        self.containers: ContainerManager | None = None  # set by the engine
         self._monitors: dict[str, PodMonitor] = {}
         self._lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
@@ -257,8 +255,6 @@ class SandboxManager:
         if record is None:
             return  # CRI: stopping what is gone succeeds
         with self.pod_lock(record.id):
-            if self.containers is not None:
-                self.containers.stop_all_in_pod(record.id)
             if record.namespaces.get("net") == "new":
                 # While the monitor still holds the namespace, so plugins can clean inside it.
                 self.network.detach(
@@ -287,13 +283,11 @@ class SandboxManager:
                 self.state.pods.save(record)
 
     def remove(self, pod_id: str) -> None:
+        """Remove a stopped pod (``stop``) whose containers are gone."""
         record = self.state.pods.find(pod_id)
         if record is None:
             return
-        self.stop(record.id)
         with self.pod_lock(record.id):
-            if self.containers is not None:
-                self.containers.remove_all_in_pod(record.id)
             self._remove_leftovers(record)
             self.state.pods.delete(record.id)
         with self._lock:
@@ -328,54 +322,18 @@ class SandboxManager:
             except OSError:
                 pass  # still used by a pod (ours or another daemon's), or never made
 
-    # -- Status / List -------------------------------------------------------
+    # -- List --------------------------------------------------------------
 
-    def status_proto(self, record: PodRecord) -> pb.PodSandboxStatus:
-        config = decode_pod_config(record.config)
-        state = pb.PodSandboxState.SANDBOX_READY if record.state == POD_READY else pb.PodSandboxState.SANDBOX_NOTREADY
-        status = pb.PodSandboxStatus(
-            id=record.id, metadata=config.metadata, state=state, created_at=record.created_at,
-            labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
-        )
-        status.network.SetInParent()
-        if record.ips:
-            status.network.ip = record.ips[0]
-            status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in record.ips[1:])
-        opts = status.linux.namespaces.options
-        opts.network = pb.NamespaceMode.NODE if record.namespaces.get("net") == "host" else pb.NamespaceMode.POD
-        opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD
-        pid_mode = config.linux.security_context.namespace_options.pid
-        # POD only when the monitor made the pod's pid namespace (a pod recorded before it could: CONTAINER).
-        opts.pid = (pb.NamespaceMode.NODE if pid_mode == pb.NamespaceMode.NODE
-                    else pb.NamespaceMode.POD if record.namespaces.get("pid") == "new" else pb.NamespaceMode.CONTAINER)
-        return status
-
-    def sandbox_proto(self, record: PodRecord) -> pb.PodSandbox:
-        """The record as ListPodSandbox returns it; built once per state (callers must not change it)."""
-        def build() -> pb.PodSandbox:
-            config = decode_pod_config(record.config)
-            ready = record.state == POD_READY
-            return pb.PodSandbox(
-                id=record.id, metadata=config.metadata, created_at=record.created_at,
-                state=pb.PodSandboxState.SANDBOX_READY if ready else pb.PodSandboxState.SANDBOX_NOTREADY,
-                labels=config.labels, annotations=config.annotations, runtime_handler=record.runtime_handler,
-            )
-
-        return list_entry(record, build)
-
-    def list(self, flt: pb.PodSandboxFilter | None) -> list[PodRecord]:
-        records = self.state.pods.values()
-        if flt is None:
-            return records
+    def list(self, id_prefix: str = "", state: str | None = None,
+             label_selector: Mapping[str, str] | None = None) -> list[PodRecord]:
+        """The pods that match every filter given (ID prefix, state, labels)."""
         out = []
-        for record in records:
-            if flt.id and not record.id.startswith(flt.id):
+        for record in self.state.pods.values():
+            if id_prefix and not record.id.startswith(id_prefix):
                 continue
-            if flt.HasField("state"):
-                ready = record.state == POD_READY
-                if ready != (flt.state.state == pb.PodSandboxState.SANDBOX_READY):
-                    continue
-            if flt.label_selector and not labels_match(decode_pod_config(record.config).labels, flt.label_selector):
+            if state is not None and record.state != state:
+                continue
+            if label_selector and not labels_match(decode_pod_config(record.config).labels, label_selector):
                 continue
             out.append(record)
         return out

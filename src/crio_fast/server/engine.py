@@ -25,6 +25,7 @@ from crio_fast.state.records import POD_READY, ContainerRecord, StateStore
 from crio_fast.image.store import ImageStore
 from crio_fast.network.config import NoNetworkConfig, find_default_network
 from crio_fast.api import api_pb2 as pb
+from crio_fast.server import render
 from crio_fast.server.events import EventBus
 from crio_fast.server.streams import EngineStreamingBackend
 from crio_fast.stats.collector import StatsCollector
@@ -110,16 +111,35 @@ class Engine:
         self.apparmor = AppArmor(config.runtime.apparmor_profile)
         self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor,
                                            events=self.publish_container_event, apparmor=self.apparmor)
-        self.sandboxes.containers = self.containers
         ready_before = {p.id for p in self.state.pods.values() if p.state == POD_READY}
         self.sandboxes.recover()
         # Pods whose monitor died while the daemon was away (counted by the metrics endpoint).
         self.monitors_found_gone = sorted(
             p.id for p in self.state.pods.values() if p.id in ready_before and p.state != POD_READY)
         self.stats = StatsService(self.state, self.sandboxes, self.containers,
-                                  StatsCollector(self.cgroups, str(self.containers.storage)))
+                                  StatsCollector(self.cgroups, str(self.containers.files.layers)))
         self.streams = EngineStreamingBackend(self.containers, self.sandboxes, monitor)
         self.stream_server = None  # crio_fast.streaming.server.StreamServer, started by the daemon
+
+    def stop_pod(self, pod_id: str) -> None:
+        """StopPodSandbox: the pod's containers, then the pod (its network, its monitor), under its lock."""
+        record = self.state.pods.find(pod_id)
+        if record is None:
+            return  # CRI: stopping what is gone succeeds
+        with self.sandboxes.pod_lock(record.id):
+            self.containers.stop_all_in_pod(record.id)
+            self.sandboxes.stop(record.id)
+
+    def remove_pod(self, pod_id: str) -> None:
+        """RemovePodSandbox: stopped first, then its containers and the pod removed."""
+        record = self.state.pods.find(pod_id)
+        if record is None:
+            return
+        lock = self.sandboxes.pod_lock(record.id)  # remove drops the pod's lock: hold this one
+        with lock:
+            self.stop_pod(record.id)
+            self.containers.remove_all_in_pod(record.id)
+            self.sandboxes.remove(record.id)
 
     async def close(self) -> None:
         self.containers.abandon_pending()
@@ -136,11 +156,11 @@ class Engine:
                                           created_at=time.time_ns())
         pod = self.state.pods.get(record.pod_id)
         if pod is not None:
-            event.pod_sandbox_status.CopyFrom(self.sandboxes.status_proto(pod))
+            event.pod_sandbox_status.CopyFrom(render.pod_status(pod))
         siblings = [c for c in self.state.containers.values() if c.pod_id == record.pod_id]
         if event_type != pb.ContainerEventType.CONTAINER_DELETED_EVENT and all(c.id != record.id for c in siblings):
             siblings.append(record)
-        event.containers_statuses.extend(self.containers.status_proto(c) for c in siblings)
+        event.containers_statuses.extend(render.container_status(c) for c in siblings)
         self.events.publish(event)
 
     # -- readiness -----------------------------------------------------------

@@ -13,6 +13,7 @@ import grpc
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from crio_fast.server import render
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
 from crio_fast.server.events import SubscriberOverflow
@@ -80,19 +81,19 @@ class RuntimeServicer(ServicerBase):
 
     def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext) -> pb.StopPodSandboxResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        self.engine.sandboxes.stop(request.pod_sandbox_id)
+        self.engine.stop_pod(request.pod_sandbox_id)
         return pb.StopPodSandboxResponse()
 
     def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: grpc.ServicerContext) -> pb.RemovePodSandboxResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        self.engine.sandboxes.remove(request.pod_sandbox_id)
+        self.engine.remove_pod(request.pod_sandbox_id)
         return pb.RemovePodSandboxResponse()
 
     def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatusResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
         sandboxes = self.engine.sandboxes
         record = sandboxes.get(request.pod_sandbox_id)
-        response = pb.PodSandboxStatusResponse(status=sandboxes.status_proto(record))
+        response = pb.PodSandboxStatusResponse(status=render.pod_status(record))
         if request.verbose:
             response.info["info"] = json.dumps(
                 {"pid": record.monitor_pid, "podDir": record.pod_dir, "cgroup": record.cgroup_path,
@@ -101,9 +102,10 @@ class RuntimeServicer(ServicerBase):
         return response
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
-        sandboxes = self.engine.sandboxes
-        records = sandboxes.list(request.filter if request.HasField("filter") else None)
-        return pb.ListPodSandboxResponse(items=[sandboxes.sandbox_proto(r) for r in records])
+        flt = request.filter
+        records = self.engine.sandboxes.list(
+            flt.id, render.pod_state_filter(flt), flt.label_selector)
+        return pb.ListPodSandboxResponse(items=[render.pod(r) for r in records])
 
     # -- containers ------------------------------------------------------------
 
@@ -131,7 +133,7 @@ class RuntimeServicer(ServicerBase):
         _require(request.container_id, "container_id")
         containers = self.engine.containers
         record = containers.get(request.container_id)
-        response = pb.ContainerStatusResponse(status=containers.status_proto(record))
+        response = pb.ContainerStatusResponse(status=render.container_status(record))
         if request.verbose:
             response.info["info"] = json.dumps(
                 {"pid": record.pid, "sandboxID": record.pod_id, "bundle": record.bundle, "cgroup": record.cgroup_path,
@@ -141,9 +143,10 @@ class RuntimeServicer(ServicerBase):
         return response
 
     def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
-        containers = self.engine.containers
-        records = containers.list(request.filter if request.HasField("filter") else None)
-        return pb.ListContainersResponse(containers=[containers.container_proto(r) for r in records])
+        flt = request.filter
+        records = self.engine.containers.list(
+            flt.id, flt.pod_sandbox_id, render.container_state_filter(flt), flt.label_selector)
+        return pb.ListContainersResponse(containers=[render.container(r) for r in records])
 
     def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
         _require(request.container_id, "container_id")

@@ -19,14 +19,14 @@ import logging
 from typing import Awaitable, Callable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container.manager import ContainerManager, decode_container_config
+from crio_fast.container.manager import ContainerManager
 from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.network.portforward import connect_pod_port
 from crio_fast.runtime.attach import AttachStream
 from crio_fast.runtime.interactive import InteractiveExec
 from crio_fast.runtime.monitor import MonitorError
 from crio_fast.sandbox.manager import SandboxManager
-from crio_fast.state.records import CTR_RUNNING, POD_READY
+from crio_fast.state.records import CTR_RUNNING, POD_READY, decode_container_config
 from crio_fast.streaming.backend import RemoteCommandIO
 
 log = logging.getLogger("crio_fast.streams")

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
+from crio_fast.api import api_pb2 as pb
+
 log = logging.getLogger("crio_fast.state")
 
 POD_READY = "ready"
@@ -210,6 +212,30 @@ class SeccompPrograms:
 def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     """CRI label selectors: every selector key present with an equal value."""
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def decode_pod_config(data: str) -> pb.PodSandboxConfig:
+    """A PodRecord's ``config``: the PodSandboxConfig it was run with."""
+    config = pb.PodSandboxConfig()
+    config.ParseFromString(base64.b64decode(data))
+    return config
+
+
+def decode_container_config(data: str) -> pb.ContainerConfig:
+    """A ContainerRecord's ``config``: the ContainerConfig it was created with."""
+    config = pb.ContainerConfig()
+    config.ParseFromString(base64.b64decode(data))
+    return config
+
+
+def matches_filter(record: ContainerRecord, id_prefix: str, pod_prefix: str, selector: Mapping[str, str]) -> bool:
+    """The CRI container filters shared by ListContainers and the stats calls: ID and
+    pod ID prefixes, label selector (empty values match everything)."""
+    if id_prefix and not record.id.startswith(id_prefix):
+        return False
+    if pod_prefix and not record.pod_id.startswith(pod_prefix):
+        return False
+    return not selector or labels_match(decode_container_config(record.config).labels, selector)
 
 
 class _Database:

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container.manager import decode_container_config, matches_filter
 from crio_fast.errors import NotFound
-from crio_fast.sandbox.manager import decode_pod_config
-from crio_fast.state.records import ContainerRecord, PodRecord, labels_match
+from crio_fast.state.records import (
+    ContainerRecord,
+    PodRecord,
+    decode_container_config,
+    decode_pod_config,
+    labels_match,
+    matches_filter,
+)
 from crio_fast.stats.cgroup import CgroupSample, Pressure, PressureData
 from crio_fast.stats.collector import ContainerSample, PodSample, StatsCollector
 
