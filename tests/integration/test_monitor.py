@@ -58,7 +58,8 @@ from crio_fast.runtime.monitor import (
 )
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
-from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, TLVWriter
+from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID
+from crio_fast.runtime.wire import TLVWriter
 from tests.support import cgroups
 from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
 

@@ -36,7 +36,7 @@ from crio_fast.runtime.monitor import (
     PodMonitor,
     _encode_request,
 )
-from crio_fast.runtime.plan import TLVWriter
+from crio_fast.runtime.wire import TLVWriter
 
 ATTACH = 10  # request type
 F_STDIN = 24  # request: this attacher sends input; reply: the container has a stdin

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crio_fast.runtime import mounts
-from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan, TLVWriter, parse_tlv
+from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan
+from crio_fast.runtime.wire import PLAN_ARGV, TLVWriter, parse_tlv
 
 PROTOCOL_VERSION = 1
 REPLY_FLAG = 0x8000
@@ -919,9 +920,7 @@ def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, sta
 
 def plan_argv_for_message(plan_bytes: bytes) -> str:
     """The command of an encoded plan, for error messages."""
-    from crio_fast.runtime.plan import _ARGV
-
-    args = [_string(value) for tag, value in parse_tlv(plan_bytes) if tag == _ARGV]
+    args = [_string(value) for tag, value in parse_tlv(plan_bytes) if tag == PLAN_ARGV]
     return " ".join(args) if args else "(no command)"
 
 
