@@ -32,8 +32,6 @@ from crio_fast.config.schema import RuntimeHandler
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.monitor import (
-    FEATURE_APPARMOR,
-    FEATURE_PLAN_FOLLOWS,
     ExitInfo,
     MonitorError,
     OciRuntimeCall,
@@ -43,6 +41,10 @@ from crio_fast.runtime.monitor import (
     write_exit_file,
 )
 from crio_fast.runtime.reaper import exit_code_of, reap_adopted, wait_adopted
+from crio_fast.runtime.wire import (
+    MONITOR_FEATURE_APPARMOR as FEATURE_APPARMOR,
+    MONITOR_FEATURE_PLAN_FOLLOWS as FEATURE_PLAN_FOLLOWS,
+)
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
