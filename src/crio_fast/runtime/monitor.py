@@ -155,8 +155,8 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     signal: int = 0
-    # Set when the helper failed and the command never ran (not found,
-    # cannot execute, container gone); exit_code is then 126/127/1.
+    # Set when the command never ran (not found, cannot execute, container
+    # gone; exit_code is then 126/127/1) or the helper did not say how it ended.
     error: str | None = None
 
 
@@ -872,20 +872,9 @@ def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, sta
         os.close(pidfd)
         for close in closers.values():
             close()
-    status_line = bytes(output[status_read]).decode(errors="replace").strip()
-    stdout = bytes(output[process.stdout.fileno()])
-    stderr = bytes(output[process.stderr.fileno()])
-    kind, _, rest = status_line.partition(" ")
-    if kind == "exit":
-        return ExecResult(exit_code=int(rest), stdout=stdout, stderr=stderr)
-    if kind == "signal":
-        return ExecResult(exit_code=128 + int(rest), stdout=stdout, stderr=stderr, signal=int(rest))
-    code = process.returncode if process.returncode and process.returncode > 0 else 1
-    if kind == "error":
-        _, _, message = rest.partition(" ")
-        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr, error=message)
-    return ExecResult(exit_code=code, stdout=stdout, stderr=stderr,
-                      error=f"exec helper exited with {process.returncode} without reporting a status")
+    outcome = wire.parse_exec_status(bytes(output[status_read]).decode(errors="replace"), process.returncode)
+    return ExecResult(exit_code=outcome.exit_code, stdout=bytes(output[process.stdout.fileno()]),
+                      stderr=bytes(output[process.stderr.fileno()]), signal=outcome.signal, error=outcome.error)
 
 
 def plan_argv_for_message(plan_bytes: bytes) -> str:
