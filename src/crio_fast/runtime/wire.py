@@ -1,8 +1,9 @@
 """The wire formats shared with ``crio-fast-monitor``, on the Python side.
 
 ``_native/monitor/monitor.h`` is the contract (docs/monitor.md describes it);
-every number here has the name it has there, so that
-tests/unit/test_wire.py can hold the two equal. It holds:
+every number here has the name it has there (``MountKind.X`` is
+``MOUNT_OP_X``), so that tests/unit/test_wire.py can hold the two equal. It
+holds:
 
 - the control protocol: message header, request types, message fields,
   feature bits, container status values (the last from ``server.h``);
@@ -13,8 +14,8 @@ tests/unit/test_wire.py can hold the two equal. It holds:
 - the exec helper's status line (``parse_exec_status``) and console tag.
 
 Plain module constants rather than enums for the tags: a plan encodes a few
-hundred fields per container, and an enum member costs ten times a global
-to look up.
+hundred fields per container, and looking up an enum member costs several
+times a module attribute.
 """
 
 from __future__ import annotations
