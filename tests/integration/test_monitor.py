@@ -47,18 +47,19 @@ from crio_fast.runtime import (
     exec_sync,
 )
 from crio_fast.errors import InvalidArgument
-from crio_fast.runtime.monitor import (
-    CREATE,
-    F_CONTAINER_ID,
-    F_LOG_PATH,
-    F_PLAN,
-    F_PLAN_FOLLOWS,
-    FEATURE_PLAN_FOLLOWS,
-    _encode_request,
-)
 from crio_fast.runtime.reaper import reap_dead_pod_inits
 from crio_fast.runtime.reaper import wait_adopted
-from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, TLVWriter
+from crio_fast.runtime.plan import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID
+from crio_fast.runtime.wire import (
+    FIELD_CONTAINER_ID,
+    FIELD_LOG_PATH,
+    FIELD_PLAN,
+    FIELD_PLAN_FOLLOWS,
+    MONITOR_FEATURE_PLAN_FOLLOWS,
+    REQUEST_CREATE,
+    TLVWriter,
+    encode_message,
+)
 from tests.support import cgroups
 from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
 
@@ -621,11 +622,11 @@ def test_malformed_plans_are_rejected_without_harm(harness: Harness) -> None:
                   good.replace(b"/bin/true\0", b"/bin/true!")]
     for index, plan_bytes in enumerate(candidates):
         w = TLVWriter()
-        w.string(F_CONTAINER_ID, f"bad{index}")
-        w.raw(F_PLAN, plan_bytes)
-        w.string(F_LOG_PATH, harness.log_path("c"))
+        w.string(FIELD_CONTAINER_ID, f"bad{index}")
+        w.raw(FIELD_PLAN, plan_bytes)
+        w.string(FIELD_LOG_PATH, harness.log_path("c"))
         with pytest.raises(MonitorError) as failure:
-            monitor._request(CREATE, w)
+            monitor._request(REQUEST_CREATE, w)
         assert failure.value.code in (errno.EINVAL, errno.EPROTO), failure.value.message
         assert "invalid launch plan" in failure.value.message
     assert monitor.ping()["pid"] == monitor.pid
@@ -635,10 +636,10 @@ def test_malformed_plans_are_rejected_without_harm(harness: Harness) -> None:
 def test_a_request_with_more_than_one_fd_closes_only_its_connection(harness: Harness) -> None:
     monitor = harness.spawn()
     w = TLVWriter()
-    w.string(F_CONTAINER_ID, "two-fds")
-    w.raw(F_PLAN, harness.plan("two-fds", ["/bin/true"]).encode())
-    w.string(F_LOG_PATH, harness.log_path("two-fds"))
-    message = _encode_request(CREATE, 1, w)
+    w.string(FIELD_CONTAINER_ID, "two-fds")
+    w.raw(FIELD_PLAN, harness.plan("two-fds", ["/bin/true"]).encode())
+    w.string(FIELD_LOG_PATH, harness.log_path("two-fds"))
+    message = encode_message(REQUEST_CREATE, 1, w)
     read_end, write_end = os.pipe()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
@@ -861,7 +862,7 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
     pids = cgroup_dir("pids")
     pids.rmdir()  # made by the step, after the rest went out
     monitor = harness.spawn(hostname="split-host")
-    assert monitor.features & FEATURE_PLAN_FOLLOWS
+    assert monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS
     plan = harness.plan("split", ["/bin/sh", "-c", 'echo "$GREETING $(id -u) $(hostname -s)"; cat /etc/motd'],
                         env=[*ENV, "GREETING=hello"], uid=1234, cgroup_procs=[str(pids / "cgroup.procs")],
                         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
@@ -925,9 +926,9 @@ def test_a_head_without_its_gate_or_its_rest_is_refused(harness: Harness) -> Non
     with pytest.raises(ValueError, match="needs a meanwhile step"):
         monitor.begin_create("head", plan.head(), harness.log_path("head"), rest=lambda: [plan.encode_rest()])
     w = monitor._create_fields("head", plan.head(), harness.log_path("head"), None)
-    w.boolean(F_PLAN_FOLLOWS, True)
+    w.boolean(FIELD_PLAN_FOLLOWS, True)
     with pytest.raises(MonitorError, match="PLAN_FOLLOWS needs the gate descriptor"):
-        monitor._request(CREATE, w)
+        monitor._request(REQUEST_CREATE, w)
     with pytest.raises(MonitorError, match="no command"):  # a head alone is not a whole plan
         monitor.create("head", plan.head(), harness.log_path("head"))  # type: ignore[arg-type]
     assert harness.run(monitor, "head", plan).exit_code == 0

@@ -17,9 +17,9 @@ from crio_fast.config.schema import Config
 from crio_fast.container import apparmor, oci
 from crio_fast.container.apparmor import AppArmor, profile_for, requested_profile
 from crio_fast.errors import FailedPrecondition, InvalidArgument
-from crio_fast.runtime import monitor as monitor_protocol
-from crio_fast.runtime import plan as plan_module
-from crio_fast.runtime.plan import ExecPlan, LaunchPlan, parse_tlv
+from crio_fast.runtime import wire
+from crio_fast.runtime.plan import ExecPlan, LaunchPlan
+from crio_fast.runtime.wire import parse_tlv
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 MONITOR_H = CHECKOUT / "src" / "crio_fast" / "_native" / "monitor" / "monitor.h"
@@ -271,21 +271,20 @@ def test_default_profile_compiles_with_the_nodes_apparmor_parser():
 
 
 def test_plan_tags_agree_with_the_monitor():
-    """monitor.h's enum plan_field and plan.py's tags are one table: every C tag has its Python twin."""
+    """monitor.h's enum plan_field and wire.py's tags are one table: every C tag has its Python twin."""
     header = MONITOR_H.read_text()
     body = re.search(r"enum plan_field \{(.*?)\};", header, re.S).group(1)
     c_tags = {name: int(number) for name, number in re.findall(r"PLAN_(\w+) = (\d+)", body)}
-    py_tags = {name.removeprefix("_"): getattr(plan_module, name) for name in dir(plan_module)
-               if name.removeprefix("_") in c_tags}
+    py_tags = {name: getattr(wire, f"PLAN_{name}") for name in c_tags if hasattr(wire, f"PLAN_{name}")}
     assert c_tags and py_tags == c_tags
     assert c_tags["APPARMOR_PROFILE"] == 36
     features = dict(re.findall(r"#define MONITOR_FEATURE_(\w+) (\d+)u", header))
-    assert int(features["APPARMOR"]) == monitor_protocol.FEATURE_APPARMOR
-    assert int(features["PLAN_FOLLOWS"]) == monitor_protocol.FEATURE_PLAN_FOLLOWS
+    assert int(features["APPARMOR"]) == wire.MONITOR_FEATURE_APPARMOR
+    assert int(features["PLAN_FOLLOWS"]) == wire.MONITOR_FEATURE_PLAN_FOLLOWS
 
 
 def test_plans_carry_the_profile_only_when_there_is_one():
-    tag = plan_module._APPARMOR_PROFILE
+    tag = wire.PLAN_APPARMOR_PROFILE
     launch = LaunchPlan(argv=["/bin/true"], apparmor_profile="deny-write")
     assert (tag, b"deny-write\0") in parse_tlv(launch.encode())
     assert (tag, b"deny-write\0") in parse_tlv(launch.encode_rest())  # sent in parts: with the process

@@ -31,8 +31,9 @@ from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import FEATURE_PLAN_FOLLOWS, MonitorError, exec_sync
+from crio_fast.runtime.monitor import MonitorError, exec_sync
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
+from crio_fast.runtime.wire import MONITOR_FEATURE_PLAN_FOLLOWS
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import (
     CTR_CREATED,
@@ -153,7 +154,7 @@ class ContainerManager:
         handler = self._oci_handler(pod.id)
         external_runtime = handler is not None
         monitor = self.sandboxes.monitor(pod)
-        split = not external_runtime and bool(monitor.features & FEATURE_PLAN_FOLLOWS)
+        split = not external_runtime and bool(monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         # Split, the child makes the writable layer while the rest is decided here.
@@ -209,7 +210,7 @@ class ContainerManager:
                     self._make_cgroup(checked.cgroup)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
-            else:  # compatibility: a monitor without FEATURE_PLAN_FOLLOWS takes the plan whole
+            else:  # compatibility: a monitor without MONITOR_FEATURE_PLAN_FOLLOWS takes the plan whole
                 checked = check()
                 plan = whole_plan(checked, self.files.rootfs_overlay(record.id, image.record.id, layer_dirs,
                                                                      bundle=False))

@@ -22,7 +22,6 @@ from crio_fast.config.schema import RuntimeSection
 from crio_fast.container import security
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.errors import FailedPrecondition, InvalidArgument
-from crio_fast.runtime.monitor import FEATURE_APPARMOR
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -42,6 +41,7 @@ from crio_fast.runtime.plan import (
     Overlay,
     default_linux_mounts,
 )
+from crio_fast.runtime.wire import MONITOR_FEATURE_APPARMOR
 from crio_fast.state.records import ContainerRecord, PodRecord
 
 # A CRI mount's propagation; binds are recursive, and so is the propagation change applied to them.
@@ -143,7 +143,7 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
             raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
     security.check_mac(sc)
     apparmor_profile = apparmor.profile_for(sc)
-    if apparmor_profile is not None and not external_runtime and not monitor_features & FEATURE_APPARMOR:
+    if apparmor_profile is not None and not external_runtime and not monitor_features & MONITOR_FEATURE_APPARMOR:
         # Its plan decoder would refuse the field; never run the container without its profile.
         raise FailedPrecondition(f"apparmor profile {apparmor_profile!r}: this pod's monitor was started by a "
                                  "crio-fast without AppArmor support; recreate the pod")

@@ -1,5 +1,5 @@
 """Container runtimes: the built-in native launcher driven through the per-pod
-monitor (``monitor``, ``plan``), and later external OCI runtimes."""
+monitor (``monitor``, ``plan``, ``wire``), and later external OCI runtimes."""
 
 from __future__ import annotations
 

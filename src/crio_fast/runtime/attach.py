@@ -25,32 +25,17 @@ import asyncio
 import errno
 import os
 import socket
-import struct
 from pathlib import Path
 
-from crio_fast.runtime.monitor import (
-    _U32,
-    F_CONTAINER_ID,
-    SOCKET_NAME,
-    MonitorError,
-    PodMonitor,
-    _encode_request,
-)
-from crio_fast.runtime.plan import TLVWriter
+from crio_fast.runtime import wire
+from crio_fast.runtime.monitor import SOCKET_NAME, MonitorError, parse_reply
 
-ATTACH = 10  # request type
-F_STDIN = 24  # request: this attacher sends input; reply: the container has a stdin
-F_TTY = 25  # reply: the container has a terminal
-
-# Packet kinds (first byte of every attach stream packet).
-KIND_STDIN, KIND_STDOUT, KIND_STDERR, KIND_EXIT, KIND_RESIZE, KIND_CLOSE_STDIN = range(6)
-_OUTPUT_KINDS = {KIND_STDOUT: "stdout", KIND_STDERR: "stderr", KIND_EXIT: "exit"}
+_OUTPUT_KINDS = {wire.ATTACH_STDOUT: "stdout", wire.ATTACH_STDERR: "stderr", wire.ATTACH_EXIT: "exit"}
 
 # stdin is sent in packets of this size; the monitor accepts up to 64 KiB.
 STDIN_PACKET_SIZE = 16384
 # Larger than any packet the monitor sends (1 + its 16 KiB read buffer).
 _RECEIVE_SIZE = 1 + 65536
-_RESIZE = struct.Struct("<HH")
 
 
 class AttachStream:
@@ -78,10 +63,10 @@ class AttachStream:
             except OSError as e:
                 raise MonitorError(f"connect to the pod monitor in {pod_dir}: {e.strerror}",
                                    e.errno or errno.EIO) from None
-            fields = TLVWriter()
-            fields.string(F_CONTAINER_ID, container_id)
-            fields.boolean(F_STDIN, stdin)
-            await loop.sock_sendall(sock, _encode_request(ATTACH, 1, fields))
+            fields = wire.TLVWriter()
+            fields.string(wire.FIELD_CONTAINER_ID, container_id)
+            fields.boolean(wire.FIELD_STDIN, stdin)
+            await loop.sock_sendall(sock, wire.encode_message(wire.REQUEST_ATTACH, 1, fields))
             try:
                 data = await asyncio.wait_for(loop.sock_recv(sock, _RECEIVE_SIZE), timeout)
             except TimeoutError:
@@ -89,15 +74,15 @@ class AttachStream:
                                    errno.ETIMEDOUT) from None
             if not data:
                 raise MonitorError("ATTACH: the pod monitor closed the connection", errno.ECONNRESET)
-            reply = PodMonitor._parse_reply("ATTACH", ATTACH, 1, data)
+            reply = parse_reply("ATTACH", wire.REQUEST_ATTACH, 1, data)
         except BaseException:
             sock.close()
             raise
 
         def flag(tag: int) -> bool:
-            return bool(_U32.unpack(reply[tag][0])[0]) if tag in reply else False
+            return wire.decode_bool(reply[tag][0]) if tag in reply else False
 
-        return cls(sock, container_id, has_stdin=flag(F_STDIN), tty=flag(F_TTY))
+        return cls(sock, container_id, has_stdin=flag(wire.FIELD_STDIN), tty=flag(wire.FIELD_TTY))
 
     async def read(self) -> tuple[str, bytes] | None:
         """The next packet: ("stdout" | "stderr", data), ("exit", b"<exit code>"), or None once the
@@ -121,17 +106,17 @@ class AttachStream:
         """Send input; waits while the container's stdin is full (the monitor then stops reading)."""
         view = memoryview(data)
         for offset in range(0, len(view), STDIN_PACKET_SIZE):
-            await self._send(bytes((KIND_STDIN,)) + view[offset:offset + STDIN_PACKET_SIZE])
+            await self._send(bytes((wire.ATTACH_STDIN,)) + view[offset:offset + STDIN_PACKET_SIZE])
 
     async def close_stdin(self) -> None:
         """Close the container's stdin (with a tty: its end-of-file character is sent)."""
-        await self._send(bytes((KIND_CLOSE_STDIN,)))
+        await self._send(bytes((wire.ATTACH_CLOSE_STDIN,)))
 
     async def resize(self, width: int, height: int) -> None:
         """Set the terminal size (columns, rows); ignored without a tty."""
         if not (0 <= width <= 0xFFFF and 0 <= height <= 0xFFFF):
             raise ValueError(f"terminal size {width}x{height} out of range")
-        await self._send(bytes((KIND_RESIZE,)) + _RESIZE.pack(width, height))
+        await self._send(bytes((wire.ATTACH_RESIZE,)) + wire.encode_resize(width, height))
 
     async def _send(self, packet: bytes) -> None:
         # One packet per send (SOCK_SEQPACKET): all of it or, while full, nothing.

@@ -31,9 +31,9 @@ import socket
 import struct
 import subprocess
 import termios
-from dataclasses import dataclass
 
 from crio_fast.runtime.plan import ExecPlan
+from crio_fast.runtime.wire import CONSOLE_TERMINAL_TAG, ExecOutcome, parse_exec_status
 
 # Reads hand out at most this much; a bigger pipe lets cat-like commands
 # move data in fewer wake-ups (the kernel may refuse; then it stays 64 KiB).
@@ -46,16 +46,6 @@ KILL_GRACE_SECONDS = 2.0
 # pushed to the master asynchronously) gets this long to show up; after that
 # a stream counts as ended even if a background process still holds it.
 DRAIN_AFTER_EXIT_SECONDS = 0.1
-_TERMINAL_TAG = b"T"
-
-
-@dataclass(frozen=True)
-class ExecOutcome:
-    """How an interactive exec ended."""
-
-    exit_code: int  # the command's code; 128+signal when killed; 126/127/1 when it never ran
-    error: str | None = None  # the helper's "error ERRNO MSG" message: the command never ran
-    signal: int = 0  # the signal that killed the command, 0 otherwise
 
 
 class InteractiveExec:
@@ -310,8 +300,7 @@ class InteractiveExec:
         os.close(self._status_read)
         self._status_read = None
         if not self._outcome.done():
-            self._outcome.set_result(_parse_status(status.decode(errors="replace").strip(),
-                                                   self._process.returncode))
+            self._outcome.set_result(parse_exec_status(status.decode(errors="replace"), self._process.returncode))
 
     # ------------------------------------------------------------ plumbing
 
@@ -376,7 +365,7 @@ class InteractiveExec:
                     await ready
                 finally:
                     self._loop.remove_reader(console.fileno())
-        if message != _TERMINAL_TAG or len(fds) != 1:
+        if message != CONSOLE_TERMINAL_TAG or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             return None
@@ -387,21 +376,6 @@ class InteractiveExec:
 def _resolve(future: asyncio.Future, value: object) -> None:
     if not future.done():
         future.set_result(value)
-
-
-def _parse_status(line: str, returncode: int | None) -> ExecOutcome:
-    kind, _, rest = line.partition(" ")
-    if kind == "exit":
-        return ExecOutcome(exit_code=int(rest))
-    if kind == "signal":
-        return ExecOutcome(exit_code=128 + int(rest), signal=int(rest))
-    code = returncode if returncode and returncode > 0 else 1
-    if kind == "error":
-        return ExecOutcome(exit_code=code, error=rest.partition(" ")[2])
-    if returncode is not None and returncode < 0:  # the helper itself was killed (group SIGKILL)
-        return ExecOutcome(exit_code=128 - returncode, signal=-returncode,
-                           error=f"exec helper killed by signal {-returncode}")
-    return ExecOutcome(exit_code=code, error=f"exec helper exited with {returncode} without reporting a status")
 
 
 def _enlarge_pipe(fd: int) -> None:

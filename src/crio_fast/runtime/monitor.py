@@ -32,34 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from crio_fast.runtime import mounts
-from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan, TLVWriter, parse_tlv
+from crio_fast.runtime import mounts, wire
+from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan
+from crio_fast.runtime.wire import TLVWriter
 
-PROTOCOL_VERSION = 1
-REPLY_FLAG = 0x8000
+_REQUEST_NAMES = {wire.REQUEST_PING: "PING", wire.REQUEST_CREATE: "CREATE", wire.REQUEST_START: "START",
+                  wire.REQUEST_KILL: "KILL", wire.REQUEST_REOPEN_LOG: "REOPEN_LOG", wire.REQUEST_STATE: "STATE",
+                  wire.REQUEST_LIST: "LIST", wire.REQUEST_REMOVE: "REMOVE", wire.REQUEST_SHUTDOWN: "SHUTDOWN"}
 
-# Request types.
-PING, CREATE, START, KILL, REOPEN_LOG, STATE, LIST, REMOVE, SHUTDOWN = range(1, 10)
-_REQUEST_NAMES = {PING: "PING", CREATE: "CREATE", START: "START", KILL: "KILL", REOPEN_LOG: "REOPEN_LOG",
-                  STATE: "STATE", LIST: "LIST", REMOVE: "REMOVE", SHUTDOWN: "SHUTDOWN"}
+STATUS_NAMES = {wire.CONTAINER_CREATING: "creating", wire.CONTAINER_CREATED: "created",
+                wire.CONTAINER_RUNNING: "running", wire.CONTAINER_EXITED: "exited"}
 
-# Message fields.
-(F_STATUS, F_MESSAGE, F_CONTAINER_ID, F_PLAN, F_LOG_PATH, F_SIGNAL, F_ALL, F_PID, F_WARNING, F_CONTAINER, F_STATE,
- F_EXIT_CODE, F_EXIT_SIGNAL, F_CREATED_AT, F_STARTED_AT, F_FINISHED_AT, F_OOM_KILLED, F_POD_ID,
- F_VERSION) = range(1, 20)
-# CREATE of a container run by an external OCI runtime (docs/monitor.md, "External OCI runtimes").
-F_OCI_RUNTIME, F_OCI_ROOT, F_OCI_BUNDLE, F_OCI_HIDE_CGROUP2 = range(20, 24)
-# CREATE: the plan is its head, the rest follows through the gate; PING reply: FEATURE_ bits.
-F_PLAN_FOLLOWS, F_FEATURES = 26, 27
-FEATURE_PLAN_FOLLOWS = 1
-FEATURE_APPARMOR = 2  # plans may carry an AppArmor profile
-
-_MESSAGE_HEADER = struct.Struct("<HHII")
-_U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_U64 = struct.Struct("<Q")
-
-STATUS_NAMES = {0: "creating", 1: "created", 2: "running", 3: "exited"}
 
 @dataclass(frozen=True)
 class OciRuntimeCall:
@@ -172,56 +155,57 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     signal: int = 0
-    # Set when the helper failed and the command never ran (not found,
-    # cannot execute, container gone); exit_code is then 126/127/1.
+    # Set when the command never ran (not found, cannot execute, container
+    # gone; exit_code is then 126/127/1) or the helper did not say how it ended.
     error: str | None = None
-
-
-def _encode_request(request_type: int, request_id: int, writer: TLVWriter) -> bytes:
-    body = writer.getvalue()
-    return _MESSAGE_HEADER.pack(PROTOCOL_VERSION, request_type, request_id, _MESSAGE_HEADER.size + len(body)) + body
-
-
-def _fields_to_dict(fields: list[tuple[int, bytes]]) -> dict[int, list[bytes]]:
-    out: dict[int, list[bytes]] = {}
-    for tag, value in fields:
-        out.setdefault(tag, []).append(value)
-    return out
-
-
-def _string(value: bytes) -> str:
-    return value[:-1].decode(errors="replace") if value.endswith(b"\0") else value.decode(errors="replace")
 
 
 def _state_from_fields(fields: dict[int, list[bytes]]) -> ContainerState:
     def u32(tag: int, default: int = 0) -> int:
-        return _U32.unpack(fields[tag][0])[0] if tag in fields else default
+        return wire.decode_u32(fields[tag][0]) if tag in fields else default
 
     def u64(tag: int, default: int = 0) -> int:
-        return _U64.unpack(fields[tag][0])[0] if tag in fields else default
+        return wire.decode_u64(fields[tag][0]) if tag in fields else default
 
-    status = STATUS_NAMES.get(u32(F_STATE), "unknown")
+    status = STATUS_NAMES.get(u32(wire.FIELD_STATE), "unknown")
     state = ContainerState(
-        id=_string(fields[F_CONTAINER_ID][0]),
-        pid=u32(F_PID),
+        id=wire.decode_string(fields[wire.FIELD_CONTAINER_ID][0]),
+        pid=u32(wire.FIELD_PID),
         status=status,
-        created_at=u64(F_CREATED_AT),
-        started_at=u64(F_STARTED_AT),
-        message=_string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else None,
+        created_at=u64(wire.FIELD_CREATED_AT),
+        started_at=u64(wire.FIELD_STARTED_AT),
+        message=wire.decode_string(fields[wire.FIELD_MESSAGE][0]) if wire.FIELD_MESSAGE in fields else None,
     )
     if status == "exited":
-        state.exit_code = _I32.unpack(fields[F_EXIT_CODE][0])[0]
-        state.signal = u32(F_EXIT_SIGNAL)
-        state.finished_at = u64(F_FINISHED_AT)
-        state.oom_killed = bool(u32(F_OOM_KILLED))
+        state.exit_code = wire.decode_i32(fields[wire.FIELD_EXIT_CODE][0])
+        state.signal = u32(wire.FIELD_EXIT_SIGNAL)
+        state.finished_at = u64(wire.FIELD_FINISHED_AT)
+        state.oom_killed = bool(u32(wire.FIELD_OOM_KILLED))
     return state
+
+
+def parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> dict[int, list[bytes]]:
+    """The fields of the reply ``data`` to request ``request_id`` of type ``request_type`` (``name`` for
+    messages); raises MonitorError with the monitor's message and errno when it reports a failure."""
+    if len(data) < wire.MESSAGE_HEADER_SIZE:
+        raise MonitorError(f"{name}: short reply ({len(data)} bytes)", errno.EPROTO)
+    header = wire.decode_message_header(data)
+    if header != (wire.MONITOR_PROTOCOL, request_type | wire.MESSAGE_REPLY_FLAG, request_id, len(data)):
+        raise MonitorError(f"{name}: unexpected reply header {tuple(header)}", errno.EPROTO)
+    fields = wire.parse_tlv_by_tag(memoryview(data)[wire.MESSAGE_HEADER_SIZE:])
+    status = wire.decode_u32(fields[wire.FIELD_STATUS][0]) if wire.FIELD_STATUS in fields else errno.EPROTO
+    if status != 0:
+        message = (wire.decode_string(fields[wire.FIELD_MESSAGE][0]) if wire.FIELD_MESSAGE in fields
+                   else os.strerror(status))
+        raise MonitorError(message, status)
+    return fields
 
 
 class PodMonitor:
     """A connection to one pod's monitor process."""
 
     def __init__(self, pod_dir: str, pid: int, pidfd: int,
-                 features: int = FEATURE_PLAN_FOLLOWS | FEATURE_APPARMOR) -> None:
+                 features: int = wire.MONITOR_FEATURE_PLAN_FOLLOWS | wire.MONITOR_FEATURE_APPARMOR) -> None:
         self.pod_dir = pod_dir
         self.pid = pid
         self._pidfd = pidfd
@@ -349,11 +333,11 @@ class PodMonitor:
             raise MonitorError(f"pod monitor {pid} of {pod_dir} is not running", errno.ESRCH) from None
         monitor = cls(pod_dir, pid, pidfd)
         try:
-            reply = monitor._request(PING, TLVWriter())
-            reported = _U32.unpack(reply[F_PID][0])[0]
+            reply = monitor._request(wire.REQUEST_PING, TLVWriter())
+            reported = wire.decode_u32(reply[wire.FIELD_PID][0])
             if reported != pid:
                 raise MonitorError(f"{pid_path} says {pid} but the socket's monitor is {reported}", errno.ESTALE)
-            monitor.features = _U32.unpack(reply[F_FEATURES][0])[0] if F_FEATURES in reply else 0
+            monitor.features = wire.decode_u32(reply[wire.FIELD_FEATURES][0]) if wire.FIELD_FEATURES in reply else 0
         except BaseException:
             monitor.close()
             raise
@@ -374,7 +358,7 @@ class PodMonitor:
         deadline = time.monotonic() + timeout
         if self.alive():
             try:
-                self._request(SHUTDOWN, TLVWriter(), timeout=timeout)
+                self._request(wire.REQUEST_SHUTDOWN, TLVWriter(), timeout=timeout)
             except (MonitorError, OSError):
                 if self.alive():
                     raise
@@ -447,23 +431,23 @@ class PodMonitor:
         encoded, in chunks (``encode_rootfs``, ``LaunchPlan.encode_rest``). The monitor clones the child
         on the head; each chunk goes through the gate as soon as it is yielded, so the child works on
         one (mounts the rootfs) while the next is decided here; then ``meanwhile`` runs. Needs
-        ``meanwhile`` and a monitor with FEATURE_PLAN_FOLLOWS. If ``rest`` raises, the child gives up
+        ``meanwhile`` and a monitor with MONITOR_FEATURE_PLAN_FOLLOWS. If ``rest`` raises, the child gives up
         as when ``meanwhile`` does.
         """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
-        if rest is not None and (meanwhile is None or not self.features & FEATURE_PLAN_FOLLOWS):
+        if rest is not None and (meanwhile is None or not self.features & wire.MONITOR_FEATURE_PLAN_FOLLOWS):
             raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step "
                              "and a monitor that takes it")
         w = self._create_fields(container_id, plan, log_path, oci)
         if rest is not None:
-            w.boolean(F_PLAN_FOLLOWS, True)
+            w.boolean(wire.FIELD_PLAN_FOLLOWS, True)
         if meanwhile is None:
-            sock, request_id, _ = self._send(CREATE, w)
+            sock, request_id, _ = self._send(wire.REQUEST_CREATE, w)
             return PendingCreate(self, sock, request_id)
         gate_read, gate_write = os.pipe()
         try:
-            sock, request_id, _ = self._send(CREATE, w, fd=gate_read)
+            sock, request_id, _ = self._send(wire.REQUEST_CREATE, w, fd=gate_read)
         except BaseException:
             os.close(gate_write)
             raise
@@ -481,49 +465,50 @@ class PodMonitor:
     def _create_fields(container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                        oci: OciRuntimeCall | None) -> TLVWriter:
         w = TLVWriter()
-        w.string(F_CONTAINER_ID, container_id)
-        w.raw(F_PLAN, plan.encode())
-        w.string(F_LOG_PATH, log_path)
+        w.string(wire.FIELD_CONTAINER_ID, container_id)
+        w.raw(wire.FIELD_PLAN, plan.encode())
+        w.string(wire.FIELD_LOG_PATH, log_path)
         if oci is not None:
-            w.string(F_OCI_RUNTIME, oci.runtime_path)
-            w.string(F_OCI_ROOT, oci.root)
-            w.string(F_OCI_BUNDLE, oci.bundle)
+            w.string(wire.FIELD_OCI_RUNTIME, oci.runtime_path)
+            w.string(wire.FIELD_OCI_ROOT, oci.root)
+            w.string(wire.FIELD_OCI_BUNDLE, oci.bundle)
             if oci.hide_cgroup2_mount:
-                w.boolean(F_OCI_HIDE_CGROUP2, True)
+                w.boolean(wire.FIELD_OCI_HIDE_CGROUP2, True)
         return w
 
     def start(self, container_id: str) -> None:
-        self._request(START, self._id_fields(container_id))
+        self._request(wire.REQUEST_START, self._id_fields(container_id))
 
     def kill(self, container_id: str, signal: int, all: bool = False) -> None:
         w = self._id_fields(container_id)
-        w.u32(F_SIGNAL, int(signal))
+        w.u32(wire.FIELD_SIGNAL, int(signal))
         if all:
-            w.boolean(F_ALL, True)
-        self._request(KILL, w)
+            w.boolean(wire.FIELD_ALL, True)
+        self._request(wire.REQUEST_KILL, w)
 
     def state(self, container_id: str) -> ContainerState:
-        return _state_from_fields(self._request(STATE, self._id_fields(container_id)))
+        return _state_from_fields(self._request(wire.REQUEST_STATE, self._id_fields(container_id)))
 
     def list_containers(self) -> list[ContainerState]:
-        reply = self._request(LIST, TLVWriter())
-        return [_state_from_fields(_fields_to_dict(parse_tlv(nested))) for nested in reply.get(F_CONTAINER, [])]
+        reply = self._request(wire.REQUEST_LIST, TLVWriter())
+        return [_state_from_fields(wire.parse_tlv_by_tag(nested)) for nested in reply.get(wire.FIELD_CONTAINER, [])]
 
     def reopen_log(self, container_id: str) -> None:
-        self._request(REOPEN_LOG, self._id_fields(container_id))
+        self._request(wire.REQUEST_REOPEN_LOG, self._id_fields(container_id))
 
     def remove(self, container_id: str) -> None:
-        self._request(REMOVE, self._id_fields(container_id))
+        self._request(wire.REQUEST_REMOVE, self._id_fields(container_id))
 
     def ping(self) -> dict[str, object]:
-        reply = self._request(PING, TLVWriter())
-        return {"pod_id": _string(reply[F_POD_ID][0]), "version": _string(reply[F_VERSION][0]),
-                "pid": _U32.unpack(reply[F_PID][0])[0]}
+        reply = self._request(wire.REQUEST_PING, TLVWriter())
+        return {"pod_id": wire.decode_string(reply[wire.FIELD_POD_ID][0]),
+                "version": wire.decode_string(reply[wire.FIELD_VERSION][0]),
+                "pid": wire.decode_u32(reply[wire.FIELD_PID][0])}
 
     @staticmethod
     def _id_fields(container_id: str) -> TLVWriter:
         w = TLVWriter()
-        w.string(F_CONTAINER_ID, container_id)
+        w.string(wire.FIELD_CONTAINER_ID, container_id)
         return w
 
     def _connect(self, timeout: float) -> socket.socket:
@@ -548,7 +533,7 @@ class PodMonitor:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
             request_id = self._next_id
             sock, self._socket = self._socket, None
-        message = _encode_request(request_type, request_id, fields)
+        message = wire.encode_message(request_type, request_id, fields)
         for attempt in (0, 1):
             reused = sock is not None
             if sock is None:
@@ -595,7 +580,7 @@ class PodMonitor:
                 self._socket, sock = sock, None
         if sock is not None:
             sock.close()
-        return self._parse_reply(name, request_type, request_id, data)
+        return parse_reply(name, request_type, request_id, data)
 
     def _request(self, request_type: int, fields: TLVWriter, timeout: float = 30.0) -> dict[int, list[bytes]]:
         """Send one request and read its reply."""
@@ -606,25 +591,10 @@ class PodMonitor:
             except _ConnectionLost:
                 # An idle connection the monitor had dropped: one retry on a new one, except for the
                 # requests that may have been acted upon once sent; those are never sent twice.
-                if not reused or attempt == 1 or request_type in (CREATE, START, SHUTDOWN):
+                if (not reused or attempt == 1
+                        or request_type in (wire.REQUEST_CREATE, wire.REQUEST_START, wire.REQUEST_SHUTDOWN)):
                     raise
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> dict[int, list[bytes]]:
-        if len(data) < _MESSAGE_HEADER.size:
-            raise MonitorError(f"{name}: short reply ({len(data)} bytes)", errno.EPROTO)
-        version, reply_type, reply_id, length = _MESSAGE_HEADER.unpack_from(data)
-        if (version != PROTOCOL_VERSION or reply_type != request_type | REPLY_FLAG or reply_id != request_id
-                or length != len(data)):
-            raise MonitorError(f"{name}: unexpected reply header {(version, reply_type, reply_id, length)}",
-                               errno.EPROTO)
-        fields = _fields_to_dict(parse_tlv(memoryview(data)[_MESSAGE_HEADER.size:]))
-        status = _U32.unpack(fields[F_STATUS][0])[0] if F_STATUS in fields else errno.EPROTO
-        if status != 0:
-            message = _string(fields[F_MESSAGE][0]) if F_MESSAGE in fields else os.strerror(status)
-            raise MonitorError(message, status)
-        return fields
 
 
 class PendingCreate:
@@ -664,7 +634,7 @@ class PendingCreate:
                 try:
                     if sock is None:
                         raise MonitorError("CREATE: the reply was abandoned (the daemon is stopping)", errno.ECANCELED)
-                    reply = self._monitor._receive(CREATE, self._request_id, sock, timeout)
+                    reply = self._monitor._receive(wire.REQUEST_CREATE, self._request_id, sock, timeout)
                     self._outcome = _create_result(reply)
                 except MonitorError as exc:
                     self._outcome = exc
@@ -682,7 +652,8 @@ class PendingCreate:
 
 
 def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
-    return CreateResult(pid=_U32.unpack(reply[F_PID][0])[0], warnings=[_string(v) for v in reply.get(F_WARNING, [])])
+    return CreateResult(pid=wire.decode_u32(reply[wire.FIELD_PID][0]),
+                        warnings=[wire.decode_string(v) for v in reply.get(wire.FIELD_WARNING, [])])
 
 
 def _run_then_open_gate(step: Callable[[], None], gate_write: int,
@@ -696,9 +667,9 @@ def _run_then_open_gate(step: Callable[[], None], gate_write: int,
             child_gone = False  # it closed its end: its reply says why
             for chunk in rest():
                 if chunk and not child_gone:
-                    child_gone = not _write_to_child(gate_write, _U32.pack(len(chunk)) + chunk)
+                    child_gone = not _write_to_child(gate_write, wire.encode_plan_chunk(chunk))
             if not child_gone:
-                _write_to_child(gate_write, _U32.pack(0))
+                _write_to_child(gate_write, wire.END_OF_PLAN_CHUNKS)
         step()
         _write_to_child(gate_write, b"1")
     except BaseException as exc:
@@ -901,27 +872,14 @@ def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, sta
         os.close(pidfd)
         for close in closers.values():
             close()
-    status_line = bytes(output[status_read]).decode(errors="replace").strip()
-    stdout = bytes(output[process.stdout.fileno()])
-    stderr = bytes(output[process.stderr.fileno()])
-    kind, _, rest = status_line.partition(" ")
-    if kind == "exit":
-        return ExecResult(exit_code=int(rest), stdout=stdout, stderr=stderr)
-    if kind == "signal":
-        return ExecResult(exit_code=128 + int(rest), stdout=stdout, stderr=stderr, signal=int(rest))
-    code = process.returncode if process.returncode and process.returncode > 0 else 1
-    if kind == "error":
-        _, _, message = rest.partition(" ")
-        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr, error=message)
-    return ExecResult(exit_code=code, stdout=stdout, stderr=stderr,
-                      error=f"exec helper exited with {process.returncode} without reporting a status")
+    outcome = wire.parse_exec_status(bytes(output[status_read]).decode(errors="replace"), process.returncode)
+    return ExecResult(exit_code=outcome.exit_code, stdout=bytes(output[process.stdout.fileno()]),
+                      stderr=bytes(output[process.stderr.fileno()]), signal=outcome.signal, error=outcome.error)
 
 
 def plan_argv_for_message(plan_bytes: bytes) -> str:
     """The command of an encoded plan, for error messages."""
-    from crio_fast.runtime.plan import _ARGV
-
-    args = [_string(value) for tag, value in parse_tlv(plan_bytes) if tag == _ARGV]
+    args = [wire.decode_string(value) for tag, value in wire.parse_tlv(plan_bytes) if tag == wire.PLAN_ARGV]
     return " ".join(args) if args else "(no command)"
 
 

@@ -3,19 +3,18 @@
 The native launcher (``crio-fast-monitor``) executes a plan without policy of
 its own: every namespace, cgroup file, mount, id, capability and seccomp
 instruction is decided here. ``LaunchPlan.encode()`` produces the binary form
-(TLV fields, see docs/monitor.md) sent in a CREATE request; ``ExecPlan`` is
-the same format for the exec helper.
+(TLV fields of runtime/wire.py, see docs/monitor.md) sent in a CREATE request;
+``ExecPlan`` is the same format for the exec helper.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-PLAN_FORMAT_VERSION = 1
+from crio_fast.runtime import wire
+from crio_fast.runtime.wire import MountKind, TLVWriter
 
 # Namespace types, by the clone(2) flag the kernel uses for them.
 NAMESPACE_FLAGS: dict[str, int] = {
@@ -61,89 +60,6 @@ CAPABILITIES: dict[str, int] = {
         ]
     )
 }
-
-# Plan field tags (docs/monitor.md, "Launch plan").
-_VERSION, _NAMESPACE, _CGROUP_PROCS, _CGROUP_WRITE, _OOM_COUNTER, _ROOTFS, _OVERLAY, _MOUNT = range(1, 9)
-(_ROOTFS_READONLY, _NO_PIVOT, _ROOT_PROPAGATION, _HOSTNAME, _SYSCTL, _RLIMIT, _OOM_SCORE_ADJ, _UID, _GID,
- _ADDITIONAL_GIDS) = range(9, 19)
-(_CAP_BOUNDING, _CAP_EFFECTIVE, _CAP_PERMITTED, _CAP_INHERITABLE, _CAP_AMBIENT, _NO_NEW_PRIVS, _SECCOMP,
- _SECCOMP_FLAGS, _CWD, _ENV, _ARGV, _STDIN, _TTY, _LOG_LINE_MAX, _TARGET_PID, _UMASK, _HOST_DIR,
- _APPARMOR_PROFILE) = range(19, 37)
-_NS_TYPE, _NS_PATH = 1, 2
-_KV_KEY, _KV_VALUE = 1, 2
-_OVERLAY_LOWER, _OVERLAY_UPPER, _OVERLAY_WORK, _OVERLAY_TARGET, _OVERLAY_OPTION = range(1, 6)
-_RLIMIT_RESOURCE, _RLIMIT_SOFT, _RLIMIT_HARD = 1, 2, 3
-(_M_KIND, _M_SOURCE, _M_DESTINATION, _M_FSTYPE, _M_FLAGS, _M_DATA, _M_MODE, _M_MAJOR, _M_MINOR, _M_UID, _M_GID,
- _M_PROPAGATION) = range(1, 13)
-
-_HEADER = struct.Struct("<HI")
-_U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_U64 = struct.Struct("<Q")
-
-
-class TLVWriter:
-    """Builds TLV fields: u16 tag, u32 length (little-endian), value."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def raw(self, tag: int, value: bytes) -> None:
-        self._parts.append(_HEADER.pack(tag, len(value)))
-        self._parts.append(value)
-
-    def string(self, tag: int, value: str) -> None:
-        # surrogateescape: bytes that are not UTF-8 (env values, paths) pass through unchanged.
-        data = value.encode("utf-8", "surrogateescape")
-        if b"\0" in data:
-            raise ValueError(f"NUL byte in plan string {value!r}")
-        self.raw(tag, data + b"\0")
-
-    def u32(self, tag: int, value: int) -> None:
-        self.raw(tag, _U32.pack(value))
-
-    def i32(self, tag: int, value: int) -> None:
-        self.raw(tag, _I32.pack(value))
-
-    def u64(self, tag: int, value: int) -> None:
-        self.raw(tag, _U64.pack(value))
-
-    def boolean(self, tag: int, value: bool) -> None:
-        self.raw(tag, _U32.pack(1 if value else 0))
-
-    def nested(self, tag: int, inner: "TLVWriter") -> None:
-        self.raw(tag, inner.getvalue())
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
-
-
-def parse_tlv(data: bytes | memoryview) -> list[tuple[int, bytes]]:
-    """Split TLV-encoded bytes into (tag, value) pairs; raises ValueError if malformed."""
-    fields = []
-    view = memoryview(data)
-    offset = 0
-    while offset < len(view):
-        if len(view) - offset < _HEADER.size:
-            raise ValueError("truncated TLV field header")
-        tag, length = _HEADER.unpack_from(view, offset)
-        offset += _HEADER.size
-        if length > len(view) - offset:
-            raise ValueError(f"TLV field {tag} claims {length} bytes, {len(view) - offset} remain")
-        fields.append((tag, bytes(view[offset:offset + length])))
-        offset += length
-    return fields
-
-
-class MountKind(enum.IntEnum):
-    MOUNT = 1  # mount(2) a filesystem
-    BIND = 2  # bind a host path
-    MKNOD = 3  # create a device node (bind `source` from the host when mknod is refused)
-    SYMLINK = 4  # symlink at destination pointing to `source`
-    MKDIR = 5  # directory and parents
-    MASK = 6  # /dev/null over a file, empty read-only tmpfs over a directory
-    READONLY = 7  # make a path read-only (recursively with MS_REC)
-
 
 @dataclass(frozen=True)
 class MountOp:
@@ -197,26 +113,26 @@ class MountOp:
 
     def encode(self) -> TLVWriter:
         w = TLVWriter()
-        w.u32(_M_KIND, int(self.kind))
+        w.u32(wire.MOUNT_KIND, int(self.kind))
         if self.source is not None:
-            w.string(_M_SOURCE, self.source)
-        w.string(_M_DESTINATION, self.destination)
+            w.string(wire.MOUNT_SOURCE, self.source)
+        w.string(wire.MOUNT_DESTINATION, self.destination)
         if self.fstype is not None:
-            w.string(_M_FSTYPE, self.fstype)
+            w.string(wire.MOUNT_FSTYPE, self.fstype)
         if self.flags:
-            w.u64(_M_FLAGS, self.flags)
+            w.u64(wire.MOUNT_FLAGS, self.flags)
         if self.data is not None:
-            w.string(_M_DATA, self.data)
+            w.string(wire.MOUNT_DATA, self.data)
         if self.mode:
-            w.u32(_M_MODE, self.mode)
+            w.u32(wire.MOUNT_MODE, self.mode)
         if self.major or self.minor:
-            w.u32(_M_MAJOR, self.major)
-            w.u32(_M_MINOR, self.minor)
+            w.u32(wire.MOUNT_MAJOR, self.major)
+            w.u32(wire.MOUNT_MINOR, self.minor)
         if self.uid or self.gid:
-            w.u32(_M_UID, self.uid)
-            w.u32(_M_GID, self.gid)
+            w.u32(wire.MOUNT_UID, self.uid)
+            w.u32(wire.MOUNT_GID, self.gid)
         if self.propagation:
-            w.u32(_M_PROPAGATION, self.propagation)
+            w.u32(wire.MOUNT_PROPAGATION, self.propagation)
         return w
 
 
@@ -291,22 +207,22 @@ class Capabilities:
         return cls(bounding=bits, effective=bits, permitted=bits, inheritable=0, ambient=bits if ambient else 0)
 
     def encode_into(self, w: TLVWriter) -> None:
-        w.u64(_CAP_BOUNDING, self.bounding)
-        w.u64(_CAP_EFFECTIVE, self.effective)
-        w.u64(_CAP_PERMITTED, self.permitted)
-        w.u64(_CAP_INHERITABLE, self.inheritable)
-        w.u64(_CAP_AMBIENT, self.ambient)
+        w.u64(wire.PLAN_CAP_BOUNDING, self.bounding)
+        w.u64(wire.PLAN_CAP_EFFECTIVE, self.effective)
+        w.u64(wire.PLAN_CAP_PERMITTED, self.permitted)
+        w.u64(wire.PLAN_CAP_INHERITABLE, self.inheritable)
+        w.u64(wire.PLAN_CAP_AMBIENT, self.ambient)
 
 
 def _encode_namespaces_and_cgroups(w: TLVWriter, namespaces: Sequence[Namespace], cgroup_procs: Sequence[str]) -> None:
     for ns in namespaces:
         inner = TLVWriter()
-        inner.u32(_NS_TYPE, NAMESPACE_FLAGS[ns.type])
+        inner.u32(wire.NS_TYPE, NAMESPACE_FLAGS[ns.type])
         if ns.path is not None:
-            inner.string(_NS_PATH, ns.path)
-        w.nested(_NAMESPACE, inner)
+            inner.string(wire.NS_PATH, ns.path)
+        w.nested(wire.PLAN_NAMESPACE, inner)
     for path in cgroup_procs:
-        w.string(_CGROUP_PROCS, path)
+        w.string(wire.PLAN_CGROUP_PROCS, path)
 
 
 def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cwd: str | None,
@@ -320,37 +236,37 @@ def _encode_process(w: TLVWriter, *, argv: Sequence[str], env: Sequence[str], cw
     if apparmor_profile is not None:
         if not apparmor_profile:
             raise ValueError("an AppArmor profile name cannot be empty (None means no profile)")
-        w.string(_APPARMOR_PROFILE, apparmor_profile)
+        w.string(wire.PLAN_APPARMOR_PROFILE, apparmor_profile)
     for limit in rlimits:
         inner = TLVWriter()
-        inner.u32(_RLIMIT_RESOURCE, limit.resource)
-        inner.u64(_RLIMIT_SOFT, limit.soft)
-        inner.u64(_RLIMIT_HARD, limit.hard)
-        w.nested(_RLIMIT, inner)
+        inner.u32(wire.RLIMIT_RESOURCE, limit.resource)
+        inner.u64(wire.RLIMIT_SOFT, limit.soft)
+        inner.u64(wire.RLIMIT_HARD, limit.hard)
+        w.nested(wire.PLAN_RLIMIT, inner)
     if uid is not None:
-        w.u32(_UID, uid)
+        w.u32(wire.PLAN_UID, uid)
     if gid is not None:
-        w.u32(_GID, gid)
+        w.u32(wire.PLAN_GID, gid)
     if additional_gids is not None:
-        w.raw(_ADDITIONAL_GIDS, b"".join(_U32.pack(g) for g in additional_gids))
+        w.u32_array(wire.PLAN_ADDITIONAL_GIDS, additional_gids)
     if capabilities is not None:
         capabilities.encode_into(w)
     if no_new_privs:
-        w.boolean(_NO_NEW_PRIVS, True)
+        w.boolean(wire.PLAN_NO_NEW_PRIVS, True)
     if seccomp is not None:
         if len(seccomp) == 0 or len(seccomp) % 8:
             raise ValueError("a seccomp program is a non-empty array of 8-byte sock_filter instructions")
-        w.raw(_SECCOMP, seccomp)
+        w.raw(wire.PLAN_SECCOMP, seccomp)
         if seccomp_flags:
-            w.u32(_SECCOMP_FLAGS, seccomp_flags)
+            w.u32(wire.PLAN_SECCOMP_FLAGS, seccomp_flags)
     if cwd is not None:
-        w.string(_CWD, cwd)
+        w.string(wire.PLAN_CWD, cwd)
     for entry in env:
-        w.string(_ENV, entry)
+        w.string(wire.PLAN_ENV, entry)
     for arg in argv:
-        w.string(_ARGV, arg)
+        w.string(wire.PLAN_ARGV, arg)
     if umask is not None:
-        w.u32(_UMASK, umask)
+        w.u32(wire.PLAN_UMASK, umask)
 
 
 @dataclass
@@ -408,24 +324,24 @@ class LaunchPlan:
         w = TLVWriter()
         for path, value in self.cgroup_writes:
             inner = TLVWriter()
-            inner.string(_KV_KEY, path)
-            inner.string(_KV_VALUE, value)
-            w.nested(_CGROUP_WRITE, inner)
+            inner.string(wire.KV_KEY, path)
+            inner.string(wire.KV_VALUE, value)
+            w.nested(wire.PLAN_CGROUP_WRITE, inner)
         for op in self.mounts:
-            w.raw(_MOUNT, _encoded_mount(op))
+            w.raw(wire.PLAN_MOUNT, _encoded_mount(op))
         if self.rootfs_readonly:
-            w.boolean(_ROOTFS_READONLY, True)
+            w.boolean(wire.PLAN_ROOTFS_READONLY, True)
         if self.no_pivot:
-            w.boolean(_NO_PIVOT, True)
+            w.boolean(wire.PLAN_NO_PIVOT, True)
         if self.hostname is not None:
-            w.string(_HOSTNAME, self.hostname)
+            w.string(wire.PLAN_HOSTNAME, self.hostname)
         for name, value in self.sysctls.items():
             inner = TLVWriter()
-            inner.string(_KV_KEY, name)
-            inner.string(_KV_VALUE, value)
-            w.nested(_SYSCTL, inner)
+            inner.string(wire.KV_KEY, name)
+            inner.string(wire.KV_VALUE, value)
+            w.nested(wire.PLAN_SYSCTL, inner)
         if self.oom_score_adj is not None:
-            w.i32(_OOM_SCORE_ADJ, self.oom_score_adj)
+            w.i32(wire.PLAN_OOM_SCORE_ADJ, self.oom_score_adj)
         _encode_process(
             w, argv=self.argv, env=self.env, cwd=self.cwd, uid=self.uid, gid=self.gid,
             additional_gids=self.additional_gids, capabilities=self.capabilities, no_new_privs=self.no_new_privs,
@@ -442,19 +358,19 @@ def encode_rootfs(rootfs: str | None = None, overlay: Overlay | None = None) -> 
         raise ValueError("give either a ready rootfs path or an overlay, not both")
     w = TLVWriter()
     if rootfs is not None:
-        w.string(_ROOTFS, rootfs)
+        w.string(wire.PLAN_ROOTFS, rootfs)
     if overlay is not None:
         inner = TLVWriter()
         for lower in overlay.lower:
-            inner.string(_OVERLAY_LOWER, lower)
+            inner.string(wire.OVERLAY_LOWER, lower)
         if overlay.upper is not None:
-            inner.string(_OVERLAY_UPPER, overlay.upper)
+            inner.string(wire.OVERLAY_UPPER, overlay.upper)
         if overlay.work is not None:
-            inner.string(_OVERLAY_WORK, overlay.work)
-        inner.string(_OVERLAY_TARGET, overlay.target)
+            inner.string(wire.OVERLAY_WORK, overlay.work)
+        inner.string(wire.OVERLAY_TARGET, overlay.target)
         for option in overlay.options:
-            inner.string(_OVERLAY_OPTION, option)
-        w.nested(_OVERLAY, inner)
+            inner.string(wire.OVERLAY_OPTION, option)
+        w.nested(wire.PLAN_OVERLAY, inner)
     return w.getvalue()
 
 
@@ -478,19 +394,19 @@ class LaunchHead:
 
     def encode(self) -> bytes:
         w = TLVWriter()
-        w.u32(_VERSION, PLAN_FORMAT_VERSION)
+        w.u32(wire.PLAN_VERSION, wire.PLAN_FORMAT_VERSION)
         _encode_namespaces_and_cgroups(w, self.namespaces, self.cgroup_procs)
         for path in self.host_dirs:
-            w.string(_HOST_DIR, path)
+            w.string(wire.PLAN_HOST_DIR, path)
         if self.oom_counter_path:
-            w.string(_OOM_COUNTER, self.oom_counter_path)
-        w.u32(_ROOT_PROPAGATION, self.root_propagation)
+            w.string(wire.PLAN_OOM_COUNTER, self.oom_counter_path)
+        w.u32(wire.PLAN_ROOT_PROPAGATION, self.root_propagation)
         if self.stdin:
-            w.boolean(_STDIN, True)
+            w.boolean(wire.PLAN_STDIN, True)
         if self.tty:
-            w.boolean(_TTY, True)
+            w.boolean(wire.PLAN_TTY, True)
         if self.log_line_max is not None:
-            w.u32(_LOG_LINE_MAX, self.log_line_max)
+            w.u32(wire.PLAN_LOG_LINE_MAX, self.log_line_max)
         return w.getvalue()
 
 
@@ -541,8 +457,8 @@ class ExecPlan:
 
     def encode(self) -> bytes:
         w = TLVWriter()
-        w.u32(_VERSION, PLAN_FORMAT_VERSION)
-        w.u32(_TARGET_PID, self.target_pid)
+        w.u32(wire.PLAN_VERSION, wire.PLAN_FORMAT_VERSION)
+        w.u32(wire.PLAN_TARGET_PID, self.target_pid)
         _encode_namespaces_and_cgroups(w, self.resolved_namespaces(), self.cgroup_procs)
         _encode_process(
             w, argv=self.argv, env=self.env, cwd=self.cwd, uid=self.uid, gid=self.gid,
@@ -551,7 +467,7 @@ class ExecPlan:
             apparmor_profile=self.apparmor_profile,
         )
         if self.tty:
-            w.boolean(_TTY, True)
+            w.boolean(wire.PLAN_TTY, True)
         return w.getvalue()
 
 
