@@ -1,52 +1,49 @@
-"""Errors that cross layers and map onto gRPC status codes.
+"""Errors that cross layers, one class per kind of failure a CRI client can tell apart.
 
-Managers raise these; the server turns each into the status named by
-``code`` with the message as the status details. Anything else that escapes a
-handler is a bug and becomes INTERNAL (the daemon keeps serving).
+Managers raise these; the server reports each with a status chosen by its
+class (server/status.py) and the message as the status details. Anything
+else that escapes a handler is a bug and becomes INTERNAL (the daemon keeps
+serving).
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class CrioError(Exception):
-    """Base of errors a CRI client should see verbatim."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    """Base of errors a CRI client should see verbatim; of no more specific kind, UNKNOWN."""
 
 
 class InvalidArgument(CrioError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request can never succeed as asked."""
 
 
 class NotFound(CrioError):
-    code = grpc.StatusCode.NOT_FOUND
+    """What the request names does not exist."""
 
 
 class AlreadyExists(CrioError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    """What the request would create exists."""
 
 
 class FailedPrecondition(CrioError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The system is not in the state the request needs (a container not running, an image not pulled)."""
 
 
 class DeadlineExceeded(CrioError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The work took longer than it was allowed."""
 
 
 class PermissionDenied(CrioError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    """The credentials the request relies on are refused (by a registry)."""
 
 
 class Unavailable(CrioError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """A service the request needs cannot be reached now; retrying may help."""
 
 
 class ResourceExhausted(CrioError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """A limit on some resource is reached."""
 
 
 class Internal(CrioError):
-    code = grpc.StatusCode.INTERNAL
+    """The daemon or the host failed in a way the client cannot fix."""

@@ -266,9 +266,13 @@ def test_pids_unlimited():
 def test_validation_error_is_an_invalid_argument_cgroup_error():
     import grpc
 
+    from crio_fast.errors import InvalidArgument
+    from crio_fast.server.status import status_of
+
     with pytest.raises(CgroupError) as info:
         normalize_cgroup_parent("kubepods-burstable-pod123.slice")
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(info.value, InvalidArgument)
+    assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --- cgroup paths and names ------------------------------------------------

@@ -12,9 +12,10 @@ import pytest
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupManager, build_layout
 from crio_fast.runtime.exitwatch import IN_MOVED_TO, IN_Q_OVERFLOW, parse_events
+from crio_fast.server.stats_messages import container_stats_message, pod_metrics_message, pod_stats_message
 from crio_fast.state.records import ContainerRecord, PodRecord
 from crio_fast.stats.cgroup import CgroupSample, Pressure, PressureData, StatFiles, parse_pressure
-from crio_fast.stats.collector import ContainerSample, PodSample, parse_net_dev
+from crio_fast.stats.collector import ContainerSample, InterfaceSample, PodSample, parse_net_dev
 from crio_fast.stats.service import METRIC_NAMES, StatsService
 from tests.unit.test_cgroups_layout import (
     HUGEPAGE_DIRS, HYBRID_MOUNTINFO, HYBRID_PROC_CGROUPS, HYBRID_SELF_CGROUP, HYBRID_V2_CONTROLLERS, V1_MOUNTINFO,
@@ -183,7 +184,7 @@ def test_cri_messages_carry_pressure_swap_and_io():
     files = files_for(v2_layout())
     cg = files.parse([b"usage_usec 2500\n", b"1000000\n", V2_MEMORY_STAT, b"2097152\n", b"1\n", b"8192\n",
                       b"0\n", CPU_PRESSURE_BEFORE_5_13, MEMORY_PRESSURE, IO_PRESSURE])
-    stats = _service().container_stats_proto(ContainerSample(record=ctr, timestamp=42, cgroup=cg))
+    stats = container_stats_message(ContainerSample(record=ctr, timestamp=42, cgroup=cg), "/nonexistent")
     # Totals in nanoseconds (the kernel's microseconds x 1000), averages as they are.
     assert stats.cpu.psi.Some == pb.PsiData(Total=12_000, Avg10=0.0, Avg60=0.0, Avg300=0.0)
     assert not stats.cpu.psi.HasField("Full")  # no "full" line: unset, not zeros
@@ -193,7 +194,7 @@ def test_cri_messages_carry_pressure_swap_and_io():
     assert (stats.swap.timestamp, stats.swap.swap_usage_bytes.value, stats.swap.swap_available_bytes.value) == \
         (42, 8192, 0)
 
-    pod_stats = _service().pod_stats_proto(PodSample(record=pod, timestamp=42, cgroup=cg))
+    pod_stats = pod_stats_message(PodSample(record=pod, timestamp=42, cgroup=cg), "/nonexistent")
     assert pod_stats.linux.cpu.psi == stats.cpu.psi
     assert pod_stats.linux.memory.psi == stats.memory.psi
     assert pod_stats.linux.io == stats.io
@@ -202,9 +203,24 @@ def test_cri_messages_carry_pressure_swap_and_io():
 def test_cri_messages_without_pressure_or_swap_leave_them_unset():
     _, ctr = _records()
     cg = files_for(v1_layout(swap_accounting=False)).parse([b"1\n", b"5000000\n", V1_MEMORY_STAT, b"1\n", b"1\n"])
-    stats = _service().container_stats_proto(ContainerSample(record=ctr, timestamp=42, cgroup=cg))
+    stats = container_stats_message(ContainerSample(record=ctr, timestamp=42, cgroup=cg), "/nonexistent")
     assert not stats.cpu.HasField("psi") and not stats.memory.HasField("psi")
     assert not stats.HasField("io") and not stats.HasField("swap")
+
+
+def test_pod_network_names_eth0_its_default_interface_else_the_first():
+    pod, _ = _records()
+    net1, eth0 = InterfaceSample("net1", 1, 2, 3, 4), InterfaceSample("eth0", 5, 6, 7, 8)
+    network = pod_stats_message(PodSample(record=pod, timestamp=42, cgroup=CgroupSample(), interfaces=[net1, eth0]),
+                                "/nonexistent").linux.network
+    assert [i.name for i in network.interfaces] == ["net1", "eth0"]
+    assert network.default_interface == network.interfaces[1]
+    assert (network.timestamp, network.default_interface.rx_bytes.value) == (42, 5)
+    only_net1 = PodSample(record=pod, timestamp=42, cgroup=CgroupSample(), interfaces=[net1])
+    assert pod_stats_message(only_net1, "/nonexistent").linux.network.default_interface.name == "net1"
+    # No pod network namespace (a host-network pod): no network usage at all.
+    no_netns = pod_stats_message(PodSample(record=pod, timestamp=42, cgroup=CgroupSample()), "/nonexistent")
+    assert not no_netns.linux.HasField("network")
 
 
 def test_pressure_and_swap_metrics_as_cadvisor_names_them():
@@ -214,7 +230,7 @@ def test_pressure_and_swap_metrics_as_cadvisor_names_them():
                       io_pressure=parse_pressure(CPU_PRESSURE_BEFORE_5_13))
     sample = PodSample(record=pod, timestamp=42, cgroup=CgroupSample(),
                        containers=[ContainerSample(record=ctr, timestamp=42, cgroup=cg)])
-    [container] = _service()._pod_metrics(sample, None).container_metrics
+    [container] = pod_metrics_message(_service()._pod_metrics(sample, None)).container_metrics
     values = {m.name: m for m in container.metrics}
     assert set(values) <= METRIC_NAMES
     # Whole seconds (CRI metric values are integers), cumulative.
@@ -231,7 +247,7 @@ def test_pressure_and_swap_metrics_as_cadvisor_names_them():
 
     bare = PodSample(record=pod, timestamp=42, cgroup=CgroupSample(),
                      containers=[ContainerSample(record=ctr, timestamp=42, cgroup=CgroupSample())])
-    [container] = _service()._pod_metrics(bare, None).container_metrics
+    [container] = pod_metrics_message(_service()._pod_metrics(bare, None)).container_metrics
     assert not [m.name for m in container.metrics if "pressure" in m.name or "swap" in m.name]
 
 

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import grpc
-
 from crio_fast.errors import CrioError, DeadlineExceeded, FailedPrecondition
 from crio_fast.image.store import atomic_write
 from crio_fast.network.config import NetworkConfigFile
@@ -44,8 +42,6 @@ _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 class CniError(CrioError):
     """A CNI plugin failed; the message names the plugin and the operation."""
-
-    code = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str, *, plugin: str = "", cni_code: int = 0, details: str = "") -> None:
         super().__init__(message)

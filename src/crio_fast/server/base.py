@@ -12,10 +12,11 @@ on the daemon's event loop, for work that lives there: image pulls, event
 subscriptions.
 
 Every RPC of a service gets a handler: the ones a servicer defines are wrapped
-so that a :class:`~crio_fast.errors.CrioError` becomes its gRPC status and any
-other exception becomes INTERNAL (logged with its traceback) instead of
-tearing down the call; the ones it does not define answer UNIMPLEMENTED naming
-the RPC, so clients see a clear status rather than a dropped connection.
+so that a :class:`~crio_fast.errors.CrioError` becomes the gRPC status
+server/status.py gives its class and any other exception becomes INTERNAL
+(logged with its traceback) instead of tearing down the call; the ones it
+does not define answer UNIMPLEMENTED naming the RPC, so clients see a clear
+status rather than a dropped connection.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import grpc
 
 from crio_fast.api import api_pb2
 from crio_fast.errors import CrioError
+from crio_fast.server.status import status_of
 
 log = logging.getLogger("crio_fast.server")
 
@@ -68,9 +70,9 @@ def _wrap_unary(service: str, name: str, fn: Callable, on_loop: bool) -> Callabl
             else:
                 response = fn(self, request, context)
         except CrioError as exc:
-            log.info("%s.%s: %s: %s", service, name, exc.code.name, exc)
-            _observe(service, name, started, exc.code, type(exc).__name__)
-            code, message = exc.code, str(exc)
+            code, message = status_of(exc), str(exc)
+            log.info("%s.%s: %s: %s", service, name, code.name, exc)
+            _observe(service, name, started, code, type(exc).__name__)
         except concurrent.futures.CancelledError:
             _observe(service, name, started, grpc.StatusCode.CANCELLED, "Cancelled")
             code, message = grpc.StatusCode.CANCELLED, f"{service}.{name}: cancelled"
@@ -103,7 +105,7 @@ def _wrap_stream(service: str, name: str, fn: Callable) -> Callable:
                     return
                 yield item
         except CrioError as exc:
-            code, message = exc.code, str(exc)
+            code, message = status_of(exc), str(exc)
         except concurrent.futures.CancelledError:
             return  # the client went away or the server is stopping
         except Exception as exc:

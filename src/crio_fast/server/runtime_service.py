@@ -17,6 +17,12 @@ from crio_fast.server import render
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
 from crio_fast.server.events import SubscriberOverflow
+from crio_fast.server.stats_messages import (
+    container_stats_message,
+    metric_descriptor_message,
+    pod_metrics_message,
+    pod_stats_message,
+)
 
 RUNTIME_NAME = "crio-fast"
 RUNTIME_API_VERSION = "v1"
@@ -195,35 +201,41 @@ class RuntimeServicer(ServicerBase):
 
     def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext) -> pb.ContainerStatsResponse:
         _require(request.container_id, "container_id")
-        stats = self.engine.stats.container_stats(request.container_id)
-        return pb.ContainerStatsResponse(stats=stats)
+        sample = self.engine.stats.container_stats(request.container_id)
+        return pb.ContainerStatsResponse(stats=container_stats_message(sample, self.engine.stats.storage_dir))
 
     def ListContainerStats(
         self, request: pb.ListContainerStatsRequest, context: grpc.ServicerContext
     ) -> pb.ListContainerStatsResponse:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListContainerStatsResponse(stats=self.engine.stats.list_container_stats(flt))
+        storage_dir = self.engine.stats.storage_dir
+        return pb.ListContainerStatsResponse(
+            stats=[container_stats_message(s, storage_dir) for s in self.engine.stats.list_container_stats(flt)])
 
     def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
         _require(request.pod_sandbox_id, "pod_sandbox_id")
-        stats = self.engine.stats.pod_stats(request.pod_sandbox_id)
-        return pb.PodSandboxStatsResponse(stats=stats)
+        sample = self.engine.stats.pod_stats(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=pod_stats_message(sample, self.engine.stats.storage_dir))
 
     def ListPodSandboxStats(
         self, request: pb.ListPodSandboxStatsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodSandboxStatsResponse:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListPodSandboxStatsResponse(stats=self.engine.stats.list_pod_stats(flt))
+        storage_dir = self.engine.stats.storage_dir
+        return pb.ListPodSandboxStatsResponse(
+            stats=[pod_stats_message(s, storage_dir) for s in self.engine.stats.list_pod_stats(flt)])
 
     def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: grpc.ServicerContext
     ) -> pb.ListMetricDescriptorsResponse:
-        return pb.ListMetricDescriptorsResponse(descriptors=self.engine.stats.metric_descriptors())
+        return pb.ListMetricDescriptorsResponse(
+            descriptors=[metric_descriptor_message(spec) for spec in self.engine.stats.metric_descriptors()])
 
     def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodSandboxMetricsResponse:
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=self.engine.stats.pod_metrics())
+        return pb.ListPodSandboxMetricsResponse(
+            pod_metrics=[pod_metrics_message(m) for m in self.engine.stats.pod_metrics()])
 
     async def GetContainerEvents(self, request: pb.GetEventsRequest, context: grpc.ServicerContext):
         subscription = self.engine.events.subscribe()

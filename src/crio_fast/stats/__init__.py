@@ -1,8 +1,9 @@
 """Container and pod stats (CRI stats RPCs) and cAdvisor-named metrics (ListPodSandboxMetrics).
 
 ``collector`` samples cgroups, pod networks and writable layers; ``service``
-chooses what to sample for each call and builds the protos; ``cgroup`` knows
-the v1 and v2 control files.
+chooses what to sample for each call and makes the metrics; ``cgroup`` knows
+the v1 and v2 control files. server/stats_messages.py renders the answers as
+CRI messages.
 """
 
 from crio_fast.stats.collector import StatsCollector

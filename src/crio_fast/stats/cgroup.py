@@ -70,6 +70,13 @@ class CgroupSample:
     io_pressure: Pressure | None = None
 
     @property
+    def memory_available(self) -> int | None:
+        """What the memory limit leaves above the working set; None without a limit."""
+        if self.memory_limit is None or self.working_set is None:
+            return None
+        return max(0, self.memory_limit - self.working_set)
+
+    @property
     def swap_available(self) -> int | None:
         if self.swap_limit is None or self.swap_usage is None:
             return None

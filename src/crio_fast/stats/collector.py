@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from crio_fast.cgroups import CgroupError, CgroupManager, read_files
+from crio_fast.network.cni import DEFAULT_IFNAME
 from crio_fast.stats.cgroup import CgroupSample, StatFiles
 from crio_fast.state.records import POD_READY, ContainerRecord, PodRecord
 
@@ -67,6 +68,12 @@ class PodSample:
     usage_nano_cores: int | None = None
     interfaces: list[InterfaceSample] | None = None  # None: no pod network namespace to report
     containers: list[ContainerSample] = field(default_factory=list)
+
+    @property
+    def default_interface(self) -> InterfaceSample | None:
+        """The interface CNI gave the pod, else the first one; None without any."""
+        interfaces = self.interfaces or []
+        return next((i for i in interfaces if i.name == DEFAULT_IFNAME), interfaces[0] if interfaces else None)
 
 
 def parse_net_dev(content: bytes) -> list[InterfaceSample]:
