@@ -14,6 +14,7 @@ import pytest
 from crio_fast.api import api_pb2 as pb
 from crio_fast.container import security
 from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.sandbox.sysctls import classify_sysctl
 
 DEFAULTS = ["CHOWN", "DAC_OVERRIDE", "KILL"]
 
@@ -83,16 +84,16 @@ def test_run_as_group_needs_a_user(tmp_path):
 
 
 def test_sysctl_classification():
-    assert security.classify_sysctl("kernel.shmmax", own_network=False) == "ipc"
-    assert security.classify_sysctl("fs.mqueue.msg_max", own_network=False) == "ipc"
-    assert security.classify_sysctl("net.ipv4.ip_forward", own_network=True) == "net"
-    assert security.classify_sysctl("net/ipv4/ip_forward", own_network=True) == "net"
+    assert classify_sysctl("kernel.shmmax", own_network=False) == "ipc"
+    assert classify_sysctl("fs.mqueue.msg_max", own_network=False) == "ipc"
+    assert classify_sysctl("net.ipv4.ip_forward", own_network=True) == "net"
+    assert classify_sysctl("net/ipv4/ip_forward", own_network=True) == "net"
     with pytest.raises(InvalidArgument, match="host network"):
-        security.classify_sysctl("net.ipv4.ip_forward", own_network=False)
+        classify_sysctl("net.ipv4.ip_forward", own_network=False)
     with pytest.raises(InvalidArgument, match="not namespaced"):
-        security.classify_sysctl("kernel.panic", own_network=True)
+        classify_sysctl("kernel.panic", own_network=True)
     with pytest.raises(InvalidArgument, match="not namespaced"):
-        security.classify_sysctl("vm.swappiness", own_network=True)
+        classify_sysctl("vm.swappiness", own_network=True)
 
 
 def test_ulimits():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container import security
-from crio_fast.container.sysctls import namespace_of, parse_default, with_defaults
 from crio_fast.errors import InvalidArgument
+from crio_fast.sandbox.sysctls import pod_sysctls
+from crio_fast.sysctls import namespace_of, parse_default, with_defaults
 
 
 def test_namespace_of_knows_ipc_net_and_node_sysctls():
@@ -41,7 +41,7 @@ def test_defaults_of_a_host_namespace_are_skipped_for_that_pod():
 def test_pod_sysctls_apply_defaults_and_report_a_bad_one():
     config = pb.PodSandboxConfig()
     config.linux.sysctls["net/ipv4/ip_forward"] = "0"
-    assert security.pod_sysctls(config, ["net.ipv4.ip_forward=1", "kernel.sem=1 2 3 4"]) == {
+    assert pod_sysctls(config, ["net.ipv4.ip_forward=1", "kernel.sem=1 2 3 4"]) == {
         "net.ipv4.ip_forward": "0", "kernel.sem": "1 2 3 4"}
     with pytest.raises(InvalidArgument, match="default_sysctls: sysctl 'vm.swappiness' is not namespaced"):
-        security.pod_sysctls(config, ["vm.swappiness=1"])
+        pod_sysctls(config, ["vm.swappiness=1"])

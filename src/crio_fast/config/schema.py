@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crio_fast.config.durations import parse_duration
-from crio_fast.container import sysctls as sysctl_names
+from crio_fast import sysctls as sysctl_names
 
 DEFAULT_CONFIG_PATH = "/etc/crio-fast/crio.conf"
 DEFAULT_CONFIG_DIR = "/etc/crio-fast/crio.conf.d"

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
-from crio_fast.container import sysctls as sysctl_names
+from crio_fast import sysctls as sysctl_names
 from crio_fast.errors import FailedPrecondition
 from crio_fast.runtime import mounts
 from crio_fast.runtime.monitor import OciRuntimeCall

@@ -3,7 +3,7 @@
 Everything here turns a CRI ``LinuxContainerSecurityContext`` (plus the pod's
 ``LinuxSandboxSecurityContext`` and the runtime config) into values the
 launch plan carries: ids, capability sets, the seccomp BPF program, rlimits,
-sysctls, devices. Nothing here touches the container; the C monitor applies
+devices. Nothing here touches the container; the C monitor applies
 the result. Bad requests raise InvalidArgument, requests this host cannot
 honour raise FailedPrecondition, both naming the reason.
 
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.container import sysctls as sysctl_names
 from crio_fast.container.image_files import resolve_user
 from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.runtime.plan import CAPABILITIES, DEFAULT_DEVICES, Capabilities, MountOp, Rlimit
@@ -149,46 +148,6 @@ def check_mac(sc: pb.LinuxContainerSecurityContext, selinux_enabled: bool | None
 @functools.cache
 def _selinux_enabled() -> bool:
     return os.path.exists("/sys/fs/selinux/enforce")
-
-
-# -- Sysctls --------------------------------------------------------------------------
-
-def classify_sysctl(name: str, own_network: bool, own_ipc: bool = True) -> str:
-    """"ipc" or "net" for a sysctl the pod may set; raise InvalidArgument otherwise.
-
-    Only namespaced sysctls (kept per IPC or network namespace) may be set: others would change the node."""
-    namespace = sysctl_names.namespace_of(name)
-    if namespace == sysctl_names.IPC:
-        if not own_ipc:
-            raise InvalidArgument(f"sysctl {name!r}: the pod shares the host IPC namespace")
-        return namespace
-    if namespace == sysctl_names.NET:
-        if not own_network:
-            raise InvalidArgument(f"sysctl {name!r}: the pod uses the host network namespace")
-        return namespace
-    raise InvalidArgument(f"sysctl {name!r} is not namespaced: it would change the whole node")
-
-
-def pod_sysctls(config: pb.PodSandboxConfig, defaults: Sequence[str] = ()) -> dict[str, str]:
-    """The pod's sysctls (validated), in the dotted form /proc/sys paths are made from.
-
-    ``defaults`` are the node's ``default_sysctls`` ("key=value"): added unless the pod sets the same key,
-    skipped for a pod that shares their namespace with the host (see container/sysctls.py)."""
-    ns = config.linux.security_context.namespace_options
-    own_net = ns.network != pb.NamespaceMode.NODE
-    own_ipc = ns.ipc != pb.NamespaceMode.NODE
-    result = {}
-    for name, value in config.linux.sysctls.items():
-        classify_sysctl(name, own_net, own_ipc)
-        if "\0" in value or "\n" in value:
-            raise InvalidArgument(f"sysctl {name!r}: value contains a NUL or newline")
-        result[sysctl_names.dotted(name)] = value
-    if not defaults:
-        return result
-    try:
-        return sysctl_names.with_defaults(result, defaults, own_net, own_ipc)
-    except ValueError as exc:  # the config loader refuses these already; a config built in code may not have
-        raise InvalidArgument(f"default_sysctls: {exc}") from None
 
 
 # -- Rlimits --------------------------------------------------------------------------

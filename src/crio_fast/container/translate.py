@@ -42,6 +42,7 @@ from crio_fast.runtime.plan import (
     default_linux_mounts,
 )
 from crio_fast.runtime.wire import MONITOR_FEATURE_APPARMOR
+from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.state.records import ContainerRecord, PodRecord
 
 # A CRI mount's propagation; binds are recursive, and so is the propagation change applied to them.
@@ -225,7 +226,7 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
     uid, gid, gids = identity.uid, identity.gid, identity.additional_gids
     caps = security.resolve_capabilities(list(runtime.default_capabilities), sc.capabilities, sc.privileged, uid)
     seccomp = security.seccomp_program(checked.seccomp)
-    sysctls = security.pod_sysctls(pod_config, runtime.default_sysctls)
+    sysctls = pod_sysctls(pod_config, runtime.default_sysctls)
 
     extra_mounts = [
         MountOp.bind(str(Path(pod.pod_dir, "hostname")), "/etc/hostname", recursive=False),

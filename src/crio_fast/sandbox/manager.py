@@ -28,7 +28,7 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
 from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
 from crio_fast.config import Config
-from crio_fast.container.security import pod_sysctls
+from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-log = logging.getLogger("crio_fast.container.sysctls")
+log = logging.getLogger("crio_fast.sysctls")
 
 IPC = "ipc"
 NET = "net"
