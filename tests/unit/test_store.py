@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, atomic_write, chain_ids
+from crio_fast.files import atomic_write
+from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, chain_ids
 
 
 def sha(data: str) -> str:

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from crio_fast.files import atomic_write
+
 SHA256_PREFIX = "sha256:"
 
 
@@ -50,27 +52,6 @@ def digest_hex(digest: str) -> str:
     if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return hexpart
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part.
-
-    ``durable`` adds an fsync before the rename, so that the new content also
-    survives a machine crash; without it a daemon crash is still safe."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from crio_fast.errors import CrioError, DeadlineExceeded, FailedPrecondition
-from crio_fast.image.store import atomic_write
+from crio_fast.files import atomic_write
 from crio_fast.network.config import NetworkConfigFile
 
 log = logging.getLogger("crio_fast.network")
