@@ -124,6 +124,30 @@ def test_python_modules_import_no_cycle():
     assert cycles(graph) == []
 
 
+# Package -> packages it must not import: each layer uses the ones under it (docs/architecture.md, "Layers").
+FORBIDDEN = {
+    "sandbox": {"container", "server", "stats"},
+    "runtime": {"container", "sandbox", "image", "server", "stats"},
+    "image": {"container", "sandbox", "runtime", "server"},
+    "state": {"container", "sandbox", "runtime", "image", "server"},
+    "cgroups": {"container", "sandbox", "runtime", "image", "server"},
+    "network": {"container", "sandbox", "image", "server"},
+    "config": {"container", "sandbox", "runtime", "image", "server", "state"},
+    "container": {"server"},
+    "stats": {"server"},
+}
+
+
+def test_layers_import_only_downwards():
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    wrong = sorted((module, target) for module, targets in python_graph().items() for target in targets
+                   if package(target) in FORBIDDEN.get(package(module), ()))
+    assert wrong == []
+
+
 def test_native_headers_include_no_cycle():
     graph = c_graph()
     assert any(graph.values()), "no includes read"
