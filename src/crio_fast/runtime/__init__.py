@@ -1,5 +1,8 @@
-"""Container runtimes: the built-in native launcher driven through the per-pod
-monitor (``monitor``, ``plan``, ``wire``), and later external OCI runtimes."""
+"""The pod monitor as Python sees it: launch plans (``plan``), the wire protocol
+(``wire``, the Python side of monitor.h), the connection to a pod's monitor and
+the exec helper (``monitor``, ``interactive``, ``attach``), and the reaping of
+processes a dead monitor left (``reaper``). The monitor runs native containers
+itself and drives external OCI runtimes (runc, crun) like conmon does."""
 
 from __future__ import annotations
 

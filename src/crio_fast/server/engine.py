@@ -1,8 +1,10 @@
-"""The engine: the daemon's shared state that servicers and managers use.
+"""The engine: the daemon's shared state that the servicers use.
 
 It owns the effective configuration (replaced on a SIGHUP reload), the
-readiness checks behind ``Status``, and later the pod, container and image
-managers.
+readiness checks behind ``Status``, the pod, container and image managers and
+the services built on them (stats, streaming, events), and the work that spans
+managers: a pod's teardown (its containers first, then the pod) and the events
+that carry a container's pod status along.
 """
 
 from __future__ import annotations
