@@ -597,6 +597,63 @@ def test_a_read_only_volume_leaves_the_mounts_under_its_source_writable(env, pod
         subprocess.run(["umount", "-l", str(volume / "sub")], check=False)
 
 
+def handler_features(d: Daemon, handler: str) -> api.RuntimeHandlerFeatures:
+    status = d.client.runtime.Status(api.StatusRequest(), timeout=10)
+    [entry] = [h for h in status.runtime_handlers if h.name == handler]
+    return entry.features
+
+
+def test_a_recursive_read_only_volume_makes_the_mounts_under_it_read_only(env, pod, handler, tmp_path):
+    """CRI's recursive_read_only: the tmpfs under the volume's source is read-only in the container too, while
+    it stays writable on the host; ContainerStatus says so. A handler whose runtime cannot do it (crun before
+    1.9 lists no "rro") says so in its features and refuses the mount rather than run it writable."""
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "sub-of-volume", str(volume / "sub")], check=True)
+    try:
+        pod_id, pod_config = pod()
+
+        def configure(config: api.ContainerConfig) -> None:
+            config.mounts.add(container_path="/vol", host_path=str(volume), readonly=True, recursive_read_only=True)
+
+        if not handler_features(env, handler).recursive_read_only_mounts:
+            with pytest.raises(grpc.RpcError) as info:
+                run(env, pod_id, pod_config, configure=configure)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+            return
+        ctr = run(env, pod_id, pod_config, configure=configure)
+        result = sh(env, ctr, "echo x > /vol/top && echo wrote-top; echo y > /vol/sub/file && echo wrote-sub; true")
+        assert result.stdout == b"", (result.stdout, result.stderr)
+        assert result.stderr.count(b"Read-only file system") == 2, result.stderr
+        (volume / "sub" / "host-file").write_text("the host still writes\n")
+        [mount] = container_status(env, ctr).mounts
+        assert mount.readonly and mount.recursive_read_only
+    finally:
+        subprocess.run(["umount", "-l", str(volume / "sub")], check=False)
+
+
+def test_recursive_read_only_needs_readonly_and_private_propagation(env, pod, handler, tmp_path):
+    pod_id, pod_config = pod()
+    for readonly, propagation in ((False, api.MountPropagation.PROPAGATION_PRIVATE),
+                                  (True, api.MountPropagation.PROPAGATION_HOST_TO_CONTAINER),
+                                  (True, api.MountPropagation.PROPAGATION_BIDIRECTIONAL)):
+        def configure(config: api.ContainerConfig) -> None:
+            config.mounts.add(container_path="/vol", host_path=str(tmp_path), readonly=readonly,
+                              recursive_read_only=True, propagation=propagation)
+
+        with pytest.raises(grpc.RpcError) as info:
+            create(env, pod_id, pod_config, ["sleep", "3600"], configure=configure)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (readonly, propagation)
+        assert "recursive_read_only needs" in info.value.details()
+
+
+def test_handlers_advertise_recursive_read_only_mounts(env):
+    status = env.client.runtime.Status(api.StatusRequest(), timeout=10)
+    features = {h.name: h.features.recursive_read_only_mounts for h in status.runtime_handlers}
+    assert features["native"] is True
+    assert features["runc"] is True  # Debian's runc 1.1.5 lists "rro" in `runc features`
+
+
 def test_namespaced_sysctl_applied_and_node_sysctl_refused(env, pod):
     pod_id, pod_config = pod({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"})
     ctr = run(env, pod_id, pod_config)

@@ -168,7 +168,8 @@ class ContainerManager:
         def check() -> translate.CheckedRequest:
             return translate.check_request(config, image_config, pod_config, runtime=self.config.runtime,
                                            cgroups=self.cgroups, cg=cg, apparmor=self.apparmor,
-                                           external_runtime=external_runtime, monitor_features=monitor.features)
+                                           external_runtime=external_runtime, monitor_features=monitor.features,
+                                           recursive_readonly_supported=oci.recursive_readonly_supported(handler))
 
         def whole_plan(checked: translate.CheckedRequest, overlay: Overlay) -> LaunchPlan:
             launch = translate.plan_rest(pod, pod_config, config, image_config, layer_dirs, head, overlay, checked,

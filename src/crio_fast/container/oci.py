@@ -34,6 +34,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from crio_fast.container import security
 from crio_fast import sysctls as sysctl_names
 from crio_fast.errors import FailedPrecondition
 from crio_fast.runtime import mounts
+from crio_fast.runtime import wire
 from crio_fast.runtime.monitor import OciRuntimeCall
 from crio_fast.runtime.plan import (
     CAPABILITIES,
@@ -111,6 +113,8 @@ def _mount_options(op: MountOp) -> list[str]:
 
 def _bind_mount(op: MountOp) -> dict[str, Any]:
     options = ["rbind" if op.flags & MS_REC else "bind", *_mount_options(op)]
+    if op.flags & wire.MOUNT_FLAG_RECURSIVE_ATTRIBUTES:
+        options.append("rro")  # runc >= 1.1, crun >= 1.9: mount_setattr(AT_RECURSIVE)
     if op.propagation:
         name = _PROPAGATION_OPTIONS.get(op.propagation)
         if name is None:
@@ -378,6 +382,23 @@ def runtime_command(handler: RuntimeHandler, monitor_path: str, *args: str) -> l
     runs the runtime without the cgroup2 mount, as the pod monitor does."""
     hide = ["--hide-cgroup2-mount"] if handler.hide_cgroup2_mount else []
     return [monitor_path, "runtime", *hide, "--", handler.runtime_path, "--root", handler.runtime_root, *args]
+
+
+@functools.cache
+def mount_options(runtime_path: str) -> frozenset[str]:
+    """The mount options an OCI runtime says it knows (``RUNTIME features``: runc >= 1.1, crun >= 1.9);
+    empty when it cannot say, so that nothing is advertised that it may not do."""
+    try:
+        done = subprocess.run([runtime_path, "features"], capture_output=True, timeout=10, check=False)
+        return frozenset(json.loads(done.stdout).get("mountOptions") or ()) if done.returncode == 0 else frozenset()
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return frozenset()
+
+
+def recursive_readonly_supported(handler: RuntimeHandler | None) -> bool:
+    """Whether a handler's containers can have recursively read-only mounts: the native runtime's always
+    (mount_setattr with AT_RECURSIVE), an OCI runtime's when it lists the "rro" mount option."""
+    return handler is None or handler.runtime_type != "oci" or "rro" in mount_options(handler.runtime_path)
 
 
 def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, container_id: str, argv: Sequence[str],

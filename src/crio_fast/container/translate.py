@@ -124,7 +124,8 @@ class CheckedRequest:
 
 def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_config: pb.PodSandboxConfig, *,
                   runtime: RuntimeSection, cgroups: CgroupManager, cg: CgroupPaths, apparmor: AppArmor,
-                  external_runtime: bool, monitor_features: int) -> CheckedRequest:
+                  external_runtime: bool, monitor_features: int,
+                  recursive_readonly_supported: bool = True) -> CheckedRequest:
     """The checks of a CreateContainer request, and what they yield: the command, the devices, the
     AppArmor and seccomp profiles, and the cgroup step with its limits and device rules."""
     sc = config.linux.security_context
@@ -142,6 +143,15 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
         if not os.path.exists(m.host_path):
             raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
+        if m.recursive_read_only:
+            if not m.readonly:
+                raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs readonly")
+            if m.propagation != pb.MountPropagation.PROPAGATION_PRIVATE:
+                raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs propagation "
+                                      "PROPAGATION_PRIVATE (mounts arriving later could not be made read-only)")
+            if not recursive_readonly_supported:
+                raise FailedPrecondition(f"mount {m.container_path}: this runtime handler cannot make mounts "
+                                         "recursively read-only (its RuntimeHandlerFeatures say so)")
     security.check_mac(sc)
     apparmor_profile = apparmor.profile_for(sc)
     if apparmor_profile is not None and not external_runtime and not monitor_features & MONITOR_FEATURE_APPARMOR:
@@ -236,9 +246,11 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
     record_mounts = []
     for m in config.mounts:
         extra_mounts.append(MountOp.bind(m.host_path, m.container_path, readonly=m.readonly,
-                                         propagation=PROPAGATION.get(m.propagation, MS_PRIVATE)))
+                                         propagation=PROPAGATION.get(m.propagation, MS_PRIVATE),
+                                         recursive_readonly=m.recursive_read_only))
         record_mounts.append({"container_path": m.container_path, "host_path": m.host_path,
-                              "readonly": m.readonly, "propagation": int(m.propagation)})
+                              "readonly": m.readonly, "propagation": int(m.propagation),
+                              "recursive_read_only": m.recursive_read_only})
     shm = str(Path(pod.pod_dir, "shm")) if pod.namespaces.get("ipc") == "new" else None
     mounts = default_linux_mounts(
         shm_source=shm,

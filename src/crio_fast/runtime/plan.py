@@ -85,8 +85,12 @@ class MountOp:
 
     @classmethod
     def bind(cls, source: str, destination: str, readonly: bool = False, recursive: bool = True,
-             flags: int = 0, propagation: int = MS_PRIVATE) -> "MountOp":
+             flags: int = 0, propagation: int = MS_PRIVATE, recursive_readonly: bool = False) -> "MountOp":
+        """``recursive``: the mounts under ``source`` come along (rbind); their attributes stay as they are
+        unless ``recursive_readonly``, which makes every one of them read-only."""
         flags |= (MS_RDONLY if readonly else 0) | (MS_REC if recursive else 0)
+        if recursive_readonly:
+            flags |= MS_RDONLY | MS_REC | wire.MOUNT_FLAG_RECURSIVE_ATTRIBUTES
         return cls(MountKind.BIND, destination, source=source, flags=flags, propagation=propagation)
 
     @classmethod

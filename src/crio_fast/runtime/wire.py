@@ -290,6 +290,8 @@ MOUNT_MINOR = 9
 MOUNT_UID = 10
 MOUNT_GID = 11
 MOUNT_PROPAGATION = 12
+# A BIND's attributes on every mount under its source too (CRI recursive_read_only); above the MS_* bits.
+MOUNT_FLAG_RECURSIVE_ATTRIBUTES = 1 << 32
 
 
 class MountKind(enum.IntEnum):

@@ -19,6 +19,7 @@ from typing import Any
 from crio_fast import _native
 from crio_fast.config import Config
 from crio_fast.cgroups import CgroupManager
+from crio_fast.container import oci
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
 from crio_fast.image.manager import ImageManager
@@ -122,6 +123,11 @@ class Engine:
                                   StatsCollector(self.cgroups, str(self.containers.files.layers)))
         self.streams = EngineStreamingBackend(self.containers, self.sandboxes, monitor)
         self.stream_server = None  # crio_fast.streaming.server.StreamServer, started by the daemon
+
+    def handler_features(self, name: str) -> dict[str, bool]:
+        """What a runtime handler can do of what the kubelet asks about (RuntimeHandlerFeatures)."""
+        handler = self.config.runtime.runtimes.get(name)
+        return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler), "user_namespaces": False}
 
     def stop_pod(self, pod_id: str) -> None:
         """StopPodSandbox: the pod's containers, then the pod (its network, its monitor), under its lock."""

@@ -40,7 +40,7 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
     )
     for m in record.mounts:
         status.mounts.add(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
-                          propagation=m["propagation"])
+                          propagation=m["propagation"], recursive_read_only=m.get("recursive_read_only", False))
     return status
 
 

@@ -62,7 +62,8 @@ class RuntimeServicer(ServicerBase):
         ]
         response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
         for name in self.engine.config.runtime_handler_names():
-            response.runtime_handlers.add(name=name, features=pb.RuntimeHandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False))
+            response.runtime_handlers.add(name=name,
+                                          features=pb.RuntimeHandlerFeatures(**self.engine.handler_features(name)))
         if request.verbose:
             response.info["config"] = json.dumps(self.engine.config_info(), sort_keys=True, default=_jsonable)
             response.info["version"] = json.dumps({"runtime_version": self.engine.version})

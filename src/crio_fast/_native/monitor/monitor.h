@@ -295,6 +295,9 @@ enum mount_kind {
     MOUNT_OP_MASK = 6,     /* /dev/null over a file, empty ro tmpfs over a dir */
     MOUNT_OP_READONLY = 7, /* make a path read-only (MS_REC: recursively) */
 };
+/* A BIND's attributes (read-only, nosuid, ...) on every mount under its source too, not on the top
+ * one alone: CRI's recursive_read_only. Above the MS_* bits, which are 32. */
+#define MOUNT_FLAG_RECURSIVE_ATTRIBUTES (1ull << 32)
 
 #define PLAN_CAP_SETS 5
 enum cap_set { CAP_SET_BOUNDING, CAP_SET_EFFECTIVE, CAP_SET_PERMITTED, CAP_SET_INHERITABLE, CAP_SET_AMBIENT };

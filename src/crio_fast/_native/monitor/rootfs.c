@@ -236,7 +236,8 @@ static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, 
                                  : ensure_file(root_fd, rootfs, m->destination, err);
     if (fd < 0)
         return -1;
-    int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation, false, "bind", rootfs, m->destination, err);
+    int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation,
+                          (m->flags & MOUNT_FLAG_RECURSIVE_ATTRIBUTES) != 0, "bind", rootfs, m->destination, err);
     close(fd);
     return rc;
 }
