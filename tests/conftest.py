@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "integration" in item.keywords:
                 item.add_marker(skip)
+    from tests.support.timing import SLOWDOWN
+
+    if SLOWDOWN > 1:  # pytest-timeout's limit, stretched as the tests' own deadlines are
+        default = float(config.getini("timeout") or 0)
+        for item in items:
+            marker = item.get_closest_marker("timeout")
+            seconds = float(marker.args[0]) if marker is not None and marker.args else default
+            if seconds:
+                item.add_marker(pytest.mark.timeout(seconds * SLOWDOWN), append=False)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from tests.support.network import (
     PLUGIN_DIR, BridgeNetwork, bridge_ports, existing_hostport_chains, free_port, iptables_nat, link_exists,
     remove_hostport_chains, remove_network, write_network,
 )
+from tests.support.timing import command_limit
 
 _pod_numbers = iter(range(1_000_000))
 
@@ -108,7 +109,8 @@ def start_container(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: 
     return ctr
 
 
-def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int = 10) -> api.ExecSyncResponse:
+def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int | None = None) -> api.ExecSyncResponse:
+    timeout = command_limit(timeout, 10)
     request = api.ExecSyncRequest(container_id=ctr, cmd=cmd, timeout=timeout)
     return d.client.runtime.ExecSync(request, timeout=timeout + 5)
 

@@ -27,6 +27,7 @@ from crio_fast.cgroups.devices_bpf import (
 from crio_fast.cgroups.errors import CgroupError
 from tests.support.daemon import Daemon
 from tests.support.pods import create, daemon_with_busybox, start
+from tests.support.timing import command_limit
 
 pytestmark = pytest.mark.integration
 
@@ -161,8 +162,9 @@ def start_container(d: Daemon, pod_id: str, pod_config: api.PodSandboxConfig, na
 
 def sh(d: Daemon, ctr: str, script: str) -> str:
     """stdout + stderr of the script."""
-    response = d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["sh", "-c", script], timeout=10),
-                                         timeout=20)
+    timeout = command_limit(None, 10)
+    response = d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["sh", "-c", script], timeout=timeout),
+                                         timeout=timeout + 10)
     return (response.stdout + response.stderr).decode()
 
 

@@ -116,8 +116,13 @@ def test_dead_monitor_found_at_restart_is_counted(registry, busybox_image, tmp_p
         assert value(scrape(d), "crio_fast_monitor_gone_total") == 0
         d.stop()  # pods outlive the daemon; their monitors keep running
         os.kill(monitor_pid, signal.SIGKILL)
-        wait_for(lambda: not psutil.pid_exists(monitor_pid) or psutil.Process(monitor_pid).status() == "zombie",
-                 timeout=10, what="the monitor to die")
+        def monitor_dead() -> bool:
+            try:
+                return psutil.Process(monitor_pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:  # reaped (the daemon that would have is down; init may)
+                return True
+
+        wait_for(monitor_dead, timeout=10, what="the monitor to die")
         d.start()
         assert value(scrape(d), "crio_fast_monitor_gone_total") == 1
         status = d.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)

@@ -19,6 +19,7 @@ from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
 from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
+from tests.support.timing import command_limit
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,8 @@ def start(d: Daemon, ctr: str) -> None:
 
 
 
-def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int = 10) -> api.ExecSyncResponse:
+def exec_sync(d: Daemon, ctr: str, cmd: list[str], timeout: int | None = None) -> api.ExecSyncResponse:
+    timeout = command_limit(timeout, 10)
     return d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=cmd, timeout=timeout), timeout=timeout + 10)
 
 

@@ -23,7 +23,7 @@ from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
 from tests.support.pods import create, daemon_with_busybox, kubelet_pod_linux, run_pod as run_plain_pod, start
 from tests.support.streamclient import exec_over_spdy
-from tests.support.timing import SLOWDOWN
+from tests.support.timing import SLOWDOWN, command_limit
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,8 @@ def run(d: Daemon, pod_id: str, pod_config: api.PodSandboxConfig, configure=None
     return ctr
 
 
-def sh(d: Daemon, ctr: str, script: str, timeout: int = 15) -> api.ExecSyncResponse:
+def sh(d: Daemon, ctr: str, script: str, timeout: int | None = None) -> api.ExecSyncResponse:
+    timeout = command_limit(timeout, 15)
     return d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=ctr, cmd=["sh", "-c", script], timeout=timeout),
                                      timeout=timeout + 10)
 

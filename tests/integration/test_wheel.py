@@ -24,6 +24,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.timing import scaled
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,8 @@ DEPENDENCY_CACHE = REPO / "build" / "wheel-deps" / f"cp{sys.version_info.major}{
 
 
 def run(argv: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(timeout), stdin=subprocess.DEVNULL,
+                            **kw)
     assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -62,7 +64,7 @@ def fetch_dependency_wheels(wheel: Path) -> Path:
     download = [sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--dest", str(DEPENDENCY_CACHE),
                 str(wheel)]
     offline = subprocess.run(download + ["--no-index", "--find-links", str(DEPENDENCY_CACHE)],
-                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                             capture_output=True, text=True, timeout=scaled(120), stdin=subprocess.DEVNULL)
     if offline.returncode != 0:
         run(download, timeout=300)
     # pip download copies the wheel itself too; the cache is for dependencies only.

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.timing import command_limit
 
 _numbers = itertools.count(1)
 
@@ -109,7 +110,8 @@ def run_container(d: Daemon, command: list[str], **kw) -> tuple[str, str]:
     return pod_id, container_id
 
 
-def exec_sync(d: Daemon, container_id: str, cmd: list[str], timeout: int = 20) -> api.ExecSyncResponse:
+def exec_sync(d: Daemon, container_id: str, cmd: list[str], timeout: int | None = None) -> api.ExecSyncResponse:
+    timeout = command_limit(timeout, 20)
     response = d.client.runtime.ExecSync(api.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout),
                                          timeout=timeout + 10)
     assert response.exit_code == 0, response.stderr

@@ -19,6 +19,11 @@ def scaled(seconds: float) -> float:
     return seconds * SLOWDOWN
 
 
+def command_limit(timeout: int | None, default: int) -> int:
+    """ExecSync's own timeout: what the test gives, when that is its subject; else ``default`` stretched."""
+    return timeout if timeout is not None else round(scaled(default))
+
+
 class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
                                                             "wait_for_ready", "compression")),
                    grpc.ClientCallDetails):
