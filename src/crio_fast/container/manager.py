@@ -430,8 +430,6 @@ class ContainerManager:
             seccomp = self.state.seccomp.get(digest)
             if seccomp is None:  # never dropped while a record names it: the database was damaged
                 raise FailedPrecondition(f"container {record.id}: its seccomp program is missing from the state")
-        elif record.process.get("seccomp"):  # compatibility: records of builds that kept the program inline
-            seccomp = base64.b64decode(record.process["seccomp"])
         return translate.exec_plan(record, cmd, seccomp, self.config.runtime)
 
     def streaming_exec_plan(self, container_id: str, cmd: list[str]) -> ExecPlan:
