@@ -10,7 +10,6 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
-import errno
 import logging
 import os
 import secrets
@@ -282,10 +281,7 @@ class ContainerManager:
                 self.reports.settle(record)
                 if record.state == CTR_EXITED:  # the set-up failed: its own message says why
                     raise FailedPrecondition(f"starting container {record.id}: {record.message}") from exc
-                if exc.code != errno.EINVAL or "still being created" not in exc.message:
-                    self._fail_start(record, exc)
-                # A monitor from before queued STARTs, and the set-up has ended meanwhile.
-                self._start_created(record, monitor)
+                self._fail_start(record, exc)
             else:
                 self._mark_started(record, monitor)
         finally:
@@ -299,13 +295,6 @@ class ContainerManager:
             raise FailedPrecondition(f"starting container {record.id}: {record.message}")
         if record.state != CTR_CREATED:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
-
-    def _start_created(self, record: ContainerRecord, monitor) -> None:
-        try:
-            monitor.start(record.id)
-        except MonitorError as exc:
-            self._fail_start(record, exc)
-        self._mark_started(record, monitor)
 
     def _fail_start(self, record: ContainerRecord, exc: MonitorError) -> NoReturn:
         record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
