@@ -55,7 +55,7 @@ from crio_fast.runtime.wire import (
     FIELD_LOG_PATH,
     FIELD_PLAN,
     FIELD_PLAN_FOLLOWS,
-    MONITOR_FEATURE_PLAN_FOLLOWS,
+    MONITOR_FEATURES,
     REQUEST_CREATE,
     TLVWriter,
     encode_message,
@@ -862,7 +862,6 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
     pids = cgroup_dir("pids")
     pids.rmdir()  # made by the step, after the rest went out
     monitor = harness.spawn(hostname="split-host")
-    assert monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS
     plan = harness.plan("split", ["/bin/sh", "-c", 'echo "$GREETING $(id -u) $(hostname -s)"; cat /etc/motd'],
                         env=[*ENV, "GREETING=hello"], uid=1234, cgroup_procs=[str(pids / "cgroup.procs")],
                         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
@@ -1148,6 +1147,7 @@ def test_containers_survive_the_daemon_and_attach_reconnects(harness: Harness) -
     attached = PodMonitor.attach(str(harness.base / "pod"))
     harness.monitors.append(attached)
     assert attached.pid == monitor_pid and attached.alive()
+    assert attached.features == MONITOR_FEATURES  # from its PING reply: every bit of this build
     state = attached.state("c")
     assert (state.status, state.pid) == ("running", pid)
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -32,7 +32,7 @@ from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.monitor import MonitorError, exec_sync
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
-from crio_fast.runtime.wire import MONITOR_FEATURE_PLAN_FOLLOWS
+from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import (
     CTR_CREATED,
@@ -152,13 +152,12 @@ class ContainerManager:
         record.cgroup_path = cg.path
         handler = self._oci_handler(pod.id)
         external_runtime = handler is not None
-        monitor = self.sandboxes.monitor(pod)
-        split = not external_runtime and bool(monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS)
+        monitor = self.sandboxes.monitor(pod, needs=MONITOR_FEATURES)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
-        # Split, the child makes the writable layer while the rest is decided here.
+        # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
-                                     self.files.writable_layer_dirs(record.id) if split else ())
+                                     () if external_runtime else self.files.writable_layer_dirs(record.id))
         if pod.log_directory and config.log_path:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
@@ -167,7 +166,7 @@ class ContainerManager:
         def check() -> translate.CheckedRequest:
             return translate.check_request(config, image_config, pod_config, runtime=self.config.runtime,
                                            cgroups=self.cgroups, cg=cg, apparmor=self.apparmor,
-                                           external_runtime=external_runtime, monitor_features=monitor.features)
+                                           external_runtime=external_runtime)
 
         def whole_plan(checked: translate.CheckedRequest, overlay: Overlay) -> LaunchPlan:
             launch = translate.plan_rest(pod, pod_config, config, image_config, layer_dirs, head, overlay, checked,
@@ -187,7 +186,7 @@ class ContainerManager:
                     privileged=sc.privileged, seccomp=checked.seccomp,
                     device_rules=[d.cgroup_rule() for d in checked.devices])
                 pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call)
-            elif split:
+            else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
                 # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
@@ -209,12 +208,6 @@ class ContainerManager:
                     self._make_cgroup(checked.cgroup)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
-            else:  # compatibility: a monitor without MONITOR_FEATURE_PLAN_FOLLOWS takes the plan whole
-                checked = check()
-                plan = whole_plan(checked, self.files.rootfs_overlay(record.id, image.record.id, layer_dirs,
-                                                                     bundle=False))
-                pending = monitor.begin_create(record.id, plan, log_path,
-                                               meanwhile=lambda: self._make_cgroup(checked.cgroup))
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)

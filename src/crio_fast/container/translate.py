@@ -41,7 +41,6 @@ from crio_fast.runtime.plan import (
     Overlay,
     default_linux_mounts,
 )
-from crio_fast.runtime.wire import MONITOR_FEATURE_APPARMOR
 from crio_fast.state.records import ContainerRecord, PodRecord
 
 # A CRI mount's propagation; binds are recursive, and so is the propagation change applied to them.
@@ -123,7 +122,7 @@ class CheckedRequest:
 
 def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_config: pb.PodSandboxConfig, *,
                   runtime: RuntimeSection, cgroups: CgroupManager, cg: CgroupPaths, apparmor: AppArmor,
-                  external_runtime: bool, monitor_features: int) -> CheckedRequest:
+                  external_runtime: bool) -> CheckedRequest:
     """The checks of a CreateContainer request, and what they yield: the command, the devices, the
     AppArmor and seccomp profiles, and the cgroup step with its limits and device rules."""
     sc = config.linux.security_context
@@ -143,10 +142,6 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
             raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
     security.check_mac(sc)
     apparmor_profile = apparmor.profile_for(sc)
-    if apparmor_profile is not None and not external_runtime and not monitor_features & MONITOR_FEATURE_APPARMOR:
-        # Its plan decoder would refuse the field; never run the container without its profile.
-        raise FailedPrecondition(f"apparmor profile {apparmor_profile!r}: this pod's monitor was started by a "
-                                 "crio-fast without AppArmor support; recreate the pod")
     seccomp = security.seccomp_choice(
         security.requested_seccomp(sc), security.requested_seccomp(pod_config.linux.security_context),
         sc.privileged, runtime.seccomp_profile, runtime.seccomp_use_default_when_empty)

@@ -204,13 +204,12 @@ def parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> d
 class PodMonitor:
     """A connection to one pod's monitor process."""
 
-    def __init__(self, pod_dir: str, pid: int, pidfd: int,
-                 features: int = wire.MONITOR_FEATURE_PLAN_FOLLOWS | wire.MONITOR_FEATURE_APPARMOR) -> None:
+    def __init__(self, pod_dir: str, pid: int, pidfd: int, features: int = wire.MONITOR_FEATURES) -> None:
         self.pod_dir = pod_dir
         self.pid = pid
         self._pidfd = pidfd
-        # What the monitor can do beyond protocol 1: a monitor started by an older build (its pod
-        # outlived an upgrade) says less in its PING reply.
+        # The MONITOR_FEATURE_ bits of its PING reply (attach asks); a monitor spawned by this
+        # daemon runs this build's binary, which has them all.
         self.features = features
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
@@ -337,7 +336,7 @@ class PodMonitor:
             reported = wire.decode_u32(reply[wire.FIELD_PID][0])
             if reported != pid:
                 raise MonitorError(f"{pid_path} says {pid} but the socket's monitor is {reported}", errno.ESTALE)
-            monitor.features = wire.decode_u32(reply[wire.FIELD_FEATURES][0]) if wire.FIELD_FEATURES in reply else 0
+            monitor.features = _features_of(reply)
         except BaseException:
             monitor.close()
             raise
@@ -431,14 +430,12 @@ class PodMonitor:
         encoded, in chunks (``encode_rootfs``, ``LaunchPlan.encode_rest``). The monitor clones the child
         on the head; each chunk goes through the gate as soon as it is yielded, so the child works on
         one (mounts the rootfs) while the next is decided here; then ``meanwhile`` runs. Needs
-        ``meanwhile`` and a monitor with MONITOR_FEATURE_PLAN_FOLLOWS. If ``rest`` raises, the child gives up
-        as when ``meanwhile`` does.
+        ``meanwhile``. If ``rest`` raises, the child gives up as when ``meanwhile`` does.
         """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
-        if rest is not None and (meanwhile is None or not self.features & wire.MONITOR_FEATURE_PLAN_FOLLOWS):
-            raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step "
-                             "and a monitor that takes it")
+        if rest is not None and meanwhile is None:
+            raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step")
         w = self._create_fields(container_id, plan, log_path, oci)
         if rest is not None:
             w.boolean(wire.FIELD_PLAN_FOLLOWS, True)
@@ -503,7 +500,7 @@ class PodMonitor:
         reply = self._request(wire.REQUEST_PING, TLVWriter())
         return {"pod_id": wire.decode_string(reply[wire.FIELD_POD_ID][0]),
                 "version": wire.decode_string(reply[wire.FIELD_VERSION][0]),
-                "pid": wire.decode_u32(reply[wire.FIELD_PID][0])}
+                "pid": wire.decode_u32(reply[wire.FIELD_PID][0]), "features": _features_of(reply)}
 
     @staticmethod
     def _id_fields(container_id: str) -> TLVWriter:
@@ -649,6 +646,12 @@ class PendingCreate:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+
+
+def _features_of(ping_reply: dict[int, list[bytes]]) -> int:
+    """The MONITOR_FEATURE_ bits of a PING reply (none when it carries no FEATURES)."""
+    values = ping_reply.get(wire.FIELD_FEATURES)
+    return wire.decode_u32(values[0]) if values else 0
 
 
 def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
