@@ -294,5 +294,5 @@ def exec_plan(record: ContainerRecord, cmd: list[str], seccomp: bytes | None, ru
         no_new_privs=p["no_new_privs"],
         seccomp=seccomp,
         rlimits=security.parse_ulimits(runtime.default_ulimits),
-        apparmor_profile=p.get("apparmor_profile"),
+        apparmor_profile=p["apparmor_profile"],
     )
