@@ -45,6 +45,7 @@ from crio_fast.runtime import (
     cleanup_pod_dir,
     default_linux_mounts,
     exec_sync,
+    spawn_monitor,
 )
 from crio_fast.errors import InvalidArgument
 from crio_fast.runtime.reaper import reap_dead_pod_inits
@@ -179,7 +180,7 @@ def test_spawn_failure_is_reported_and_undone(harness: Harness) -> None:
     (pod_dir / "ns" / "uts").write_text("someone else's file")
     spec = PodMonitorSpec("bad", str(pod_dir), str(harness.exits))
     with pytest.raises(MonitorError) as failure:
-        PodMonitor.spawn(str(monitor_path()), spec)
+        spawn_monitor(str(monitor_path()), spec)
     assert failure.value.code == errno.EEXIST
     assert f"create {pod_dir}/ns/uts: File exists" in failure.value.message
     # Everything the monitor made is gone again; what it found is still there.
@@ -763,7 +764,7 @@ def test_monitor_joins_cgroups_made_while_it_starts(harness: Harness, tmp_path: 
         seen_during_step.append((pod_dir / "monitor.pid").exists())
         pids.mkdir()
 
-    monitor = PodMonitor.spawn(str(monitor_path()), spec, meanwhile=make_cgroup)
+    monitor = spawn_monitor(str(monitor_path()), spec, meanwhile=make_cgroup)
     harness.monitors.append(monitor)
     assert seen_during_step == [False]  # it waited for the step before reporting ready
     assert str(monitor.pid) in (pids / "cgroup.procs").read_text().split()
@@ -781,7 +782,7 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
         raise RuntimeError("the daemon's part failed")
 
     with pytest.raises(RuntimeError, match="the daemon's part failed"):
-        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=fail)
+        spawn_monitor(str(monitor_path()), spec, meanwhile=fail)
     # The monitor undid its namespaces and mounts itself and left no process.
     assert str(pod_dir) not in host_mountinfo()
     assert sorted(p.name for p in pod_dir.iterdir()) in ([], ["monitor.log"])
@@ -799,7 +800,7 @@ def test_monitor_is_shut_down_when_the_after_gate_step_fails(harness: Harness) -
         raise RuntimeError("writing the pod's files failed")
 
     with pytest.raises(RuntimeError, match="writing the pod's files failed"):
-        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
+        spawn_monitor(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
     assert steps == ["meanwhile", "after"]
     # The monitor came up and was shut down again: its mounts and socket are gone, no process is left.
     assert str(pod_dir) not in host_mountinfo()

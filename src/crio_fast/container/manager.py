@@ -30,7 +30,8 @@ from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import MonitorError, exec_sync
+from crio_fast.runtime.exec_helper import exec_sync
+from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager

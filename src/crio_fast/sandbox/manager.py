@@ -31,8 +31,9 @@ from crio_fast.config import Config
 from crio_fast.container.security import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
-from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
+from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
+from crio_fast.runtime.spawn import PodMonitorSpec, cleanup_pod_dir, spawn_monitor
 from crio_fast.runtime.wire import feature_names
 from crio_fast.state.records import (
     POD_NOTREADY,
@@ -229,7 +230,7 @@ class SandboxManager:
                 os.makedirs(record.log_directory, exist_ok=True)
 
         try:
-            mon = PodMonitor.spawn(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
+            mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
         except MonitorError as exc:
             raise Internal(f"starting the pod monitor: {exc}") from exc
         with self._lock:
