@@ -7,7 +7,7 @@ Usage::
 Measures, in a fresh directory under /tmp removed at the end, with a
 busybox-static rootfs and the standard container mounts:
 
-* spawn: ``PodMonitor.spawn`` until the monitor is ready (new net/ipc/uts
+* spawn: ``spawn_monitor`` until the monitor is ready (new net/ipc/uts
   namespaces anchored, /dev/shm mounted, socket listening);
 * create+start: CREATE and START of a ``true`` container over an overlay of
   the rootfs (new mnt/pid/cgroup namespaces), until START has replied;
@@ -49,6 +49,7 @@ from crio_fast.runtime import (  # noqa: E402
     cleanup_pod_dir,
     default_linux_mounts,
     read_exit_file,
+    spawn_monitor,
 )
 from tests.support.rootfs import build_busybox_rootfs  # noqa: E402
 
@@ -68,7 +69,7 @@ class Bench:
     def spawn(self, name: str) -> PodMonitor:
         pod_dir = self.base / name
         pod_dir.mkdir()
-        return PodMonitor.spawn(self.monitor_path, PodMonitorSpec(name, str(pod_dir), str(self.exits)))
+        return spawn_monitor(self.monitor_path, PodMonitorSpec(name, str(pod_dir), str(self.exits)))
 
     def plan(self, argv: list[str]) -> tuple[str, LaunchPlan]:
         self.counter += 1

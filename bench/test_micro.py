@@ -22,7 +22,7 @@ from crio_fast._native import monitor_path
 from crio_fast._native._cgroupfs import read_files, write_files
 from crio_fast.cgroups import CgroupManager, Resources
 from crio_fast.image.unpack import LayerUnpacker
-from crio_fast.runtime.monitor import PodMonitor, PodMonitorSpec
+from crio_fast.runtime.spawn import PodMonitorSpec, spawn_monitor
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_pod_namespaces_spawn(benchmark, tmp_path):
         pod_dir = tmp_path / f"pod{n}"
         pod_dir.mkdir()
         spec = PodMonitorSpec(pod_id=f"{n:064d}", pod_dir=str(pod_dir), exits_dir=str(tmp_path), hostname="bench")
-        PodMonitor.spawn(str(monitor_path()), spec).shutdown()
+        spawn_monitor(str(monitor_path()), spec).shutdown()
 
     benchmark.pedantic(cycle, rounds=20, iterations=1)
 

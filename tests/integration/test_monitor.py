@@ -45,6 +45,7 @@ from crio_fast.runtime import (
     cleanup_pod_dir,
     default_linux_mounts,
     exec_sync,
+    spawn_monitor,
 )
 from crio_fast.errors import InvalidArgument
 from crio_fast.runtime.reaper import reap_dead_pod_inits
@@ -55,7 +56,7 @@ from crio_fast.runtime.wire import (
     FIELD_LOG_PATH,
     FIELD_PLAN,
     FIELD_PLAN_FOLLOWS,
-    MONITOR_FEATURE_PLAN_FOLLOWS,
+    MONITOR_FEATURES,
     REQUEST_CREATE,
     TLVWriter,
     encode_message,
@@ -179,7 +180,7 @@ def test_spawn_failure_is_reported_and_undone(harness: Harness) -> None:
     (pod_dir / "ns" / "uts").write_text("someone else's file")
     spec = PodMonitorSpec("bad", str(pod_dir), str(harness.exits))
     with pytest.raises(MonitorError) as failure:
-        PodMonitor.spawn(str(monitor_path()), spec)
+        spawn_monitor(str(monitor_path()), spec)
     assert failure.value.code == errno.EEXIST
     assert f"create {pod_dir}/ns/uts: File exists" in failure.value.message
     # Everything the monitor made is gone again; what it found is still there.
@@ -763,7 +764,7 @@ def test_monitor_joins_cgroups_made_while_it_starts(harness: Harness, tmp_path: 
         seen_during_step.append((pod_dir / "monitor.pid").exists())
         pids.mkdir()
 
-    monitor = PodMonitor.spawn(str(monitor_path()), spec, meanwhile=make_cgroup)
+    monitor = spawn_monitor(str(monitor_path()), spec, meanwhile=make_cgroup)
     harness.monitors.append(monitor)
     assert seen_during_step == [False]  # it waited for the step before reporting ready
     assert str(monitor.pid) in (pids / "cgroup.procs").read_text().split()
@@ -781,7 +782,7 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
         raise RuntimeError("the daemon's part failed")
 
     with pytest.raises(RuntimeError, match="the daemon's part failed"):
-        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=fail)
+        spawn_monitor(str(monitor_path()), spec, meanwhile=fail)
     # The monitor undid its namespaces and mounts itself and left no process.
     assert str(pod_dir) not in host_mountinfo()
     assert sorted(p.name for p in pod_dir.iterdir()) in ([], ["monitor.log"])
@@ -799,7 +800,7 @@ def test_monitor_is_shut_down_when_the_after_gate_step_fails(harness: Harness) -
         raise RuntimeError("writing the pod's files failed")
 
     with pytest.raises(RuntimeError, match="writing the pod's files failed"):
-        PodMonitor.spawn(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
+        spawn_monitor(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
     assert steps == ["meanwhile", "after"]
     # The monitor came up and was shut down again: its mounts and socket are gone, no process is left.
     assert str(pod_dir) not in host_mountinfo()
@@ -862,7 +863,6 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
     pids = cgroup_dir("pids")
     pids.rmdir()  # made by the step, after the rest went out
     monitor = harness.spawn(hostname="split-host")
-    assert monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS
     plan = harness.plan("split", ["/bin/sh", "-c", 'echo "$GREETING $(id -u) $(hostname -s)"; cat /etc/motd'],
                         env=[*ENV, "GREETING=hello"], uid=1234, cgroup_procs=[str(pids / "cgroup.procs")],
                         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none",
@@ -1148,6 +1148,7 @@ def test_containers_survive_the_daemon_and_attach_reconnects(harness: Harness) -
     attached = PodMonitor.attach(str(harness.base / "pod"))
     harness.monitors.append(attached)
     assert attached.pid == monitor_pid and attached.alive()
+    assert attached.features == MONITOR_FEATURES  # from its PING reply: every bit of this build
     state = attached.state("c")
     assert (state.status, state.pid) == ("running", pid)
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -29,7 +29,7 @@ import pytest
 from crio_fast._native import monitor_path
 from crio_fast.check import Status, check_monitor
 from crio_fast.config.schema import Config
-from crio_fast.runtime import MonitorError, Namespace, Overlay, PodMonitor, PodMonitorSpec
+from crio_fast.runtime import MonitorError, Namespace, Overlay, PodMonitor, PodMonitorSpec, spawn_monitor
 from tests.support.monitor_harness import MONITOR_TEST_MARKS, Harness
 
 pytestmark = MONITOR_TEST_MARKS
@@ -94,7 +94,7 @@ def run(path: Path, *args: str) -> tuple[int, str]:
 def spawn(harness: Harness, monitor: Path, pod_id: str, **spec: object) -> PodMonitor:
     pod_dir = harness.base / pod_id
     pod_dir.mkdir()
-    pod = PodMonitor.spawn(str(monitor), PodMonitorSpec(pod_id, str(pod_dir), str(harness.exits), **spec))
+    pod = spawn_monitor(str(monitor), PodMonitorSpec(pod_id, str(pod_dir), str(harness.exits), **spec))
     harness.monitors.append(pod)
     return pod
 

@@ -34,6 +34,7 @@ from crio_fast.runtime import (
     cleanup_pod_dir,
     default_linux_mounts,
     read_exit_file,
+    spawn_monitor,
 )
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -73,7 +74,7 @@ class Harness:
     def spawn(self, pod_id: str = "pod", **spec: object) -> PodMonitor:
         pod_dir = self.base / pod_id
         pod_dir.mkdir()
-        monitor = PodMonitor.spawn(str(monitor_path()), PodMonitorSpec(pod_id, str(pod_dir), str(self.exits), **spec))
+        monitor = spawn_monitor(str(monitor_path()), PodMonitorSpec(pod_id, str(pod_dir), str(self.exits), **spec))
         self.monitors.append(monitor)
         return monitor
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crio_fast.runtime.interactive import InteractiveExec
-from crio_fast.runtime.monitor import exec_sync
+from crio_fast.runtime.exec_helper import exec_sync
 from crio_fast.runtime.plan import ExecPlan
 from crio_fast.runtime.wire import CONSOLE_TERMINAL_TAG, ExecOutcome, parse_exec_status
 

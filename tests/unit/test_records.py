@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sqlite3
@@ -95,18 +94,6 @@ def test_an_unreadable_database_is_moved_aside(tmp_path: Path, caplog) -> None:
     assert "cannot be used" in caplog.text
     store.close()
     assert [p.id for p in StateStore(str(tmp_path)).pods.values()] == ["p1"]
-
-
-def test_records_of_the_file_per_record_layout_are_imported(tmp_path: Path) -> None:
-    pods_dir = tmp_path / "state" / "pods"
-    pods_dir.mkdir(parents=True)
-    (pods_dir / "p1.json").write_text(json.dumps(pod("p1").__dict__))
-    (pods_dir / ".p2.json.1234.tmp").write_text("{")  # a write that a crash interrupted
-    store = StateStore(str(tmp_path))
-    assert store.pods.get("p1") == pod("p1")
-    assert not pods_dir.exists()
-    store.close()
-    assert StateStore(str(tmp_path)).pods.get("p1") == pod("p1")
 
 
 def _save_then_die(root: str) -> None:

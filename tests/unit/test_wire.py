@@ -25,12 +25,15 @@ def _without_comments(source: str) -> str:
     return re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", " ", source, flags=re.S))
 
 
-def _evaluate(expression: str) -> int:
-    """A C integer constant expression of the kind the headers use: numbers, (), <<, |."""
-    tokens = re.findall(r"0[xX][0-9a-fA-F]+|\d+|[uUlL]+\b|<<|[|()]|\S", expression)
-    if not tokens or not all(re.fullmatch(r"0[xX][0-9a-fA-F]+|\d+|[uUlL]+|<<|[|()]", token) for token in tokens):
+def _evaluate(expression: str, known: dict[str, int] | None = None) -> int:
+    """A C integer constant expression of the kind the headers use: numbers, (), <<, |, and the
+    names of constants defined before it (``known``)."""
+    known = known or {}
+    tokens = re.findall(r"0[xX][0-9a-fA-F]+[uUlL]*|\d+[uUlL]*|<<|[|()]|\w+|\S", expression)
+    if not tokens or not all(re.fullmatch(r"0[xX][0-9a-fA-F]+[uUlL]*|\d+[uUlL]*|<<|[|()]", token) or token in known
+                             for token in tokens):
         raise ValueError(f"not a constant expression this test knows: {expression!r}")
-    python = " ".join(token for token in tokens if not re.fullmatch(r"[uUlL]+", token))
+    python = " ".join(str(known[token]) if token in known else token.rstrip("uUlL") for token in tokens)
     return int(eval(python, {"__builtins__": {}}))  # numbers and operators only, checked above
 
 
@@ -57,7 +60,7 @@ def _numeric_defines(source: str) -> dict[str, int]:
     definition = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([^\n]+)$", re.M)
     for name, expression in definition.findall(_without_comments(source)):
         try:
-            defines[name] = _evaluate(expression)
+            defines[name] = _evaluate(expression, defines)
         except ValueError:
             pass  # strings, characters, function-like macros
     return defines
@@ -122,12 +125,14 @@ def test_the_header_parser_reads_what_the_header_says():
     header = """
         #define A_FLAG 0x8000u
         #define A_SIZE (4u << 20)
+        #define BOTH (A_FLAG | 1u)
         #define NOT_A_NUMBER "0.1.0"
+        #define UNKNOWN_NAME (NOWHERE | 1u)
         enum first { ONE = 1, /* a comment, with a comma */ TWO, FIVE = 5 };
         enum { X = 1, Y = 2 };
         enum { Z };
     """
-    assert _numeric_defines(header) == {"A_FLAG": 0x8000, "A_SIZE": 4 << 20}
+    assert _numeric_defines(header) == {"A_FLAG": 0x8000, "A_SIZE": 4 << 20, "BOTH": 0x8001}
     assert _enums(header) == {"first": {"ONE": 1, "TWO": 2, "FIVE": 5}, "anonymous enum 1": {"X": 1, "Y": 2},
                               "anonymous enum 2": {"Z": 0}}
 

@@ -12,7 +12,6 @@ from crio_fast.config.render import render_config
 from crio_fast.config.schema import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_CONFIG_PATH,
-    LINUX_CAPABILITIES,
     ApiSection,
     Config,
     CrioSection,
@@ -23,6 +22,7 @@ from crio_fast.config.schema import (
     RuntimeSection,
     StatsSection,
 )
+from crio_fast.config.settings import LINUX_CAPABILITIES
 
 __all__ = [
     "DEFAULT_CONFIG_DIR",

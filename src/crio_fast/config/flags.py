@@ -12,16 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from crio_fast.config.schema import (
-    BOOLEAN,
-    DEFAULT_CONFIG_DIR,
-    DEFAULT_CONFIG_PATH,
-    INTEGER,
-    SECTION_BY_ATTRIBUTE,
-    STRING_LIST,
-    Invalid,
-    keys_of,
-)
+from crio_fast.config.schema import DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_PATH, SECTION_BY_ATTRIBUTE
+from crio_fast.config.settings import BOOLEAN, INTEGER, STRING_LIST, Invalid, keys_of
 
 
 @dataclass(frozen=True)

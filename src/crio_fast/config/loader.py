@@ -27,14 +27,11 @@ from crio_fast.config.schema import (
     SECTION_BY_ATTRIBUTE,
     SECTIONS,
     Config,
-    Invalid,
     RuntimeHandler,
     SectionInfo,
     derived_defaults,
-    describe,
-    keys_of,
-    runtime_name,
 )
+from crio_fast.config.settings import Invalid, describe, keys_of, runtime_name
 
 DROP_IN_SUFFIX = ".conf"
 RUNTIMES_DOTTED = ".".join(RUNTIMES_TABLE)

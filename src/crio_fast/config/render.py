@@ -18,11 +18,10 @@ from crio_fast.config.schema import (
     DEFAULT_CONFIG_PATH,
     SECTIONS,
     Config,
-    KeyInfo,
     RuntimeHandler,
     defaults_like,
-    keys_of,
 )
+from crio_fast.config.settings import KeyInfo, keys_of
 
 COMMENT_WIDTH = 78
 # Arrays longer than this many items are written one item per line.

@@ -10,7 +10,6 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
-import errno
 import logging
 import os
 import secrets
@@ -31,9 +30,10 @@ from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
-from crio_fast.runtime.monitor import MonitorError, exec_sync
+from crio_fast.runtime.exec_helper import exec_sync
+from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
-from crio_fast.runtime.wire import MONITOR_FEATURE_PLAN_FOLLOWS
+from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import (
     CTR_CREATED,
@@ -153,13 +153,12 @@ class ContainerManager:
         record.cgroup_path = cg.path
         handler = self._oci_handler(pod.id)
         external_runtime = handler is not None
-        monitor = self.sandboxes.monitor(pod)
-        split = not external_runtime and bool(monitor.features & MONITOR_FEATURE_PLAN_FOLLOWS)
+        monitor = self.sandboxes.monitor(pod, needs=MONITOR_FEATURES)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
-        # Split, the child makes the writable layer while the rest is decided here.
+        # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
-                                     self.files.writable_layer_dirs(record.id) if split else ())
+                                     () if external_runtime else self.files.writable_layer_dirs(record.id))
         if pod.log_directory and config.log_path:
             record.log_path = os.path.join(pod.log_directory, config.log_path)
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
@@ -168,7 +167,7 @@ class ContainerManager:
         def check() -> translate.CheckedRequest:
             return translate.check_request(config, image_config, pod_config, runtime=self.config.runtime,
                                            cgroups=self.cgroups, cg=cg, apparmor=self.apparmor,
-                                           external_runtime=external_runtime, monitor_features=monitor.features,
+                                           external_runtime=external_runtime,
                                            recursive_readonly_supported=oci.recursive_readonly_supported(handler))
 
         def whole_plan(checked: translate.CheckedRequest, overlay: Overlay) -> LaunchPlan:
@@ -189,7 +188,7 @@ class ContainerManager:
                     privileged=sc.privileged, seccomp=checked.seccomp,
                     device_rules=[d.cgroup_rule() for d in checked.devices])
                 pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call)
-            elif split:
+            else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
                 # before the mounts under /sys/fs/cgroup, which bind it in. The reply is not awaited:
@@ -211,12 +210,6 @@ class ContainerManager:
                     self._make_cgroup(checked.cgroup)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
-            else:  # compatibility: a monitor without MONITOR_FEATURE_PLAN_FOLLOWS takes the plan whole
-                checked = check()
-                plan = whole_plan(checked, self.files.rootfs_overlay(record.id, image.record.id, layer_dirs,
-                                                                     bundle=False))
-                pending = monitor.begin_create(record.id, plan, log_path,
-                                               meanwhile=lambda: self._make_cgroup(checked.cgroup))
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)
@@ -283,10 +276,7 @@ class ContainerManager:
                 self.reports.settle(record)
                 if record.state == CTR_EXITED:  # the set-up failed: its own message says why
                     raise FailedPrecondition(f"starting container {record.id}: {record.message}") from exc
-                if exc.code != errno.EINVAL or "still being created" not in exc.message:
-                    self._fail_start(record, exc)
-                # A monitor from before queued STARTs, and the set-up has ended meanwhile.
-                self._start_created(record, monitor)
+                self._fail_start(record, exc)
             else:
                 self._mark_started(record, monitor)
         finally:
@@ -300,13 +290,6 @@ class ContainerManager:
             raise FailedPrecondition(f"starting container {record.id}: {record.message}")
         if record.state != CTR_CREATED:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not created")
-
-    def _start_created(self, record: ContainerRecord, monitor) -> None:
-        try:
-            monitor.start(record.id)
-        except MonitorError as exc:
-            self._fail_start(record, exc)
-        self._mark_started(record, monitor)
 
     def _fail_start(self, record: ContainerRecord, exc: MonitorError) -> NoReturn:
         record.state, record.reason, record.message = CTR_EXITED, "StartError", str(exc)
@@ -431,8 +414,6 @@ class ContainerManager:
             seccomp = self.state.seccomp.get(digest)
             if seccomp is None:  # never dropped while a record names it: the database was damaged
                 raise FailedPrecondition(f"container {record.id}: its seccomp program is missing from the state")
-        elif record.process.get("seccomp"):  # compatibility: records of builds that kept the program inline
-            seccomp = base64.b64decode(record.process["seccomp"])
         return translate.exec_plan(record, cmd, seccomp, self.config.runtime)
 
     def streaming_exec_plan(self, container_id: str, cmd: list[str]) -> ExecPlan:

@@ -14,7 +14,8 @@ from typing import Callable
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
-from crio_fast.runtime.monitor import ExitInfo, MonitorError, PendingCreate, read_exit_file, write_exit_file
+from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
+from crio_fast.runtime.monitor import MonitorError, PendingCreate
 from crio_fast.runtime.reaper import exit_code_of, reap_adopted, wait_adopted
 from crio_fast.state.records import (
     CTR_CREATED,

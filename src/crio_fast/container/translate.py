@@ -41,7 +41,6 @@ from crio_fast.runtime.plan import (
     Overlay,
     default_linux_mounts,
 )
-from crio_fast.runtime.wire import MONITOR_FEATURE_APPARMOR
 from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.state.records import ContainerRecord, PodRecord
 
@@ -124,8 +123,7 @@ class CheckedRequest:
 
 def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_config: pb.PodSandboxConfig, *,
                   runtime: RuntimeSection, cgroups: CgroupManager, cg: CgroupPaths, apparmor: AppArmor,
-                  external_runtime: bool, monitor_features: int,
-                  recursive_readonly_supported: bool = True) -> CheckedRequest:
+                  external_runtime: bool, recursive_readonly_supported: bool = True) -> CheckedRequest:
     """The checks of a CreateContainer request, and what they yield: the command, the devices, the
     AppArmor and seccomp profiles, and the cgroup step with its limits and device rules."""
     sc = config.linux.security_context
@@ -154,10 +152,6 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
                                          "recursively read-only (its RuntimeHandlerFeatures say so)")
     security.check_mac(sc)
     apparmor_profile = apparmor.profile_for(sc)
-    if apparmor_profile is not None and not external_runtime and not monitor_features & MONITOR_FEATURE_APPARMOR:
-        # Its plan decoder would refuse the field; never run the container without its profile.
-        raise FailedPrecondition(f"apparmor profile {apparmor_profile!r}: this pod's monitor was started by a "
-                                 "crio-fast without AppArmor support; recreate the pod")
     seccomp = security.seccomp_choice(
         security.requested_seccomp(sc), security.requested_seccomp(pod_config.linux.security_context),
         sc.privileged, runtime.seccomp_profile, runtime.seccomp_use_default_when_empty)
@@ -312,5 +306,5 @@ def exec_plan(record: ContainerRecord, cmd: list[str], seccomp: bytes | None, ru
         no_new_privs=p["no_new_privs"],
         seccomp=seccomp,
         rlimits=security.parse_ulimits(runtime.default_ulimits),
-        apparmor_profile=p.get("apparmor_profile"),
+        apparmor_profile=p["apparmor_profile"],
     )

@@ -1,12 +1,11 @@
-"""The daemon's side of the per-pod monitor (``crio-fast-monitor``).
+"""The daemon's connection to a per-pod monitor (``crio-fast-monitor``).
 
-``PodMonitor.spawn`` starts one monitor per pod and waits for its ready line;
-the returned object talks to the monitor's control socket (``monitor.sock``
-in the pod dir, SOCK_SEQPACKET, one request/reply per packet, see
-docs/monitor.md). The monitor outlives the daemon: after a restart,
-``PodMonitor.attach`` reconnects through the pod dir. Exit files written by
-the monitor are read with ``read_exit_file``; ``exec_sync`` runs a command in a
-container through the monitor binary's exec mode.
+``PodMonitor`` talks to the monitor's control socket (``monitor.sock`` in the
+pod dir, SOCK_SEQPACKET, one request/reply per packet, see docs/monitor.md).
+``spawn.spawn_monitor`` starts a monitor; it outlives the daemon, and after a
+restart ``PodMonitor.attach`` reconnects through the pod dir. What else the
+daemon has of a monitor lives beside this module: the exit files it writes
+(``exit_files``) and the exec helper of its binary (``exec_helper``).
 
 All calls are synchronous and thread-safe: a call uses the monitor's idle
 connection or, while another call has it, a new one (the lock guards only
@@ -18,22 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import re
 import select
-import signal as signal_module
 import socket
 import struct
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from crio_fast.runtime import mounts, wire
-from crio_fast.runtime.plan import ExecPlan, LaunchHead, LaunchPlan
+from crio_fast.runtime import wire
+from crio_fast.runtime.plan import LaunchHead, LaunchPlan
 from crio_fast.runtime.wire import TLVWriter
 
 _REQUEST_NAMES = {wire.REQUEST_PING: "PING", wire.REQUEST_CREATE: "CREATE", wire.REQUEST_START: "START",
@@ -78,48 +73,6 @@ class _ConnectionLost(MonitorError):
 
 
 @dataclass
-class PodMonitorSpec:
-    """What the pod monitor anchors: namespaces, hostname, cgroups, /dev/shm."""
-
-    pod_id: str
-    pod_dir: str
-    exits_dir: str
-    namespaces: dict[str, str] = field(default_factory=lambda: {"net": "new", "ipc": "new", "uts": "new"})
-    pid: str = "host"  # "new": a pod pid namespace whose pid 1 is the monitor's pod init (shareProcessNamespace)
-    hostname: str | None = None
-    cgroup_procs: list[str] = field(default_factory=list)
-    shm_size: int = 64 * 1024 * 1024  # 0: no shm mount
-    stderr_path: str | None = None  # a file for the monitor's own diagnostics
-    # "legacy": mount overlays with mount(2) and one page of options even where the kernel has
-    # fsconfig lowerdir+ (tests; a kernel whose lowerdir+ misbehaves). "auto": the monitor probes.
-    overlay_mount: str = "auto"
-
-    def argv(self, monitor_path: str, ready_fd: int, cgroup_gate_fd: int | None = None) -> list[str]:
-        args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
-                "--exits-dir", self.exits_dir, "--ready-fd", str(ready_fd)]
-        if cgroup_gate_fd is not None:
-            args += ["--cgroup-gate-fd", str(cgroup_gate_fd)]
-        for name in POD_NAMESPACES:
-            mode = self.namespaces.get(name, "host")
-            if mode not in ("new", "host"):
-                raise ValueError(f"namespace {name}: {mode!r} is neither 'new' nor 'host'")
-            args += [f"--{name}", mode]
-        if self.pid not in ("new", "host"):
-            raise ValueError(f"pid namespace: {self.pid!r} is neither 'new' nor 'host'")
-        args += ["--pid", self.pid]
-        if self.hostname is not None:
-            args += ["--hostname", self.hostname]
-        for path in self.cgroup_procs:
-            args += ["--cgroup-procs", path]
-        args += ["--shm-size", str(self.shm_size)]
-        if self.overlay_mount not in ("auto", "legacy"):
-            raise ValueError(f"overlay_mount: {self.overlay_mount!r} is neither 'auto' nor 'legacy'")
-        if self.overlay_mount != "auto":
-            args += ["--overlay-mount", self.overlay_mount]
-        return args
-
-
-@dataclass
 class CreateResult:
     pid: int
     warnings: list[str]
@@ -137,27 +90,6 @@ class ContainerState:
     signal: int | None = None
     oom_killed: bool = False
     message: str | None = None  # the container init's last error, if any
-
-
-@dataclass
-class ExitInfo:
-    exit_code: int
-    signal: int
-    pid: int
-    started_at: int
-    finished_at: int
-    oom_killed: bool
-
-
-@dataclass
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    signal: int = 0
-    # Set when the command never ran (not found, cannot execute, container
-    # gone; exit_code is then 126/127/1) or the helper did not say how it ended.
-    error: str | None = None
 
 
 def _state_from_fields(fields: dict[int, list[bytes]]) -> ContainerState:
@@ -204,13 +136,12 @@ def parse_reply(name: str, request_type: int, request_id: int, data: bytes) -> d
 class PodMonitor:
     """A connection to one pod's monitor process."""
 
-    def __init__(self, pod_dir: str, pid: int, pidfd: int,
-                 features: int = wire.MONITOR_FEATURE_PLAN_FOLLOWS | wire.MONITOR_FEATURE_APPARMOR) -> None:
+    def __init__(self, pod_dir: str, pid: int, pidfd: int, features: int = wire.MONITOR_FEATURES) -> None:
         self.pod_dir = pod_dir
         self.pid = pid
         self._pidfd = pidfd
-        # What the monitor can do beyond protocol 1: a monitor started by an older build (its pod
-        # outlived an upgrade) says less in its PING reply.
+        # The MONITOR_FEATURE_ bits of its PING reply (attach asks); a monitor spawned by this
+        # daemon runs this build's binary, which has them all.
         self.features = features
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
@@ -222,100 +153,6 @@ class PodMonitor:
         }
 
     # ----------------------------------------------------------- life cycle
-
-    @classmethod
-    def spawn(cls, monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0,
-              meanwhile: Callable[[], None] | None = None,
-              after_gate: Callable[[], None] | None = None) -> "PodMonitor":
-        """Start a pod monitor and wait until it is ready (namespaces anchored, socket listening).
-
-        ``meanwhile`` runs while the monitor makes the pod's namespaces, and
-        the monitor joins ``spec.cgroup_procs`` only once it has returned: the
-        daemon makes the cgroups there, on the other CPU, instead of before
-        the spawn. If it raises, the monitor is told to give up (it undoes its
-        set-up) and the exception propagates. ``after_gate`` (with
-        ``meanwhile`` only) runs once the monitor may go on, while it joins
-        its cgroups and forks: for work the monitor does not need. If it
-        raises, the monitor, once ready, is shut down again.
-
-        Raises MonitorError with the monitor's message and errno on failure;
-        the monitor has then undone its own work (after a timeout, call
-        cleanup_pod_dir).
-        """
-        ready_read, ready_write = os.pipe()
-        gate_read = gate_write = -1
-        stderr_fd = -1
-        try:
-            if meanwhile is not None:
-                gate_read, gate_write = os.pipe()
-            # posix_spawn's dup2 onto the same number would keep close-on-exec
-            # set: move the fds handed over out of the way of 3 and 4 first.
-            ready_write = _above(ready_write, 4)
-            if gate_read >= 0:
-                gate_read = _above(gate_read, 4)
-            stderr_fd = (os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                         if spec.stderr_path else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
-            actions = [
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-                (os.POSIX_SPAWN_DUP2, ready_write, 3),
-            ]
-            if gate_read >= 0:
-                actions.append((os.POSIX_SPAWN_DUP2, gate_read, 4))
-            # The spawned process sets the pod up, forks the monitor, writes
-            # the ready line and exits; the monitor is not our child.
-            child = os.posix_spawn(
-                monitor_path,
-                spec.argv(monitor_path, 3, 4 if gate_read >= 0 else None),
-                {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                file_actions=actions,
-            )
-        except BaseException:
-            os.close(ready_read)
-            if gate_write >= 0:
-                os.close(gate_write)
-            raise
-        finally:
-            for fd in (ready_write, gate_read, stderr_fd):
-                if fd >= 0:
-                    os.close(fd)
-        meanwhile_error: BaseException | None = None
-        if meanwhile is not None:
-            meanwhile_error = _run_then_open_gate(meanwhile, gate_write)
-            if meanwhile_error is None and after_gate is not None:
-                try:
-                    after_gate()
-                except BaseException as exc:
-                    meanwhile_error = exc
-        try:
-            line = _read_ready_line(ready_read, timeout)
-        except BaseException:
-            # Stuck in set-up: stop it (what it mounted is left for cleanup_pod_dir).
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal_module.SIGKILL)
-            raise
-        finally:
-            os.close(ready_read)
-            _, status = os.waitpid(child, 0)
-        if meanwhile_error is not None:
-            if line.startswith("ok "):  # after_gate failed: stop the monitor cleanly (it undoes its set-up)
-                with contextlib.suppress(MonitorError, ValueError, OSError):
-                    pid = int(line.split()[1])
-                    cls(spec.pod_dir, pid, os.pidfd_open(pid)).shutdown()
-            raise meanwhile_error
-        if line.startswith("ok "):
-            pid = int(line.split()[1])
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                raise MonitorError(f"pod monitor {pid} for {spec.pod_id} died right after starting") from None
-            return cls(spec.pod_dir, pid, pidfd)
-        match = re.match(r"error (\d+) (.*)", line, re.S)
-        if match:
-            raise MonitorError(f"pod monitor for {spec.pod_id}: {match.group(2).strip()}", int(match.group(1)))
-        raise MonitorError(f"pod monitor for {spec.pod_id} exited without reporting "
-                           f"(wait status {status:#x}, said {line!r})")
 
     @classmethod
     def attach(cls, pod_dir: str) -> "PodMonitor":
@@ -337,7 +174,7 @@ class PodMonitor:
             reported = wire.decode_u32(reply[wire.FIELD_PID][0])
             if reported != pid:
                 raise MonitorError(f"{pid_path} says {pid} but the socket's monitor is {reported}", errno.ESTALE)
-            monitor.features = wire.decode_u32(reply[wire.FIELD_FEATURES][0]) if wire.FIELD_FEATURES in reply else 0
+            monitor.features = _features_of(reply)
         except BaseException:
             monitor.close()
             raise
@@ -431,14 +268,12 @@ class PodMonitor:
         encoded, in chunks (``encode_rootfs``, ``LaunchPlan.encode_rest``). The monitor clones the child
         on the head; each chunk goes through the gate as soon as it is yielded, so the child works on
         one (mounts the rootfs) while the next is decided here; then ``meanwhile`` runs. Needs
-        ``meanwhile`` and a monitor with MONITOR_FEATURE_PLAN_FOLLOWS. If ``rest`` raises, the child gives up
-        as when ``meanwhile`` does.
+        ``meanwhile``. If ``rest`` raises, the child gives up as when ``meanwhile`` does.
         """
         if meanwhile is not None and oci is not None:
             raise ValueError("an oci CREATE takes no meanwhile step: the runtime joins the cgroups itself")
-        if rest is not None and (meanwhile is None or not self.features & wire.MONITOR_FEATURE_PLAN_FOLLOWS):
-            raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step "
-                             "and a monitor that takes it")
+        if rest is not None and meanwhile is None:
+            raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step")
         w = self._create_fields(container_id, plan, log_path, oci)
         if rest is not None:
             w.boolean(wire.FIELD_PLAN_FOLLOWS, True)
@@ -454,7 +289,7 @@ class PodMonitor:
         finally:
             os.close(gate_read)  # the monitor has its copy now (or the request never went out)
         pending = PendingCreate(self, sock, request_id)
-        failure = _run_then_open_gate(meanwhile, gate_write, rest)
+        failure = run_then_open_gate(meanwhile, gate_write, rest)
         if failure is not None:
             with contextlib.suppress(MonitorError):  # the child's "gave up" only follows from it
                 pending.result()
@@ -503,7 +338,7 @@ class PodMonitor:
         reply = self._request(wire.REQUEST_PING, TLVWriter())
         return {"pod_id": wire.decode_string(reply[wire.FIELD_POD_ID][0]),
                 "version": wire.decode_string(reply[wire.FIELD_VERSION][0]),
-                "pid": wire.decode_u32(reply[wire.FIELD_PID][0])}
+                "pid": wire.decode_u32(reply[wire.FIELD_PID][0]), "features": _features_of(reply)}
 
     @staticmethod
     def _id_fields(container_id: str) -> TLVWriter:
@@ -651,12 +486,18 @@ class PendingCreate:
                 self._sock = None
 
 
+def _features_of(ping_reply: dict[int, list[bytes]]) -> int:
+    """The MONITOR_FEATURE_ bits of a PING reply (none when it carries no FEATURES)."""
+    values = ping_reply.get(wire.FIELD_FEATURES)
+    return wire.decode_u32(values[0]) if values else 0
+
+
 def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
     return CreateResult(pid=wire.decode_u32(reply[wire.FIELD_PID][0]),
                         warnings=[wire.decode_string(v) for v in reply.get(wire.FIELD_WARNING, [])])
 
 
-def _run_then_open_gate(step: Callable[[], None], gate_write: int,
+def run_then_open_gate(step: Callable[[], None], gate_write: int,
                         rest: Callable[[], Iterable[bytes]] | None = None) -> BaseException | None:
     """Send the rest of the plan when there is one (each chunk as its length, u32 little endian, and
     its bytes; a length of 0 ends it), run ``step``, then write the gate's one byte; close the gate
@@ -688,208 +529,3 @@ def _write_to_child(fd: int, data: bytes) -> bool:
     except BrokenPipeError:
         return False
     return True
-
-
-def _above(fd: int, highest_reserved: int) -> int:
-    """``fd``, or a close-on-exec duplicate above ``highest_reserved`` (closing ``fd``)."""
-    if fd > highest_reserved:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, highest_reserved + 1)
-    os.close(fd)
-    return moved
-
-
-def _read_ready_line(fd: int, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise MonitorError(f"pod monitor not ready within {timeout}s", errno.ETIMEDOUT)
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        if chunk.endswith(b"\n"):
-            break
-    return b"".join(chunks).decode(errors="replace").strip()
-
-
-def read_exit_file(path: str | os.PathLike[str]) -> ExitInfo | None:
-    """Parse an exit file written by a monitor; None if there is none (yet)."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return None
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = int(value)
-    try:
-        return ExitInfo(exit_code=values["exit_code"], signal=values["signal"], pid=values["pid"],
-                        started_at=values["started_at"], finished_at=values["finished_at"],
-                        oom_killed=bool(values["oom_killed"]))
-    except KeyError as e:
-        raise MonitorError(f"exit file {path} lacks {e.args[0]}", errno.EINVAL) from None
-
-
-def write_exit_file(path: str | os.PathLike[str], info: ExitInfo) -> None:
-    """Write an exit file in the monitor's format, atomically (for an exit the
-    daemon observed itself because the pod's monitor was gone)."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(
-        f"exit_code={info.exit_code}\nsignal={info.signal}\npid={info.pid}\nstarted_at={info.started_at}\n"
-        f"finished_at={info.finished_at}\noom_killed={int(info.oom_killed)}\n"
-    )
-    os.replace(temporary, target)
-
-
-def cleanup_pod_dir(pod_dir: str) -> list[str]:
-    """Undo what a dead monitor left in its pod dir: lazy-unmount every mount at
-    or under it (nsfs, shm, the private self-bind) and remove the files the
-    monitor made. Returns the mount points it unmounted. Runs at every pod stop
-    and removal, so it finds the mounts without reading the host's mount table
-    (see runtime/mounts.py)."""
-    root = os.path.realpath(pod_dir)
-    unmounted = mounts.detach_all_under(root)
-    for name in (SOCKET_NAME, PID_FILE_NAME, PID_FILE_NAME + ".tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(root, name))
-    for name in PINNED_NAMESPACES:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(root, "ns", name))
-    for name in ("ns", "shm"):
-        try:
-            os.rmdir(os.path.join(root, name))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:  # someone else's files: leave them
-                raise
-    return unmounted
-
-
-def exec_sync(monitor_path: str, plan: ExecPlan, timeout: float, stdin: bytes = b"") -> ExecResult:
-    """Run `plan` inside a container and collect its output.
-
-    The helper (`crio-fast-monitor exec`) reports on a status pipe whether the
-    command ran ("exit N" / "signal N") or never could ("error ERRNO MSG"),
-    which is how its own failure is told apart from the command's exit code.
-    On timeout the helper is sent SIGTERM, on which it SIGKILLs the command
-    and reaps it (its process group is SIGKILLed if it does not exit within
-    two seconds), and TimeoutError is raised.
-    """
-    plan_bytes = plan.encode()
-    plan_read, plan_write = os.pipe()
-    status_read, status_write = os.pipe()
-    try:
-        process = subprocess.Popen(
-            [monitor_path, "exec", "--plan-fd", str(plan_read), "--status-fd", str(status_write)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(plan_read, status_write), start_new_session=True,
-        )
-    except BaseException:
-        for fd in (plan_read, plan_write, status_read, status_write):
-            os.close(fd)
-        raise
-    os.close(plan_read)
-    os.close(status_write)
-    try:
-        return _run_exec(process, plan_bytes, plan_write, status_read, timeout, stdin)
-    finally:
-        os.close(status_read)
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
-        if process.poll() is None:
-            _stop_helper(process)
-
-
-def _stop_helper(process: subprocess.Popen, grace: float = 2.0) -> None:
-    # SIGTERM: the helper kills the command and reaps it itself (see exec.c);
-    # the group SIGKILL is the fallback for a helper that does not react.
-    process.send_signal(signal_module.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        process.wait()
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal_module.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, status_read: int, timeout: float,
-              stdin: bytes) -> ExecResult:
-    assert process.stdin and process.stdout and process.stderr
-    deadline = time.monotonic() + timeout
-    pidfd = os.pidfd_open(process.pid)
-    # Pending input per fd (closed once written, so the reader sees EOF) and
-    # output per fd (dropped from the poll set at EOF).
-    pending_input = {plan_write: memoryview(plan_bytes), process.stdin.fileno(): memoryview(stdin)}
-    closers = {plan_write: lambda: os.close(plan_write), process.stdin.fileno(): process.stdin.close}
-    output = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray(), status_read: bytearray()}
-    open_outputs = set(output)
-    for fd in (*pending_input, *output):
-        os.set_blocking(fd, False)
-    try:
-        helper_exited = False
-        while not helper_exited:
-            for fd in [fd for fd, data in pending_input.items() if not data]:
-                closers.pop(fd)()
-                del pending_input[fd]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _stop_helper(process)
-                raise TimeoutError(f"exec {plan_argv_for_message(plan_bytes)} timed out after {timeout}s")
-            readable, writable, _ = select.select([*open_outputs, pidfd], list(pending_input), [], remaining)
-            for fd in writable:
-                try:
-                    written = os.write(fd, pending_input[fd][:65536])
-                    pending_input[fd] = pending_input[fd][written:]
-                except BrokenPipeError:
-                    pending_input[fd] = memoryview(b"")  # the reader is gone; stop feeding it
-            for fd in readable:
-                if fd == pidfd:
-                    helper_exited = True
-                elif not _read_available(fd, output[fd]):
-                    open_outputs.discard(fd)
-        # The helper has exited, so the command has too: what it wrote is in
-        # the pipes. Do not wait for EOF (a background child may hold them).
-        for fd in open_outputs:
-            _read_available(fd, output[fd])
-        process.wait()
-    finally:
-        os.close(pidfd)
-        for close in closers.values():
-            close()
-    outcome = wire.parse_exec_status(bytes(output[status_read]).decode(errors="replace"), process.returncode)
-    return ExecResult(exit_code=outcome.exit_code, stdout=bytes(output[process.stdout.fileno()]),
-                      stderr=bytes(output[process.stderr.fileno()]), signal=outcome.signal, error=outcome.error)
-
-
-def plan_argv_for_message(plan_bytes: bytes) -> str:
-    """The command of an encoded plan, for error messages."""
-    args = [wire.decode_string(value) for tag, value in wire.parse_tlv(plan_bytes) if tag == wire.PLAN_ARGV]
-    return " ".join(args) if args else "(no command)"
-
-
-def _read_available(fd: int, into: bytearray) -> bool:
-    """Read what is there without blocking; False at EOF."""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            return False
-        into += chunk

@@ -580,8 +580,7 @@ _CGROUP_V1_TMPFS = MountOp.mount("tmpfs", "/sys/fs/cgroup", flags=MS_NOSUID | MS
                                  source="cgroup")
 # The tmpfs and its binds made read-only, private, nosuid, noexec and nodev where they are, in one
 # call (MS_REMOUNT: in place). A read-only bind of the tmpfs stacked over itself would hide the binds,
-# which belong to the mount underneath; a monitor from before in-place READONLY stacks a recursive
-# copy instead, binds included.
+# which belong to the mount underneath.
 _CGROUP_V1_READONLY = MountOp(MountKind.READONLY, "/sys/fs/cgroup",
                               flags=MS_REMOUNT | MS_REC | MS_NOSUID | MS_NOEXEC | MS_NODEV, propagation=MS_PRIVATE)
 

@@ -196,9 +196,20 @@ FIELD_TTY = 25  # u32 bool; ATTACH reply: the container has a terminal
 FIELD_PLAN_FOLLOWS = 26  # u32 bool; CREATE: the plan is its head, the rest follows through the gate
 FIELD_FEATURES = 27  # u32, PING reply: MONITOR_FEATURE_ bits
 
-# What a monitor can do beyond protocol 1 (FIELD_FEATURES).
-MONITOR_FEATURE_PLAN_FOLLOWS = 1
+# What a monitor can do beyond protocol 1 (FIELD_FEATURES). A monitor outlives the daemon that
+# started it; a change to what a monitor must understand adds a bit here, and the daemon refuses
+# requests that need it in a pod whose monitor lacks it (sandbox/manager.py, SandboxManager.monitor).
+MONITOR_FEATURE_PLAN_FOLLOWS = 1  # CREATE may send the plan's head, the rest following through the gate
 MONITOR_FEATURE_APPARMOR = 2  # plans may carry PLAN_APPARMOR_PROFILE
+# Every bit: what this build's monitor reports, and what this daemon's CREATE relies on.
+MONITOR_FEATURES = MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR
+
+
+def feature_names(bits: int) -> list[str]:
+    """The names of the MONITOR_FEATURE_ bits set in ``bits`` (for messages)."""
+    return [name.removeprefix("MONITOR_FEATURE_") for name, bit in globals().items()
+            if name.startswith("MONITOR_FEATURE_") and bits & bit]
+
 
 # Values of FIELD_STATE (enum container_status, server.h).
 CONTAINER_CREATING = 0

@@ -31,8 +31,10 @@ from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.network.pod import PodNetwork
-from crio_fast.runtime.monitor import MonitorError, PodMonitor, PodMonitorSpec, cleanup_pod_dir
+from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
+from crio_fast.runtime.spawn import PodMonitorSpec, cleanup_pod_dir, spawn_monitor
+from crio_fast.runtime.wire import feature_names
 from crio_fast.state.records import (
     POD_NOTREADY,
     POD_READY,
@@ -112,20 +114,27 @@ class SandboxManager:
             raise NotFound(f"pod sandbox {pod_id!r} not found")
         return record
 
-    def monitor(self, record: PodRecord) -> PodMonitor:
-        """The live monitor of a ready pod (reconnecting after a daemon restart)."""
+    def monitor(self, record: PodRecord, needs: int = 0) -> PodMonitor:
+        """The live monitor of a ready pod (reconnecting after a daemon restart).
+
+        ``needs``: the MONITOR_FEATURE_ bits the caller's request relies on. A monitor outlives the
+        daemon, so one started by another build may lack some; the request is then refused here
+        rather than sent to a monitor that would misread it (docs/monitor.md, "Compatibility")."""
         with self._lock:
             mon = self._monitors.get(record.id)
-            if mon is not None and mon.alive():
-                return mon
-            if record.state != POD_READY:
-                raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
-            try:
-                mon = PodMonitor.attach(record.pod_dir)
-            except MonitorError as exc:
-                raise FailedPrecondition(f"pod sandbox {record.id}: its monitor is gone: {exc}") from exc
-            self._monitors[record.id] = mon
-            return mon
+            if mon is None or not mon.alive():
+                if record.state != POD_READY:
+                    raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
+                try:
+                    mon = PodMonitor.attach(record.pod_dir)
+                except MonitorError as exc:
+                    raise FailedPrecondition(f"pod sandbox {record.id}: its monitor is gone: {exc}") from exc
+                self._monitors[record.id] = mon
+        if missing := needs & ~mon.features:
+            raise FailedPrecondition(f"pod sandbox {record.id}: its monitor (pid {mon.pid}) lacks "
+                                     f"{', '.join(feature_names(missing))}, which this crio-fast needs; "
+                                     "recreate the pod")
+        return mon
 
     # -- RunPodSandbox ---------------------------------------------------------
 
@@ -221,7 +230,7 @@ class SandboxManager:
                 os.makedirs(record.log_directory, exist_ok=True)
 
         try:
-            mon = PodMonitor.spawn(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
+            mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
         except MonitorError as exc:
             raise Internal(f"starting the pod monitor: {exc}") from exc
         with self._lock:

@@ -72,9 +72,7 @@ def pod_status(record: PodRecord) -> pb.PodSandboxStatus:
     opts.network = pb.NamespaceMode.NODE if record.namespaces.get("net") == "host" else pb.NamespaceMode.POD
     opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD
     pid_mode = config.linux.security_context.namespace_options.pid
-    # POD only when the monitor made the pod's pid namespace (a pod recorded before it could: CONTAINER).
-    opts.pid = (pb.NamespaceMode.NODE if pid_mode == pb.NamespaceMode.NODE
-                else pb.NamespaceMode.POD if record.namespaces.get("pid") == "new" else pb.NamespaceMode.CONTAINER)
+    opts.pid = pid_mode if pid_mode in (pb.NamespaceMode.NODE, pb.NamespaceMode.POD) else pb.NamespaceMode.CONTAINER
     return status
 
 

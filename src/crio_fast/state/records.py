@@ -16,9 +16,6 @@ hides that one object and is reported; a database that cannot be opened is
 moved aside (``state.db.damaged-<time>``) and the daemon starts empty.
 Compiled seccomp programs have a table of their own, one row per distinct
 program, named by digest in the records (see SeccompPrograms).
-Records from the earlier one-JSON-file-per-record layout
-(``state/{pods,containers}/<id>.json``) are imported once and their files
-removed.
 """
 
 from __future__ import annotations
@@ -293,30 +290,11 @@ class _Database:
             self._conn.close()
 
 
-def _import_json_records(db: _Database, base: Path) -> None:
-    """Move records of the one-file-per-record layout (state/<table>/<id>.json) into the database."""
-    for table in _Database.TABLES:
-        directory = base / table
-        if not directory.is_dir():
-            continue
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                try:
-                    db.put(table, entry.name[: -len(".json")], Path(entry.path).read_text())
-                except (OSError, UnicodeDecodeError) as exc:
-                    log.error("not importing record %s: %s", entry.path, exc)
-                    continue
-            os.unlink(entry.path)
-        os.rmdir(directory)
-        log.info("imported %s records from %s into %s", table, directory, db.path)
-
-
 class StateStore:
     def __init__(self, root: str) -> None:
         base = Path(root) / "state"
         base.mkdir(parents=True, exist_ok=True)
         self.db = _Database(base / "state.db")
-        _import_json_records(self.db, base)
         self.pods: RecordTable[PodRecord] = RecordTable(self.db, "pods", PodRecord)
         self.containers: RecordTable[ContainerRecord] = RecordTable(self.db, "containers", ContainerRecord)
         self.seccomp = SeccompPrograms(self.db)

@@ -211,9 +211,13 @@ enum message_field {
     FIELD_FEATURES = 27,     /* u32 bitmask */
 };
 
-/* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). */
-#define MONITOR_FEATURE_PLAN_FOLLOWS 1u
-#define MONITOR_FEATURE_APPARMOR 2u /* plans may carry PLAN_APPARMOR_PROFILE */
+/* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). A
+ * monitor outlives the daemon that started it: a change to what a monitor
+ * must understand adds a bit, and the daemon checks it before sending a
+ * request that relies on it (docs/monitor.md, "Compatibility"). */
+#define MONITOR_FEATURE_PLAN_FOLLOWS 1u /* CREATE may carry only the plan's head (PLAN_FOLLOWS) */
+#define MONITOR_FEATURE_APPARMOR 2u     /* plans may carry PLAN_APPARMOR_PROFILE */
+#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR)
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */

@@ -217,7 +217,7 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
         buffer_put_string(reply, FIELD_POD_ID, monitor->pod_id);
         buffer_put_string(reply, FIELD_VERSION, MONITOR_VERSION);
         buffer_put_u32(reply, FIELD_PID, (uint32_t)getpid());
-        buffer_put_u32(reply, FIELD_FEATURES, MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR);
+        buffer_put_u32(reply, FIELD_FEATURES, MONITOR_FEATURES);
         return 0;
     case REQUEST_CREATE:
         if (!request->container_id || !request->plan || !request->log_path) {
