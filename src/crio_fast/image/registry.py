@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-import platform as _platform
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from crio_fast.image.auth import Credentials
+from crio_fast.image.manifest import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE, Descriptor, Manifest, Platform, compute_digest
+from crio_fast.image.platforms import select_platform
 from crio_fast.image.reference import (
     DEFAULT_REGISTRY,
     ImageReference,
@@ -52,24 +52,18 @@ from crio_fast.image.reference import (
     parse_digest,
 )
 from crio_fast.image.registries import Endpoint, RegistriesConfig
+from crio_fast.image.registry_errors import (
+    BlobUnknown,
+    DigestMismatch,
+    InvalidManifest,
+    ManifestUnknown,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    UnsupportedManifest,
+)
 from crio_fast.version import __version__
 
-MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_TYPE_DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
-MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-MEDIA_TYPE_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-
-IMAGE_MANIFEST_TYPES = (MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST)
-INDEX_TYPES = (MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST_LIST)
-SCHEMA1_TYPES = (MEDIA_TYPE_DOCKER_SCHEMA1, MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED)
-CONFIG_TYPES = (MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_DOCKER_CONFIG)
-MANIFEST_ACCEPT = ", ".join(IMAGE_MANIFEST_TYPES + INDEX_TYPES)
-
-MAX_MANIFEST_SIZE = 4 << 20  # what containers/image accepts too
 MAX_ERROR_BODY = 64 << 10
 BLOB_CHUNK_SIZE = 256 << 10
 MAX_REDIRECTS = 10
@@ -82,57 +76,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 T = TypeVar("T")
 
 
-# -- errors -------------------------------------------------------------------------
-
-
-class RegistryError(Exception):
-    """Base of registry failures; the message starts with "host/repository: "."""
-
-    def __init__(self, detail: str, *, host: str = "", repository: str = "") -> None:
-        self.detail = detail
-        self.host = host
-        self.repository = repository
-        self.failures: list[tuple[Endpoint, ImageReference, RegistryError]] = []
-        where = f"{host}/{repository}" if host and repository else host or repository
-        super().__init__(f"{where}: {detail}" if where else detail)
-
-
-class RegistryAuthError(RegistryError):
-    """Authentication needed and missing, or credentials/tokens rejected."""
-
-
-class RegistryNotFound(RegistryError):
-    """404: the repository, tag, manifest or blob does not exist there."""
-
-
-class ManifestUnknown(RegistryNotFound):
-    pass
-
-
-class BlobUnknown(RegistryNotFound):
-    pass
-
-
-class UnsupportedManifest(RegistryError):
-    """A manifest we will not pull (schema 1, unknown media type, not an image)."""
-
-
-class InvalidManifest(RegistryError):
-    """A manifest that is not well-formed JSON of the type it claims."""
-
-
-class DigestMismatch(RegistryError):
-    """Content whose digest differs from the one it was requested by."""
-
-
-class NoMatchingPlatform(RegistryError):
-    """An index with no manifest for this node's platform."""
-
-
-class RegistryUnavailable(RegistryError):
-    """Network failures, timeouts or server errors that outlasted the retries."""
-
-
 class _Retryable(Exception):
     """A transient failure inside one attempt; the retry loop decides what follows."""
 
@@ -140,246 +83,6 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-
-
-# -- manifests and platforms --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-_MACHINE_TO_PLATFORM = {
-    "x86_64": ("amd64", None),
-    "amd64": ("amd64", None),
-    "aarch64": ("arm64", "v8"),
-    "arm64": ("arm64", "v8"),
-    "armv8l": ("arm", "v7"),  # a 32-bit userland on a 64-bit core
-    "armv7l": ("arm", "v7"),
-    "armv7": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "armv5tel": ("arm", "v5"),
-    "armv5l": ("arm", "v5"),
-    "i386": ("386", None),
-    "i686": ("386", None),
-    "ppc64le": ("ppc64le", None),
-    "s390x": ("s390x", None),
-    "riscv64": ("riscv64", None),
-    "mips64": ("mips64le", None),
-    "loongarch64": ("loong64", None),
-}
-
-# Variants an architecture's CPUs can run, oldest first; a node runs its own and older ones.
-_VARIANT_ORDER = {"arm": ["v5", "v6", "v7", "v8"], "arm64": ["v8", "v9"], "amd64": ["v1", "v2", "v3", "v4"]}
-# What a descriptor without a variant means for those architectures.
-_DEFAULT_VARIANT = {"arm": "v7", "arm64": "v8", "amd64": "v1"}
-
-
-def node_platform(machine: str | None = None) -> Platform:
-    """This node's platform in OCI terms (from ``platform.machine()`` by default)."""
-    machine = machine or _platform.machine()
-    architecture, variant = _MACHINE_TO_PLATFORM.get(machine, (machine, None))
-    return Platform("linux", architecture, variant)
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    urls: tuple[str, ...] = ()
-    platform: Platform | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-
-def _parse_descriptor(value: Any, where: str, host: str, repository: str) -> Descriptor:
-    if not isinstance(value, dict):
-        raise InvalidManifest(f"{where} is not a JSON object", host=host, repository=repository)
-    media_type = value.get("mediaType", "")
-    digest = value.get("digest")
-    size = value.get("size")
-    if not isinstance(media_type, str) or not isinstance(digest, str):
-        raise InvalidManifest(f"{where}: mediaType and digest must be strings", host=host, repository=repository)
-    try:
-        parse_digest(digest)
-    except InvalidReference as exc:
-        raise InvalidManifest(f"{where}: {exc}", host=host, repository=repository) from exc
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidManifest(f"{where}: size must be a non-negative integer", host=host, repository=repository)
-    urls = value.get("urls") or []
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise InvalidManifest(f"{where}: urls must be a list of strings", host=host, repository=repository)
-    platform = None
-    raw_platform = value.get("platform")
-    if isinstance(raw_platform, dict):
-        platform = Platform(
-            str(raw_platform.get("os", "")), str(raw_platform.get("architecture", "")), raw_platform.get("variant") or None
-        )
-    annotations = value.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        annotations = {}
-    return Descriptor(media_type, digest, size, tuple(urls), platform, annotations)
-
-
-def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A fetched manifest or index: exact bytes, their digest, and the parsed document."""
-
-    media_type: str
-    digest: str
-    raw: bytes
-    document: Mapping[str, Any] = field(compare=False, hash=False)
-    config: Descriptor | None = None  # image manifests only
-    layers: tuple[Descriptor, ...] = ()  # image manifests only
-    manifests: tuple[Descriptor, ...] = ()  # indexes only
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
-
-    @classmethod
-    def parse(
-        cls, raw: bytes, content_type: str = "", digest: str = "", *, host: str = "", repository: str = ""
-    ) -> "Manifest":
-        """Parse and check ``raw``; ``content_type`` is the response's Content-Type."""
-        header_type = content_type.split(";", 1)[0].strip().lower()
-        if header_type in SCHEMA1_TYPES:
-            raise _schema1_error(host, repository)
-        try:
-            document = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidManifest(f"manifest is not valid JSON: {exc}", host=host, repository=repository) from exc
-        if not isinstance(document, dict):
-            raise InvalidManifest("manifest is not a JSON object", host=host, repository=repository)
-        if document.get("schemaVersion") == 1 or document.get("mediaType") in SCHEMA1_TYPES:
-            raise _schema1_error(host, repository)
-        if document.get("schemaVersion") != 2:
-            raise UnsupportedManifest(
-                f"manifest schemaVersion {document.get('schemaVersion')!r} is not supported (only 2)",
-                host=host,
-                repository=repository,
-            )
-        media_type = _manifest_media_type(header_type, document)
-        if media_type is None:
-            shown = document.get("mediaType") or header_type or "none"
-            raise UnsupportedManifest(
-                f"manifest media type {shown!r} is not an image manifest or index "
-                f"(supported: {', '.join(IMAGE_MANIFEST_TYPES + INDEX_TYPES)})",
-                host=host,
-                repository=repository,
-            )
-        digest = digest or compute_digest(raw)
-        if media_type in INDEX_TYPES:
-            entries = document.get("manifests")
-            if not isinstance(entries, list):
-                raise InvalidManifest("index has no 'manifests' list", host=host, repository=repository)
-            manifests = tuple(
-                _parse_descriptor(d, f"index entry {i}", host, repository) for i, d in enumerate(entries)
-            )
-            return cls(media_type, digest, raw, document, manifests=manifests)
-        config = _parse_descriptor(document.get("config"), "config descriptor", host, repository)
-        if config.media_type not in CONFIG_TYPES:
-            raise UnsupportedManifest(
-                f"manifest's config media type {config.media_type!r} is not a container image config "
-                "(an OCI artifact, not an image?)",
-                host=host,
-                repository=repository,
-            )
-        raw_layers = document.get("layers")
-        if not isinstance(raw_layers, list):
-            raise InvalidManifest("image manifest has no 'layers' list", host=host, repository=repository)
-        layers = tuple(_parse_descriptor(d, f"layer {i}", host, repository) for i, d in enumerate(raw_layers))
-        return cls(media_type, digest, raw, document, config=config, layers=layers)
-
-
-def _schema1_error(host: str, repository: str) -> UnsupportedManifest:
-    return UnsupportedManifest(
-        "the image uses a Docker schema 1 manifest, which is deprecated and not supported; "
-        "push it again with a current client (Docker schema 2 or OCI)",
-        host=host,
-        repository=repository,
-    )
-
-
-def _manifest_media_type(header_type: str, document: Mapping[str, Any]) -> str | None:
-    known = IMAGE_MANIFEST_TYPES + INDEX_TYPES
-    declared = document.get("mediaType")
-    if isinstance(declared, str) and declared in known:
-        return declared
-    if header_type in known:
-        return header_type
-    if declared:
-        return None  # declares a type we do not pull
-    # OCI allows omitting mediaType; the structure tells which it is.
-    if "manifests" in document:
-        return MEDIA_TYPE_OCI_INDEX
-    if "config" in document and "layers" in document:
-        return MEDIA_TYPE_OCI_MANIFEST
-    return None
-
-
-def _variant_rank(architecture: str, variant: str | None) -> int | None:
-    order = _VARIANT_ORDER.get(architecture)
-    if order is None:
-        return None
-    variant = variant or _DEFAULT_VARIANT[architecture]
-    return order.index(variant) if variant in order else None
-
-
-def select_platform(
-    index: Manifest,
-    os: str = "linux",
-    architecture: str | None = None,
-    variant: str | None = None,
-    *,
-    host: str = "",
-    repository: str = "",
-) -> Descriptor:
-    """The index entry for os/architecture[/variant]; this node's architecture by default.
-
-    For architectures with ordered variants (arm, arm64, amd64) a node runs
-    its own variant and older ones, and the newest it can run is preferred;
-    an entry without a variant means the architecture's baseline (arm v7,
-    arm64 v8, amd64 v1). Elsewhere the variant must match when both name one.
-    """
-    if architecture is None:
-        node = node_platform()
-        architecture = node.architecture
-        variant = variant or node.variant
-    best: tuple[int, int, Descriptor] | None = None  # (variant rank, -position, entry)
-    for position, entry in enumerate(index.manifests):
-        p = entry.platform
-        if p is None or p.os != os or p.architecture != architecture:
-            continue
-        wanted_rank = _variant_rank(architecture, variant)
-        if wanted_rank is not None:
-            rank = _variant_rank(architecture, p.variant)
-            if rank is None or rank > wanted_rank:
-                continue
-        elif variant and p.variant and p.variant != variant:
-            continue
-        else:
-            rank = 0
-        candidate = (rank, -position, entry)
-        if best is None or candidate[:2] > best[:2]:
-            best = candidate
-    if best is not None:
-        return best[2]
-    available = ", ".join(str(e.platform) for e in index.manifests if e.platform) or "none declared"
-    wanted = str(Platform(os, architecture, variant))
-    raise NoMatchingPlatform(
-        f"index {index.digest} has no manifest for {wanted} (available: {available})", host=host, repository=repository
-    )
 
 
 # -- WWW-Authenticate ------------------------------------------------------------------
@@ -1085,25 +788,9 @@ async def resolve(
 
 
 __all__ = [
-    "BlobUnknown",
     "Challenge",
-    "Descriptor",
-    "DigestMismatch",
-    "InvalidManifest",
-    "Manifest",
-    "ManifestUnknown",
-    "NoMatchingPlatform",
-    "Platform",
-    "RegistryAuthError",
     "RegistryClient",
-    "RegistryError",
-    "RegistryNotFound",
-    "RegistryUnavailable",
     "ResolvedImage",
-    "UnsupportedManifest",
-    "compute_digest",
-    "node_platform",
     "parse_www_authenticate",
     "resolve",
-    "select_platform",
 ]
