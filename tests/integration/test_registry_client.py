@@ -30,7 +30,7 @@ from crio_fast.image.manifest import (
     MEDIA_TYPE_OCI_MANIFEST,
 )
 from crio_fast.image.platforms import node_platform, select_platform
-from crio_fast.image.registry import RegistryClient, resolve
+from crio_fast.image.registry_client import RegistryClient
 from crio_fast.image.registry_errors import (
     BlobUnknown,
     DigestMismatch,
@@ -42,6 +42,7 @@ from crio_fast.image.registry_errors import (
     UnsupportedManifest,
 )
 from crio_fast.image.registry_http import BLOB_CHUNK_SIZE
+from crio_fast.image.resolve import resolve
 from tests.support.fixtures import write_registries_conf
 from tests.support.images import LayerBuilder, PushedImage
 from tests.support.images import push_image as push_to
