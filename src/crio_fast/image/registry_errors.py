@@ -2,9 +2,11 @@
 
 Every message starts with "host/repository: " so that a failed pull names
 the place that failed without the caller adding it (mirrors make "which
-registry?" a real question). The manager maps these classes onto CRI
-errors, so the class says what kind of failure it was and the message says
-the rest.
+registry?" a real question). The image manager turns the class into the
+daemon's kind of error (an auth failure becomes "permission denied", a
+missing image "not found", an unsupported manifest "failed precondition",
+the rest "unavailable"), so the class says what kind of failure it was and
+the message says the rest.
 """
 
 from __future__ import annotations
