@@ -23,25 +23,26 @@ from aiohttp import web
 from crio_fast.image.auth import Credentials, load_auth_file
 from crio_fast.image.reference import parse_reference
 from crio_fast.image.registries import Endpoint, RegistriesConfig, RegistryBlocked
-from crio_fast.image.registry import (
-    BLOB_CHUNK_SIZE,
+from crio_fast.image.manifest import (
     MEDIA_TYPE_DOCKER_MANIFEST,
     MEDIA_TYPE_DOCKER_MANIFEST_LIST,
     MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
+)
+from crio_fast.image.platforms import node_platform, select_platform
+from crio_fast.image.registry_client import RegistryClient
+from crio_fast.image.registry_errors import (
     BlobUnknown,
     DigestMismatch,
     ManifestUnknown,
     NoMatchingPlatform,
     RegistryAuthError,
-    RegistryClient,
     RegistryError,
     RegistryUnavailable,
     UnsupportedManifest,
-    node_platform,
-    resolve,
-    select_platform,
 )
+from crio_fast.image.registry_http import BLOB_CHUNK_SIZE
+from crio_fast.image.resolve import resolve
 from tests.support.fixtures import write_registries_conf
 from tests.support.images import LayerBuilder, PushedImage
 from tests.support.images import push_image as push_to
@@ -585,7 +586,7 @@ def test_unreachable_registry_is_unavailable_naming_it(tmp_path: Path):
 
 
 def _index(*platforms: str):
-    from crio_fast.image.registry import Manifest
+    from crio_fast.image.manifest import Manifest
 
     entries = []
     for number, text in enumerate(platforms):

@@ -35,7 +35,8 @@ from typing import Any, Iterable
 
 import zstandard
 
-from crio_fast.image.registry import node_platform, parse_www_authenticate
+from crio_fast.image.platforms import node_platform
+from crio_fast.image.registry_auth import parse_www_authenticate
 
 BUSYBOX_PATH = Path("/bin/busybox")
 FIXED_MTIME = 1_700_000_000  # deterministic layers: the same bytes, hence digests, every run

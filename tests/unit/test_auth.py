@@ -154,7 +154,7 @@ def test_default_locations_in_order(tmp_path, no_auth_env, monkeypatch):
 
 
 def test_parse_www_authenticate():
-    from crio_fast.image.registry import parse_www_authenticate
+    from crio_fast.image.registry_auth import parse_www_authenticate
 
     (bearer,) = parse_www_authenticate(
         'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'

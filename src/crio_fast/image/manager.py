@@ -26,15 +26,9 @@ from crio_fast.image.auth import AuthFileError, Credentials, load_auth_file
 from crio_fast.image.ingest import LayerIngest, LayerVerificationError
 from crio_fast.image.reference import ImageReference, InvalidReference, parse_reference
 from crio_fast.image.registries import RegistriesConfError, RegistriesConfig, RegistryBlocked
-from crio_fast.image.registry import (
-    RegistryAuthError,
-    RegistryClient,
-    RegistryError,
-    RegistryNotFound,
-    ResolvedImage,
-    UnsupportedManifest,
-    resolve,
-)
+from crio_fast.image.registry_client import RegistryClient
+from crio_fast.image.registry_errors import RegistryAuthError, RegistryError, RegistryNotFound, UnsupportedManifest
+from crio_fast.image.resolve import ResolvedImage, resolve
 from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, chain_ids
 
 log = logging.getLogger("crio_fast.image")
