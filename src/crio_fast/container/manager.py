@@ -10,6 +10,7 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import secrets
@@ -75,6 +76,8 @@ class ContainerManager:
         self.files = ContainerStorage(config)
         self.exits_dir = Path(config.runtime.container_exits_dir)
         self._lock = threading.RLock()
+        # CreateContainer's image lookups and RemoveImage's check for users (images_unused) under one lock.
+        self.image_claims = threading.Lock()
         self.reports = ContainerReports(state, self.exits_dir, cgroups, self._emit, self._lock)
 
     # -- lookups -------------------------------------------------------------
@@ -111,19 +114,23 @@ class ContainerManager:
             raise InvalidArgument("container image is empty")
         pod_config = decode_pod_config(pod.config)
         name = translate.container_name(config.metadata, pod_config.metadata)
-        image = self.images.info(config.image.image)
-        if image is None:
-            raise NotFound(f"image {config.image.image!r} not found: pull it first")
-        with self._lock:
-            for other in self.state.containers.values():
-                if other.name == name:
-                    raise AlreadyExists(f"container {name} already exists as {other.id}")
-            container_id = secrets.token_hex(32)
-            record = ContainerRecord(
-                id=container_id, pod_id=pod.id, name=name, config=base64.b64encode(config.SerializeToString()).decode(),
-                image_id=image.record.id, image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
-            )
-            self.state.containers.reserve(record)  # takes the name
+        # The image is looked up and claimed by the reservation under the lock RemoveImage holds while it
+        # checks for users and removes (images_unused): neither sees the other half done.
+        with self.image_claims:
+            image = self.images.info(config.image.image)
+            if image is None:
+                raise NotFound(f"image {config.image.image!r} not found: pull it first")
+            with self._lock:
+                for other in self.state.containers.values():
+                    if other.name == name:
+                        raise AlreadyExists(f"container {name} already exists as {other.id}")
+                container_id = secrets.token_hex(32)
+                record = ContainerRecord(
+                    id=container_id, pod_id=pod.id, name=name,
+                    config=base64.b64encode(config.SerializeToString()).decode(), image_id=image.record.id,
+                    image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
+                )
+                self.state.containers.reserve(record)  # takes the name
         try:
             with self.sandboxes.pod_lock(pod.id):
                 self._create(record, pod, pod_config, config, image)
@@ -133,6 +140,18 @@ class ContainerManager:
             raise
         self._emit(record, pb.ContainerEventType.CONTAINER_CREATED_EVENT)
         return container_id
+
+    @contextlib.contextmanager
+    def images_unused(self, image_id: str, name: str) -> Iterator[None]:
+        """Hold off CreateContainer's claims on images while the caller removes ``image_id`` (asked for as
+        ``name``); FailedPrecondition naming a container that runs the image, whatever its state: its
+        files need the layers until it is removed."""
+        with self.image_claims:
+            for record in self.state.containers.values():
+                if record.image_id == image_id:
+                    raise FailedPrecondition(f"image {name} ({image_id}) is in use: container {record.id} "
+                                             f"({record.name}) runs it")
+            yield
 
     def _create(self, record: ContainerRecord, pod: PodRecord, pod_config: pb.PodSandboxConfig,
                 config: pb.ContainerConfig, image) -> None:
