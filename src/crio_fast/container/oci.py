@@ -346,7 +346,7 @@ def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str
         raise FailedPrecondition(failure[0])
 
 
-# -- the host-side rootfs mount ---------------------------------------------------
+# -- the host-side rootfs mount (container/storage.py detaches it with the bundle) ------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -356,11 +356,6 @@ def mount_rootfs(overlay: Overlay) -> None:
     """Mount the plan's overlay on the host at its target (the bundle's rootfs)."""
     mounts.mount_overlay(overlay.lower, overlay.target, upper=overlay.upper, work=overlay.work,
                          options=overlay.options)
-
-
-def unmount_rootfs(path: str) -> None:
-    """Lazily unmount the bundle's rootfs if it is mounted (idempotent)."""
-    mounts.detach_stacked(path)
 
 
 # -- ExecSync through the runtime ---------------------------------------------------

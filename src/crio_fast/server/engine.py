@@ -151,7 +151,7 @@ class Engine:
             self.sandboxes.remove(record.id)
 
     async def remove_image(self, name: str) -> None:
-        """RemoveImage, refused while a container runs the image."""
+        """RemoveImage, refused while a container runs the image or mounts it as an image volume."""
         await self.images.remove(name, lambda record: self.containers.images_unused(record.id, name))
 
     async def close(self) -> None:
