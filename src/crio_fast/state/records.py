@@ -90,6 +90,8 @@ class ContainerRecord:
     cgroup_path: str = ""
     stop_signal: int = 15
     mounts: list[dict[str, Any]] = field(default_factory=list)
+    # The images mounted as image volumes, by ID, from the reservation on: RemoveImage refuses them.
+    volume_image_ids: list[str] = field(default_factory=list)
     # What an exec into the container runs as: env, uid, gid, gids, capability masks, no_new_privs.
     process: dict[str, Any] = field(default_factory=dict)
     list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
