@@ -60,7 +60,8 @@ class RuntimeServicer(ServicerBase):
             pb.RuntimeCondition(type="NetworkReady", status=ok, reason=reason, message=message)
             for ok, reason, message in [self.engine.network_condition()]
         ]
-        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
+        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
+                                     features=pb.RuntimeFeatures(**self.engine.runtime_features()))
         for name in self.engine.config.runtime_handler_names():
             response.runtime_handlers.add(name=name,
                                           features=pb.RuntimeHandlerFeatures(**self.engine.handler_features(name)))
