@@ -67,6 +67,9 @@ class PodRecord:
     ns_paths: dict[str, str] = field(default_factory=dict)
     log_directory: str = ""
     ips: list[str] = field(default_factory=list)  # from the CNI result, IPv4 first
+    # Torn down by a StopPodSandbox: network detached, monitor gone, mounts undone. A pod found not
+    # ready at start (its monitor died meanwhile) is not, until a stop does it.
+    stopped: bool = False
     list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
 
