@@ -32,7 +32,7 @@ from crio_fast.container.storage import ContainerStorage
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageInfo, ImageManager
 from crio_fast.runtime.exec_helper import exec_sync
-from crio_fast.runtime.monitor import MonitorError
+from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
@@ -40,6 +40,7 @@ from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
     CTR_RUNNING,
+    CTR_UNKNOWN,
     POD_READY,
     ContainerRecord,
     PodRecord,
@@ -365,14 +366,16 @@ class ContainerManager:
         except NotFound:
             return  # idempotent, as the CRI conformance suite checks: nothing left to stop
         self.reports.settle(record)
-        if record.state not in (CTR_CREATED, CTR_RUNNING):
+        if record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
             return
         pod = self.state.pods.get(record.pod_id)
         try:
             monitor = self.sandboxes.monitor(pod) if pod is not None else None
         except FailedPrecondition:
             monitor = None
-        if monitor is None:
+        if monitor is None or record.state == CTR_UNKNOWN:
+            # UNKNOWN: its monitor died. Its processes may live on (adopted by the node's init when
+            # no daemon ran): killed through its cgroup.
             self.reports.stop_orphaned(record)
             return
         if record.state == CTR_RUNNING and timeout > 0:
@@ -380,14 +383,25 @@ class ContainerManager:
                 monitor.kill(record.id, record.stop_signal)
             except MonitorError as exc:
                 log.info("container %s: stop signal: %s", record.id[:12], exc)
-            if self.reports.wait_exit(record, timeout):
+            if self._wait_exit(record, monitor, timeout):
                 return
         try:
             monitor.kill(record.id, signal.SIGKILL, all=True)
         except MonitorError as exc:
             log.info("container %s: SIGKILL: %s", record.id[:12], exc)
-        if not self.reports.wait_exit(record, KILL_WAIT_SECONDS):
+        if not self._wait_exit(record, monitor, KILL_WAIT_SECONDS):
             raise Internal(f"container {record.id} did not exit after SIGKILL")
+
+    def _wait_exit(self, record: ContainerRecord, monitor: PodMonitor, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the container's exit. A monitor that dies meanwhile (or was dying
+        when the stop began: its socket refused the kill) can report none: the container is then
+        stopped as an orphan."""
+        if self.reports.wait_exit(record, timeout, until=lambda: not monitor.alive()):
+            return True
+        if monitor.alive():
+            return False
+        self.reports.stop_orphaned(record)
+        return record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN)
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         for record in self.state.containers.values():

@@ -130,6 +130,12 @@ class Engine:
         handler = self.config.runtime.runtimes.get(name)
         return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler), "user_namespaces": False}
 
+    @staticmethod
+    def runtime_features() -> dict[str, bool]:
+        """What the runtime as a whole can do of what the kubelet asks about (RuntimeFeatures)."""
+        # Strict and Merge hold on every handler: the groups are decided here and carried in the plan.
+        return {"supplemental_groups_policy": True}
+
     def stop_pod(self, pod_id: str) -> None:
         """StopPodSandbox: the pod's containers, then the pod (its network, its monitor), under its lock."""
         record = self.state.pods.find(pod_id)

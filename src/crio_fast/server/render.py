@@ -38,6 +38,11 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         image_id=record.image_id, reason=record.reason, message=record.message, labels=config.labels,
         annotations=config.annotations, log_path=record.log_path,
     )
+    process = record.process
+    if "uid" in process:  # decided at create, with the rest of the plan
+        status.user.linux.uid = process["uid"]
+        status.user.linux.gid = process["gid"]
+        status.user.linux.supplemental_groups.extend(process["gids"])
     for m in record.mounts:
         mount = status.mounts.add(container_path=m["container_path"], host_path=m["host_path"],
                                   readonly=m["readonly"], propagation=m["propagation"],

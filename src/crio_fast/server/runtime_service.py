@@ -60,7 +60,8 @@ class RuntimeServicer(ServicerBase):
             pb.RuntimeCondition(type="NetworkReady", status=ok, reason=reason, message=message)
             for ok, reason, message in [self.engine.network_condition()]
         ]
-        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
+        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
+                                     features=pb.RuntimeFeatures(**self.engine.runtime_features()))
         default = self.engine.config.runtime.default_runtime
         # The default handler once more under the empty name, which is how CRI names it in requests.
         for listed, name in [("", default), *((n, n) for n in self.engine.config.runtime_handler_names())]:
