@@ -158,7 +158,7 @@ class Engine:
 
     async def remove_image(self, name: str) -> None:
         """RemoveImage, refused while a container runs the image or mounts it as an image volume."""
-        await self.images.remove(name, lambda record: self.containers.images_unused(record.id, name))
+        await self.images.remove(name, lambda record: self.containers.image_claims.unused(record.id, name))
 
     async def close(self) -> None:
         self.containers.abandon_pending()
