@@ -34,6 +34,7 @@ from crio_fast.cgroups.devices_bpf import DeviceFilterCache, container_rules
 from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
 from crio_fast.cgroups.layout import NAMED_PREFIX, CgroupLayout, Hierarchy, discover_layout
 from crio_fast.cgroups.resources import Resources, effective_swap_limit, plan_writes
+from crio_fast.errors import shown
 
 CONTAINER_PREFIX = "crio-fast-"
 MONITOR_CGROUP_NAME = "crio-fast-monitor"
@@ -42,6 +43,13 @@ DEFAULT_POD_PARENT = "/crio-fast"
 SYSTEMD_HIERARCHY = "systemd"
 CGROUPFS_DRIVER = "cgroupfs"
 SYSTEMD_DRIVER = "systemd"
+
+# Bounds of a pod's cgroup_parent: the kubelet's are three levels deep ("/kubepods/burstable/pod<uid>");
+# every level missing is made (and removed with the pod), and the deepest path plus a container's
+# directory and file names must stay within PATH_MAX.
+CGROUP_PARENT_DEPTH_MAX = 32
+CGROUP_PARENT_LENGTH_MAX = 1024
+CGROUP_NAME_MAX = 255
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _OOM_KILL_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
@@ -87,21 +95,28 @@ def parse_oom_kill_count(content: bytes | None) -> int:
 
 def normalize_cgroup_parent(cgroup_parent: str, driver: str = CGROUPFS_DRIVER) -> str:
     """Validate a CRI cgroup_parent for the cgroupfs driver and return it as ``/a/b/c``."""
+    if len(cgroup_parent) > CGROUP_PARENT_LENGTH_MAX:
+        raise CgroupValidationError(f"cgroup parent {shown(cgroup_parent)} is longer than "
+                                    f"{CGROUP_PARENT_LENGTH_MAX} characters")
     components = [c for c in cgroup_parent.split("/") if c]
     if components and components[-1].endswith(".slice") and driver == CGROUPFS_DRIVER:
         raise CgroupValidationError(
-            f"cgroup parent {cgroup_parent!r} is a systemd slice name, but the cgroup manager is "
+            f"cgroup parent {shown(cgroup_parent)} is a systemd slice name, but the cgroup manager is "
             f'"cgroupfs", which takes a cgroup path such as "/kubepods/burstable/pod<uid>"; '
             f'set cgroup_manager = "systemd" here and cgroupDriver: systemd in the kubelet to use slices, '
             f"or cgroupDriver: cgroupfs in the kubelet to keep this driver"
         )
     if not components:
         raise CgroupValidationError(
-            f"cgroup parent {cgroup_parent!r} names the root cgroup; pods need a cgroup below it"
+            f"cgroup parent {shown(cgroup_parent)} names the root cgroup; pods need a cgroup below it"
         )
+    if len(components) > CGROUP_PARENT_DEPTH_MAX:
+        raise CgroupValidationError(f"cgroup parent {shown(cgroup_parent)} is {len(components)} levels deep, "
+                                    f"more than {CGROUP_PARENT_DEPTH_MAX}")
     for component in components:
-        if component in (".", "..") or any(ch in component for ch in "\0\n"):
-            raise CgroupValidationError(f"cgroup parent {cgroup_parent!r} has an invalid component {component!r}")
+        if component in (".", "..") or any(ch in component for ch in "\0\n") or len(component) > CGROUP_NAME_MAX:
+            raise CgroupValidationError(
+                f"cgroup parent {shown(cgroup_parent)} has an invalid component {shown(component)}")
     return "/" + "/".join(components)
 
 

@@ -28,7 +28,8 @@ from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
-from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
+                              shown)
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.exec_helper import exec_sync
 from crio_fast.runtime.monitor import MonitorError
@@ -46,6 +47,7 @@ from crio_fast.state.records import (
     decode_pod_config,
     matches_filter,
 )
+from crio_fast.validation import check_container_config, check_exec_sync
 
 log = logging.getLogger("crio_fast.container")
 
@@ -82,7 +84,7 @@ class ContainerManager:
     def get(self, container_id: str) -> ContainerRecord:
         record = self.state.containers.find(container_id)
         if record is None:
-            raise NotFound(f"container {container_id!r} not found")
+            raise NotFound(f"container {shown(container_id)} not found")
         return self.refresh(record)
 
     def _emit(self, record: ContainerRecord, event_type: int) -> None:
@@ -102,6 +104,7 @@ class ContainerManager:
     # -- CreateContainer -------------------------------------------------------
 
     def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+        check_container_config(config)
         pod = self.sandboxes.get(pod_id)
         if pod.state != POD_READY:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
@@ -113,7 +116,7 @@ class ContainerManager:
         name = translate.container_name(config.metadata, pod_config.metadata)
         image = self.images.info(config.image.image)
         if image is None:
-            raise NotFound(f"image {config.image.image!r} not found: pull it first")
+            raise NotFound(f"image {shown(config.image.image)} not found: pull it first")
         with self._lock:
             for other in self.state.containers.values():
                 if other.name == name:
@@ -258,7 +261,7 @@ class ContainerManager:
         # when the monitor refuses the START.
         record = self.state.containers.find(container_id)
         if record is None:
-            raise NotFound(f"container {container_id!r} not found")
+            raise NotFound(f"container {shown(container_id)} not found")
         self._check_startable(record)
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
@@ -387,6 +390,7 @@ class ContainerManager:
     # -- ExecSync / logs -----------------------------------------------------
 
     def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
+        check_exec_sync(cmd, timeout)
         record = self.get(container_id)
         if record.state != CTR_RUNNING:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not running")

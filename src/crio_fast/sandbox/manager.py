@@ -26,10 +26,10 @@ from typing import Mapping
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
-from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
+from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, normalize_cgroup_parent
 from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
-from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
@@ -43,6 +43,7 @@ from crio_fast.state.records import (
     decode_pod_config,
     labels_match,
 )
+from crio_fast.validation import check_pod_config
 
 log = logging.getLogger("crio_fast.sandbox")
 
@@ -111,7 +112,7 @@ class SandboxManager:
     def get(self, pod_id: str) -> PodRecord:
         record = self.state.pods.find(pod_id)
         if record is None:
-            raise NotFound(f"pod sandbox {pod_id!r} not found")
+            raise NotFound(f"pod sandbox {shown(pod_id)} not found")
         return record
 
     def monitor(self, record: PodRecord, needs: int = 0) -> PodMonitor:
@@ -139,6 +140,7 @@ class SandboxManager:
     # -- RunPodSandbox ---------------------------------------------------------
 
     def validate(self, config: pb.PodSandboxConfig, handler: str) -> str:
+        check_pod_config(config)
         meta = config.metadata
         missing = [f for f in ("name", "namespace", "uid") if not getattr(meta, f)]
         if missing:
@@ -146,10 +148,15 @@ class SandboxManager:
         handler = handler or self.config.runtime.default_runtime
         if handler not in self.config.runtime.runtimes:
             raise InvalidArgument(
-                f"runtime handler {handler!r} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
+                f"runtime handler {shown(handler)} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
             )
         if config.hostname and not HOSTNAME_RE.match(config.hostname):
-            raise InvalidArgument(f"hostname {config.hostname!r} is not a valid DNS name")
+            raise InvalidArgument(f"hostname {shown(config.hostname)} is not a valid DNS name")
+        if config.linux.cgroup_parent.strip("/"):
+            try:
+                normalize_cgroup_parent(config.linux.cgroup_parent, self.cgroups.driver)
+            except CgroupError as exc:
+                raise InvalidArgument(f"pod cgroup: {exc}") from exc
         # Namespaced sysctls are applied in every container of the pod; others are refused here.
         pod_sysctls(config)
         return handler

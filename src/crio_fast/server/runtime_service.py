@@ -12,7 +12,7 @@ import json
 import grpc
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from crio_fast.errors import FailedPrecondition, ResourceExhausted
 from crio_fast.server import render
 from crio_fast.server.base import ServicerBase
 from crio_fast.server.engine import Engine
@@ -23,6 +23,7 @@ from crio_fast.server.stats_messages import (
     pod_metrics_message,
     pod_stats_message,
 )
+from crio_fast.validation import check_id
 
 RUNTIME_NAME = "crio-fast"
 RUNTIME_API_VERSION = "v1"
@@ -248,5 +249,4 @@ class RuntimeServicer(ServicerBase):
 
 
 def _require(value: str, field: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{field} is empty")
+    check_id(value, field)
