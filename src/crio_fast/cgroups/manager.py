@@ -70,7 +70,9 @@ class CgroupPaths:
     ``procs_files`` are the cgroup.procs files a process must be written into
     to be fully placed. ``oom_counter_file`` holds the ``oom_kill N`` counter
     (v1 memory.oom_control, v2 memory.events). ``created`` tells whether this
-    call made the cgroup (it did not exist in some hierarchy before).
+    call made the cgroup (it did not exist in some hierarchy before);
+    ``parents_made``, for a pod's cgroup, which of its ancestors it made
+    (paths like ``path``, the daemon's standing DEFAULT_POD_PARENT aside).
     """
 
     path: str
@@ -79,6 +81,7 @@ class CgroupPaths:
     procs_files: list[str]
     oom_counter_file: str | None
     created: bool = field(default=False, compare=False)
+    parents_made: list[str] = field(default_factory=list, compare=False)
 
     def pids(self) -> list[int]:
         """Processes in this cgroup (not its descendants) in any hierarchy, sorted."""
@@ -358,6 +361,8 @@ class CgroupManager:
                     new = tree.make_dirs(hierarchy.mount_point, level.path)
                     level_made[index] = level_made[index] or bool(new)
                     made.extend(new)
+                    if index == 0 and pod_first:
+                        self._note_parents_made(level, hierarchy.mount_point, new)
                 if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
                     v1.fill_cpusets(hierarchy.mount_point, deepest)
                     if pod_first:
@@ -373,6 +378,28 @@ class CgroupManager:
             self._undo(made)
             raise
         return level_made
+
+    @staticmethod
+    def _note_parents_made(pod: CgroupPaths, mount_point: str, made: list[str]) -> None:
+        prefix = mount_point.rstrip("/")
+        for directory in made:
+            relative = directory[len(prefix):]
+            if relative != pod.path and relative != DEFAULT_POD_PARENT and relative not in pod.parents_made:
+                pod.parents_made.append(relative)
+
+    def remove_parents(self, parents: list[str]) -> None:
+        """rmdir ancestors of a pod's cgroup that crio-fast made (``CgroupPaths.parents_made``), deepest first,
+        in every hierarchy. One that another pod still uses stays, and so do those above it."""
+        for parent in sorted(parents, key=lambda path: path.count("/"), reverse=True):
+            for directory in self.paths(parent).hierarchy_dirs.values():
+                try:
+                    os.rmdir(directory)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                        return
+                    raise CgroupError(f"rmdir {directory}: {exc.strerror}") from exc
 
     @staticmethod
     def _undo(made: list[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Mapping
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
-from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, normalize_cgroup_parent
+from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, CgroupPaths, normalize_cgroup_parent
 from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
@@ -225,6 +225,7 @@ class SandboxManager:
             try:
                 self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
+                record.cgroup_parents_made = self._cgroup_parents_made(record, pod_cg)
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
 
@@ -252,6 +253,15 @@ class SandboxManager:
         self.state.pods.save(record)
         log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
         return record.id
+
+    def _cgroup_parents_made(self, record: PodRecord, pod_cg: CgroupPaths) -> list[str]:
+        """The ancestors of the pod's cgroup that crio-fast made: by this creation, or for another pod
+        still here. Each pod that shares one removes it when it goes; the last one succeeds."""
+        made = set(pod_cg.parents_made)
+        for other in self.state.pods.values():
+            if other.id != record.id:
+                made.update(p for p in other.cgroup_parents_made if pod_cg.path.startswith(p + "/"))
+        return sorted(made)
 
     def _undo_run(self, record: PodRecord) -> None:
         with self._lock:
@@ -317,6 +327,7 @@ class SandboxManager:
             try:
                 if record.cgroup_created:
                     self.cgroups.remove(paths)
+                    self.cgroups.remove_parents(record.cgroup_parents_made)
                 else:
                     # The kubelet owns the pod cgroup: remove only what we made in it.
                     self.cgroups.remove(self.cgroups.paths(f"{record.cgroup_path}/{MONITOR_CGROUP_NAME}"))
