@@ -31,6 +31,7 @@ from crio_fast.container.storage import ContainerStorage
 from crio_fast.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                               shown)
 from crio_fast.image.manager import ImageManager
+from crio_fast.logs import prepare_log_file
 from crio_fast.runtime.exec_helper import exec_sync
 from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
@@ -162,10 +163,11 @@ class ContainerManager:
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
                                      () if external_runtime else self.files.writable_layer_dirs(record.id))
-        if pod.log_directory and config.log_path:
-            record.log_path = os.path.join(pod.log_directory, config.log_path)
-            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-        log_path = record.log_path or os.devnull
+        log_file = prepare_log_file(pod.log_directory, config.log_path)
+        if log_file is not None:
+            record.log_path = log_file.path
+        # The monitor opens the file beneath the pod's log directory.
+        log_path, log_dir = (log_file.relative, log_file.directory) if log_file is not None else (os.devnull, None)
 
         def check() -> translate.CheckedRequest:
             return translate.check_request(config, image_config, pod_config, runtime=self.config.runtime,
@@ -190,7 +192,7 @@ class ContainerManager:
                     plan, Path(record.bundle), handler, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
                     privileged=sc.privileged, seccomp=checked.seccomp,
                     device_rules=[d.cgroup_rule() for d in checked.devices])
-                pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call)
+                pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call, log_dir=log_dir)
             else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
@@ -212,7 +214,8 @@ class ContainerManager:
                     assert checked is not None
                     self._make_cgroup(checked.cgroup)
 
-                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
+                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup,
+                                               log_dir=log_dir)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)

@@ -30,6 +30,7 @@ from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, CgroupPaths, normalize
 from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
+from crio_fast.logs import make_log_directory
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
@@ -235,7 +236,7 @@ class SandboxManager:
             (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
             (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
             if record.log_directory:
-                os.makedirs(record.log_directory, exist_ok=True)
+                make_log_directory(record.log_directory)
 
         try:
             mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
