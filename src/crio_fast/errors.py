@@ -65,5 +65,9 @@ class ResourceExhausted(CrioError):
     """A limit on some resource is reached."""
 
 
+class Cancelled(CrioError):
+    """The call ended before the work did: the client cancelled it or its deadline passed."""
+
+
 class Internal(CrioError):
     """The daemon or the host failed in a way the client cannot fix."""

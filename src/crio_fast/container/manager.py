@@ -23,16 +23,15 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.config import Config
 from crio_fast.config.schema import RuntimeHandler
-from crio_fast.container import oci, security, translate
+from crio_fast.container import exec_sync, oci, security, translate
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
-from crio_fast.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
-                              shown)
+from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.image.manager import ImageManager
 from crio_fast.logs import prepare_log_file
-from crio_fast.runtime.exec_helper import exec_sync
+from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
@@ -246,16 +245,6 @@ class ContainerManager:
         handler = self.config.runtime.runtimes.get(pod.runtime_handler) if pod is not None else None
         return handler if handler is not None and handler.runtime_type == "oci" else None
 
-    def _oci_exec_sync(self, handler: RuntimeHandler, record: ContainerRecord, cmd: list[str], timeout: int,
-                       ) -> tuple[int, bytes, bytes]:
-        try:
-            return oci.exec_sync(handler, self.monitor_path, Path(record.bundle), record.id, cmd,
-                                 float(timeout) if timeout > 0 else 3600.0 * 24)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
-        except OSError as exc:
-            raise FailedPrecondition(f"exec in {record.id} with {handler.runtime_path}: {exc}") from exc
-
     # -- Start / Stop / Remove -------------------------------------------------
 
     def start(self, container_id: str) -> None:
@@ -392,27 +381,17 @@ class ContainerManager:
 
     # -- ExecSync / logs -----------------------------------------------------
 
-    def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: int,
+                  call: CallEnd | None = None) -> tuple[int, bytes, bytes]:
+        """Run ``cmd`` in the container, bounded (container/exec_sync.py): ``timeout`` seconds, 0 for as
+        long as ``call`` lasts."""
         check_exec_sync(cmd, timeout)
         record = self.get(container_id)
         if record.state != CTR_RUNNING:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not running")
-        if not cmd:
-            raise InvalidArgument("ExecSync: empty command")
-        handler = self._oci_handler(record.pod_id)
-        if handler is not None:
-            return self._oci_exec_sync(handler, record, cmd, timeout)
-        plan = self._exec_plan(record, cmd)
-        try:
-            result = exec_sync(self.monitor_path, plan, float(timeout) if timeout > 0 else 3600.0 * 24)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
-        except MonitorError as exc:
-            raise FailedPrecondition(f"exec in {record.id}: {exc}") from exc
-        stderr = result.stderr
-        if result.error:
-            stderr = stderr + (result.error + "\n").encode()
-        return result.exit_code, result.stdout, stderr
+        return exec_sync.run(record, cmd, timeout, call, handler=self._oci_handler(record.pod_id),
+                             monitor_path=self.monitor_path, native_plan=lambda: self._exec_plan(record, cmd),
+                             output_limit=self.config.runtime.exec_sync_output_max)
 
     def _exec_plan(self, record: ContainerRecord, cmd: list[str]) -> ExecPlan:
         digest = record.process.get("seccomp_digest")

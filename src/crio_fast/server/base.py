@@ -34,6 +34,7 @@ import grpc
 
 from crio_fast.api import api_pb2
 from crio_fast.errors import STATUS_MESSAGE_LIMIT, CrioError, cut
+from crio_fast.runtime.call_end import CallEnd
 from crio_fast.server.status import status_of
 
 log = logging.getLogger("crio_fast.server")
@@ -58,6 +59,18 @@ def _observe(service: str, name: str, started: float, code: grpc.StatusCode, err
             observer(service, name, code.name, time.perf_counter() - started, error_kind)
         except Exception:  # metrics must never fail a call
             log.exception("observing %s.%s", service, name)
+
+
+@contextlib.contextmanager
+def call_end(context: grpc.ServicerContext) -> Iterator[CallEnd]:
+    """The end of this call for the work it starts: its deadline, and word when the client cancels."""
+    end = CallEnd(context.time_remaining())
+    try:
+        if not context.add_callback(end.end):  # the call is over already
+            end.end()
+        yield end
+    finally:
+        end.close()
 
 
 def status_message(error: BaseException, prefix: str = "") -> str:

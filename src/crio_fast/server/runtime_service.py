@@ -14,7 +14,7 @@ import grpc
 from crio_fast.api import api_pb2 as pb
 from crio_fast.errors import FailedPrecondition, ResourceExhausted
 from crio_fast.server import render
-from crio_fast.server.base import ServicerBase
+from crio_fast.server.base import ServicerBase, call_end
 from crio_fast.server.engine import Engine
 from crio_fast.server.events import SubscriberOverflow
 from crio_fast.server.stats_messages import (
@@ -158,8 +158,9 @@ class RuntimeServicer(ServicerBase):
 
     def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
         _require(request.container_id, "container_id")
-        exit_code, stdout, stderr = self.engine.containers.exec_sync(
-            request.container_id, list(request.cmd), request.timeout)
+        with call_end(context) as end:  # the command goes when the call does
+            exit_code, stdout, stderr = self.engine.containers.exec_sync(
+                request.container_id, list(request.cmd), request.timeout, end)
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
     # -- streaming: the URL of the streaming server; the session runs there -----
