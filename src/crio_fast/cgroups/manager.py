@@ -335,6 +335,10 @@ class CgroupManager:
         freezer_dir = cgroup.dirs.get("freezer") if not self.layout.is_v2("freezer") else None
         v1.kill_processes(dirs, freezer_dir)
 
+    def populated(self, cgroup: CgroupPaths) -> bool:
+        """Whether a process is in the cgroup or a descendant, in any hierarchy (False once it is gone)."""
+        return any(tree.read_pids(tree.subtree(top)) for top in cgroup.hierarchy_dirs.values())
+
     def oom_kill_count(self, cgroup: CgroupPaths) -> int:
         """How many processes the kernel's OOM killer killed in this cgroup (0 if unknown)."""
         if cgroup.oom_counter_file is None:

@@ -177,11 +177,15 @@ class SandboxManager:
                 log_directory=config.log_directory,
             )
             self.state.pods.reserve(record)
-        try:
-            return self._run(record, config)
-        except BaseException:
-            self._undo_run(record)
-            raise
+        # Under the pod's lock: a stop of the pod while it starts (it is listed already) waits, then stops it.
+        with self.pod_lock(record.id):
+            try:
+                return self._run(record, config)
+            except BaseException:
+                self._undo_run(record)
+                with self._lock:
+                    self._pod_locks.pop(record.id, None)
+                raise
 
     def _run(self, record: PodRecord, config: pb.PodSandboxConfig) -> str:
         pod_dir = Path(record.pod_dir)
@@ -282,6 +286,10 @@ class SandboxManager:
         if record is None:
             return  # CRI: stopping what is gone succeeds
         with self.pod_lock(record.id):
+            if record.stopped:
+                # CRI: stopping what is stopped succeeds, and changes nothing; the kubelet repeats it.
+                # Its monitor's pid, long reaped, may be another process's now.
+                return
             if record.namespaces.get("net") == "new":
                 # While the monitor still holds the namespace, so plugins can clean inside it.
                 self.network.detach(
@@ -295,19 +303,19 @@ class SandboxManager:
                     mon = PodMonitor.attach(record.pod_dir)
                 except MonitorError:
                     mon = None
+            killed = mon is None or not mon.alive()
             if mon is not None:
                 try:
                     mon.shutdown()
                 except MonitorError as exc:
                     log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
-            else:
+            if killed:
                 reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
                 if record.namespaces.get("pid") == "new":
                     reap_dead_pod_inits()  # and so is its pod init, which died with it
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
-            if record.state != POD_NOTREADY:
-                record.state = POD_NOTREADY
-                self.state.pods.save(record)
+            record.state, record.stopped = POD_NOTREADY, True
+            self.state.pods.save(record)
 
     def remove(self, pod_id: str) -> None:
         """Remove a stopped pod (``stop``) whose containers are gone."""
