@@ -211,6 +211,7 @@ def check_container_config(config: pb.ContainerConfig) -> None:
     for index, mount in enumerate(config.mounts):
         check_path(mount.container_path, f"mounts[{index}].container_path", absolute=True, required=True)
         check_path(mount.host_path, f"mounts[{index}].host_path", absolute=True)
+        check_text(mount.image_sub_path, f"mounts[{index}].image_sub_path", PATH_MAX - 1)
     for index, device in enumerate(config.devices):
         check_path(device.container_path, f"devices[{index}].container_path", absolute=True)
         check_path(device.host_path, f"devices[{index}].host_path", absolute=True)
