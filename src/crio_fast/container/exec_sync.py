@@ -31,18 +31,19 @@ def run(record: ContainerRecord, cmd: list[str], timeout: int, call: CallEnd | N
     command_timeout = float(timeout) if timeout > 0 else None
     try:
         if handler is not None:
-            try:
-                result = oci.exec_sync(handler, monitor_path, Path(record.bundle), record.id, cmd, command_timeout,
-                                       call=call, output_limit=output_limit)
-            except OSError as exc:
-                raise FailedPrecondition(f"exec in {record.id} with {handler.runtime_path}: {exc}") from exc
+            result = oci.exec_sync(handler, monitor_path, Path(record.bundle), record.id, cmd, command_timeout,
+                                   call=call, output_limit=output_limit)
         else:
             result = exec_helper.exec_sync(monitor_path, native_plan(), command_timeout, call=call,
                                            output_limit=output_limit)
-    except TimeoutError as exc:
+    except TimeoutError as exc:  # an OSError too: before the runtime's failures
         raise DeadlineExceeded(f"command {shown(cmd[0])} timed out after {timeout}s") from exc
     except MonitorError as exc:
         raise FailedPrecondition(f"exec in {record.id}: {exc}") from exc
+    except OSError as exc:
+        if handler is None:
+            raise  # the daemon's own exec helper failed to start: a bug or a broken install
+        raise FailedPrecondition(f"exec in {record.id} with {handler.runtime_path}: {exc}") from exc
     stderr = result.stderr
     if result.error:
         stderr += (result.error + "\n").encode()
