@@ -136,6 +136,14 @@ def _our_cgroups() -> list[str]:
     return sorted(path for root in cgroups.hierarchy_roots() for path in _listing(root / CGROUP_TOP))
 
 
+# Node settings a refused request might have reached: those the bad requests name, and the host's names.
+HOST_SYSCTLS = ("vm.swappiness", "net.ipv4.ip_forward", "kernel.hostname", "kernel.domainname")
+
+
+def _host_sysctls() -> dict[str, str]:
+    return {name: Path("/proc/sys", *name.split(".")).read_text() for name in HOST_SYSCTLS}
+
+
 def state_of(d: Daemon, outside: Path) -> dict[str, object]:
     """What a refused request must not change."""
     runtime = d.client.runtime
@@ -148,6 +156,7 @@ def state_of(d: Daemon, outside: Path) -> dict[str, object]:
         "logs": _listing(d.dirs.log_dir),
         "cni results": _listing(d.dirs.runroot / "cni"),
         "cgroups": _our_cgroups(),
+        "host sysctls": _host_sysctls(),
         "outside": {name: (outside / name).read_bytes() if (outside / name).is_file() else None
                     for name in _listing(outside)},
     }
@@ -304,6 +313,13 @@ def _mount(container_path: str = "/mnt", host_path: Callable[[Path], str] | str 
     return change
 
 
+def _image_volume(sub_path: str) -> Callable[[api.ContainerConfig, Path], None]:
+    def change(config: api.ContainerConfig, outside: Path) -> None:
+        config.mounts.add(container_path="/image", image=api.ImageSpec(image=config.image.image),
+                          image_sub_path=sub_path, readonly=True)
+    return change
+
+
 def _device(container_path: str, host_path: str) -> Callable[[api.ContainerConfig, Path], None]:
     def change(config: api.ContainerConfig, outside: Path) -> None:
         config.devices.add(container_path=container_path, host_path=host_path, permissions="rwm")
@@ -360,6 +376,9 @@ BAD_CONTAINERS = {
     "mount host_path with a NUL byte": _mount(host_path="/tmp\0x"),
     "relative mount host_path": _mount(host_path="tmp"),
     "mount host_path that does not exist": _mount(host_path=lambda outside: str(outside / "missing")),
+    "image volume sub path with a NUL byte": _image_volume("bin\0x"),
+    "image volume sub path longer than PATH_MAX": _image_volume("s" * 5000),
+    "image volume sub path out of the image": _image_volume("../../.."),
     "device path with a NUL byte": _device("/dev/x\0", "/dev/null"),
     "masked path with a NUL byte": _ctr_list("linux.security_context.masked_paths", "/proc/kcore\0"),
     "relative masked path": _ctr_list("linux.security_context.masked_paths", "proc/kcore"),
