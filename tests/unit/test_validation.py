@@ -115,10 +115,11 @@ def test_dns_entries_that_would_break_resolv_conf(field: str, values: list[str])
     lambda c: setattr(c.linux.resources, "oom_score_adj", 1001),
     lambda c: c.linux.resources.unified.__setitem__("memory.max", "1\0"),
     lambda c: setattr(c, "log_path", "/abs.log"),
+    lambda c: c.mounts.add(container_path="/iv", image=pb.ImageSpec(image="busybox"), image_sub_path="s" * 5000),
 ], ids=["NUL in command", "argument past MAX_ARG_STRLEN", "relative working_dir", "env key with =",
         "empty env key", "relative host_path", "no container_path", "NUL in a device path", "relative masked path",
         "uid 2^32", "negative gid", "group (gid_t)-1", "oom_score_adj 1001", "NUL in a map value",
-        "absolute log_path"])
+        "absolute log_path", "image volume sub path past PATH_MAX"])
 def test_bad_container_configs(change):
     config = container()
     change(config)
@@ -144,7 +145,8 @@ def test_log_paths_kept_inside():
         check_log_path(log_path)
 
 
-@pytest.mark.parametrize(("cmd", "timeout"), [(["a\0"], 1), (["true"], -1), (["true"], 2**31), (["true"], 2**63 - 1)])
+@pytest.mark.parametrize(("cmd", "timeout"), [(["a\0"], 1), (["true"], -1), (["true"], 2**31), (["true"], 2**63 - 1),
+                                             ([], 1)])
 def test_bad_exec_sync(cmd: list[str], timeout: int):
     with pytest.raises(InvalidArgument):
         check_exec_sync(cmd, timeout)
