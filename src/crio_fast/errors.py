@@ -8,6 +8,26 @@ serving).
 
 from __future__ import annotations
 
+# How much of a value from a request an error message quotes: enough to recognise it, never so much that
+# the status outgrows gRPC's metadata limit (a client then sees RESOURCE_EXHAUSTED, not the error).
+ECHO_LIMIT = 256
+# The whole status message, in UTF-8 bytes: percent-encoded on the wire it stays far below gRPC's 8 KiB.
+STATUS_MESSAGE_LIMIT = 1024
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes, saying how much was left out."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    kept = encoded[:limit].decode("utf-8", "ignore")
+    return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes)"
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A value from a request as an error message quotes it: its repr, cut to ``limit``."""
+    return cut(repr(value), limit)
+
 
 class CrioError(Exception):
     """Base of errors a CRI client should see verbatim; of no more specific kind, UNKNOWN."""
@@ -43,6 +63,10 @@ class Unavailable(CrioError):
 
 class ResourceExhausted(CrioError):
     """A limit on some resource is reached."""
+
+
+class Cancelled(CrioError):
+    """The call ended before the work did: the client cancelled it or its deadline passed."""
 
 
 class Internal(CrioError):

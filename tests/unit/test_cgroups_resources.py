@@ -285,7 +285,8 @@ def test_slice_parent_rejected_with_cgroupfs():
         normalize_cgroup_parent("/kubepods.slice/kubepods-burstable.slice/")
 
 
-@pytest.mark.parametrize("parent", ["/", "", "/kubepods/../etc", "/a/./b", "/a/b\nc"])
+@pytest.mark.parametrize("parent", ["/", "", "/kubepods/../etc", "/a/./b", "/a/b\nc", "/l" * 33, "/" + "c" * 256,
+                                    "/a" + "/" * 1100 + "b"])
 def test_invalid_parents(parent):
     with pytest.raises(CgroupValidationError):
         normalize_cgroup_parent(parent)
@@ -293,6 +294,7 @@ def test_invalid_parents(parent):
 
 def test_parent_normalized():
     assert normalize_cgroup_parent("kubepods//burstable/pod1/") == "/kubepods/burstable/pod1"
+    assert normalize_cgroup_parent("/l" * 32) == "/l" * 32
 
 
 def test_systemd_driver_not_implemented():

@@ -704,7 +704,7 @@ def test_render_comments_every_key(tmp_path: Path) -> None:
     text = render_config(config)
     pairs = _keys_and_the_line_above(text)
     # Every key of every table is present (7 sections' keys plus 3 runtimes' keys) and has a comment right above.
-    assert len(pairs) == 6 + 10 + 27 + 10 + 4 + 5 + 1 + 3 * 9
+    assert len(pairs) == 6 + 10 + 28 + 10 + 4 + 5 + 1 + 3 * 9
     for key, above in pairs:
         assert above.startswith("# "), f"{key} has no comment above it"
     assert "no pause" in text.lower()

@@ -109,3 +109,27 @@ def test_a_handler_aborts_with_the_errors_status_and_message(error: CrioError, s
     with pytest.raises(_Aborted):
         handler(SimpleNamespace(), None, context)
     assert (context.code, context.details) == (status, str(error))
+
+
+@pytest.mark.parametrize("error", [errors.InvalidArgument("hostname " + "x" * (1 << 20) + " is too long"),
+                                   ValueError("é" * (1 << 20))], ids=["domain error", "bug"])
+def test_a_huge_message_is_cut_to_fit_the_status(error: Exception):
+    """Past gRPC's metadata limit the client would see RESOURCE_EXHAUSTED instead of the error."""
+    def fail(self, request, context):
+        raise error
+
+    handler = base._wrap_unary("RuntimeService", "RunPodSandbox", fail, on_loop=False)
+    context = _Context()
+    with pytest.raises(_Aborted):
+        handler(SimpleNamespace(), None, context)
+    assert len(context.details.encode()) <= errors.STATUS_MESSAGE_LIMIT + 40
+    assert context.details.endswith("more bytes)")
+
+
+def test_cut_keeps_short_text_and_whole_characters():
+    assert errors.cut("short") == "short"
+    assert errors.cut("a" * 300) == "a" * 256 + "... (44 more bytes)"
+    cut = errors.cut("é" * 200, 255)  # two bytes each: the character across the limit is left out whole
+    assert cut == "é" * 127 + "... (146 more bytes)"
+    assert errors.shown("x\0y") == "'x\\x00y'"
+    assert len(errors.shown("z" * 10_000)) < 300

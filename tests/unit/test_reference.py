@@ -72,6 +72,9 @@ INVALID = [
     ("a/b..c", "may hold only"),
     ("with space", "whitespace"),
     ("h.io/" + "a" * 260, "longer than 255"),
+    ("localhost:99999/x", "port from 1 to 65535"),
+    ("localhost:0/x", "port from 1 to 65535"),
+    ("x" * (1 << 20), "longer than 1024"),
 ]
 
 
@@ -122,3 +125,13 @@ def test_digest_helpers():
     assert is_digest(SHA)
     for bad in ("sha256:" + "a" * 63, "sha512:" + "a" * 64, "sha1:" + "a" * 40, "a" * 64, "sha256:" + "g" * 64, ""):
         assert not is_digest(bad), bad
+
+
+def test_a_registry_port_in_range_is_kept():
+    assert parse_reference("localhost:65535/x").registry == "localhost:65535"
+
+
+def test_a_huge_reference_is_quoted_cut_short():
+    with pytest.raises(InvalidReference) as info:
+        parse_reference("x" * (1 << 20))
+    assert len(str(info.value)) < 400

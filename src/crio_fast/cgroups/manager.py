@@ -34,6 +34,7 @@ from crio_fast.cgroups.devices_bpf import DeviceFilterCache, container_rules
 from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
 from crio_fast.cgroups.layout import NAMED_PREFIX, CgroupLayout, Hierarchy, discover_layout
 from crio_fast.cgroups.resources import Resources, effective_swap_limit, plan_writes
+from crio_fast.errors import shown
 
 CONTAINER_PREFIX = "crio-fast-"
 MONITOR_CGROUP_NAME = "crio-fast-monitor"
@@ -42,6 +43,13 @@ DEFAULT_POD_PARENT = "/crio-fast"
 SYSTEMD_HIERARCHY = "systemd"
 CGROUPFS_DRIVER = "cgroupfs"
 SYSTEMD_DRIVER = "systemd"
+
+# Bounds of a pod's cgroup_parent: the kubelet's are three levels deep ("/kubepods/burstable/pod<uid>");
+# every level missing is made (and removed with the pod), and the deepest path plus a container's
+# directory and file names must stay within PATH_MAX.
+CGROUP_PARENT_DEPTH_MAX = 32
+CGROUP_PARENT_LENGTH_MAX = 1024
+CGROUP_NAME_MAX = 255
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _OOM_KILL_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
@@ -62,7 +70,9 @@ class CgroupPaths:
     ``procs_files`` are the cgroup.procs files a process must be written into
     to be fully placed. ``oom_counter_file`` holds the ``oom_kill N`` counter
     (v1 memory.oom_control, v2 memory.events). ``created`` tells whether this
-    call made the cgroup (it did not exist in some hierarchy before).
+    call made the cgroup (it did not exist in some hierarchy before);
+    ``parents_made``, for a pod's cgroup, which of its ancestors it made
+    (paths like ``path``, the daemon's standing DEFAULT_POD_PARENT aside).
     """
 
     path: str
@@ -71,6 +81,7 @@ class CgroupPaths:
     procs_files: list[str]
     oom_counter_file: str | None
     created: bool = field(default=False, compare=False)
+    parents_made: list[str] = field(default_factory=list, compare=False)
 
     def pids(self) -> list[int]:
         """Processes in this cgroup (not its descendants) in any hierarchy, sorted."""
@@ -87,21 +98,28 @@ def parse_oom_kill_count(content: bytes | None) -> int:
 
 def normalize_cgroup_parent(cgroup_parent: str, driver: str = CGROUPFS_DRIVER) -> str:
     """Validate a CRI cgroup_parent for the cgroupfs driver and return it as ``/a/b/c``."""
+    if len(cgroup_parent) > CGROUP_PARENT_LENGTH_MAX:
+        raise CgroupValidationError(f"cgroup parent {shown(cgroup_parent)} is longer than "
+                                    f"{CGROUP_PARENT_LENGTH_MAX} characters")
     components = [c for c in cgroup_parent.split("/") if c]
     if components and components[-1].endswith(".slice") and driver == CGROUPFS_DRIVER:
         raise CgroupValidationError(
-            f"cgroup parent {cgroup_parent!r} is a systemd slice name, but the cgroup manager is "
+            f"cgroup parent {shown(cgroup_parent)} is a systemd slice name, but the cgroup manager is "
             f'"cgroupfs", which takes a cgroup path such as "/kubepods/burstable/pod<uid>"; '
             f'set cgroup_manager = "systemd" here and cgroupDriver: systemd in the kubelet to use slices, '
             f"or cgroupDriver: cgroupfs in the kubelet to keep this driver"
         )
     if not components:
         raise CgroupValidationError(
-            f"cgroup parent {cgroup_parent!r} names the root cgroup; pods need a cgroup below it"
+            f"cgroup parent {shown(cgroup_parent)} names the root cgroup; pods need a cgroup below it"
         )
+    if len(components) > CGROUP_PARENT_DEPTH_MAX:
+        raise CgroupValidationError(f"cgroup parent {shown(cgroup_parent)} is {len(components)} levels deep, "
+                                    f"more than {CGROUP_PARENT_DEPTH_MAX}")
     for component in components:
-        if component in (".", "..") or any(ch in component for ch in "\0\n"):
-            raise CgroupValidationError(f"cgroup parent {cgroup_parent!r} has an invalid component {component!r}")
+        if component in (".", "..") or any(ch in component for ch in "\0\n") or len(component) > CGROUP_NAME_MAX:
+            raise CgroupValidationError(
+                f"cgroup parent {shown(cgroup_parent)} has an invalid component {shown(component)}")
     return "/" + "/".join(components)
 
 
@@ -347,6 +365,8 @@ class CgroupManager:
                     new = tree.make_dirs(hierarchy.mount_point, level.path)
                     level_made[index] = level_made[index] or bool(new)
                     made.extend(new)
+                    if index == 0 and pod_first:
+                        self._note_parents_made(level, hierarchy.mount_point, new)
                 if hierarchy.version == 1 and "cpuset" in hierarchy.controllers:
                     v1.fill_cpusets(hierarchy.mount_point, deepest)
                     if pod_first:
@@ -362,6 +382,28 @@ class CgroupManager:
             self._undo(made)
             raise
         return level_made
+
+    @staticmethod
+    def _note_parents_made(pod: CgroupPaths, mount_point: str, made: list[str]) -> None:
+        prefix = mount_point.rstrip("/")
+        for directory in made:
+            relative = directory[len(prefix):]
+            if relative != pod.path and relative != DEFAULT_POD_PARENT and relative not in pod.parents_made:
+                pod.parents_made.append(relative)
+
+    def remove_parents(self, parents: list[str]) -> None:
+        """rmdir ancestors of a pod's cgroup that crio-fast made (``CgroupPaths.parents_made``), deepest first,
+        in every hierarchy. One that another pod still uses stays, and so do those above it."""
+        for parent in sorted(parents, key=lambda path: path.count("/"), reverse=True):
+            for directory in self.paths(parent).hierarchy_dirs.values():
+                try:
+                    os.rmdir(directory)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                        return
+                    raise CgroupError(f"rmdir {directory}: {exc.strerror}") from exc
 
     @staticmethod
     def _undo(made: list[str]) -> None:

@@ -13,6 +13,8 @@ import signal
 from crio_fast._native._cgroupfs import read_files
 from crio_fast.cgroups.errors import CgroupError
 
+_WALK_ATTEMPTS = 5
+
 
 def levels(mount_point: str, relative_path: str) -> list[str]:
     """The directories from the hierarchy root down to the cgroup, root included."""
@@ -42,14 +44,22 @@ def make_dirs(mount_point: str, relative_path: str) -> list[str]:
     except OSError as e:
         raise CgroupError(f"mkdir {leaf}: {e.strerror}") from e
     created = []
-    for directory in levels(mount_point, relative_path)[1:]:
+    # An ancestor another pod made may be removed with that pod while this walk is under way: walk again.
+    for attempt in range(_WALK_ATTEMPTS):
         try:
-            os.mkdir(directory)
-            created.append(directory)
-        except FileExistsError:
-            _require_directory(directory)
+            for directory in levels(mount_point, relative_path)[1:]:
+                try:
+                    os.mkdir(directory)
+                    if directory not in created:
+                        created.append(directory)
+                except FileExistsError:
+                    _require_directory(directory)
+            return created
+        except FileNotFoundError as e:
+            if attempt + 1 == _WALK_ATTEMPTS:
+                raise CgroupError(f"mkdir {e.filename}: {e.strerror}") from e
         except OSError as e:
-            raise CgroupError(f"mkdir {directory}: {e.strerror}") from e
+            raise CgroupError(f"mkdir {e.filename}: {e.strerror}") from e
     return created
 
 

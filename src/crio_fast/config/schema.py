@@ -270,6 +270,12 @@ class RuntimeSection:
         "Seconds to wait for a container to stop after SIGTERM before it is killed, when the request gives no timeout.",
         at_least(0),
     )
+    exec_sync_output_max: int = setting(
+        16 << 20,
+        "Bytes of stdout, and of stderr, an ExecSync reply carries; what a command writes beyond is read and"
+        " dropped, and the reply's stderr says how much.",
+        at_least(0),
+    )
     drop_infra_ctr: bool = setting(
         True, "Informational: crio-fast never runs an infra (pause) container, whatever this says."
     )

@@ -15,7 +15,7 @@ from typing import Iterator, Mapping
 from crio_fast.api import api_pb2 as pb
 from crio_fast.container import image_volumes
 from crio_fast.container.storage import ContainerStorage
-from crio_fast.errors import FailedPrecondition, NotFound
+from crio_fast.errors import FailedPrecondition, NotFound, shown
 from crio_fast.image.manager import ImageInfo, ImageManager
 from crio_fast.state.records import ContainerRecord, StateStore
 
@@ -35,13 +35,14 @@ class ImageClaims:
         with self._lock:
             image = self.images.info(config.image.image)
             if image is None:
-                raise NotFound(f"image {config.image.image!r} not found: pull it first")
+                raise NotFound(f"image {shown(config.image.image)} not found: pull it first")
             yield image, {index: self._volume_image(config.mounts[index]) for index in volume_indexes}
 
     def _volume_image(self, m: pb.Mount) -> ImageInfo:
         info = self.images.info(m.image.image)
         if info is None:
-            raise NotFound(f"image {m.image.image!r} of the image volume at {m.container_path} not found: pull it first")
+            raise NotFound(f"image {shown(m.image.image)} of the image volume at {shown(m.container_path)} not found: "
+                           "pull it first")
         return info
 
     def layer_dirs(self, image: ImageInfo) -> list[Path]:
@@ -58,7 +59,8 @@ class ImageClaims:
             try:
                 root = self.files.mount_image_volume(record.id, index, self.layer_dirs(info))
             except OSError as exc:
-                raise FailedPrecondition(f"image volume {m.container_path} of image {m.image.image}: {exc}") from exc
+                raise FailedPrecondition(f"image volume {shown(m.container_path)} of image {shown(m.image.image)}: "
+                                         f"{exc}") from exc
             volumes[index] = image_volumes.volume(m, info.record.id, root)
         return volumes
 

@@ -14,7 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from crio_fast.errors import InvalidArgument
+from crio_fast.errors import InvalidArgument, shown
 
 
 def find_in_layers(layer_dirs: list[Path], relative: str) -> Path | None:
@@ -106,7 +106,7 @@ def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int]
     else:
         match = next((e for e in entries if e[0] == user), None)
         if match is None:
-            raise InvalidArgument(f"user {user!r} is not in the image's /etc/passwd")
+            raise InvalidArgument(f"user {shown(user)} is not in the image's /etc/passwd")
         name, uid, gid = match
     if group:
         if group.isdigit():
@@ -114,7 +114,7 @@ def resolve_user(spec: str, layer_dirs: list[Path]) -> tuple[int, int, list[int]
         else:
             g = next((e for e in group_entries if e[0] == group), None)
             if g is None:
-                raise InvalidArgument(f"group {group!r} is not in the image's /etc/group")
+                raise InvalidArgument(f"group {shown(group)} is not in the image's /etc/group")
             gid = g[1]
     extra = sorted({g[1] for g in group_entries if name and name in g[2] and g[1] != gid})
     return uid, gid, extra, name

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import InvalidArgument
+from crio_fast.errors import InvalidArgument, shown
 from crio_fast.runtime import mounts
 from crio_fast.runtime.plan import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 
@@ -55,14 +55,14 @@ def requested(mounts_: Sequence[pb.Mount]) -> list[int]:
     for index, m in enumerate(mounts_):
         if not m.image.image:
             if m.image_sub_path:
-                raise InvalidArgument(f"mount {m.container_path}: image_sub_path {m.image_sub_path!r} "
+                raise InvalidArgument(f"mount {m.container_path}: image_sub_path {shown(m.image_sub_path)} "
                                       "without an image")
             continue
         if m.host_path:
-            raise InvalidArgument(f"mount {m.container_path}: image {m.image.image!r} and host_path "
-                                  f"{m.host_path!r} given; an image volume has no host path")
+            raise InvalidArgument(f"mount {m.container_path}: image {shown(m.image.image)} and host_path "
+                                  f"{shown(m.host_path)} given; an image volume has no host path")
         if m.image_sub_path.startswith("/"):
-            raise InvalidArgument(f"image volume {m.container_path}: image_sub_path {m.image_sub_path!r} "
+            raise InvalidArgument(f"image volume {m.container_path}: image_sub_path {shown(m.image_sub_path)} "
                                   "must be relative to the image's root")
         wanted.append(index)
     return wanted
@@ -122,7 +122,7 @@ def volume(m: pb.Mount, image_id: str, root: Path) -> ImageVolume:
     try:
         inside = resolve_sub_path(str(root), m.image_sub_path)
     except ValueError as exc:
-        raise InvalidArgument(f"image volume {m.container_path}: image_sub_path {m.image_sub_path!r} of image "
+        raise InvalidArgument(f"image volume {m.container_path}: image_sub_path {shown(m.image_sub_path)} of image "
                               f"{m.image.image}: {exc}") from None
     return ImageVolume(container_path=m.container_path, image=m.image.image, image_id=image_id,
                        sub_path=m.image_sub_path, source=str(root / inside) if inside else str(root))

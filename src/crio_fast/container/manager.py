@@ -23,15 +23,16 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.config import Config
 from crio_fast.config.schema import RuntimeHandler
-from crio_fast.container import oci, security, translate
+from crio_fast.container import exec_sync, oci, security, translate
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.image_claims import ImageClaims
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
-from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.image.manager import ImageInfo, ImageManager
-from crio_fast.runtime.exec_helper import exec_sync
+from crio_fast.logs import prepare_log_file
+from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
@@ -48,6 +49,7 @@ from crio_fast.state.records import (
     decode_pod_config,
     matches_filter,
 )
+from crio_fast.validation import check_container_config, check_exec_sync
 
 log = logging.getLogger("crio_fast.container")
 
@@ -85,7 +87,7 @@ class ContainerManager:
     def get(self, container_id: str) -> ContainerRecord:
         record = self.state.containers.find(container_id)
         if record is None:
-            raise NotFound(f"container {container_id!r} not found")
+            raise NotFound(f"container {shown(container_id)} not found")
         return self.refresh(record)
 
     def _emit(self, record: ContainerRecord, event_type: int) -> None:
@@ -105,6 +107,7 @@ class ContainerManager:
     # -- CreateContainer -------------------------------------------------------
 
     def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+        check_container_config(config)
         pod = self.sandboxes.get(pod_id)
         if pod.state != POD_READY:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
@@ -164,10 +167,11 @@ class ContainerManager:
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
                                      () if external_runtime else self.files.writable_layer_dirs(record.id))
-        if pod.log_directory and config.log_path:
-            record.log_path = os.path.join(pod.log_directory, config.log_path)
-            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-        log_path = record.log_path or os.devnull
+        log_file = prepare_log_file(pod.log_directory, config.log_path)
+        if log_file is not None:
+            record.log_path = log_file.path
+        # The monitor opens the file beneath the pod's log directory.
+        log_path, log_dir = (log_file.relative, log_file.directory) if log_file is not None else (os.devnull, None)
 
         def check() -> translate.CheckedRequest:
             return translate.check_request(config, image_config, pod_config, runtime=self.config.runtime,
@@ -192,7 +196,7 @@ class ContainerManager:
                     plan, Path(record.bundle), handler, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
                     privileged=sc.privileged, seccomp=checked.seccomp,
                     device_rules=[d.cgroup_rule() for d in checked.devices])
-                pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call)
+                pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call, log_dir=log_dir)
             else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
@@ -214,7 +218,8 @@ class ContainerManager:
                     assert checked is not None
                     self._make_cgroup(checked.cgroup)
 
-                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
+                pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup,
+                                               log_dir=log_dir)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)
@@ -245,16 +250,6 @@ class ContainerManager:
         handler = self.config.runtime.runtimes.get(pod.runtime_handler) if pod is not None else None
         return handler if handler is not None and handler.runtime_type == "oci" else None
 
-    def _oci_exec_sync(self, handler: RuntimeHandler, record: ContainerRecord, cmd: list[str], timeout: int,
-                       ) -> tuple[int, bytes, bytes]:
-        try:
-            return oci.exec_sync(handler, self.monitor_path, Path(record.bundle), record.id, cmd,
-                                 float(timeout) if timeout > 0 else 3600.0 * 24)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
-        except OSError as exc:
-            raise FailedPrecondition(f"exec in {record.id} with {handler.runtime_path}: {exc}") from exc
-
     # -- Start / Stop / Remove -------------------------------------------------
 
     def start(self, container_id: str) -> None:
@@ -263,7 +258,7 @@ class ContainerManager:
         # when the monitor refuses the START.
         record = self.state.containers.find(container_id)
         if record is None:
-            raise NotFound(f"container {container_id!r} not found")
+            raise NotFound(f"container {shown(container_id)} not found")
         self._check_startable(record)
         pod = self.sandboxes.get(record.pod_id)
         monitor = self.sandboxes.monitor(pod)
@@ -404,26 +399,17 @@ class ContainerManager:
 
     # -- ExecSync / logs -----------------------------------------------------
 
-    def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: int,
+                  call: CallEnd | None = None) -> tuple[int, bytes, bytes]:
+        """Run ``cmd`` in the container, bounded (container/exec_sync.py): ``timeout`` seconds, 0 for as
+        long as ``call`` lasts."""
+        check_exec_sync(cmd, timeout)
         record = self.get(container_id)
         if record.state != CTR_RUNNING:
             raise FailedPrecondition(f"container {record.id} is {record.state}, not running")
-        if not cmd:
-            raise InvalidArgument("ExecSync: empty command")
-        handler = self._oci_handler(record.pod_id)
-        if handler is not None:
-            return self._oci_exec_sync(handler, record, cmd, timeout)
-        plan = self._exec_plan(record, cmd)
-        try:
-            result = exec_sync(self.monitor_path, plan, float(timeout) if timeout > 0 else 3600.0 * 24)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout}s") from exc
-        except MonitorError as exc:
-            raise FailedPrecondition(f"exec in {record.id}: {exc}") from exc
-        stderr = result.stderr
-        if result.error:
-            stderr = stderr + (result.error + "\n").encode()
-        return result.exit_code, result.stdout, stderr
+        return exec_sync.run(record, cmd, timeout, call, handler=self._oci_handler(record.pod_id),
+                             monitor_path=self.monitor_path, native_plan=lambda: self._exec_plan(record, cmd),
+                             output_limit=self.config.runtime.exec_sync_output_max)
 
     def _exec_plan(self, record: ContainerRecord, cmd: list[str]) -> ExecPlan:
         digest = record.process.get("seccomp_digest")

@@ -50,9 +50,12 @@ from typing import Any, Sequence
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
 from crio_fast import sysctls as sysctl_names
-from crio_fast.errors import FailedPrecondition
+from crio_fast.errors import FailedPrecondition, cut
 from crio_fast.runtime import mounts
 from crio_fast.runtime import wire
+from crio_fast.runtime.call_end import CallEnd
+from crio_fast.runtime.capture import CappedOutput
+from crio_fast.runtime.exec_helper import DEFAULT_OUTPUT_LIMIT, ExecResult
 from crio_fast.runtime.monitor import OciRuntimeCall
 from crio_fast.runtime.plan import (
     CAPABILITIES,
@@ -387,9 +390,12 @@ def recursive_readonly_supported(handler: RuntimeHandler | None) -> bool:
 
 
 def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, container_id: str, argv: Sequence[str],
-              timeout: float) -> tuple[int, bytes, bytes]:
+              timeout: float | None, *, call: CallEnd | None = None,
+              output_limit: int = DEFAULT_OUTPUT_LIMIT) -> ExecResult:
     """Run ``argv`` in the container with ``RUNTIME exec --process``: the container's own process settings
-    (user, capabilities, env, cwd, rlimits) with other args. Raises TimeoutError after killing the command."""
+    (user, capabilities, env, cwd, rlimits) with other args. Of stdout and stderr the first ``output_limit``
+    bytes each are kept, the rest read and dropped. When ``timeout`` seconds pass (None: never) or ``call``
+    ends first, the command and what it started are killed, and TimeoutError or the call's end is raised."""
     spec = json.loads((bundle / CONFIG_NAME).read_text())
     process = dict(spec["process"], args=list(argv), terminal=False)
     token = secrets.token_hex(8)
@@ -398,23 +404,31 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
     process_file.write_text(json.dumps(process))
     command = runtime_command(handler, monitor_path, "exec", "--process", str(process_file),
                               "--pid-file", str(pid_file), container_id)
+    deadline = call.limit(timeout) if call is not None else (
+        None if timeout is None else time.monotonic() + timeout)
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout = CappedOutput(proc.stdout.fileno(), output_limit)
+        stderr = CappedOutput(proc.stderr.fileno(), output_limit)
         try:
-            stdout, stderr = _output_until_exit(proc, timeout)
-        except subprocess.TimeoutExpired:
-            # Killing the runtime would leave the command running in the container: kill the command.
-            _kill_exec_command(proc, pid_file)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise TimeoutError(f"{argv[0]!r} did not finish within {timeout:g}s") from None
+            if not _output_until_exit(proc, (stdout, stderr), deadline, call):
+                # Killing the runtime would leave the command running in the container: kill the command.
+                _kill_exec_command(proc, pid_file)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if call is not None and call.ended:
+                    call.raise_ended(f"exec {cut(' '.join(argv))}")
+                raise TimeoutError(f"{cut(argv[0])!r} did not finish within {timeout:g}s")
+            return ExecResult(exit_code=proc.returncode, stdout=stdout.take(), stderr=stderr.take(),
+                              stdout_dropped=stdout.dropped, stderr_dropped=stderr.dropped)
         finally:
+            stdout.close()
+            stderr.close()
             proc.stdout.close()  # a background process of the command may still hold the other ends
             proc.stderr.close()
-        return proc.returncode, stdout, stderr
     finally:
         for leftover in (process_file, pid_file):
             try:
@@ -424,66 +438,59 @@ def exec_sync(handler: RuntimeHandler, monitor_path: str, bundle: Path, containe
 
 
 def _kill_exec_command(runtime: subprocess.Popen, pid_file: Path, patience: float = 5.0) -> None:
-    """SIGKILL the command of ``RUNTIME exec``, named by its pid file. The runtime writes that file
-    once the command runs, which on a slow node can come after a short timeout: wait for it while the
-    runtime lives."""
+    """SIGKILL the command of ``RUNTIME exec``, named by its pid file, and its process group (the runtime
+    starts it in a session of its own: what it starts goes too). The runtime writes that file once the
+    command runs, which on a slow node can come after a short timeout: wait for it while the runtime lives."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-            return
+            pid = int(pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):  # not written yet, or half written
             if runtime.poll() is not None or time.monotonic() > deadline:
                 return
             time.sleep(0.01)
-        except OSError:
-            return  # it ended by itself
+            continue
+        for target in (-pid, pid):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except OSError:
+                pass  # no such group (not a session of its own), or it ended by itself
+        return
 
 
-def _output_until_exit(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
-    """(stdout, stderr) of ``proc`` up to its exit, as the native ExecSync gives them.
+def _output_until_exit(proc: subprocess.Popen, outputs: tuple[CappedOutput, ...], deadline: float | None,
+                       call: CallEnd | None) -> bool:
+    """Read ``outputs`` of ``proc`` up to its exit, as the native ExecSync does; False, with ``proc`` still
+    running, once ``deadline`` (time.monotonic(); None: none) has passed or ``call`` has ended.
 
     Not up to end of file: a command that leaves a background process behind (``sleep 100 &``) leaves it
     holding the pipes, and ExecSync must still return when the command itself is done. What is in the
-    pipes when it exits is drained. Raises subprocess.TimeoutExpired when it runs past ``timeout``."""
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    pipes when it exits is drained."""
     pidfd = os.pidfd_open(proc.pid)
-    deadline = time.monotonic() + timeout
     try:
         with selectors.DefaultSelector() as selector:
-            for fd in chunks:
-                os.set_blocking(fd, False)
-                selector.register(fd, selectors.EVENT_READ)
+            for output in outputs:
+                os.set_blocking(output.fd, False)
+                selector.register(output.fd, selectors.EVENT_READ, output)
             selector.register(pidfd, selectors.EVENT_READ)
+            if call is not None:
+                selector.register(call.fileno(), selectors.EVENT_READ)
             exited = False
             while not exited:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise subprocess.TimeoutExpired(proc.args, timeout)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or (call is not None and call.ended):
+                    return False
                 for key, _ in selector.select(remaining):
                     if key.fd == pidfd:
                         exited = True
-                    elif not _read_available(key.fd, chunks[key.fd]):
+                    elif key.data is not None and not key.data.read_available():
                         selector.unregister(key.fd)
-            for fd, parts in chunks.items():  # what the command wrote before it exited
-                _read_available(fd, parts)
+            for output in outputs:  # what the command wrote before it exited
+                output.read_available()
     finally:
         os.close(pidfd)
     proc.wait()
-    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd])
-
-
-def _read_available(fd: int, parts: list[bytes]) -> bool:
-    """Append what can be read from non-blocking ``fd`` now; False once it reached end of file."""
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        parts.append(data)
+    return True
 
 
 def delete_leftover_state(handler: RuntimeHandler, monitor_path: str, container_id: str) -> None:

@@ -15,7 +15,7 @@ import os
 from typing import Callable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.errors import FailedPrecondition, InvalidArgument, shown
 from crio_fast.runtime.plan import Namespace
 from crio_fast.state.records import CTR_RUNNING, ContainerRecord, PodRecord
 
@@ -41,7 +41,7 @@ def _target_pid_namespace(target_id: str, pod: PodRecord,
         raise InvalidArgument("pid namespace mode TARGET needs namespace_options.target_id")
     target = find_container(target_id)
     if target.pod_id != pod.id:
-        raise InvalidArgument(f"pid namespace target {target_id!r} is a container of another pod sandbox")
+        raise InvalidArgument(f"pid namespace target {shown(target_id)} is a container of another pod sandbox")
     if target.state != CTR_RUNNING or target.pid <= 0:
         raise FailedPrecondition(f"pid namespace target {target.id} is {target.state}, not running")
     path = f"/proc/{target.pid}/ns/pid"

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.container.image_files import resolve_user
-from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.errors import FailedPrecondition, InvalidArgument, shown
 from crio_fast.runtime.plan import CAPABILITIES, DEFAULT_DEVICES, Capabilities, MountOp, Rlimit
 
 # -- Capabilities ---------------------------------------------------------------
@@ -217,13 +217,13 @@ def _device_node(host_path: str, container_path: str, permissions: str) -> Devic
     try:
         st = os.stat(host_path)
     except OSError as exc:
-        raise InvalidArgument(f"device {host_path!r}: {os.strerror(exc.errno or 0)}") from exc
+        raise InvalidArgument(f"device {shown(host_path)}: {os.strerror(exc.errno or 0)}") from exc
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
         kind = "b"
     else:
-        raise InvalidArgument(f"device {host_path!r} is not a character or block device")
+        raise InvalidArgument(f"device {shown(host_path)} is not a character or block device")
     return DeviceNode(container_path, host_path, kind, os.major(st.st_rdev), os.minor(st.st_rdev),
                       stat.S_IMODE(st.st_mode), permissions)
 
@@ -233,9 +233,9 @@ def requested_devices(devices: Sequence[pb.Device]) -> list[DeviceNode]:
     for d in devices:
         permissions = d.permissions or "rwm"
         if not set(permissions) <= set("rwm"):
-            raise InvalidArgument(f"device {d.host_path!r}: permissions {permissions!r} must be made of r, w, m")
+            raise InvalidArgument(f"device {shown(d.host_path)}: permissions {shown(permissions)} must be made of r, w, m")
         if not os.path.isabs(d.container_path or ""):
-            raise InvalidArgument(f"device {d.host_path!r}: container_path {d.container_path!r} must be absolute")
+            raise InvalidArgument(f"device {shown(d.host_path)}: container_path {shown(d.container_path)} must be absolute")
         nodes.append(_device_node(d.host_path, d.container_path, permissions))
     return nodes
 
@@ -502,7 +502,7 @@ def requested_seccomp(context: Any) -> pb.SecurityProfile | None:
     if legacy.startswith("localhost/"):
         return pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
                                   localhost_ref=legacy.removeprefix("localhost"))
-    raise InvalidArgument(f"seccomp_profile_path {legacy!r}: expected runtime/default, unconfined or localhost/<path>")
+    raise InvalidArgument(f"seccomp_profile_path {shown(legacy)}: expected runtime/default, unconfined or localhost/<path>")
 
 
 BUILTIN_SECCOMP = "builtin"  # seccomp_choice: the built-in RuntimeDefault profile
@@ -566,7 +566,7 @@ def _runtime_default_program() -> bytes:
 
 def _load_profile(path: str) -> dict[str, Any]:
     if not path or not os.path.isabs(path):
-        raise InvalidArgument(f"seccomp localhost profile {path!r} must be an absolute path")
+        raise InvalidArgument(f"seccomp localhost profile {shown(path)} must be an absolute path")
     try:
         with open(path) as f:
             return json.load(f)

@@ -22,7 +22,7 @@ from crio_fast.config.schema import RuntimeSection
 from crio_fast.container import security
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.image_volumes import BIND_FLAGS as IMAGE_VOLUME_FLAGS, ImageVolume
-from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.errors import FailedPrecondition, InvalidArgument, shown
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -136,12 +136,12 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
     for kv in config.envs:
         # CRI carries env values as bytes (they may be binary); NUL cannot be in an environment.
         if b"\0" in kv.value:
-            raise InvalidArgument(f"env {kv.key!r}: value contains a NUL byte")
+            raise InvalidArgument(f"env {shown(kv.key)}: value contains a NUL byte")
     for m in config.mounts:
         if not m.container_path or not os.path.isabs(m.container_path):
-            raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+            raise InvalidArgument(f"mount container_path {shown(m.container_path)} must be absolute")
         if not m.image.image and not os.path.exists(m.host_path):  # an image volume has none (image_volumes)
-            raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
+            raise InvalidArgument(f"mount host_path {shown(m.host_path)} does not exist")
         if m.recursive_read_only:
             if not (m.readonly or m.image.image):  # an image volume is read-only whatever the request says
                 raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs readonly")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from crio_fast.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from crio_fast.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable, shown
 from crio_fast.image.auth import AuthFileError, Credentials, load_auth_file
 from crio_fast.image.ingest import LayerIngest, LayerVerificationError
 from crio_fast.image.reference import ImageReference, InvalidReference, parse_reference
@@ -198,9 +198,9 @@ class ImageManager:
         try:
             candidates = registries.candidates(name)
         except InvalidReference as exc:
-            raise InvalidArgument(f"invalid image name {name!r}: {exc}") from exc
+            raise InvalidArgument(f"invalid image name {shown(name)}: {exc}") from exc
         if not candidates:
-            raise InvalidArgument(f"short name {name!r} has no alias and no unqualified-search-registries are configured")
+            raise InvalidArgument(f"short name {shown(name)} has no alias and no unqualified-search-registries are configured")
 
         # A digest reference already present needs no network at all.
         for ref in candidates:

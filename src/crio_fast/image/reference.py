@@ -22,17 +22,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from crio_fast.errors import shown
+
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
 # docker's historical spellings of Docker Hub, normalized to DEFAULT_REGISTRY.
 _LEGACY_DEFAULT_REGISTRIES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _OFFICIAL_NAMESPACE = "library"
 MAX_NAME_LENGTH = 255
+# Longer than any name, tag and digest together: refused before it is parsed.
+MAX_REFERENCE_LENGTH = 1024
 
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[[a-fA-F0-9:]+\]"
 _HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})"
-_DOMAIN_RE = re.compile(rf"{_HOST}(?::[0-9]+)?")
+_DOMAIN_RE = re.compile(rf"{_HOST}(?::(?P<port>[0-9]+))?")
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
@@ -51,14 +55,14 @@ def parse_digest(digest: str) -> tuple[str, str]:
     """Split "sha256:<hex>" into ("sha256", "<hex>"), validating algorithm and length."""
     algorithm, sep, hex_part = digest.partition(":")
     if not sep:
-        raise InvalidReference(f"invalid digest {digest!r}: expected ALGORITHM:HEX")
+        raise InvalidReference(f"invalid digest {shown(digest)}: expected ALGORITHM:HEX")
     expected_length = DIGEST_HEX_LENGTHS.get(algorithm)
     if expected_length is None:
         supported = ", ".join(sorted(DIGEST_HEX_LENGTHS))
-        raise InvalidReference(f"invalid digest {digest!r}: unsupported algorithm {algorithm!r} (supported: {supported})")
+        raise InvalidReference(f"invalid digest {shown(digest)}: unsupported algorithm {shown(algorithm)} (supported: {supported})")
     if len(hex_part) != expected_length or not _DIGEST_HEX_RE.fullmatch(hex_part):
         raise InvalidReference(
-            f"invalid digest {digest!r}: {algorithm} needs {expected_length} lower-case hex characters"
+            f"invalid digest {shown(digest)}: {algorithm} needs {expected_length} lower-case hex characters"
         )
     return algorithm, hex_part
 
@@ -120,15 +124,15 @@ class ImageReference:
 
     def with_registry(self, registry: str, repository: str | None = None) -> "ImageReference":
         """The same tag/digest under another registry (and optionally another repository path)."""
-        if not _DOMAIN_RE.fullmatch(registry):
-            raise InvalidReference(f"invalid registry {registry!r}")
+        if not _valid_domain(registry):
+            raise InvalidReference(f"invalid registry {shown(registry)}")
         new_repository = self.repository if repository is None else repository
         _check_path(new_repository, f"{registry}/{new_repository}")
         return replace(self, registry=registry, repository=new_repository)
 
     def with_tag(self, tag: str | None) -> "ImageReference":
         if tag is not None and not _TAG_RE.fullmatch(tag):
-            raise InvalidReference(f"invalid tag {tag!r}")
+            raise InvalidReference(f"invalid tag {shown(tag)}")
         return replace(self, tag=tag)
 
     def with_digest(self, digest: str | None) -> "ImageReference":
@@ -147,12 +151,12 @@ def _split_domain(name: str) -> tuple[str | None, str]:
 
 def _check_path(path: str, whole: str) -> None:
     if not path:
-        raise InvalidReference(f"invalid reference {whole!r}: repository name is empty")
+        raise InvalidReference(f"invalid reference {shown(whole)}: repository name is empty")
     if not _PATH_RE.fullmatch(path):
         if _PATH_RE.fullmatch(path.lower()):
-            raise InvalidReference(f"invalid reference {whole!r}: repository name must be lowercase")
+            raise InvalidReference(f"invalid reference {shown(whole)}: repository name must be lowercase")
         raise InvalidReference(
-            f"invalid reference {whole!r}: repository {path!r} may hold only [a-z0-9] separated by '.', '_', '__', '-' or '/'"
+            f"invalid reference {shown(whole)}: repository {shown(path)} may hold only [a-z0-9] separated by '.', '_', '__', '-' or '/'"
         )
 
 
@@ -160,8 +164,10 @@ def _split_reference(text: str) -> tuple[str, str | None, str | None]:
     """(name, tag, digest) of a reference string, each part still unvalidated."""
     if not text:
         raise InvalidReference("invalid reference: empty string")
+    if len(text) > MAX_REFERENCE_LENGTH:
+        raise InvalidReference(f"invalid reference {shown(text)}: longer than {MAX_REFERENCE_LENGTH} characters")
     if any(c.isspace() for c in text):
-        raise InvalidReference(f"invalid reference {text!r}: contains whitespace")
+        raise InvalidReference(f"invalid reference {shown(text)}: contains whitespace")
     name_and_tag, at, digest = text.partition("@")
     if at:
         parse_digest(digest)
@@ -174,7 +180,7 @@ def _split_reference(text: str) -> tuple[str, str | None, str | None]:
         name, tag = name_and_tag[:colon], name_and_tag[colon + 1 :]
         if not _TAG_RE.fullmatch(tag):
             raise InvalidReference(
-                f"invalid reference {text!r}: tag {tag!r} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+                f"invalid reference {shown(text)}: tag {shown(tag)} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
             )
     return name, tag, digest if at else None
 
@@ -190,7 +196,12 @@ def is_valid_tag(tag: str) -> bool:
 
 def is_valid_registry(text: str) -> bool:
     """True for host[:port] as a reference's registry part (DNS name, IPv4 or [IPv6])."""
-    return _DOMAIN_RE.fullmatch(text) is not None
+    return _valid_domain(text)
+
+
+def _valid_domain(text: str) -> bool:
+    match = _DOMAIN_RE.fullmatch(text)
+    return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
 
 
 def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> ImageReference:
@@ -202,21 +213,22 @@ def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> ImageRe
     name, tag, digest = _split_reference(text)
     if _ANCHORED_HEX_ID.fullmatch(name):
         raise InvalidReference(
-            f"invalid reference {text!r}: a 64-character hex string is an image ID, not a repository name"
+            f"invalid reference {shown(text)}: a 64-character hex string is an image ID, not a repository name"
         )
     registry, path = _split_domain(name)
     if registry is None:
         registry = DEFAULT_REGISTRY
     else:
-        if not _DOMAIN_RE.fullmatch(registry):
-            raise InvalidReference(f"invalid reference {text!r}: invalid registry {registry!r}")
+        if not _valid_domain(registry):
+            raise InvalidReference(f"invalid reference {shown(text)}: invalid registry {shown(registry)}"
+                                   " (a host name or address, and a port from 1 to 65535)")
         if registry in _LEGACY_DEFAULT_REGISTRIES:
             registry = DEFAULT_REGISTRY
     _check_path(path, text)
     if registry == DEFAULT_REGISTRY and "/" not in path:
         path = f"{_OFFICIAL_NAMESPACE}/{path}"
     if len(registry) + 1 + len(path) > MAX_NAME_LENGTH:
-        raise InvalidReference(f"invalid reference {text!r}: name longer than {MAX_NAME_LENGTH} characters")
+        raise InvalidReference(f"invalid reference {shown(text)}: name longer than {MAX_NAME_LENGTH} characters")
     if tag is None and digest is None:
         tag = default_tag
     return ImageReference(registry=registry, repository=path, tag=tag, digest=digest)
@@ -234,7 +246,7 @@ def split_short_name(text: str) -> tuple[str, str | None, str | None]:
     name, tag, digest = _split_reference(text)
     registry, path = _split_domain(name)
     if registry is not None:
-        raise InvalidReference(f"{text!r} is not a short name: it names the registry {registry!r}")
+        raise InvalidReference(f"{shown(text)} is not a short name: it names the registry {shown(registry)}")
     _check_path(path, text)
     return path, tag, digest
 

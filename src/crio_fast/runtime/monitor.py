@@ -243,7 +243,8 @@ class PodMonitor:
     # ------------------------------------------------------------- requests
 
     def create(self, container_id: str, plan: LaunchPlan, log_path: str,
-               oci: OciRuntimeCall | None = None, meanwhile: Callable[[], None] | None = None) -> CreateResult:
+               oci: OciRuntimeCall | None = None, meanwhile: Callable[[], None] | None = None,
+               log_dir: str | None = None) -> CreateResult:
         """CREATE a container; with ``oci`` the monitor runs ``RUNTIME create`` on the bundle instead of
         carrying out the plan itself (it then uses only the plan's stdio, log and cgroup fields).
 
@@ -251,14 +252,16 @@ class PodMonitor:
         clones, joins the pod's namespaces and mounts the rootfs; the child joins the plan's cgroups
         only after it returns (a pipe passed with the request is the gate), so that is where the
         daemon makes them. If it raises, the child gives up, the reply is awaited and the exception
-        propagates.
+        propagates. With ``log_dir``, ``log_path`` is relative to it and the monitor opens the file
+        beneath it (openat2 RESOLVE_BENEATH), at CREATE and at every reopen_log.
         """
-        return self.begin_create(container_id, plan, log_path, oci=oci, meanwhile=meanwhile).result()
+        return self.begin_create(container_id, plan, log_path, oci=oci, meanwhile=meanwhile, log_dir=log_dir).result()
 
     def begin_create(self, container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                      oci: OciRuntimeCall | None = None,
                      meanwhile: Callable[[], None] | None = None,
-                     rest: Callable[[], Iterable[bytes]] | None = None) -> "PendingCreate":
+                     rest: Callable[[], Iterable[bytes]] | None = None,
+                     log_dir: str | None = None) -> "PendingCreate":
         """``create`` without waiting for the reply: the request goes out on a connection of its own,
         ``meanwhile`` runs and the gate opens as in ``create``, and the reply (the child ready, or why
         its set-up failed) is read later through the returned ``PendingCreate``. If ``meanwhile``
@@ -275,6 +278,8 @@ class PodMonitor:
         if rest is not None and meanwhile is None:
             raise ValueError("the rest of a plan follows through the gate: it needs a meanwhile step")
         w = self._create_fields(container_id, plan, log_path, oci)
+        if log_dir is not None:
+            w.string(wire.FIELD_LOG_DIR, log_dir)
         if rest is not None:
             w.boolean(wire.FIELD_PLAN_FOLLOWS, True)
         if meanwhile is None:

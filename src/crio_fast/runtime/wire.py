@@ -195,14 +195,16 @@ FIELD_STDIN = 24  # u32 bool; ATTACH request: this attacher sends input; reply: 
 FIELD_TTY = 25  # u32 bool; ATTACH reply: the container has a terminal
 FIELD_PLAN_FOLLOWS = 26  # u32 bool; CREATE: the plan is its head, the rest follows through the gate
 FIELD_FEATURES = 27  # u32, PING reply: MONITOR_FEATURE_ bits
+FIELD_LOG_DIR = 28  # string; CREATE: the log path is relative to it and opened beneath it
 
 # What a monitor can do beyond protocol 1 (FIELD_FEATURES). A monitor outlives the daemon that
 # started it; a change to what a monitor must understand adds a bit here, and the daemon refuses
 # requests that need it in a pod whose monitor lacks it (sandbox/manager.py, SandboxManager.monitor).
 MONITOR_FEATURE_PLAN_FOLLOWS = 1  # CREATE may send the plan's head, the rest following through the gate
 MONITOR_FEATURE_APPARMOR = 2  # plans may carry PLAN_APPARMOR_PROFILE
+MONITOR_FEATURE_LOG_DIR = 4  # CREATE may carry FIELD_LOG_DIR
 # Every bit: what this build's monitor reports, and what this daemon's CREATE relies on.
-MONITOR_FEATURES = MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR
+MONITOR_FEATURES = MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR
 
 
 def feature_names(bits: int) -> list[str]:

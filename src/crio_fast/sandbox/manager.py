@@ -26,10 +26,11 @@ from typing import Mapping
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
-from crio_fast.cgroups.manager import DEFAULT_POD_PARENT
+from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, CgroupPaths, normalize_cgroup_parent
 from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
-from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
+from crio_fast.logs import make_log_directory
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
@@ -43,6 +44,7 @@ from crio_fast.state.records import (
     decode_pod_config,
     labels_match,
 )
+from crio_fast.validation import check_pod_config
 
 log = logging.getLogger("crio_fast.sandbox")
 
@@ -111,7 +113,7 @@ class SandboxManager:
     def get(self, pod_id: str) -> PodRecord:
         record = self.state.pods.find(pod_id)
         if record is None:
-            raise NotFound(f"pod sandbox {pod_id!r} not found")
+            raise NotFound(f"pod sandbox {shown(pod_id)} not found")
         return record
 
     def monitor(self, record: PodRecord, needs: int = 0) -> PodMonitor:
@@ -139,6 +141,7 @@ class SandboxManager:
     # -- RunPodSandbox ---------------------------------------------------------
 
     def validate(self, config: pb.PodSandboxConfig, handler: str) -> str:
+        check_pod_config(config)
         meta = config.metadata
         missing = [f for f in ("name", "namespace", "uid") if not getattr(meta, f)]
         if missing:
@@ -146,10 +149,15 @@ class SandboxManager:
         handler = handler or self.config.runtime.default_runtime
         if handler not in self.config.runtime.runtimes:
             raise InvalidArgument(
-                f"runtime handler {handler!r} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
+                f"runtime handler {shown(handler)} is not configured; configured: {', '.join(self.config.runtime_handler_names())}"
             )
         if config.hostname and not HOSTNAME_RE.match(config.hostname):
-            raise InvalidArgument(f"hostname {config.hostname!r} is not a valid DNS name")
+            raise InvalidArgument(f"hostname {shown(config.hostname)} is not a valid DNS name")
+        if config.linux.cgroup_parent.strip("/"):
+            try:
+                normalize_cgroup_parent(config.linux.cgroup_parent, self.cgroups.driver)
+            except CgroupError as exc:
+                raise InvalidArgument(f"pod cgroup: {exc}") from exc
         # Namespaced sysctls are applied in every container of the pod; others are refused here.
         pod_sysctls(config)
         return handler
@@ -222,6 +230,7 @@ class SandboxManager:
             try:
                 self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
+                record.cgroup_parents_made = self._cgroup_parents_made(record, pod_cg)
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
 
@@ -231,7 +240,7 @@ class SandboxManager:
             (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
             (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
             if record.log_directory:
-                os.makedirs(record.log_directory, exist_ok=True)
+                make_log_directory(record.log_directory)
 
         try:
             mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
@@ -249,6 +258,15 @@ class SandboxManager:
         self.state.pods.save(record)
         log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
         return record.id
+
+    def _cgroup_parents_made(self, record: PodRecord, pod_cg: CgroupPaths) -> list[str]:
+        """The ancestors of the pod's cgroup that crio-fast made: by this creation, or for another pod
+        still here. Each pod that shares one removes it when it goes; the last one succeeds."""
+        made = set(pod_cg.parents_made)
+        for other in self.state.pods.values():
+            if other.id != record.id:
+                made.update(p for p in other.cgroup_parents_made if pod_cg.path.startswith(p + "/"))
+        return sorted(made)
 
     def _undo_run(self, record: PodRecord) -> None:
         with self._lock:
@@ -318,6 +336,7 @@ class SandboxManager:
             try:
                 if record.cgroup_created:
                     self.cgroups.remove(paths)
+                    self.cgroups.remove_parents(record.cgroup_parents_made)
                 else:
                     # The kubelet owns the pod cgroup: remove only what we made in it.
                     self.cgroups.remove(self.cgroups.paths(f"{record.cgroup_path}/{MONITOR_CGROUP_NAME}"))

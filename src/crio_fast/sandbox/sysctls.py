@@ -7,7 +7,7 @@ from typing import Sequence
 
 from crio_fast import sysctls as sysctl_names
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import InvalidArgument
+from crio_fast.errors import InvalidArgument, shown
 
 
 def classify_sysctl(name: str, own_network: bool, own_ipc: bool = True) -> str:
@@ -17,13 +17,13 @@ def classify_sysctl(name: str, own_network: bool, own_ipc: bool = True) -> str:
     namespace = sysctl_names.namespace_of(name)
     if namespace == sysctl_names.IPC:
         if not own_ipc:
-            raise InvalidArgument(f"sysctl {name!r}: the pod shares the host IPC namespace")
+            raise InvalidArgument(f"sysctl {shown(name)}: the pod shares the host IPC namespace")
         return namespace
     if namespace == sysctl_names.NET:
         if not own_network:
-            raise InvalidArgument(f"sysctl {name!r}: the pod uses the host network namespace")
+            raise InvalidArgument(f"sysctl {shown(name)}: the pod uses the host network namespace")
         return namespace
-    raise InvalidArgument(f"sysctl {name!r} is not namespaced: it would change the whole node")
+    raise InvalidArgument(f"sysctl {shown(name)} is not namespaced: it would change the whole node")
 
 
 def pod_sysctls(config: pb.PodSandboxConfig, defaults: Sequence[str] = ()) -> dict[str, str]:
@@ -38,7 +38,7 @@ def pod_sysctls(config: pb.PodSandboxConfig, defaults: Sequence[str] = ()) -> di
     for name, value in config.linux.sysctls.items():
         classify_sysctl(name, own_net, own_ipc)
         if "\0" in value or "\n" in value:
-            raise InvalidArgument(f"sysctl {name!r}: value contains a NUL or newline")
+            raise InvalidArgument(f"sysctl {shown(name)}: value contains a NUL or newline")
         result[sysctl_names.dotted(name)] = value
     if not defaults:
         return result

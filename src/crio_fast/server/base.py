@@ -33,7 +33,8 @@ from typing import Any, Callable, Coroutine, Iterator
 import grpc
 
 from crio_fast.api import api_pb2
-from crio_fast.errors import CrioError
+from crio_fast.errors import STATUS_MESSAGE_LIMIT, CrioError, cut
+from crio_fast.runtime.call_end import CallEnd
 from crio_fast.server.status import status_of
 
 log = logging.getLogger("crio_fast.server")
@@ -60,6 +61,24 @@ def _observe(service: str, name: str, started: float, code: grpc.StatusCode, err
             log.exception("observing %s.%s", service, name)
 
 
+@contextlib.contextmanager
+def call_end(context: grpc.ServicerContext) -> Iterator[CallEnd]:
+    """The end of this call for the work it starts: its deadline, and word when the client cancels."""
+    end = CallEnd(context.time_remaining())
+    try:
+        if not context.add_callback(end.end):  # the call is over already
+            end.end()
+        yield end
+    finally:
+        end.close()
+
+
+def status_message(error: BaseException, prefix: str = "") -> str:
+    """The status message an error reaches the client with: cut, so that an error quoting a huge request
+    field still fits in gRPC's metadata (past it the client sees RESOURCE_EXHAUSTED, not the error)."""
+    return cut(prefix + str(error), STATUS_MESSAGE_LIMIT)
+
+
 def _wrap_unary(service: str, name: str, fn: Callable, on_loop: bool) -> Callable:
     @functools.wraps(fn)
     def handler(self: "ServicerBase", request, context: grpc.ServicerContext):
@@ -70,8 +89,8 @@ def _wrap_unary(service: str, name: str, fn: Callable, on_loop: bool) -> Callabl
             else:
                 response = fn(self, request, context)
         except CrioError as exc:
-            code, message = status_of(exc), str(exc)
-            log.info("%s.%s: %s: %s", service, name, code.name, exc)
+            code, message = status_of(exc), status_message(exc)
+            log.info("%s.%s: %s: %s", service, name, code.name, message)
             _observe(service, name, started, code, type(exc).__name__)
         except concurrent.futures.CancelledError:
             _observe(service, name, started, grpc.StatusCode.CANCELLED, "Cancelled")
@@ -79,7 +98,7 @@ def _wrap_unary(service: str, name: str, fn: Callable, on_loop: bool) -> Callabl
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("%s.%s failed", service, name)
             _observe(service, name, started, grpc.StatusCode.INTERNAL, "Internal")
-            code, message = grpc.StatusCode.INTERNAL, f"{service}.{name}: internal error: {exc}"
+            code, message = grpc.StatusCode.INTERNAL, status_message(exc, f"{service}.{name}: internal error: ")
         else:
             _observe(service, name, started, grpc.StatusCode.OK, None)
             return response
@@ -105,12 +124,12 @@ def _wrap_stream(service: str, name: str, fn: Callable) -> Callable:
                     return
                 yield item
         except CrioError as exc:
-            code, message = status_of(exc), str(exc)
+            code, message = status_of(exc), status_message(exc)
         except concurrent.futures.CancelledError:
             return  # the client went away or the server is stopping
         except Exception as exc:
             log.exception("%s.%s failed", service, name)
-            code, message = grpc.StatusCode.INTERNAL, f"{service}.{name}: internal error: {exc}"
+            code, message = grpc.StatusCode.INTERNAL, status_message(exc, f"{service}.{name}: internal error: ")
         finally:
             # Runs the generator's own clean-up (its finally blocks) on the loop, if it still runs.
             with contextlib.suppress(RuntimeError):

@@ -51,6 +51,7 @@ RELOADABLE_KEYS = frozenset(
         "runtime.pids_limit",
         "runtime.log_size_max",
         "runtime.ctr_stop_timeout",
+        "runtime.exec_sync_output_max",
         "image.registries_conf",
         "image.global_auth_file",
         "image.signature_policy",

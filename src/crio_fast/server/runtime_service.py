@@ -12,9 +12,9 @@ import json
 import grpc
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from crio_fast.errors import FailedPrecondition, ResourceExhausted
 from crio_fast.server import render
-from crio_fast.server.base import ServicerBase
+from crio_fast.server.base import ServicerBase, call_end
 from crio_fast.server.engine import Engine
 from crio_fast.server.events import SubscriberOverflow
 from crio_fast.server.stats_messages import (
@@ -23,6 +23,7 @@ from crio_fast.server.stats_messages import (
     pod_metrics_message,
     pod_stats_message,
 )
+from crio_fast.validation import check_id
 
 RUNTIME_NAME = "crio-fast"
 RUNTIME_API_VERSION = "v1"
@@ -160,8 +161,9 @@ class RuntimeServicer(ServicerBase):
 
     def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
         _require(request.container_id, "container_id")
-        exit_code, stdout, stderr = self.engine.containers.exec_sync(
-            request.container_id, list(request.cmd), request.timeout)
+        with call_end(context) as end:  # the command goes when the call does
+            exit_code, stdout, stderr = self.engine.containers.exec_sync(
+                request.container_id, list(request.cmd), request.timeout, end)
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
     # -- streaming: the URL of the streaming server; the session runs there -----
@@ -251,5 +253,4 @@ class RuntimeServicer(ServicerBase):
 
 
 def _require(value: str, field: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{field} is empty")
+    check_id(value, field)

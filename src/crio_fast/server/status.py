@@ -16,6 +16,7 @@ import grpc
 from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
 from crio_fast.errors import (
     AlreadyExists,
+    Cancelled,
     CrioError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -35,6 +36,7 @@ STATUS_OF_ERROR: Mapping[type[CrioError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,

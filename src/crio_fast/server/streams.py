@@ -28,6 +28,7 @@ from crio_fast.runtime.monitor import MonitorError
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import CTR_RUNNING, POD_READY, decode_container_config
 from crio_fast.streaming.backend import RemoteCommandIO
+from crio_fast.validation import check_command
 
 log = logging.getLogger("crio_fast.streams")
 
@@ -50,6 +51,7 @@ class EngineStreamingBackend:
     # when it hands out the URL; these check what only the engine knows.
 
     def check_exec(self, request: pb.ExecRequest) -> None:
+        check_command(request.cmd, "cmd")
         if request.container_id:
             self._running_container(request.container_id)
 

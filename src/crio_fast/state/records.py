@@ -63,6 +63,8 @@ class PodRecord:
     cgroup_path: str
     cgroup_created: bool
     monitor_pid: int = 0
+    # Ancestors of the pod cgroup crio-fast made (a cgroup_parent's missing levels), removed with it when empty.
+    cgroup_parents_made: list[str] = field(default_factory=list)
     namespaces: dict[str, str] = field(default_factory=dict)  # net/ipc/uts -> "new" | "host"
     ns_paths: dict[str, str] = field(default_factory=dict)
     log_directory: str = ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.errors import NotFound
+from crio_fast.errors import NotFound, shown
 from crio_fast.state.records import (
     ContainerRecord,
     PodRecord,
@@ -170,7 +170,7 @@ class StatsService:
     def container_stats(self, container_id: str) -> ContainerSample:
         record = self.state.containers.find(container_id)
         if record is None:
-            raise NotFound(f"container {container_id!r} not found")
+            raise NotFound(f"container {shown(container_id)} not found")
         _, samples = self.collector.collect([], [record])
         return samples[0]
 
@@ -182,7 +182,7 @@ class StatsService:
     def pod_stats(self, pod_id: str) -> PodSample:
         record = self.state.pods.find(pod_id)
         if record is None:
-            raise NotFound(f"pod sandbox {pod_id!r} not found")
+            raise NotFound(f"pod sandbox {shown(pod_id)} not found")
         pods, _ = self.collector.collect([record], self._containers_of([record]))
         return pods[0]
 

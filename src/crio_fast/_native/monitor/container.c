@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,11 +17,15 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "server.h"
+
+/* openat2 retries of a log file open that met EAGAIN (a rename racing ".." resolution). */
+#define LOG_OPEN_ATTEMPTS 16
 
 /* One read buffer for every stream of the pod: output is written to the
  * log before the next read, so nothing needs to be kept per stream. */
@@ -119,6 +124,7 @@ void container_free(struct container *container)
     buffer_free(&container->warnings);
     free(container->id);
     free(container->log_path);
+    free(container->log_dir);
     free(container->kill_cgroup_procs);
     free(container->oom_counter_path);
     free(container->child_error);
@@ -551,7 +557,7 @@ static pid_t clone_into(const struct launch_plan *plan, const int *namespace_fds
     return pid;
 }
 
-static struct container *container_new(const char *id, const char *log_path)
+static struct container *container_new(const char *id, const struct log_target *log)
 {
     struct container *c = calloc(1, sizeof(*c));
     if (!c)
@@ -562,8 +568,8 @@ static struct container *container_new(const char *id, const char *log_path)
     c->sync_watch = (struct watch){WATCH_SYNC, -1, c, LOG_STDOUT};
     c->stdin_watch = (struct watch){WATCH_STDIN, -1, c, LOG_STDOUT};
     c->id = strdup(id);
-    c->log_path = strdup(log_path);
-    if (!c->id || !c->log_path) {
+    c->log_path = strdup(log->path);
+    if (!c->id || !c->log_path || (log->dir && !(c->log_dir = strdup(log->dir)))) {
         container_free(c);
         return NULL;
     }
@@ -594,13 +600,61 @@ static int container_take_plan(struct container *c, const struct launch_plan *pl
     return 0;
 }
 
+/* The log file beneath its directory (struct log_target). O_NONBLOCK until it is known to be a regular
+ * file: a FIFO there would block the monitor's loop on open, and then on every write. */
+static int open_log_beneath(const struct container *c, struct error *err)
+{
+    int dir_fd = open(c->log_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+        return error_errno(err, errno, "open log directory %s", c->log_dir);
+    int fd = -1;
+    for (int attempt = 0; attempt < LOG_OPEN_ATTEMPTS; attempt++) {
+        /* EAGAIN: a concurrent rename might have let ".." race; the kernel asks for a retry. */
+        fd = sys_openat2(dir_fd, c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                         0640, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS);
+        if (fd >= 0 || errno != EAGAIN)
+            break;
+    }
+    int saved = errno;
+    close(dir_fd);
+    if (fd < 0)
+        return error_errno(err, saved, "open log file %s beneath %s%s", c->log_path, c->log_dir,
+                           saved == EXDEV || saved == ELOOP ? " (it leads out of the log directory)" : "");
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        saved = errno;
+        close(fd);
+        return error_errno(err, saved, "stat log file %s beneath %s", c->log_path, c->log_dir);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return error_plain(err, EINVAL, "log file %s beneath %s is not a regular file", c->log_path, c->log_dir);
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+        saved = errno;
+        close(fd);
+        return error_errno(err, saved, "clear O_NONBLOCK on log file %s", c->log_path);
+    }
+    return fd;
+}
+
+/* A new descriptor of the container's log file, created if missing. */
+static int open_log_file(const struct container *c, struct error *err)
+{
+    if (c->log_dir)
+        return open_log_beneath(c, err);
+    int fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+    if (fd < 0)
+        return error_errno(err, errno, "open log file %s", c->log_path);
+    return fd;
+}
+
 /* The CRI log, opened (created) in its own step: natively after the clone. */
 static int open_log(struct container *c, struct error *err)
 {
-    c->log_fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
-    if (c->log_fd < 0)
-        return error_errno(err, errno, "open log file %s", c->log_path);
-    return 0;
+    c->log_fd = open_log_file(c, err);
+    return c->log_fd < 0 ? -1 : 0;
 }
 
 /* Make a created container known to the monitor (native and OCI alike). */
@@ -642,7 +696,7 @@ static bool create_request_acceptable(struct monitor *monitor, uint32_t request_
 }
 
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id, const char *id,
-                     const uint8_t *plan_data, size_t plan_length, const char *log_path, int *cgroup_gate,
+                     const uint8_t *plan_data, size_t plan_length, const struct log_target *log, int *cgroup_gate,
                      bool plan_follows, struct buffer *reply)
 {
     int gate_fd = *cgroup_gate;
@@ -660,7 +714,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
         close_fd(&gate_fd);
         return 0;
     }
-    c = container_new(id, log_path);
+    c = container_new(id, log);
     if (!c) {
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
@@ -821,9 +875,9 @@ int container_kill(struct container *container, int signal, bool all, struct err
 
 int container_reopen_log(struct container *container, struct error *err)
 {
-    int fd = open(container->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
+    int fd = open_log_file(container, err);
     if (fd < 0)
-        return error_errno(err, errno, "reopen log file %s", container->log_path);
+        return error_context(err, "reopen the log");
     close_fd(&container->log_fd);
     container->log_fd = fd;
     return 0;
@@ -859,7 +913,7 @@ void oci_runtime_free(struct oci_runtime *oci)
 }
 
 int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
-                         size_t plan_length, const char *log_path, const char *runtime, const char *root,
+                         size_t plan_length, const struct log_target *log, const char *runtime, const char *root,
                          const char *bundle, bool hide_cgroup2, struct buffer *reply)
 {
     struct error err = {0};
@@ -872,7 +926,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
      * bundle's config.json, so only stdio, log and cgroup fields are used here. */
     if (!create_request_acceptable(monitor, request_id, id, plan_data, plan_length, false, &plan, reply))
         return 0;
-    c = container_new(id, log_path);
+    c = container_new(id, log);
     if (!c || !(c->oci = calloc(1, sizeof(*c->oci))) || !(c->oci->path = strdup(runtime)) ||
         !(c->oci->root = strdup(root))) {
         error_errno(&err, ENOMEM, "create container %s", id);

@@ -44,13 +44,6 @@
 
 static int status_fd = -1;
 static int console_fd = -1;
-static volatile sig_atomic_t termination_requested;
-
-static void on_termination(int signal)
-{
-    termination_requested = signal;
-}
-
 static void report_status(const char *line)
 {
     if (status_fd >= 0 && write_all(status_fd, line, strlen(line)) < 0)
@@ -106,6 +99,10 @@ __attribute__((noreturn)) static void run_command(const struct launch_plan *plan
         if (make_controlling_terminal(terminal, &err) < 0)
             goto failed;
         close(terminal);
+    } else if (setpgid(0, 0) < 0) {
+        /* A process group of its own: a kill reaches what the command starts, too. */
+        error_errno(&err, errno, "setpgid");
+        goto failed;
     }
     umask(plan->has_umask ? plan->umask : 022);
     if (apply_rlimits(plan, &err) < 0)
@@ -136,6 +133,18 @@ failed:;
     if (length > 0)
         (void)write_all(error_fd, packet, (size_t)length);
     _exit(exit_code_for_error(err.code));
+}
+
+/* SIGKILL the command and what it started: its process group (its session with a terminal), or the
+ * command alone before it has one. */
+static void kill_command(pid_t child)
+{
+    if (kill(-child, SIGKILL) == 0)
+        return;
+    if (errno != ESRCH)
+        fprintf(stderr, "crio-fast-monitor exec: kill process group %d: %s\n", (int)child, strerror(errno));
+    if (kill(child, SIGKILL) < 0 && errno != ESRCH)
+        fprintf(stderr, "crio-fast-monitor exec: kill %d: %s\n", (int)child, strerror(errno));
 }
 
 static int enter_container(const struct launch_plan *plan, struct error *err)
@@ -236,15 +245,18 @@ int exec_main(int argc, char **argv)
         error_errno(&err, errno, "pipe");
         fail(&err);
     }
-    /* SIGTERM (the daemon's timeout) kills the command and still reaps it
-     * here: a command orphaned into the container's pid namespace would keep
-     * that namespace's init from finishing its exit until someone outside
-     * reaps it. Blocked across fork so no signal falls between the two. */
-    sigset_t termination;
-    sigemptyset(&termination);
-    sigaddset(&termination, SIGTERM);
-    sigaddset(&termination, SIGINT);
-    if (sigprocmask(SIG_BLOCK, &termination, NULL) < 0) {
+    /* SIGTERM (the daemon's timeout, or its caller gone) kills the command
+     * and still reaps it here: a command orphaned into the container's pid
+     * namespace would keep that namespace's init from finishing its exit
+     * until someone outside reaps it. Blocked from before the fork on, and
+     * taken with SIGCHLD by sigwaitinfo, so none is lost between a check and
+     * a wait. */
+    sigset_t awaited;
+    sigemptyset(&awaited);
+    sigaddset(&awaited, SIGTERM);
+    sigaddset(&awaited, SIGINT);
+    sigaddset(&awaited, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &awaited, NULL) < 0) {
         error_errno(&err, errno, "sigprocmask");
         fail(&err);
     }
@@ -261,6 +273,10 @@ int exec_main(int argc, char **argv)
         run_command(&plan, helper, error_pipe[1], terminal);
     }
     close(error_pipe[1]);
+    /* The child makes its group too; whichever comes first, a kill of the group finds it. EACCES: the
+     * child has exec'd already, in its group. With a terminal its session is its group. */
+    if (!plan.tty && setpgid(child, child) < 0 && errno != EACCES && errno != ESRCH)
+        fprintf(stderr, "crio-fast-monitor exec: setpgid %d: %s\n", (int)child, strerror(errno));
     if (plan.tty) {
         /* Before anything can fail below: whatever happens next, the daemon
          * gets the terminal, and EIO on it once the command is gone. */
@@ -276,16 +292,6 @@ int exec_main(int argc, char **argv)
             fail(&err);
         }
     }
-    struct sigaction action = {.sa_handler = on_termination}; /* no SA_RESTART: waitpid returns EINTR */
-    sigemptyset(&action.sa_mask);
-    if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0 ||
-        sigprocmask(SIG_UNBLOCK, &termination, NULL) < 0) {
-        error_errno(&err, errno, "install the SIGTERM handler");
-        kill(child, SIGKILL);
-        waitpid(child, NULL, 0);
-        fail(&err);
-    }
-
     /* EOF without data: the command is running (execve closed the pipe). */
     uint8_t *child_error;
     size_t child_error_length;
@@ -321,11 +327,20 @@ int exec_main(int argc, char **argv)
     }
     bool killed = false;
     for (;;) {
-        waited = waitpid(child, &status, 0);
-        if (waited >= 0 || errno != EINTR)
+        waited = waitpid(child, &status, WNOHANG);
+        if (waited != 0)
             break;
-        if (termination_requested && !killed) {
-            kill(child, SIGKILL);
+        int received = sigwaitinfo(&awaited, NULL);
+        if (received < 0 && errno != EINTR) {
+            fprintf(stderr, "crio-fast-monitor exec: sigwaitinfo: %s; killing the command\n", strerror(errno));
+            kill_command(child);
+            killed = true;
+            while ((waited = waitpid(child, &status, 0)) < 0 && errno == EINTR)
+                ;
+            break;
+        }
+        if ((received == SIGTERM || received == SIGINT) && !killed) {
+            kill_command(child);
             killed = true;
         }
     }

@@ -209,6 +209,8 @@ enum message_field {
      * plan_decode_head). PING reply: the MONITOR_FEATURE_ bits. */
     FIELD_PLAN_FOLLOWS = 26, /* u32 bool */
     FIELD_FEATURES = 27,     /* u32 bitmask */
+    /* CREATE: the directory the log path is relative to and opened beneath (struct log_target). */
+    FIELD_LOG_DIR = 28, /* string */
 };
 
 /* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). A
@@ -217,7 +219,8 @@ enum message_field {
  * request that relies on it (docs/monitor.md, "Compatibility"). */
 #define MONITOR_FEATURE_PLAN_FOLLOWS 1u /* CREATE may carry only the plan's head (PLAN_FOLLOWS) */
 #define MONITOR_FEATURE_APPARMOR 2u     /* plans may carry PLAN_APPARMOR_PROFILE */
-#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR)
+#define MONITOR_FEATURE_LOG_DIR 4u      /* CREATE may carry LOG_DIR */
+#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR)
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */

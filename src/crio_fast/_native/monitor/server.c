@@ -142,6 +142,7 @@ struct request {
     const uint8_t *plan;
     size_t plan_length;
     const char *log_path;
+    const char *log_dir;
     uint32_t signal;
     bool has_signal;
     bool all;
@@ -170,6 +171,7 @@ static int parse_request(const uint8_t *data, size_t length, struct request *req
             request->plan_length = field.length;
             break;
         case FIELD_LOG_PATH: rc = tlv_string(&field, &request->log_path, err); break;
+        case FIELD_LOG_DIR: rc = tlv_string(&field, &request->log_dir, err); break;
         case FIELD_SIGNAL:
             request->has_signal = true;
             rc = tlv_u32(&field, &request->signal, err);
@@ -211,6 +213,7 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
 {
     struct error err;
     struct container *c;
+    const struct log_target log = {request->log_dir, request->log_path};
     switch (request->type) {
     case REQUEST_PING:
         reply_start(reply, request->type, request->id, 0, NULL);
@@ -224,6 +227,11 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
             reply_start(reply, request->type, request->id, EINVAL, "CREATE needs a container id, a plan and a log path");
             return 0;
         }
+        if (request->log_dir && (request->log_dir[0] != '/' || request->log_path[0] == '/')) {
+            reply_start(reply, request->type, request->id, EINVAL,
+                        "LOG_DIR must be absolute, and the log path relative to it");
+            return 0;
+        }
         if (request->oci_runtime || request->oci_root || request->oci_bundle) {
             if (!request->oci_runtime || !request->oci_root || !request->oci_bundle) {
                 reply_start(reply, request->type, request->id, EINVAL,
@@ -231,7 +239,7 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
                 return 0;
             }
             return container_create_oci(monitor, request->id, request->container_id, request->plan,
-                                        request->plan_length, request->log_path, request->oci_runtime,
+                                        request->plan_length, &log, request->oci_runtime,
                                         request->oci_root, request->oci_bundle, request->oci_hide_cgroup2, reply);
         }
         /* A passed fd is the cgroup gate: the daemon makes the container's
@@ -242,7 +250,7 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
             return 0;
         }
         return container_create(monitor, connection, request->id, request->container_id, request->plan,
-                                request->plan_length, request->log_path, &request->passed_fd,
+                                request->plan_length, &log, &request->passed_fd,
                                 request->plan_follows, reply);
     case REQUEST_START:
         if (!(c = require_container(monitor, request, reply)))

@@ -52,6 +52,7 @@ struct container {
     struct oci_runtime *oci; /* NULL: started by the native launcher */
     char *id;
     char *log_path;
+    char *log_dir; /* NULL, or the directory log_path is resolved beneath (struct log_target) */
     char *kill_cgroup_procs; /* first cgroup.procs of the plan: KILL --all */
     char *oom_counter_path;
     pid_t pid;
@@ -151,11 +152,19 @@ void attach_check_stalls(struct monitor *monitor);
 
 /* container.c */
 struct container *container_find(struct monitor *monitor, const char *id);
+/* Where a container's CRI log goes: `path` as it is, or with `dir`, `path` relative to that directory and
+ * opened beneath it (openat2 RESOLVE_BENEATH), so that neither ".." nor a symlink, there at CREATE or
+ * planted before a REOPEN_LOG, leads out of it. */
+struct log_target {
+    const char *dir; /* NULL: none */
+    const char *path;
+};
+
 /* Returns 1 when the reply is deferred (pending), 0 when `reply` is ready.
  * `*cgroup_gate`, when >= 0, is taken (set to -1): the child joins the plan's
  * cgroups only after a byte arrives there (see container_child_main). */
 int container_create(struct monitor *monitor, struct connection *connection, uint32_t request_id,
-                     const char *id, const uint8_t *plan_data, size_t plan_length, const char *log_path,
+                     const char *id, const uint8_t *plan_data, size_t plan_length, const struct log_target *log,
                      int *cgroup_gate, bool plan_follows, struct buffer *reply);
 int container_start(struct monitor *monitor, struct connection *connection, uint32_t request_id,
                     struct container *container, struct buffer *reply);
@@ -171,7 +180,7 @@ void containers_kill_all(struct monitor *monitor, int timeout_ms);
 void container_free(struct container *container);
 /* CREATE of an oci container: always answered at once (0). */
 int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
-                         size_t plan_length, const char *log_path, const char *runtime, const char *root,
+                         size_t plan_length, const struct log_target *log, const char *runtime, const char *root,
                          const char *bundle, bool hide_cgroup2, struct buffer *reply);
 
 /* oci.c: run `RUNTIME --root ROOT ARGS...` and wait for it. stdio as given;
