@@ -602,6 +602,49 @@ def test_memory_cpu_limits_and_live_update(env, pod):
     assert limits() == (96 << 20, 20000)
 
 
+def test_pod_resources_live_update(env, pod):
+    """UpdatePodSandboxResources: the pod cgroup gets the containers' sum plus the overhead, as the kubelet
+    sizes it; a pod that is gone is NotFound, a stopped one FailedPrecondition."""
+    pod_id, pod_config = pod()
+    ctr = run(env, pod_id, pod_config, lambda c: c.linux.resources.CopyFrom(
+        api.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_period=100000, cpu_quota=50000)))
+    memory, cpu = cgroup_dir(env, ctr, "memory").parent, cgroup_dir(env, ctr, "cpu").parent
+
+    def pod_limits() -> tuple[int, int]:
+        if cgroups.is_v2("memory"):
+            memory_limit = int((memory / "memory.max").read_text())
+        else:
+            memory_limit = int((memory / "memory.limit_in_bytes").read_text())
+        if cgroups.is_v2("cpu"):
+            quota, period = (cpu / "cpu.max").read_text().split()
+            assert period == "100000"
+        else:
+            quota = (cpu / "cpu.cfs_quota_us").read_text()
+        return memory_limit, int(quota)
+
+    def update(memory_limit: int, quota: int, pod: str = pod_id) -> None:
+        env.client.runtime.UpdatePodSandboxResources(api.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod,
+            resources=api.LinuxContainerResources(memory_limit_in_bytes=memory_limit, cpu_period=100000,
+                                                  cpu_quota=quota),
+            # The overhead in another period: counted in the containers' one.
+            overhead=api.LinuxContainerResources(memory_limit_in_bytes=16 << 20, cpu_period=50000, cpu_quota=5000)),
+            timeout=10)
+
+    update(128 << 20, 100000)
+    assert pod_limits() == (144 << 20, 110000)
+    update(96 << 20, 60000)
+    assert pod_limits() == (112 << 20, 70000)
+    assert sh(env, ctr, "echo alive").stdout == b"alive\n"
+    with pytest.raises(grpc.RpcError) as err:
+        update(96 << 20, 60000, pod="0" * 64)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    with pytest.raises(grpc.RpcError) as err:
+        update(96 << 20, 60000)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_pids_limit_and_default_ulimits(env, pod, handler):
     pod_id, pod_config = pod()
     ctr = run(env, pod_id, pod_config)

@@ -47,6 +47,7 @@ MAX_CPU_WEIGHT = 10000
 MIN_CFS_PERIOD_US = 1000
 MAX_CFS_PERIOD_US = 1_000_000
 MIN_CFS_QUOTA_US = 1000
+DEFAULT_CFS_PERIOD_US = 100_000  # a new cgroup's period
 UNLIMITED = -1
 
 _CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")

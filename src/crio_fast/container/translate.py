@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
 from crio_fast.cgroups.manager import CgroupPaths
+from crio_fast.cgroups.resources import DEFAULT_CFS_PERIOD_US
 from crio_fast.config.schema import RuntimeSection
 from crio_fast.container import security
 from crio_fast.container.apparmor import AppArmor
@@ -97,6 +98,30 @@ def resources_from_cri(r: pb.LinuxContainerResources, runtime: RuntimeSection) -
     if runtime.pids_limit > 0:
         resources = dataclasses.replace(resources, pids_limit=runtime.pids_limit)
     return resources
+
+
+def pod_resources(resources: pb.LinuxContainerResources, overhead: pb.LinuxContainerResources) -> Resources:
+    """The pod cgroup's limits for UpdatePodSandboxResources, sized as the kubelet sizes it: the sum of
+    its containers' (``resources``) plus the pod's overhead, and no limit where the containers set none."""
+    period = resources.cpu_period or overhead.cpu_period or DEFAULT_CFS_PERIOD_US
+    quota = 0
+    if resources.cpu_quota > 0:
+        quota = resources.cpu_quota
+        if overhead.cpu_quota > 0:
+            # The overhead's CPU time in the containers' period.
+            quota += overhead.cpu_quota * period // (overhead.cpu_period or DEFAULT_CFS_PERIOD_US)
+    hugepages: dict[str, int] = {h.page_size: h.limit for h in resources.hugepage_limits}
+    for h in overhead.hugepage_limits:
+        if hugepages.get(h.page_size, 0) > 0:
+            hugepages[h.page_size] += h.limit
+    return Resources(
+        cpu_period=period if quota else 0, cpu_quota=quota,
+        cpu_shares=resources.cpu_shares + overhead.cpu_shares if resources.cpu_shares else 0,
+        memory_limit_in_bytes=(resources.memory_limit_in_bytes + overhead.memory_limit_in_bytes
+                               if resources.memory_limit_in_bytes > 0 else 0),
+        cpuset_cpus=resources.cpuset_cpus, cpuset_mems=resources.cpuset_mems,
+        hugepage_limits=sorted(hugepages.items()), unified=dict(resources.unified),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,9 @@ from typing import Any
 
 from crio_fast import _native
 from crio_fast.config import Config
-from crio_fast.cgroups import CgroupManager
-from crio_fast.container import oci
+from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.cgroups import CgroupError, CgroupManager
+from crio_fast.container import oci, translate
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
 from crio_fast.image.manager import ImageManager
@@ -156,6 +157,22 @@ class Engine:
             self.stop_pod(record.id)
             self.containers.remove_all_in_pod(record.id)
             self.sandboxes.remove(record.id)
+
+    def update_pod_resources(self, pod_id: str, resources: pb.LinuxContainerResources,
+                             overhead: pb.LinuxContainerResources) -> None:
+        """UpdatePodSandboxResources (in-place pod resize): the pod cgroup's limits become its containers'
+        sum plus the overhead, as the kubelet sizes it; the containers' own cgroups are resized by
+        UpdateContainerResources."""
+        record = self.sandboxes.get(pod_id)
+        limits = translate.pod_resources(resources, overhead)
+        with self.sandboxes.pod_lock(record.id):
+            record = self.sandboxes.get(record.id)
+            if record.state != POD_READY or not record.cgroup_path:
+                raise FailedPrecondition(f"pod sandbox {record.id} is not ready: its resources cannot change")
+            try:
+                self.cgroups.update(self.cgroups.paths(record.cgroup_path), limits)
+            except CgroupError as exc:
+                raise InvalidArgument(f"updating resources of pod sandbox {record.id}: {exc}") from exc
 
     async def remove_image(self, name: str) -> None:
         """RemoveImage, refused while a container runs the image or mounts it as an image volume."""

@@ -196,6 +196,13 @@ class RuntimeServicer(ServicerBase):
         self.engine.containers.update_resources(request.container_id, request.linux)
         return pb.UpdateContainerResourcesResponse()
 
+    def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: grpc.ServicerContext
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        _require(request.pod_sandbox_id, "pod_sandbox_id")
+        self.engine.update_pod_resources(request.pod_sandbox_id, request.resources, request.overhead)
+        return pb.UpdatePodSandboxResourcesResponse()
+
     def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: grpc.ServicerContext
     ) -> pb.ReopenContainerLogResponse:
