@@ -132,6 +132,52 @@ def _check_ids(sc: pb.LinuxSandboxSecurityContext | pb.LinuxContainerSecurityCon
         check_range(gid, f"{prefix}.supplemental_groups[{index}]", 0, ID_MAX)
 
 
+# uid_map and gid_map take ids below 2**32 - 1 ((uid_t)-1 is never mapped).
+_ID_SPACE = 2**32 - 1
+
+
+def _check_id_mapping(mapping: pb.IDMapping, field: str) -> None:
+    if mapping.length == 0:
+        raise InvalidArgument(f"{field}.length is 0: a mapping maps at least one id")
+    for side in ("container_id", "host_id"):
+        start = getattr(mapping, side)
+        if start + mapping.length > _ID_SPACE:
+            raise InvalidArgument(f"{field}: {side} {start} + length {mapping.length} is past {_ID_SPACE - 1}, "
+                                  "the highest id a user namespace maps")
+
+
+def user_namespace_wanted(options: pb.NamespaceOption) -> bool:
+    """Whether ``options`` (already checked by check_userns_options) asks for a user namespace of the pod's own.
+
+    Only an explicit ``userns_options`` with mode POD does: POD is proto3's zero value, and a request that
+    says nothing about user namespaces (crictl's, an older kubelet's) means the node's."""
+    return options.HasField("userns_options") and options.userns_options.mode == pb.NamespaceMode.POD
+
+
+def check_userns_options(options: pb.NamespaceOption, prefix: str) -> None:
+    """``userns_options`` as critest v1.36 and the kubelet (hostUsers: false) have them: NODE (none of the
+    pod's own), or POD with exactly one uid and one gid mapping, each mapping container id 0; CONTAINER and
+    TARGET are not CRI user namespace modes a pod can have."""
+    if not options.HasField("userns_options"):
+        return
+    userns = options.userns_options
+    field = f"{prefix}.userns_options"
+    if userns.mode == pb.NamespaceMode.NODE:
+        return  # the node's user namespace; any mappings alongside mean nothing (as with CRI-O, containerd)
+    if userns.mode != pb.NamespaceMode.POD:
+        name = pb.NamespaceMode.Name(userns.mode) if userns.mode in pb.NamespaceMode.values() else str(userns.mode)
+        raise InvalidArgument(f"{field}.mode {name} is not supported: a user namespace is the pod's (POD) "
+                              "or the node's (NODE)")
+    for kind in ("uids", "gids"):
+        mappings = getattr(userns, kind)
+        if len(mappings) != 1:
+            raise InvalidArgument(f"{field}.{kind} has {len(mappings)} mappings: mode POD takes exactly one")
+        _check_id_mapping(mappings[0], f"{field}.{kind}[0]")
+        if mappings[0].container_id != 0:
+            raise InvalidArgument(f"{field}.{kind}[0] maps container ids from {mappings[0].container_id}: "
+                                  "container id 0 (root) must be mapped")
+
+
 def _check_pod_name_part(value: str, field: str) -> None:
     check_text(value, field, NAME_LENGTH_MAX)
     if any(c in _CNI_ARGS_SEPARATORS or not c.isprintable() for c in value):
@@ -153,6 +199,8 @@ def check_pod_config(config: pb.PodSandboxConfig) -> None:
     for index, mapping in enumerate(config.port_mappings):
         _check_port_mapping(mapping, f"port_mappings[{index}]")
     _check_ids(config.linux.security_context, "linux.security_context")
+    check_userns_options(config.linux.security_context.namespace_options,
+                         "linux.security_context.namespace_options")
 
 
 def _check_dns(dns: pb.DNSConfig) -> None:
@@ -221,6 +269,7 @@ def check_container_config(config: pb.ContainerConfig) -> None:
         for index, path in enumerate(getattr(sc, field)):
             check_path(path, f"linux.security_context.{field}[{index}]", absolute=True)
     _check_ids(sc, "linux.security_context")
+    check_userns_options(sc.namespace_options, "linux.security_context.namespace_options")
     if config.linux.HasField("resources"):
         low, high = OOM_SCORE_ADJ_RANGE
         check_range(config.linux.resources.oom_score_adj, "linux.resources.oom_score_adj", low, high)

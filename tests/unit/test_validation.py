@@ -162,3 +162,54 @@ def test_a_message_quotes_a_huge_value_cut_short():
     with pytest.raises(InvalidArgument) as refused:
         check_pod_config(pod(metadata__name="n" * (1 << 20)))
     assert len(str(refused.value)) < 400
+
+
+# ---------------------------------------------------------------- user namespaces (hostUsers: false)
+
+def _userns(mode: int, uids=None, gids=None) -> pb.NamespaceOption:
+    default = [pb.IDMapping(container_id=0, host_id=100000, length=65536)]
+    return pb.NamespaceOption(userns_options=pb.UserNamespace(
+        mode=mode, uids=default if uids is None else uids, gids=default if gids is None else gids))
+
+
+def _pod_with(options: pb.NamespaceOption) -> pb.PodSandboxConfig:
+    config = pod()
+    config.linux.security_context.namespace_options.CopyFrom(options)
+    return config
+
+
+def test_user_namespace_modes_the_kubelet_sends_pass():
+    from crio_fast.validation import user_namespace_wanted
+
+    for options, wanted in ((_userns(pb.NamespaceMode.POD), True),
+                            (_userns(pb.NamespaceMode.NODE, [], []), False),
+                            (pb.NamespaceOption(), False)):  # no userns_options at all: the node's
+        check_pod_config(_pod_with(options))
+        config = container()
+        config.linux.security_context.namespace_options.CopyFrom(options)
+        check_container_config(config)
+        assert user_namespace_wanted(options) is wanted
+
+
+@pytest.mark.parametrize("options, words", [
+    # critest v1.36's rejections
+    (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=0, host_id=1000, length=100000),
+                                     pb.IDMapping(container_id=0, host_id=2000, length=100000)]), "exactly one"),
+    (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=1, host_id=1000, length=100000)],
+             [pb.IDMapping(container_id=1, host_id=1000, length=100000)]), "container id 0"),
+    (_userns(pb.NamespaceMode.CONTAINER, [], []), "CONTAINER is not supported"),
+    (_userns(pb.NamespaceMode.TARGET, [], []), "TARGET is not supported"),
+    # and more
+    (_userns(pb.NamespaceMode.POD, [], []), "has 0 mappings"),
+    (_userns(pb.NamespaceMode.POD, gids=[]), "gids has 0 mappings"),
+    (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=0, host_id=1000, length=0)]), "length is 0"),
+    (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=0, host_id=2**32 - 10, length=65536)]), "past"),
+    (_userns(7, [], []), "mode 7 is not supported"),
+])
+def test_bad_user_namespace_options(options: pb.NamespaceOption, words: str):
+    with pytest.raises(InvalidArgument, match=words):
+        check_pod_config(_pod_with(options))
+    config = container()
+    config.linux.security_context.namespace_options.CopyFrom(options)
+    with pytest.raises(InvalidArgument, match=words):
+        check_container_config(config)
