@@ -58,5 +58,5 @@ def test_requests_that_need_nothing_more_still_reach_that_monitor(sandboxes) -> 
 
 
 def test_feature_names() -> None:
-    assert wire.feature_names(wire.MONITOR_FEATURES) == ["PLAN_FOLLOWS", "APPARMOR", "LOG_DIR"]
+    assert wire.feature_names(wire.MONITOR_FEATURES) == ["PLAN_FOLLOWS", "APPARMOR", "LOG_DIR", "USERNS"]
     assert wire.feature_names(0) == []

@@ -55,8 +55,9 @@ SOCKET_NAME = "monitor.sock"
 _DEFAULT_SEND_LIMIT = 128 * 1024
 PID_FILE_NAME = "monitor.pid"
 POD_NAMESPACES = ("net", "ipc", "uts")
-# Files under DIR/ns a monitor may pin: the three above and, with --pid new, the pod's pid namespace.
-PINNED_NAMESPACES = (*POD_NAMESPACES, "pid")
+# Files under DIR/ns a monitor may pin: the three above, with --pid new the pod's pid namespace, and
+# with --userns-*-map the pod's user namespace.
+PINNED_NAMESPACES = (*POD_NAMESPACES, "pid", "user")
 
 
 class MonitorError(Exception):

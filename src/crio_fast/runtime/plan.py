@@ -24,6 +24,7 @@ NAMESPACE_FLAGS: dict[str, int] = {
     "ipc": 0x08000000,  # CLONE_NEWIPC
     "uts": 0x04000000,  # CLONE_NEWUTS
     "cgroup": 0x02000000,  # CLONE_NEWCGROUP
+    "user": 0x10000000,  # CLONE_NEWUSER: only ever joined (the pod's), last, before the credentials
 }
 
 # mount(2) flags (linux/mount.h), for MountOp.flags and propagation.
@@ -173,6 +174,10 @@ class Overlay:
     upper: str | None = None
     work: str | None = None
     options: Sequence[str] = ()
+    # A pod with a user namespace: the lower dirs ID-mapped with it (nothing chowned on the shared layers),
+    # and the upper dir given to its root, (uid, gid) on the host.
+    idmap: bool = False
+    upper_owner: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -374,6 +379,11 @@ def encode_rootfs(rootfs: str | None = None, overlay: Overlay | None = None) -> 
         inner.string(wire.OVERLAY_TARGET, overlay.target)
         for option in overlay.options:
             inner.string(wire.OVERLAY_OPTION, option)
+        if overlay.idmap:
+            inner.boolean(wire.OVERLAY_IDMAP, True)
+        if overlay.upper_owner is not None:
+            inner.u32(wire.OVERLAY_UPPER_UID, overlay.upper_owner[0])
+            inner.u32(wire.OVERLAY_UPPER_GID, overlay.upper_owner[1])
         w.nested(wire.PLAN_OVERLAY, inner)
     return w.getvalue()
 
@@ -414,7 +424,7 @@ class LaunchHead:
         return w.getvalue()
 
 
-EXEC_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+EXEC_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt", "user")
 
 
 @dataclass

@@ -49,6 +49,10 @@ class PodMonitorSpec:
     # "legacy": mount overlays with mount(2) and one page of options even where the kernel has
     # fsconfig lowerdir+ (tests; a kernel whose lowerdir+ misbehaves). "auto": the monitor probes.
     overlay_mount: str = "auto"
+    # A user namespace of the pod's own (hostUsers: false): its uid and gid mapping, one line each of
+    # uid_map(5)'s form, "CONTAINER HOST LENGTH". It owns the pod's new net, ipc and uts namespaces.
+    userns_uid_map: str | None = None
+    userns_gid_map: str | None = None
 
     def argv(self, monitor_path: str, ready_fd: int, cgroup_gate_fd: int | None = None) -> list[str]:
         args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
@@ -72,6 +76,10 @@ class PodMonitorSpec:
             raise ValueError(f"overlay_mount: {self.overlay_mount!r} is neither 'auto' nor 'legacy'")
         if self.overlay_mount != "auto":
             args += ["--overlay-mount", self.overlay_mount]
+        if (self.userns_uid_map is None) != (self.userns_gid_map is None):
+            raise ValueError("userns_uid_map and userns_gid_map go together")
+        if self.userns_uid_map is not None and self.userns_gid_map is not None:
+            args += ["--userns-uid-map", self.userns_uid_map, "--userns-gid-map", self.userns_gid_map]
         return args
 
 

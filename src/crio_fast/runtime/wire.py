@@ -203,8 +203,11 @@ FIELD_LOG_DIR = 28  # string; CREATE: the log path is relative to it and opened 
 MONITOR_FEATURE_PLAN_FOLLOWS = 1  # CREATE may send the plan's head, the rest following through the gate
 MONITOR_FEATURE_APPARMOR = 2  # plans may carry PLAN_APPARMOR_PROFILE
 MONITOR_FEATURE_LOG_DIR = 4  # CREATE may carry FIELD_LOG_DIR
+# Plans may join the pod's user namespace and ID-map the overlay's lower layers and binds with it.
+MONITOR_FEATURE_USERNS = 8
 # Every bit: what this build's monitor reports, and what this daemon's CREATE relies on.
-MONITOR_FEATURES = MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR
+MONITOR_FEATURES = (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR
+                    | MONITOR_FEATURE_USERNS)
 
 
 def feature_names(bits: int) -> list[str]:
@@ -288,6 +291,9 @@ OVERLAY_UPPER = 2
 OVERLAY_WORK = 3
 OVERLAY_TARGET = 4
 OVERLAY_OPTION = 5
+OVERLAY_IDMAP = 6  # bool: the lower dirs ID-mapped with the user namespace the plan joins
+OVERLAY_UPPER_UID = 7  # u32: the upper dir's owner (host ids), the mapped root, so it may write in /
+OVERLAY_UPPER_GID = 8  # u32
 RLIMIT_RESOURCE = 1
 RLIMIT_SOFT = 2
 RLIMIT_HARD = 3
@@ -305,6 +311,8 @@ MOUNT_GID = 11
 MOUNT_PROPAGATION = 12
 # A BIND's attributes on every mount under its source too (CRI recursive_read_only); above the MS_* bits.
 MOUNT_FLAG_RECURSIVE_ATTRIBUTES = 1 << 32
+# A BIND ID-mapped with the user namespace the plan joins (CRI Mount uidMappings/gidMappings).
+MOUNT_FLAG_IDMAP = 1 << 33
 
 
 class MountKind(enum.IntEnum):

@@ -164,10 +164,15 @@ static int enter_container(const struct launch_plan *plan, struct error *err)
     }
     /* Cgroups by host path first; the children inherit them. */
     int rc = write_cgroup_files(plan, err);
-    for (int pass = 0; rc == 0 && pass < 2; pass++) {
+    /* The mount namespace after the others: setns into it also moves our
+     * root. The user namespace last: once in it, the helper has no
+     * privilege over the namespaces the node's user namespace owns (the
+     * container's mount namespace among them). */
+    for (int pass = 0; rc == 0 && pass < 3; pass++) {
         for (size_t i = 0; i < plan->namespace_count; i++) {
-            /* The mount namespace last: setns into it also moves our root. */
-            if ((plan->namespaces[i].clone_flag == CLONE_NEWNS) != (pass == 1))
+            int flag = plan->namespaces[i].clone_flag;
+            int wanted_pass = flag == CLONE_NEWUSER ? 2 : flag == CLONE_NEWNS ? 1 : 0;
+            if (wanted_pass != pass)
                 continue;
             if (setns(fds[i], plan->namespaces[i].clone_flag) < 0) {
                 rc = error_errno(err, errno, "join %s namespace %s", namespace_name(plan->namespaces[i].clone_flag),

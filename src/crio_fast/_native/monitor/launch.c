@@ -330,8 +330,9 @@ static int join_namespaces(struct child_context *context, struct error *err)
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < plan->namespace_count; i++) {
             const struct plan_namespace *ns = &plan->namespaces[i];
-            /* A pid namespace is entered by the monitor before clone. */
-            if (!ns->join_path || ns->clone_flag == CLONE_NEWPID)
+            /* A pid namespace is entered by the monitor before clone; the
+             * user namespace last of all, before the credentials. */
+            if (!ns->join_path || ns->clone_flag == CLONE_NEWPID || ns->clone_flag == CLONE_NEWUSER)
                 continue;
             if ((ns->clone_flag == CLONE_NEWNS) != (pass == 1))
                 continue;
@@ -521,6 +522,10 @@ void container_child_main(struct child_context *context)
     if (close_fds_except(keep, keep_count, &err) < 0)
         child_fail(sync_fd, &err, 1);
     umask(0);
+    /* The pod's user namespace, for the ID-mapped mounts made before it is joined. */
+    for (size_t i = 0; i < plan->namespace_count; i++)
+        if (plan->namespaces[i].clone_flag == CLONE_NEWUSER)
+            context->plan->userns_fd = context->namespace_fds[i];
 
     /* Without a gate the cgroups exist already: join them first, so that
      * everything below is accounted to the container. With one, the daemon
@@ -586,6 +591,14 @@ void container_child_main(struct child_context *context)
      * the filter; it takes effect at the execve (apparmor.c). A profile that
      * cannot be applied fails the set-up, never runs the command unconfined. */
     if (apparmor_change_onexec(plan, &err) < 0)
+        child_fail(sync_fd, &err, 1);
+    /* Everything that needs the node's privileges is done: the mounts, the
+     * cgroups, the sysctls, rlimits above the hard limit. From here on the
+     * container's root is root in the pod's user namespace alone. Before
+     * the credentials: joining resets the capability sets to full (the
+     * bounding set too) within the namespace, and before an early seccomp
+     * filter, which need not allow setns. */
+    if (plan->userns_fd >= 0 && join_user_namespace(plan->userns_fd, &err) < 0)
         child_fail(sync_fd, &err, 1);
     bool early_seccomp = seccomp_needs_early_install(plan);
     if (early_seccomp && install_seccomp(plan, &err) < 0)

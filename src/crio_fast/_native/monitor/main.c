@@ -11,6 +11,7 @@
  *   runtime runs an OCI runtime command, optionally without the cgroup2 mount (oci.c)
  *   --check the kernel features the monitor needs are usable (selfcheck.c)
  *   --probe-fs-param whether a filesystem takes a mount parameter (fsprobe.c)
+ *   --probe-idmap-overlay whether overlays take ID-mapped lower layers here (idmapprobe.c)
  * Each concern lives in its own file next to this one; docs/monitor.md
  * describes the protocol and the plan format.
  */
@@ -28,6 +29,7 @@ static void usage(FILE *out)
             "       crio-fast-monitor --version\n"
             "       crio-fast-monitor --check\n"
             "       crio-fast-monitor --probe-fs-param FSTYPE KEY [VALUE]\n"
+            "       crio-fast-monitor --probe-idmap-overlay DIR\n"
             "The monitor is started by the crio-fast daemon, not by hand.\n");
 }
 
@@ -50,6 +52,8 @@ int main(int argc, char **argv)
     }
     if (argc >= 2 && strcmp(argv[1], "--probe-fs-param") == 0)
         return probe_fs_param_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "--probe-idmap-overlay") == 0)
+        return probe_idmap_overlay_main(argc, argv);
     usage(stderr);
     return 2;
 }

@@ -220,7 +220,10 @@ enum message_field {
 #define MONITOR_FEATURE_PLAN_FOLLOWS 1u /* CREATE may carry only the plan's head (PLAN_FOLLOWS) */
 #define MONITOR_FEATURE_APPARMOR 2u     /* plans may carry PLAN_APPARMOR_PROFILE */
 #define MONITOR_FEATURE_LOG_DIR 4u      /* CREATE may carry LOG_DIR */
-#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR)
+/* Plans may join the pod's user namespace (a NAMESPACE of type user with a path), ID-map the overlay's
+ * lower layers (OVERLAY_IDMAP, OVERLAY_UPPER_UID/GID) and binds (MOUNT_FLAG_IDMAP). */
+#define MONITOR_FEATURE_USERNS 8u
+#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR | MONITOR_FEATURE_USERNS)
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */
@@ -276,7 +279,16 @@ enum plan_field {
 
 enum { NS_TYPE = 1, NS_PATH = 2 };
 enum { KV_KEY = 1, KV_VALUE = 2 };
-enum { OVERLAY_LOWER = 1, OVERLAY_UPPER = 2, OVERLAY_WORK = 3, OVERLAY_TARGET = 4, OVERLAY_OPTION = 5 };
+enum {
+    OVERLAY_LOWER = 1,
+    OVERLAY_UPPER = 2,
+    OVERLAY_WORK = 3,
+    OVERLAY_TARGET = 4,
+    OVERLAY_OPTION = 5,
+    OVERLAY_IDMAP = 6,     /* bool: the lower dirs are ID-mapped with the plan's user namespace */
+    OVERLAY_UPPER_UID = 7, /* u32: the owner (host ids) the upper dir is given, the mapped root */
+    OVERLAY_UPPER_GID = 8, /* u32 */
+};
 enum { RLIMIT_RESOURCE = 1, RLIMIT_SOFT = 2, RLIMIT_HARD = 3 };
 enum {
     MOUNT_KIND = 1,
@@ -305,6 +317,8 @@ enum mount_kind {
 /* A BIND's attributes (read-only, nosuid, ...) on every mount under its source too, not on the top
  * one alone: CRI's recursive_read_only. Above the MS_* bits, which are 32. */
 #define MOUNT_FLAG_RECURSIVE_ATTRIBUTES (1ull << 32)
+/* A BIND ID-mapped with the user namespace the plan joins (MOUNT_ATTR_IDMAP on the detached clone). */
+#define MOUNT_FLAG_IDMAP (1ull << 33)
 
 #define PLAN_CAP_SETS 5
 enum cap_set { CAP_SET_BOUNDING, CAP_SET_EFFECTIVE, CAP_SET_PERMITTED, CAP_SET_INHERITABLE, CAP_SET_AMBIENT };
@@ -361,6 +375,13 @@ struct launch_plan {
     const char *overlay_work;
     const char **overlay_options;
     size_t overlay_option_count;
+    bool overlay_idmap;
+    bool has_overlay_upper_owner;
+    uint32_t overlay_upper_uid;
+    uint32_t overlay_upper_gid;
+    /* Not in the encoding: the child sets it to its fd of the user namespace it joins (or -1), for the
+     * ID-mapped mounts it makes before it joins it. */
+    int userns_fd;
     struct plan_mount *mounts;
     size_t mount_count;
     bool rootfs_readonly;
@@ -474,6 +495,23 @@ int finish_rootfs(const struct launch_plan *plan, size_t first_mount, struct err
  * (at or below /sys/fs/cgroup), or mount_count. */
 size_t first_cgroup_mount(const struct launch_plan *plan);
 int make_root_readonly(struct error *err);
+
+/* User namespaces (userns.c). The pod's: a helper cloned into a new user namespace together with the
+ * `other_flags` namespaces (net, ipc, uts: owned by it), its uid_map and gid_map written from here (one
+ * line each, "CONTAINER HOST LENGTH"), the caller moved into the other namespaces (it stays in its own
+ * user namespace, with its privileges); *userns_fd keeps the user namespace. */
+int pod_userns_create(const char *uid_map, const char *gid_map, int other_flags, int *userns_fd,
+                      struct error *err);
+/* A container's: join it as the last namespace, right before the credentials (it resets the
+ * capability sets, the bounding set included, to full within it). */
+int join_user_namespace(int userns_fd, struct error *err);
+/* A detached clone of `path` (open_tree OPEN_TREE_CLONE) ID-mapped with `userns_fd`: the fd, or -1. */
+int idmapped_tree(const char *path, int userns_fd, struct error *err);
+/* Make the detached mount `tree` ID-mapped with `userns_fd`. */
+int idmap_tree(int tree, int userns_fd, const char *what, struct error *err);
+/* `crio-fast-monitor --probe-idmap-overlay DIR`: whether an overlay takes an ID-mapped lower layer on
+ * DIR's filesystem (Linux 5.19 and a filesystem that allows ID-mapped mounts). */
+int probe_idmap_overlay_main(int argc, char **argv);
 
 /* Filesystem parameters (fsprobe.c): whether a mount context takes one, asked
  * without mounting anything. */

@@ -73,8 +73,11 @@ static int decode_namespace(const struct tlv_field *outer, struct launch_plan *p
     }
     if (rc < 0)
         return error_context(err, "namespace");
-    if (!namespace_name((int)type) || type == CLONE_NEWUSER)
+    if (!namespace_name((int)type))
         return error_plain(err, EINVAL, "namespace: unsupported type 0x%x", type);
+    /* A user namespace is the pod's, joined: the monitor makes none per container. */
+    if (type == CLONE_NEWUSER && !ns.join_path)
+        return error_plain(err, EINVAL, "namespace: a user namespace can only be joined (it needs a path)");
     ns.clone_flag = (int)type;
     for (size_t i = 0; i < plan->namespace_count; i++)
         if (plan->namespaces[i].clone_flag == ns.clone_flag)
@@ -137,6 +140,20 @@ static int decode_overlay(const struct tlv_field *outer, struct launch_plan *pla
             break;
         case OVERLAY_WORK:
             if (tlv_string(&field, &plan->overlay_work, err) < 0)
+                return -1;
+            break;
+        case OVERLAY_IDMAP:
+            if (tlv_bool(&field, &plan->overlay_idmap, err) < 0)
+                return -1;
+            break;
+        case OVERLAY_UPPER_UID:
+            plan->has_overlay_upper_owner = true;
+            if (tlv_u32(&field, &plan->overlay_upper_uid, err) < 0)
+                return -1;
+            break;
+        case OVERLAY_UPPER_GID:
+            plan->has_overlay_upper_owner = true;
+            if (tlv_u32(&field, &plan->overlay_upper_gid, err) < 0)
                 return -1;
             break;
         case OVERLAY_TARGET:
@@ -425,6 +442,14 @@ static int plan_complete(struct launch_plan *plan, struct error *err)
         if (!new_uts)
             return error_plain(err, EINVAL, "a hostname needs a new uts namespace");
     }
+    bool joins_userns = false;
+    for (size_t i = 0; i < plan->namespace_count; i++)
+        joins_userns |= plan->namespaces[i].clone_flag == CLONE_NEWUSER;
+    bool idmapped_bind = false;
+    for (size_t i = 0; i < plan->mount_count; i++)
+        idmapped_bind |= (plan->mounts[i].flags & MOUNT_FLAG_IDMAP) != 0;
+    if ((plan->overlay_idmap || idmapped_bind) && !joins_userns)
+        return error_plain(err, EINVAL, "ID-mapped mounts need a user namespace to join");
     if (terminate_string_list(&plan->argv, plan->argc, err) < 0 ||
         terminate_string_list(&plan->env, plan->env_count, err) < 0)
         return -1;
@@ -434,6 +459,7 @@ static int plan_complete(struct launch_plan *plan, struct error *err)
 int plan_decode_head(const uint8_t *data, size_t length, struct launch_plan *plan, struct error *err)
 {
     memset(plan, 0, sizeof(*plan));
+    plan->userns_fd = -1;
     plan->log_line_max = LOG_LINE_MAX_DEFAULT;
     plan->root_propagation = MS_REC | MS_SLAVE;
     if (plan_decode_fields(data, length, plan, err) < 0)

@@ -13,8 +13,12 @@
  *      mounts below (nsfs, shm) never propagate to other mount namespaces
  *      (a propagated nsfs copy would pin the namespace after the pod is gone),
  *   3. unshares the requested net/ipc/uts namespaces, sets the hostname and,
- *      in a new network namespace, sets `lo` up,
- *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts},
+ *      in a new network namespace, sets `lo` up; with --userns-uid-map and
+ *      --userns-gid-map, the pod's user namespace is made first, with those
+ *      mappings, and owns the new net/ipc/uts namespaces, which the monitor
+ *      joins without entering the user namespace (userns.c),
+ *   4. bind-mounts /proc/self/ns/{net,ipc,uts} onto <pod-dir>/ns/{net,ipc,uts}
+ *      (and the user namespace onto <pod-dir>/ns/user),
  *   5. mounts a tmpfs for the pod's /dev/shm on <pod-dir>/shm,
  *   6. joins the cgroups it was given (the fork inherits them); with
  *      --cgroup-gate-fd it first waits for one byte on that fd, so that the
@@ -69,6 +73,8 @@ struct pod_options {
     int new_namespaces; /* CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS subset */
     bool new_pid_namespace;
     bool overlay_legacy; /* --overlay-mount legacy: mount(2) even where lowerdir+ works */
+    const char *userns_uid_map; /* "CONTAINER HOST LENGTH": the pod gets a user namespace of its own */
+    const char *userns_gid_map;
 };
 
 /* The name the pod's pid-namespace init shows in /proc/<pid>/cmdline (and,
@@ -89,8 +95,12 @@ struct pod_anchor {
     char *socket_path;
     char *pid_path;
     char *pid_ns_file; /* --pid new: the pinned pid namespace of the pod init */
+    char *user_ns_file; /* --userns-*-map: the pinned user namespace of the pod */
+    int userns_fd;      /* until it is pinned */
     bool pod_dir_bound;
     bool ns_dir_created;
+    bool user_ns_file_created;
+    bool user_ns_bound;
     bool ns_file_created[POD_NAMESPACE_COUNT];
     bool ns_bound[POD_NAMESPACE_COUNT];
     bool shm_dir_created;
@@ -113,7 +123,8 @@ static void pod_usage(FILE *out)
     fprintf(out, "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD\n"
                  "           [--net new|host] [--ipc new|host] [--uts new|host] [--pid new|host]\n"
                  "           [--hostname NAME] [--cgroup-procs PATH]... [--cgroup-gate-fd FD]\n"
-                 "           [--shm-size BYTES] [--overlay-mount auto|legacy]\n");
+                 "           [--shm-size BYTES] [--overlay-mount auto|legacy]\n"
+                 "           [--userns-uid-map 'CONTAINER HOST LENGTH' --userns-gid-map 'CONTAINER HOST LENGTH']\n");
 }
 
 static int parse_options(int argc, char **argv, struct pod_options *options, struct error *err)
@@ -151,6 +162,15 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
             if (parse_u64(value, &number) < 0 || number < 3 || number > INT_MAX)
                 return error_plain(err, EINVAL, "--cgroup-gate-fd %s is not a descriptor >= 3", value);
             options->cgroup_gate_fd = (int)number;
+        } else if (strcmp(name, "--userns-uid-map") == 0 || strcmp(name, "--userns-gid-map") == 0) {
+            unsigned int container_id, host_id, length;
+            char extra;
+            if (sscanf(value, "%u %u %u %c", &container_id, &host_id, &length, &extra) != 3 || length == 0)
+                return error_plain(err, EINVAL, "%s %s: expected 'CONTAINER HOST LENGTH'", name, value);
+            if (name[9] == 'u')
+                options->userns_uid_map = value;
+            else
+                options->userns_gid_map = value;
         } else if (strcmp(name, "--overlay-mount") == 0) {
             if (strcmp(value, "auto") != 0 && strcmp(value, "legacy") != 0)
                 return error_plain(err, EINVAL, "--overlay-mount %s: expected auto or legacy", value);
@@ -183,6 +203,8 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
         return error_plain(err, EINVAL, "--cgroup-gate-fd and --ready-fd must differ");
     if (options->hostname && !(options->new_namespaces & CLONE_NEWUTS))
         return error_plain(err, EINVAL, "--hostname needs --uts new");
+    if (!options->userns_uid_map != !options->userns_gid_map)
+        return error_plain(err, EINVAL, "--userns-uid-map and --userns-gid-map go together");
     return 0;
 }
 
@@ -349,6 +371,13 @@ static void teardown(struct pod_anchor *anchor, const struct pod_options *option
             fprintf(stderr, "unlink %s: %s\n", anchor->ns_files[i], strerror(errno));
     }
     stop_pod_init(anchor);
+    if (anchor->user_ns_bound && umount2(anchor->user_ns_file, MNT_DETACH) < 0)
+        fprintf(stderr, "unmount %s: %s\n", anchor->user_ns_file, strerror(errno));
+    if (anchor->user_ns_file_created && unlink(anchor->user_ns_file) < 0)
+        fprintf(stderr, "unlink %s: %s\n", anchor->user_ns_file, strerror(errno));
+    if (anchor->userns_fd >= 0)
+        close(anchor->userns_fd);
+    anchor->userns_fd = -1;
     if (anchor->ns_dir_created && rmdir(anchor->ns_dir) < 0)
         fprintf(stderr, "rmdir %s: %s\n", anchor->ns_dir, strerror(errno));
     if (anchor->pod_dir_bound && umount2(options->pod_dir, MNT_DETACH) < 0)
@@ -396,6 +425,18 @@ static int anchor_namespaces(struct pod_anchor *anchor, const struct pod_options
         if (mount(source, anchor->ns_files[i], NULL, MS_BIND, NULL) < 0)
             return error_errno(err, errno, "bind %s on %s", source, anchor->ns_files[i]);
         anchor->ns_bound[i] = true;
+    }
+    if (anchor->userns_fd >= 0) {
+        if (create_file(anchor->user_ns_file, 0444, err) < 0)
+            return -1;
+        anchor->user_ns_file_created = true;
+        char source[64];
+        snprintf(source, sizeof(source), "/proc/self/fd/%d", anchor->userns_fd);
+        if (mount(source, anchor->user_ns_file, NULL, MS_BIND, NULL) < 0)
+            return error_errno(err, errno, "bind the pod's user namespace on %s", anchor->user_ns_file);
+        anchor->user_ns_bound = true;
+        close(anchor->userns_fd); /* pinned now */
+        anchor->userns_fd = -1;
     }
     return 0;
 }
@@ -506,7 +547,9 @@ static int anchor_paths(struct pod_anchor *anchor, const struct pod_options *opt
     anchor->socket_path = format_string("%s/monitor.sock", options->pod_dir);
     anchor->pid_path = format_string("%s/monitor.pid", options->pod_dir);
     anchor->pid_ns_file = format_string("%s/ns/pid", options->pod_dir);
-    if (!anchor->ns_dir || !anchor->shm_dir || !anchor->socket_path || !anchor->pid_path || !anchor->pid_ns_file)
+    anchor->user_ns_file = format_string("%s/ns/user", options->pod_dir);
+    if (!anchor->ns_dir || !anchor->shm_dir || !anchor->socket_path || !anchor->pid_path || !anchor->pid_ns_file ||
+        !anchor->user_ns_file)
         return error_errno(err, ENOMEM, "paths");
     for (int i = 0; i < POD_NAMESPACE_COUNT; i++)
         if (!(anchor->ns_files[i] = format_string("%s/ns/%s", options->pod_dir, pod_namespaces[i].name)))
@@ -531,8 +574,13 @@ static int setup_pod(struct pod_anchor *anchor, const struct pod_options *option
     anchor->pod_dir_bound = true;
     if (mount(NULL, options->pod_dir, NULL, MS_PRIVATE, NULL) < 0)
         return error_errno(err, errno, "make %s a private mount", options->pod_dir);
-    if (options->new_namespaces && unshare(options->new_namespaces) < 0)
+    if (options->userns_uid_map) {
+        if (pod_userns_create(options->userns_uid_map, options->userns_gid_map, options->new_namespaces,
+                              &anchor->userns_fd, err) < 0)
+            return -1;
+    } else if (options->new_namespaces && unshare(options->new_namespaces) < 0) {
         return error_errno(err, errno, "unshare(%#x)", options->new_namespaces);
+    }
     if (options->hostname && sethostname(options->hostname, strlen(options->hostname)) < 0)
         return error_errno(err, errno, "sethostname %s", options->hostname);
     if ((options->new_namespaces & CLONE_NEWNET) && bring_loopback_up(err) < 0)
@@ -662,7 +710,7 @@ int pod_main(int argc, char **argv)
         .signal_fd = -1,
         .listen_fd = -1,
     };
-    struct pod_anchor anchor = {.init_pidfd = -1};
+    struct pod_anchor anchor = {.init_pidfd = -1, .userns_fd = -1};
     int setup_pipe[2] = {-1, -1}; /* --pid new: the monitor reports its pod init here */
     process_argv = argv;
     process_argc = argc;

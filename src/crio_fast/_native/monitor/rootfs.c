@@ -153,7 +153,7 @@ static struct mount_attr_v0 mount_attr_from_flags(uint64_t flags, uint32_t propa
  * the source writable. */
 static int attach_clone(int source_dirfd, const char *source, int target_fd, uint64_t flags, uint32_t propagation,
                         bool attributes_recursive, const char *what, const char *rootfs, const char *destination,
-                        struct error *err)
+                        int idmap_userns_fd, struct error *err)
 {
     bool recursive = flags & MS_REC;
     unsigned int tree_flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0);
@@ -163,6 +163,11 @@ static int attach_clone(int source_dirfd, const char *source, int target_fd, uin
     if (tree < 0)
         return error_errno(err, errno, "%s %s on %s%s: open_tree", what, *source ? source : "(fd)", rootfs,
                            destination);
+    /* The top mount alone: a submount's filesystem may not allow ID-mapping. */
+    if (idmap_userns_fd >= 0 && idmap_tree(tree, idmap_userns_fd, source, err) < 0) {
+        close(tree);
+        return error_context(err, "%s on %s%s", what, rootfs, destination);
+    }
     struct mount_attr_v0 attr = mount_attr_from_flags(flags, propagation);
     /* One call when both parts reach the same mounts, else the attributes and the propagation apart. */
     bool split = recursive && !attributes_recursive && attr.attr_set && attr.propagation;
@@ -227,7 +232,7 @@ static int do_mount(int root_fd, const char *rootfs, const struct plan_mount *m,
     return 0;
 }
 
-static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, struct error *err)
+static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, int userns_fd, struct error *err)
 {
     struct stat st;
     if (stat(m->source, &st) < 0)
@@ -237,7 +242,8 @@ static int do_bind(int root_fd, const char *rootfs, const struct plan_mount *m, 
     if (fd < 0)
         return -1;
     int rc = attach_clone(AT_FDCWD, m->source, fd, m->flags, m->propagation,
-                          (m->flags & MOUNT_FLAG_RECURSIVE_ATTRIBUTES) != 0, "bind", rootfs, m->destination, err);
+                          (m->flags & MOUNT_FLAG_RECURSIVE_ATTRIBUTES) != 0, "bind", rootfs, m->destination,
+                          (m->flags & MOUNT_FLAG_IDMAP) ? userns_fd : -1, err);
     close(fd);
     return rc;
 }
@@ -300,7 +306,7 @@ static int do_mknod(int root_fd, const char *rootfs, const struct plan_mount *m,
     bind.kind = MOUNT_OP_BIND;
     bind.flags = MS_NOSUID | MS_NOEXEC;
     bind.propagation = 0;
-    return do_bind(root_fd, rootfs, &bind, err);
+    return do_bind(root_fd, rootfs, &bind, -1, err);
 }
 
 static int do_symlink(int root_fd, const char *rootfs, const struct plan_mount *m, struct parent_cache *cache,
@@ -342,7 +348,7 @@ static int do_mask(int root_fd, const char *rootfs, const struct plan_mount *m, 
         if (rc < 0)
             error_errno(err, errno, "mask %s%s with an empty tmpfs", rootfs, m->destination);
     } else {
-        rc = attach_clone(AT_FDCWD, "/dev/null", fd, 0, 0, false, "mask with", rootfs, m->destination, err);
+        rc = attach_clone(AT_FDCWD, "/dev/null", fd, 0, 0, false, "mask with", rootfs, m->destination, -1, err);
     }
     close(fd);
     return rc;
@@ -367,20 +373,21 @@ static int do_readonly(int root_fd, const char *rootfs, const struct plan_mount 
     } else {
         /* Bind the path over itself, read-only; works for mount points and for
          * plain directories such as /proc/sys alike. */
-        rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, true, "read-only bind of", rootfs, m->destination, err);
+        rc = attach_clone(fd, "", fd, m->flags | MS_RDONLY, 0, true, "read-only bind of", rootfs, m->destination, -1,
+                          err);
     }
     close(fd);
     return rc;
 }
 
 static int apply_mount(int root_fd, const char *rootfs, const struct plan_mount *m, struct parent_cache *cache,
-                       struct error *err)
+                       int userns_fd, struct error *err)
 {
     if (m->kind != MOUNT_OP_MKNOD && m->kind != MOUNT_OP_SYMLINK)
         drop_parent(cache);
     switch (m->kind) {
     case MOUNT_OP_MOUNT: return do_mount(root_fd, rootfs, m, err);
-    case MOUNT_OP_BIND: return do_bind(root_fd, rootfs, m, err);
+    case MOUNT_OP_BIND: return do_bind(root_fd, rootfs, m, userns_fd, err);
     case MOUNT_OP_MKNOD: return do_mknod(root_fd, rootfs, m, cache, err);
     case MOUNT_OP_SYMLINK: return do_symlink(root_fd, rootfs, m, cache, err);
     case MOUNT_OP_MKDIR: {
@@ -616,6 +623,46 @@ out:
     return rc;
 }
 
+/* The overlay with each lower dir replaced by an ID-mapped clone of it,
+ * named by /proc/self/fd/N (overlayfs resolves the magic link to the
+ * detached mount; Linux 5.19 takes ID-mapped layers): files owned by the
+ * node's root show as the container's root, and nothing on the shared
+ * layers is chowned. */
+static int mount_overlay_idmapped(const struct launch_plan *plan, struct error *err)
+{
+    size_t count = plan->overlay_lower_count;
+    int *trees = calloc(count, sizeof(*trees));
+    char(*names)[32] = calloc(count, sizeof(*names));
+    const char **lower = calloc(count, sizeof(*lower));
+    int rc = -1;
+    if (!trees || !names || !lower) {
+        error_errno(err, ENOMEM, "ID-mapped overlay layers");
+        goto out;
+    }
+    for (size_t i = 0; i < count; i++)
+        trees[i] = -1;
+    for (size_t i = 0; i < count; i++) {
+        trees[i] = idmapped_tree(plan->overlay_lower[i], plan->userns_fd, err);
+        if (trees[i] < 0) {
+            error_context(err, "overlay lower dir for %s", plan->rootfs);
+            goto out;
+        }
+        snprintf(names[i], sizeof(names[i]), "/proc/self/fd/%d", trees[i]);
+        lower[i] = names[i];
+    }
+    struct launch_plan mapped = *plan;
+    mapped.overlay_lower = lower;
+    rc = mount_overlay(&mapped, err);
+out:
+    for (size_t i = 0; trees && i < count; i++)
+        if (trees[i] >= 0)
+            close(trees[i]);
+    free(trees);
+    free(names);
+    free(lower);
+    return rc;
+}
+
 static int enter_root(const struct launch_plan *plan, int root_fd, struct error *err)
 {
     if (fchdir(root_fd) < 0)
@@ -709,7 +756,7 @@ int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct 
     struct parent_cache cache = {.fd = -1};
     int rc = 0;
     for (size_t i = from; i < to && rc == 0; i++)
-        rc = apply_mount(root_fd, plan->rootfs, &plan->mounts[i], &cache, err);
+        rc = apply_mount(root_fd, plan->rootfs, &plan->mounts[i], &cache, plan->userns_fd, err);
     drop_parent(&cache);
     close(root_fd);
     return rc;
@@ -723,14 +770,26 @@ int prepare_rootfs(const struct launch_plan *plan, struct error *err)
     if ((plan->root_propagation & MS_SHARED) && make_rootfs_parent_private(plan->rootfs, err) < 0)
         return -1;
     if (plan->has_overlay) {
-        if (mount_overlay(plan, err) < 0)
+        /* The root of the merged tree is the upper dir's: the container's
+         * root must own it to write in `/`. */
+        if (plan->has_overlay_upper_owner && plan->overlay_upper &&
+            chown(plan->overlay_upper, plan->overlay_upper_uid, plan->overlay_upper_gid) < 0)
+            return error_errno(err, errno, "chown %s to %u:%u", plan->overlay_upper, plan->overlay_upper_uid,
+                               plan->overlay_upper_gid);
+        if (plan->overlay_idmap) {
+            if (plan->userns_fd < 0)
+                return error_plain(err, EINVAL, "ID-mapped overlay layers need a user namespace to join");
+            if (mount_overlay_idmapped(plan, err) < 0)
+                return -1;
+        } else if (mount_overlay(plan, err) < 0) {
             return -1;
+        }
     } else {
         /* pivot_root needs a mount point: bind the rootfs onto itself. */
         int target = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (target < 0)
             return error_errno(err, errno, "open rootfs %s", plan->rootfs);
-        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, false, "bind rootfs", plan->rootfs, "", err);
+        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, false, "bind rootfs", plan->rootfs, "", -1, err);
         close(target);
         if (rc < 0)
             return -1;

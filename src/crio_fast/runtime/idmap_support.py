@@ -1,0 +1,33 @@
+"""Whether this node can run pods in user namespaces the way the monitor does: an overlay whose lower
+layers are ID-mapped mounts (MOUNT_ATTR_IDMAP; overlayfs takes such layers from Linux 5.19) on the
+filesystem of the image store. Asked of the monitor binary (``--probe-idmap-overlay``), which tries it
+in a throwaway mount namespace, so a kernel that backported it (or a filesystem that refuses it) is
+answered by what it does, not by its version number. The answer does not change while the node runs:
+asked once per (monitor, directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from dataclasses import dataclass
+
+PROBE_TIMEOUT_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class IdmapSupport:
+    supported: bool
+    detail: str  # the monitor's answer, or why it could not be asked
+
+
+@functools.lru_cache(maxsize=8)
+def idmapped_overlay_support(monitor_path: str, directory: str) -> IdmapSupport:
+    """Whether an overlay takes an ID-mapped lower layer on ``directory``'s filesystem (root only)."""
+    try:
+        result = subprocess.run([monitor_path, "--probe-idmap-overlay", directory], capture_output=True,
+                                text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return IdmapSupport(False, f"cannot ask {monitor_path}: {exc}")
+    detail = " ".join((result.stdout + result.stderr).split())
+    return IdmapSupport(result.returncode == 0, detail)
