@@ -10,6 +10,7 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import secrets
@@ -34,9 +35,10 @@ from crio_fast.image.manager import ImageInfo, ImageManager
 from crio_fast.logs import prepare_log_file
 from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
-from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
+from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Namespace, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
+from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -116,6 +118,7 @@ class ContainerManager:
         if not config.image.image:
             raise InvalidArgument("container image is empty")
         pod_config = decode_pod_config(pod.config)
+        translate.check_user_namespace(config, pod_user_namespace(pod_config))
         name = translate.container_name(config.metadata, pod_config.metadata)
         with self.image_claims.claiming(config) as (image, volume_images):
             with self._lock:
@@ -164,9 +167,15 @@ class ContainerManager:
         volumes = self.image_claims.mount_volumes(record, config, volume_images)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
+        # The pod's user namespace: the child joins it last (its rootfs layers ID-mapped with it).
+        userns = pod_user_namespace(pod_config)
+        user_namespace = Namespace("user", path=pod.ns_paths["user"]) if userns is not None else None
+        if userns is not None and (external_runtime or user_namespace.path is None):
+            raise FailedPrecondition(f"pod sandbox {pod.id} has a user namespace its runtime cannot give containers")
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
-                                     () if external_runtime else self.files.writable_layer_dirs(record.id))
+                                     () if external_runtime else self.files.writable_layer_dirs(record.id),
+                                     user_namespace=user_namespace)
         log_file = prepare_log_file(pod.log_directory, config.log_path)
         if log_file is not None:
             record.log_path = log_file.path
@@ -210,6 +219,10 @@ class ContainerManager:
                     # The rootfs first: the child mounts it while the request is checked and the rest decided.
                     overlay = self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=False,
                                                         make_dirs=False)
+                    if userns is not None:
+                        # Files of the image owned by the node's root show as the container's root; the
+                        # container's root owns the writable layer's root.
+                        overlay = dataclasses.replace(overlay, idmap=True, upper_owner=userns.root_owner)
                     yield encode_rootfs(overlay=overlay)
                     checked = check()
                     yield whole_plan(checked, overlay).encode_rest()

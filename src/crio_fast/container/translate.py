@@ -43,7 +43,10 @@ from crio_fast.runtime.plan import (
     Overlay,
     default_linux_mounts,
 )
+from crio_fast.runtime import wire
 from crio_fast.sandbox.sysctls import pod_sysctls
+from crio_fast.sandbox.userns import IdRange, PodUserNamespace
+from crio_fast.validation import user_namespace_wanted
 from crio_fast.state.records import ContainerRecord, PodRecord
 
 # A CRI mount's propagation; binds are recursive, and so is the propagation change applied to them.
@@ -147,6 +150,38 @@ class CheckedRequest:
     cgroup: CgroupStep
 
 
+def check_user_namespace(config: pb.ContainerConfig, pod_userns: PodUserNamespace | None) -> None:
+    """A container is in its pod's user namespace, or in none of its own: what its request says of user
+    namespaces must agree with the pod's, and ID-mapped volumes (a mount's uidMappings and gidMappings) are
+    mapped as the pod is, with the pod's user namespace."""
+    options = config.linux.security_context.namespace_options
+    if options.HasField("userns_options"):
+        wants = user_namespace_wanted(options)
+        if wants and pod_userns is None:
+            raise InvalidArgument("the container asks for a user namespace (mode POD) in a pod that has none")
+        if not wants and pod_userns is not None:
+            raise InvalidArgument("the container asks for the node's user namespace in a pod that has one of its "
+                                  "own: a container is in its pod's user namespace")
+        if wants and pod_userns is not None:
+            mapped = PodUserNamespace(IdRange.of(options.userns_options.uids[0]),
+                                      IdRange.of(options.userns_options.gids[0]))
+            if mapped != pod_userns:
+                raise InvalidArgument("the container's user namespace mappings differ from its pod's")
+    for m in config.mounts:
+        if not (m.uidMappings or m.gidMappings):
+            continue
+        where = f"mount {shown(m.container_path)}"
+        if pod_userns is None:
+            raise InvalidArgument(f"{where}: ID-mapped mounts (uidMappings, gidMappings) need a pod with a user "
+                                  "namespace")
+        if m.image.image:
+            raise InvalidArgument(f"{where}: an image volume cannot be ID-mapped")
+        if (len(m.uidMappings), len(m.gidMappings)) != (1, 1) or \
+                (IdRange.of(m.uidMappings[0]), IdRange.of(m.gidMappings[0])) != (pod_userns.uids, pod_userns.gids):
+            raise InvalidArgument(f"{where}: uidMappings and gidMappings must be the pod's user namespace "
+                                  f"mappings ({pod_userns.uids.line()} and {pod_userns.gids.line()})")
+
+
 def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_config: pb.PodSandboxConfig, *,
                   runtime: RuntimeSection, cgroups: CgroupManager, cg: CgroupPaths, apparmor: AppArmor,
                   external_runtime: bool, recursive_readonly_supported: bool = True) -> CheckedRequest:
@@ -206,14 +241,17 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
 
 
 def launch_head(config: pb.ContainerConfig, pid_namespace: Namespace | None, cg: CgroupPaths, layout_v2: bool,
-                host_dirs: Sequence[str] = ()) -> LaunchHead:
+                host_dirs: Sequence[str] = (), user_namespace: Namespace | None = None) -> LaunchHead:
     """What the monitor needs to clone the container's child: its namespaces, stdio and cgroup.
-    ``host_dirs``: directories the child makes (the writable layer's) while the rest is decided."""
+    ``host_dirs``: directories the child makes (the writable layer's) while the rest is decided.
+    ``user_namespace``: the pod's, which the child joins last, right before its credentials."""
     namespaces = [Namespace("mnt")]
     if pid_namespace is not None:
         namespaces.append(pid_namespace)
     if layout_v2:
         namespaces.append(Namespace("cgroup"))
+    if user_namespace is not None:
+        namespaces.append(user_namespace)
     return LaunchHead(
         namespaces=namespaces,
         cgroup_procs=cg.procs_files,
@@ -278,7 +316,9 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
                                   "image": volume.image, "image_id": volume.image_id,
                                   "image_sub_path": volume.sub_path})
             continue
+        # uidMappings/gidMappings (checked by check_user_namespace to be the pod's): an ID-mapped bind.
         extra_mounts.append(MountOp.bind(m.host_path, m.container_path, readonly=m.readonly,
+                                         flags=wire.MOUNT_FLAG_IDMAP if m.uidMappings else 0,
                                          propagation=propagation, recursive_readonly=m.recursive_read_only))
         record_mounts.append({"container_path": m.container_path, "host_path": m.host_path,
                               "readonly": m.readonly, "propagation": int(m.propagation),

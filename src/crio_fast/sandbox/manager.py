@@ -29,10 +29,12 @@ from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
 from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, CgroupPaths, normalize_cgroup_parent
 from crio_fast.config import Config
 from crio_fast.sandbox.sysctls import pod_sysctls
+from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.logs import make_log_directory
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
+from crio_fast.runtime.idmap_support import IdmapSupport, idmapped_overlay_support
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
 from crio_fast.runtime.spawn import PodMonitorSpec, cleanup_pod_dir, spawn_monitor
 from crio_fast.runtime.wire import feature_names
@@ -138,6 +140,22 @@ class SandboxManager:
                                      "recreate the pod")
         return mon
 
+    # -- user namespaces -------------------------------------------------------
+
+    def user_namespace_support(self, handler_name: str) -> IdmapSupport:
+        """Whether pods of this handler can have a user namespace (hostUsers: false): the native handler
+        where the kernel mounts overlays over ID-mapped layers of the image store (asked once). runc and
+        crun are not given one: Debian's runc 1.1 cannot ID-map a rootfs, and crio-fast does not
+        translate the mappings into their config.json."""
+        handler = self.config.runtime.runtimes.get(handler_name)
+        if handler is None:
+            return IdmapSupport(False, f"runtime handler {handler_name!r} is not configured")
+        if handler.runtime_type == "oci":
+            return IdmapSupport(False, f"runtime handler {handler_name!r} is an OCI runtime: crio-fast gives "
+                                       "user namespaces to the native handler's pods only")
+        layers = Path(self.config.crio.root) / "images" / "layers"
+        return idmapped_overlay_support(self.monitor_path, str(layers if layers.is_dir() else self.config.crio.root))
+
     # -- RunPodSandbox ---------------------------------------------------------
 
     def validate(self, config: pb.PodSandboxConfig, handler: str) -> str:
@@ -160,6 +178,12 @@ class SandboxManager:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
         # Namespaced sysctls are applied in every container of the pod; others are refused here.
         pod_sysctls(config)
+        if pod_user_namespace(config) is not None:
+            support = self.user_namespace_support(handler)
+            if not support.supported:
+                if self.config.runtime.runtimes[handler].runtime_type == "oci":
+                    raise InvalidArgument(f"user namespaces: {support.detail}")
+                raise FailedPrecondition(f"user namespaces are not supported on this node: {support.detail}")
         return handler
 
     def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
@@ -212,6 +236,9 @@ class SandboxManager:
             # one too, as with containerd and CRI-O; the kubelet always says CONTAINER unless it wants POD.
             "pid": "new" if ns_opts.pid == pb.NamespaceMode.POD else "host",
         }
+        userns = pod_user_namespace(config)
+        # The pod's own user namespace owns its new net, ipc and uts namespaces (the monitor makes it first).
+        record.namespaces["user"] = "new" if userns is not None else "host"
         spec = PodMonitorSpec(
             pod_id=record.id,
             pod_dir=record.pod_dir,
@@ -222,6 +249,8 @@ class SandboxManager:
             cgroup_procs=monitor_cg.procs_files,
             shm_size=0 if host_ipc else DEFAULT_SHM_SIZE,
             stderr_path=str(pod_dir / "monitor.log"),
+            userns_uid_map=userns.uids.line() if userns is not None else None,
+            userns_gid_map=userns.gids.line() if userns is not None else None,
         )
 
         def make_cgroups() -> None:
@@ -239,6 +268,10 @@ class SandboxManager:
             (pod_dir / "hostname").write_text(hostname + "\n")
             (pod_dir / "resolv.conf").write_bytes(resolv_conf(config.dns_config))
             (pod_dir / "hosts").write_bytes(Path("/etc/hosts").read_bytes() if host_net else hosts_file(hostname))
+            if userns is not None:
+                # Bound into every container: the pod's root owns them, as it would without a user namespace.
+                for name in ("hostname", "resolv.conf", "hosts"):
+                    os.chown(pod_dir / name, *userns.root_owner)
             if record.log_directory:
                 make_log_directory(record.log_directory)
 

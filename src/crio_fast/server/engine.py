@@ -130,7 +130,8 @@ class Engine:
     def handler_features(self, name: str) -> dict[str, bool]:
         """What a runtime handler can do of what the kubelet asks about (RuntimeHandlerFeatures)."""
         handler = self.config.runtime.runtimes.get(name)
-        return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler), "user_namespaces": False}
+        return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler),
+                "user_namespaces": self.sandboxes.user_namespace_support(name).supported}
 
     @staticmethod
     def runtime_features() -> dict[str, bool]:
