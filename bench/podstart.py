@@ -1,6 +1,7 @@
 """Pod start-up latency through the daemon's real CRI socket.
 
     sudo python bench/podstart.py [--iterations 50] [--handlers native,runc,crun] [--runtimes NAME:PATH[:ROOT]]
+    sudo python bench/podstart.py --handlers native,native+userns    # a user-namespaced pod against a plain one
 
 Handlers "runc" and "crun" are configured from Debian's binaries when no
 --runtimes names them (crun with hide_cgroup2_mount, which it needs on
@@ -15,7 +16,9 @@ pulls a busybox image built from busybox-static, then runs N iterations of
 with pods in their own namespaces (the monitor makes them) and no CNI,
 and prints p50/p90/p99 per phase as a Markdown table ("create+start" is
 CreateContainer + StartContainer of one container: the part a runtime handler
-decides). With several handlers the iterations interleave them so that
+decides). A handler written NAME+userns runs its pods as the kubelet runs
+hostUsers: false (a user namespace of the pod's own, with a range of 65536
+ids per pod as the kubelet hands them out). With several handlers the iterations interleave them so that
 machine noise hits all alike, and each handler's medians of start-up and
 create+start are given as a ratio to the native handler's. Nothing here is
 asserted: it reports.
@@ -47,10 +50,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def one_pod(d: Daemon, image: str, handler: str, n: int, timings: dict[str, list[float]]) -> None:
+USERNS_SUFFIX = "+userns"
+
+
+def userns_options(n: int) -> api.UserNamespace:
+    """What the kubelet sends for hostUsers: false: 65536 ids at a multiple of 65536, one range per pod."""
+    ids = [api.IDMapping(container_id=0, host_id=65536 * (16 + n % 64), length=65536)]
+    return api.UserNamespace(mode=api.NamespaceMode.POD, uids=ids, gids=ids)
+
+
+def one_pod(d: Daemon, image: str, handler_spec: str, n: int, timings: dict[str, list[float]]) -> None:
     rt = d.client.runtime
+    handler = handler_spec.removesuffix(USERNS_SUFFIX)
     pod = api.PodSandboxConfig(
-        metadata=api.PodSandboxMetadata(name=f"bench{n}", namespace="bench", uid=f"bench-{handler}-{n}"),
+        metadata=api.PodSandboxMetadata(name=f"bench{n}", namespace="bench", uid=f"bench-{handler_spec}-{n}"),
         hostname=f"bench{n}",
         log_directory=str(d.dirs.log_dir / f"bench{n}"), linux=kubelet_pod_linux(),
     )
@@ -58,6 +71,10 @@ def one_pod(d: Daemon, image: str, handler: str, n: int, timings: dict[str, list
         metadata=api.ContainerMetadata(name="sleep"), image=api.ImageSpec(image=image),
         command=["/bin/sleep", "3600"], log_path="sleep.log", linux=kubelet_container_linux(),
     )
+    if handler_spec.endswith(USERNS_SUFFIX):
+        userns = userns_options(n)
+        pod.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+        ctr.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
     t0 = time.perf_counter()
     pod_id = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod, runtime_handler=handler), timeout=30).pod_sandbox_id
     t1 = time.perf_counter()
@@ -93,9 +110,10 @@ def main() -> int:
     runtimes = list(args.runtimes)
     named = {spec.split(":", 1)[0] for spec in runtimes}
     drop_in = ""
-    if "runc" in handlers and "runc" not in named:
+    plain = {h.removesuffix(USERNS_SUFFIX) for h in handlers}
+    if "runc" in plain and "runc" not in named:
         runtimes.append(f"runc:{KNOWN_RUNTIMES['runc']}")
-    if "crun" in handlers and "crun" not in named:
+    if "crun" in plain and "crun" not in named:
         drop_in = (f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{KNOWN_RUNTIMES["crun"]}"\n'
                    "hide_cgroup2_mount = true\n")
 
