@@ -26,6 +26,7 @@ from crio_fast import _native
 from crio_fast.config.schema import Config
 from crio_fast.container.apparmor import BUILTIN_DEFAULT, UNCONFINED, AppArmor
 from crio_fast.errors import CrioError
+from crio_fast.runtime.idmap_support import idmapped_overlay_support
 
 # Namespaces a pod needs (pid, net, ipc, uts, mnt) and those only some pods
 # use: user namespaces for userns pods, cgroup namespaces for a private
@@ -210,6 +211,31 @@ def check_overlay_lower_dirs(config: Config) -> Finding:
                    "the pod monitor probes again when it starts")
 
 
+def _existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and path != "/":
+        path = os.path.dirname(path)
+    return path
+
+
+def check_idmapped_overlay(config: Config) -> Finding:
+    """Whether pods can have user namespaces (hostUsers: false): the monitor mounts their rootfs as an
+    overlay over ID-mapped layers of the image store, which needs Linux 5.19 and a filesystem that allows
+    ID-mapped mounts. Asked the way the daemon asks (the monitor tries it in a throwaway mount namespace)."""
+    path = config.runtime.monitor_path or str(_native.BIN_DIR / "crio-fast-monitor")
+    part = "user namespaces"
+    layers = os.path.join(config.crio.root, "images", "layers")
+    directory = layers if os.path.isdir(layers) else _existing_ancestor(config.crio.root)
+    support = idmapped_overlay_support(path, directory)
+    if support.supported:
+        return Finding(Status.OK, part, f"overlays over ID-mapped layers on {directory}: pods may run with "
+                                        "hostUsers: false (native handler)")
+    return Finding(Status.WARN, part, f"no overlay over ID-mapped layers on {directory}: {support.detail}; pods "
+                                      "asking for a user namespace (hostUsers: false) are refused",
+                   "Linux 5.19 or newer, and a root on a filesystem that allows ID-mapped mounts (ext4, xfs, btrfs; "
+                   "tmpfs from 6.3)")
+
+
 def check_apparmor(config: Config, apparmor: AppArmor | None = None) -> Finding:
     """Whether containers that ask for the runtime default AppArmor profile (or name none) can get it.
 
@@ -370,6 +396,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_cgroups()
     findings.append(check_monitor(config))
     findings.append(check_overlay_lower_dirs(config))
+    findings.append(check_idmapped_overlay(config))
     findings.append(check_apparmor(config))
     findings += check_cni_plugins(config.network.plugin_dirs)
     findings += check_runtimes(config)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from crio_fast import _native
-from crio_fast.check import Status, check_namespaces, check_overlay_lower_dirs, check_overlayfs, overlay_layer_limit
+from crio_fast.check import (
+    Status,
+    check_idmapped_overlay,
+    check_namespaces,
+    check_overlay_lower_dirs,
+    check_overlayfs,
+    overlay_layer_limit,
+)
 from crio_fast.config.schema import Config
 from tests.support.daemon import run_cli
 
@@ -52,6 +59,22 @@ def test_check_passes_on_this_node(daemon_dirs) -> None:
         assert found["overlay lower dirs"][0] == "WARN" and "Linux 6.8" in found["overlay lower dirs"][1]
     assert str(daemon_dirs.runroot) in found["socket directory"][1]
     assert "All required parts are there" in result.stdout
+    # This node (Linux 6.x, ext4) mounts overlays over ID-mapped layers: pods may have user namespaces.
+    assert found["user namespaces"][0] == "OK", result.stdout
+    assert "hostUsers: false" in found["user namespaces"][1]
+
+
+def test_user_namespaces_finding_says_what_the_node_lacks(tmp_path: Path) -> None:
+    script = tmp_path / "monitor"
+    script.write_text("#!/bin/sh\n[ \"$1\" = --probe-idmap-overlay ] || exit 99\n"
+                      "echo 'refused: ID-map /x: Invalid argument'\nexit 1\n")
+    script.chmod(0o755)
+    config = Config()
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, monitor_path=str(script)))
+    finding = check_idmapped_overlay(config)
+    assert finding.status is Status.WARN
+    assert "ID-map /x: Invalid argument" in finding.detail and "refused" in finding.detail
+    assert "Linux 5.19" in finding.hint
 
 
 def test_check_runs_configured_runtimes(daemon_dirs) -> None:
