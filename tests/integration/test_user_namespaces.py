@@ -166,8 +166,9 @@ def test_a_pod_in_a_user_namespace(env, pods, host_root_file):
     assert host_root_file.read_text() == "host\nmapped\n"
     assert host_root_file.stat().st_uid == 0  # written through the mapping, owner unchanged on disk
 
-    # /proc, /sys, /dev, the pod's /dev/shm and mqueue work inside.
+    # /proc, /sys, /dev, the pod's /dev/shm and mqueue work inside; /dev is the container's root's.
     ok(env, ctr, "test -r /proc/self/status && ls /sys/kernel >/dev/null && echo > /dev/null && test -c /dev/zero")
+    assert ok(env, ctr, "stat -c %u:%g /dev /dev/null && touch /dev/mine").split() == ["0:0", "0:0"]
     ok(env, ctr, "echo shared > /dev/shm/x && cat /dev/shm/x && mount | grep -q ' /dev/mqueue '")
 
 
@@ -196,6 +197,20 @@ def test_a_container_runs_as_its_user_inside_the_mapping(env, pods):
     uid_line = next(line for line in Path(f"/proc/{container_pid(env, ctr)}/status").read_text().splitlines()
                     if line.startswith("Uid:"))
     assert uid_line.split()[1] == str(HOST_ID + 1000)
+
+
+def test_a_terminal_in_a_user_namespace(env, pods):
+    pod_id, pod_config = pods(userns_options())
+    configure = kubelet_container(pod_config)
+
+    def with_tty(config: api.ContainerConfig) -> None:
+        configure(config)
+        config.tty = True
+
+    ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_tty)
+    start(env, ctr)
+    # The container's own terminal, on its devpts: its root's and the tty group's (5) inside.
+    assert ok(env, ctr, "stat -L -c %u:%g /proc/1/fd/0").strip() == "0:5"
 
 
 def test_mode_node_is_the_nodes_user_namespace(env, pods):

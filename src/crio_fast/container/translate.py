@@ -34,7 +34,9 @@ from crio_fast.runtime.plan import (
     MS_REC,
     MS_SHARED,
     MS_SLAVE,
+    TTY_GID,
     Capabilities,
+    DevOwner,
     ExecPlan,
     LaunchHead,
     LaunchPlan,
@@ -45,7 +47,7 @@ from crio_fast.runtime.plan import (
 )
 from crio_fast.runtime import wire
 from crio_fast.sandbox.sysctls import pod_sysctls
-from crio_fast.sandbox.userns import IdRange, PodUserNamespace
+from crio_fast.sandbox.userns import IdRange, PodUserNamespace, pod_user_namespace
 from crio_fast.validation import user_namespace_wanted
 from crio_fast.state.records import ContainerRecord, PodRecord
 
@@ -324,6 +326,11 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
                               "readonly": m.readonly, "propagation": int(m.propagation),
                               "recursive_read_only": m.recursive_read_only})
     shm = str(Path(pod.pod_dir, "shm")) if pod.namespaces.get("ipc") == "new" else None
+    userns = pod_user_namespace(pod_config)
+    dev_owner = None
+    if userns is not None:
+        tty_gid = userns.gids.to_host(TTY_GID)
+        dev_owner = DevOwner(*userns.root_owner, tty_gid=tty_gid if tty_gid is not None else userns.root_owner[1])
     mounts = default_linux_mounts(
         shm_source=shm,
         cgroup="v2" if layout_v2 else "v1",
@@ -332,6 +339,7 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
         extra=[*security.device_mount_ops(checked.devices), *extra_mounts],
         masked_paths=[] if sc.privileged else list(sc.masked_paths) or DEFAULT_MASKED_PATHS,
         readonly_paths=[] if sc.privileged else list(sc.readonly_paths) or DEFAULT_READONLY_PATHS,
+        dev_owner=dev_owner,
     )
     if sc.privileged:
         # Privileged containers get a writable /sys, as with runc.

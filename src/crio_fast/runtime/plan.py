@@ -507,6 +507,7 @@ def default_linux_mounts(
     readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS,
     devices: Sequence[tuple[str, int, int]] = DEFAULT_DEVICES,
     dev_size: str = "65536k",
+    dev_owner: DevOwner | None = None,
 ) -> list[MountOp]:
     """The standard Linux container mount sequence, in order.
 
@@ -524,6 +525,9 @@ def default_linux_mounts(
     /sys/fs/cgroup. Otherwise they come right after /proc and /sys, as runc
     orders a spec's mounts.
 
+    `dev_owner`: in a pod with a user namespace, the host ids of the container's root and tty group:
+    /dev, its devices and the terminals' group are theirs, as they are the node's root's without one.
+
     `cgroup`: "v2" mounts cgroup2 (pair it with a cgroup namespace); "v1" makes
     /sys/fs/cgroup a tmpfs with one read-only bind per entry of
     `cgroup_v1_binds` (name -> host directory); "none" mounts nothing there.
@@ -532,7 +536,7 @@ def default_linux_mounts(
     container are built once (building 45 of them cost about 0.2 ms per
     CreateContainer).
     """
-    ops = list(_system_mounts(shm_source, tuple(devices), dev_size))
+    ops = list(_system_mounts(shm_source, tuple(devices), dev_size, dev_owner))
     hiding = _hiding_mounts(tuple(masked_paths), tuple(readonly_paths))
     early_hiding, hiding = _hiding_before_cgroups(hiding, tuple(op.destination for op in extra))
     ops += early_hiding
@@ -595,17 +599,32 @@ _CGROUP_V1_READONLY = MountOp(MountKind.READONLY, "/sys/fs/cgroup",
                               flags=MS_REMOUNT | MS_REC | MS_NOSUID | MS_NOEXEC | MS_NODEV, propagation=MS_PRIVATE)
 
 
+@dataclass(frozen=True)
+class DevOwner:
+    """Host ids that own /dev in a pod with a user namespace: its root's, and its tty group's."""
+
+    uid: int
+    gid: int
+    tty_gid: int
+
+
+# The group of the terminals devpts makes (gid=5: "tty" in every distribution's /etc/group).
+TTY_GID = 5
+
+
 @functools.lru_cache(maxsize=64)
 def _system_mounts(shm_source: str | None, devices: tuple[tuple[str, int, int], ...],
-                   dev_size: str) -> tuple[MountOp, ...]:
+                   dev_size: str, dev_owner: DevOwner | None = None) -> tuple[MountOp, ...]:
     """proc, /dev and its devices, links and devpts, /dev/shm, mqueue, sysfs."""
     nosuid_noexec_nodev = MS_NOSUID | MS_NOEXEC | MS_NODEV
+    owner = f",uid={dev_owner.uid},gid={dev_owner.gid}" if dev_owner is not None else ""
+    uid, gid = (dev_owner.uid, dev_owner.gid) if dev_owner is not None else (0, 0)
     ops = [
         MountOp.mount("proc", "/proc", flags=nosuid_noexec_nodev),
-        MountOp.mount("tmpfs", "/dev", flags=MS_NOSUID | MS_STRICTATIME, data=f"mode=755,size={dev_size}"),
+        MountOp.mount("tmpfs", "/dev", flags=MS_NOSUID | MS_STRICTATIME, data=f"mode=755,size={dev_size}{owner}"),
     ]
     for name, major, minor in devices:
-        ops.append(MountOp.char_device(f"/dev/{name}", major, minor, host_path=f"/dev/{name}"))
+        ops.append(MountOp.char_device(f"/dev/{name}", major, minor, host_path=f"/dev/{name}", uid=uid, gid=gid))
     ops += [
         MountOp.symlink("/proc/self/fd", "/dev/fd"),
         MountOp.symlink("/proc/self/fd/0", "/dev/stdin"),
@@ -613,7 +632,11 @@ def _system_mounts(shm_source: str | None, devices: tuple[tuple[str, int, int], 
         MountOp.symlink("/proc/self/fd/2", "/dev/stderr"),
         MountOp.symlink("pts/ptmx", "/dev/ptmx"),
         MountOp.mount("devpts", "/dev/pts", flags=MS_NOSUID | MS_NOEXEC,
-                      data="newinstance,ptmxmode=0666,mode=0620,gid=5"),
+                      data="newinstance,ptmxmode=0666,mode=0620,"
+                           # A terminal the child opens before it joins the user namespace is the
+                           # container's root's, as it is the node's root's without one.
+                           + (f"uid={dev_owner.uid},gid={dev_owner.tty_gid}" if dev_owner is not None
+                              else f"gid={TTY_GID}")),
     ]
     if shm_source:
         ops.append(MountOp.bind(shm_source, "/dev/shm", recursive=False, flags=nosuid_noexec_nodev))
