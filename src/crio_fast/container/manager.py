@@ -36,7 +36,7 @@ from crio_fast.logs import prepare_log_file
 from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Namespace, Overlay, encode_rootfs
-from crio_fast.runtime.wire import MONITOR_FEATURES
+from crio_fast.runtime.wire import MONITOR_FEATURE_USERNS, MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.state.records import (
@@ -162,13 +162,16 @@ class ContainerManager:
         record.cgroup_path = cg.path
         handler = self._oci_handler(pod.id)
         external_runtime = handler is not None
-        monitor = self.sandboxes.monitor(pod, needs=MONITOR_FEATURES)
+        userns = pod_user_namespace(pod_config)
+        # USERNS only where the plan joins a user namespace: a monitor of the build before (which knows no
+        # user namespaces, so its pod has none) still takes every other pod's containers.
+        monitor = self.sandboxes.monitor(
+            pod, needs=MONITOR_FEATURES if userns is not None else MONITOR_FEATURES & ~MONITOR_FEATURE_USERNS)
         # Before the monitor clones a native child on the head: the child's copy of the host's mounts has them.
         volumes = self.image_claims.mount_volumes(record, config, volume_images)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         # The pod's user namespace: the child joins it last (its rootfs layers ID-mapped with it).
-        userns = pod_user_namespace(pod_config)
         user_namespace = Namespace("user", path=pod.ns_paths["user"]) if userns is not None else None
         if userns is not None and (external_runtime or user_namespace.path is None):
             raise FailedPrecondition(f"pod sandbox {pod.id} has a user namespace its runtime cannot give containers")

@@ -8,8 +8,8 @@ asked once per (monitor, directory).
 
 from __future__ import annotations
 
-import functools
 import subprocess
+import threading
 from dataclasses import dataclass
 
 PROBE_TIMEOUT_SECONDS = 10
@@ -21,13 +21,26 @@ class IdmapSupport:
     detail: str  # the monitor's answer, or why it could not be asked
 
 
-@functools.lru_cache(maxsize=8)
+_answers: dict[tuple[str, str], IdmapSupport] = {}
+_lock = threading.Lock()
+
+
 def idmapped_overlay_support(monitor_path: str, directory: str) -> IdmapSupport:
-    """Whether an overlay takes an ID-mapped lower layer on ``directory``'s filesystem (root only)."""
+    """Whether an overlay takes an ID-mapped lower layer on ``directory``'s filesystem (root only).
+
+    Only the kernel's own answers are kept (yes, or refused); a probe that could not run or failed in
+    itself (EMFILE, a timeout) is asked again next time."""
+    key = (monitor_path, directory)
+    with _lock:
+        if key in _answers:
+            return _answers[key]
     try:
         result = subprocess.run([monitor_path, "--probe-idmap-overlay", directory], capture_output=True,
                                 text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return IdmapSupport(False, f"cannot ask {monitor_path}: {exc}")
-    detail = " ".join((result.stdout + result.stderr).split())
-    return IdmapSupport(result.returncode == 0, detail)
+    answer = IdmapSupport(result.returncode == 0, " ".join((result.stdout + result.stderr).split()))
+    if result.returncode in (0, 1):
+        with _lock:
+            _answers[key] = answer
+    return answer
