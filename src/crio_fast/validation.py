@@ -168,6 +168,14 @@ def check_userns_options(options: pb.NamespaceOption, prefix: str) -> None:
         name = pb.NamespaceMode.Name(userns.mode) if userns.mode in pb.NamespaceMode.values() else str(userns.mode)
         raise InvalidArgument(f"{field}.mode {name} is not supported: a user namespace is the pod's (POD) "
                               "or the node's (NODE)")
+    # The node's pid or IPC namespace belongs to the node's user namespace: a pod in its own could see
+    # (pid) or share (IPC) the node's processes and objects; Kubernetes refuses hostPID and hostIPC with
+    # hostUsers: false, and so does this. The node's network is allowed: the container's root has no
+    # privilege over it (it is not root in the namespace that owns it).
+    for kind in ("pid", "ipc"):
+        if getattr(options, kind) == pb.NamespaceMode.NODE:
+            raise InvalidArgument(f"{prefix}.{kind} NODE: a pod with a user namespace of its own cannot share "
+                                  f"the node's {kind} namespace")
     for kind in ("uids", "gids"):
         mappings = getattr(userns, kind)
         if len(mappings) != 1:

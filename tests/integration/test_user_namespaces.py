@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -55,13 +56,16 @@ def pods(env):
     """Runs pods (as the kubelet would, with the given userns_options); every one is removed after the test."""
     made: list[str] = []
 
-    def run_pod(options: api.UserNamespace | None, handler: str = "native") -> tuple[str, api.PodSandboxConfig]:
+    def run_pod(options: api.UserNamespace | None, handler: str = "native",
+                host_network: bool = False) -> tuple[str, api.PodSandboxConfig]:
         n = next(_counter)
         config = api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name=f"userns{n}", namespace="test", uid=f"userns-{n}"),
             hostname=f"userns{n}", log_directory=str(env.dirs.log_dir / f"userns{n}"), linux=kubelet_pod_linux())
         if options is not None:
             config.linux.security_context.namespace_options.userns_options.CopyFrom(options)
+        if host_network:
+            config.linux.security_context.namespace_options.network = api.NamespaceMode.NODE
         request = api.RunPodSandboxRequest(config=config, runtime_handler=handler)
         pod_id = env.client.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id
         made.append(pod_id)
@@ -211,6 +215,29 @@ def test_a_terminal_in_a_user_namespace(env, pods):
     start(env, ctr)
     # The container's own terminal, on its devpts: its root's and the tty group's (5) inside.
     assert ok(env, ctr, "stat -L -c %u:%g /proc/1/fd/0").strip() == "0:5"
+
+
+def test_a_pod_on_the_nodes_network_in_a_user_namespace(env, pods):
+    pod_id, pod_config = pods(userns_options(), host_network=True)
+    configure = kubelet_container(pod_config)
+
+    def with_net_admin(config: api.ContainerConfig) -> None:
+        configure(config)
+        config.linux.security_context.capabilities.add_capabilities.append("NET_ADMIN")
+
+    ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_net_admin)
+    start(env, ctr)
+    assert ok(env, ctr, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
+    pid = container_pid(env, ctr)
+    assert Path(f"/proc/{pid}/ns/net").stat().st_ino == Path("/proc/self/ns/net").stat().st_ino
+    # CAP_NET_ADMIN in the pod's user namespace is nothing in the node's network namespace, which the
+    # node's user namespace owns: a route cannot be added (TEST-NET-2, removed again should it be).
+    route = "198.51.100.0/24"
+    try:
+        reply = sh(env, ctr, f"ip route add {route} dev lo")
+        assert reply.exit_code != 0 and b"not permitted" in reply.stderr, reply
+    finally:
+        subprocess.run(["ip", "route", "del", route, "dev", "lo"], capture_output=True, check=False)
 
 
 def test_mode_node_is_the_nodes_user_namespace(env, pods):

@@ -205,6 +205,10 @@ def test_user_namespace_modes_the_kubelet_sends_pass():
     (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=0, host_id=1000, length=0)]), "length is 0"),
     (_userns(pb.NamespaceMode.POD, [pb.IDMapping(container_id=0, host_id=2**32 - 10, length=65536)]), "past"),
     (_userns(7, [], []), "mode 7 is not supported"),
+    (pb.NamespaceOption(pid=pb.NamespaceMode.NODE, userns_options=_userns(pb.NamespaceMode.POD).userns_options),
+     "pid NODE"),
+    (pb.NamespaceOption(ipc=pb.NamespaceMode.NODE, userns_options=_userns(pb.NamespaceMode.POD).userns_options),
+     "ipc NODE"),
 ])
 def test_bad_user_namespace_options(options: pb.NamespaceOption, words: str):
     with pytest.raises(InvalidArgument, match=words):
