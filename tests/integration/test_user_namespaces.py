@@ -9,6 +9,7 @@ These tests prove the mapping from inside, and that the container's root has no 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.oci_runtimes import configure_oci_runtimes, handler_problem
 from tests.support.pods import create, daemon_with_busybox, kubelet_container_linux, kubelet_pod_linux, start
+from tests.support.streamclient import exec_over_spdy
 from tests.support.timing import command_limit
 
 pytestmark = pytest.mark.integration
@@ -203,6 +205,23 @@ def test_a_container_runs_as_its_user_inside_the_mapping(env, pods):
     assert uid_line.split()[1] == str(HOST_ID + 1000)
 
 
+def test_what_the_set_up_makes_is_the_containers_roots(env, pods, host_root_file):
+    pod_id, pod_config = pods(userns_options())
+    configure = kubelet_container(pod_config)
+
+    def with_new_paths(config: api.ContainerConfig) -> None:
+        configure(config)
+        config.working_dir = "/work/dir"  # not in the image: made by the set-up
+        config.mounts.append(api.Mount(container_path="/made/for/file", host_path=str(host_root_file),
+                                       readonly=True))
+
+    ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_new_paths)
+    start(env, ctr)
+    # As the container's root would have made them in its user namespace: its own, and it may write there.
+    assert ok(env, ctr, "stat -c %u:%g /work /work/dir /made /made/for").split() == ["0:0"] * 4
+    ok(env, ctr, "touch /work/dir/x /made/y")
+
+
 def test_a_terminal_in_a_user_namespace(env, pods):
     pod_id, pod_config = pods(userns_options())
     configure = kubelet_container(pod_config)
@@ -215,6 +234,12 @@ def test_a_terminal_in_a_user_namespace(env, pods):
     start(env, ctr)
     # The container's own terminal, on its devpts: its root's and the tty group's (5) inside.
     assert ok(env, ctr, "stat -L -c %u:%g /proc/1/fd/0").strip() == "0:5"
+    # An interactive exec's terminal (kubectl exec -it), opened by the exec helper in the user namespace.
+    request = api.ExecRequest(container_id=ctr, cmd=["sh", "-c", "stat -L -c %u:%g /proc/self/fd/0"], stdout=True,
+                              tty=True)
+    url = env.client.runtime.Exec(request, timeout=10).url
+    stdout, _, _ = asyncio.run(exec_over_spdy(url, stdout=True, stderr=False, tty=True))
+    assert stdout.decode().split() == ["0:5"], stdout
 
 
 def test_a_pod_on_the_nodes_network_in_a_user_namespace(env, pods):

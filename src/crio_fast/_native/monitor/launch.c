@@ -295,7 +295,10 @@ __attribute__((noreturn)) static void exec_fail(int sync_fd, const struct error 
     child_fail(sync_fd, err, exit_code);
 }
 
-static int mkdir_all(const char *path, mode_t mode, struct error *err)
+/* `owner`: with a user namespace, the mapped root's ids (the overlay's
+ * upper owner), given to each directory made, as the container's root would
+ * own what it made; NULL: left to the node's root. */
+static int mkdir_all(const char *path, mode_t mode, const struct launch_plan *owner, struct error *err)
 {
     char buffer[4096];
     if ((size_t)snprintf(buffer, sizeof(buffer), "%s", path) >= sizeof(buffer))
@@ -304,8 +307,13 @@ static int mkdir_all(const char *path, mode_t mode, struct error *err)
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
-            if (mkdir(buffer, mode) < 0 && errno != EEXIST)
+            if (mkdir(buffer, mode) == 0) {
+                if (owner && lchown(buffer, owner->overlay_upper_uid, owner->overlay_upper_gid) < 0)
+                    return error_errno(err, errno, "chown %s to %u:%u", buffer, owner->overlay_upper_uid,
+                                       owner->overlay_upper_gid);
+            } else if (errno != EEXIST) {
                 return error_errno(err, errno, "mkdir %s", buffer);
+            }
             *p = saved;
             if (saved == '\0')
                 break;
@@ -580,7 +588,7 @@ void container_child_main(struct child_context *context)
     }
     if (plan->tty && setup_terminal(sync_fd, &err) < 0)
         child_fail(sync_fd, &err, 1);
-    if (plan->cwd && mkdir_all(plan->cwd, 0755, &err) < 0) {
+    if (plan->cwd && mkdir_all(plan->cwd, 0755, plan->has_overlay_upper_owner ? plan : NULL, &err) < 0) {
         error_context(&err, "create working directory");
         child_fail(sync_fd, &err, 1);
     }

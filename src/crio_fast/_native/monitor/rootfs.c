@@ -66,6 +66,23 @@ static int split_path(const char *path, char *parent, size_t parent_size, const 
     return 0;
 }
 
+/* Who owns the mount points made in the rootfs: the node's root, or with a
+ * user namespace the mapped root (the container's root would have made them
+ * in it). Set by apply_mounts from the plan; the child makes one rootfs. */
+static struct {
+    bool set;
+    uid_t uid;
+    gid_t gid;
+} made_owner;
+
+static int give_to_owner(int dir_fd, const char *name, const char *rootfs, const char *path, struct error *err)
+{
+    if (made_owner.set && fchownat(dir_fd, name, made_owner.uid, made_owner.gid, AT_SYMLINK_NOFOLLOW) < 0)
+        return error_errno(err, errno, "chown %s%s to %u:%u", rootfs, path, (unsigned)made_owner.uid,
+                           (unsigned)made_owner.gid);
+    return 0;
+}
+
 /* An O_PATH fd of directory `path` inside the rootfs, created (with parents)
  * when missing. */
 static int ensure_directory(int root_fd, const char *rootfs, const char *path, mode_t mode, struct error *err)
@@ -84,6 +101,10 @@ static int ensure_directory(int root_fd, const char *rootfs, const char *path, m
         return -1;
     int rc = mkdirat(parent_fd, base, mode);
     int saved = errno;
+    if (rc == 0 && give_to_owner(parent_fd, base, rootfs, path, err) < 0) {
+        close(parent_fd);
+        return -1;
+    }
     close(parent_fd);
     if (rc < 0 && saved != EEXIST)
         return error_errno(err, saved, "mkdir %s%s", rootfs, path);
@@ -111,6 +132,11 @@ static int ensure_file(int root_fd, const char *rootfs, const char *path, struct
     /* O_EXCL never follows a symlink; an existing one resolves below. */
     int created = openat(parent_fd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     int saved = errno;
+    if (created >= 0 && give_to_owner(parent_fd, base, rootfs, path, err) < 0) {
+        close(created);
+        close(parent_fd);
+        return -1;
+    }
     close(parent_fd);
     if (created < 0 && saved != EEXIST)
         return error_errno(err, saved, "create %s%s", rootfs, path);
@@ -750,6 +776,9 @@ int apply_mounts(const struct launch_plan *plan, size_t from, size_t to, struct 
 {
     if (from >= to)
         return 0;
+    made_owner.set = plan->has_overlay_upper_owner;
+    made_owner.uid = plan->overlay_upper_uid;
+    made_owner.gid = plan->overlay_upper_gid;
     int root_fd = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0)
         return error_errno(err, errno, "open rootfs %s", plan->rootfs);
