@@ -178,6 +178,15 @@ def test_a_pod_in_a_user_namespace(env, pods, host_root_file):
     ok(env, ctr, "echo shared > /dev/shm/x && cat /dev/shm/x && mount | grep -q ' /dev/mqueue '")
 
 
+def test_the_pod_status_says_its_user_namespace(env, pods):
+    pod_id, _ = pods(userns_options())
+    status = env.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10).status
+    assert status.linux.namespaces.options.userns_options == userns_options()
+    plain_id, _ = pods(None)
+    status = env.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=plain_id), timeout=10).status
+    assert status.linux.namespaces.options.userns_options.mode == api.NamespaceMode.NODE
+
+
 def test_a_second_container_joins_the_same_user_namespace(env, pods):
     pod_id, pod_config = pods(userns_options())
     first = create(env, pod_id, pod_config, ["sleep", "3600"], configure=kubelet_container(pod_config))

@@ -82,6 +82,11 @@ def pod_status(record: PodRecord) -> pb.PodSandboxStatus:
     opts.ipc = pb.NamespaceMode.NODE if record.namespaces.get("ipc") == "host" else pb.NamespaceMode.POD
     pid_mode = config.linux.security_context.namespace_options.pid
     opts.pid = pid_mode if pid_mode in (pb.NamespaceMode.NODE, pb.NamespaceMode.POD) else pb.NamespaceMode.CONTAINER
+    # The pod's user namespace with the mappings it was made with, or the node's.
+    if record.namespaces.get("user") == "new":
+        opts.userns_options.CopyFrom(config.linux.security_context.namespace_options.userns_options)
+    else:
+        opts.userns_options.mode = pb.NamespaceMode.NODE
     return status
 
 
