@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -323,6 +324,22 @@ def test_a_volume_mapped_otherwise_than_the_pod_is_refused(env, pods, host_root_
     with pytest.raises(grpc.RpcError) as caught:
         create(env, pod_id, pod_config, ["true"], configure=other_mapping)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+
+
+def test_a_daemon_restart_keeps_the_pods_user_namespace(env, pods):
+    pod_id, pod_config = pods(userns_options())
+    first = create(env, pod_id, pod_config, ["sleep", "3600"], configure=kubelet_container(pod_config))
+    start(env, first)
+    env.proc.send_signal(signal.SIGKILL)  # the monitors outlive the daemon
+    env.proc.wait(10)
+    env.start()
+    # The running container still answers exec, and a new one joins the same user namespace.
+    assert ok(env, first, "id -u").strip() == "0"
+    second = create(env, pod_id, pod_config, ["sleep", "3600"], configure=kubelet_container(pod_config))
+    start(env, second)
+    inodes = {Path(f"/proc/{container_pid(env, c)}/ns/user").stat().st_ino for c in (first, second)}
+    assert len(inodes) == 1
+    assert ok(env, second, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
 
 
 def test_the_pod_dir_is_left_clean(env, pods):
