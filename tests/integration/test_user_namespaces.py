@@ -1,10 +1,11 @@
-"""Pods in user namespaces (Kubernetes' hostUsers: false), end to end on the native handler.
+"""Pods in user namespaces (Kubernetes' hostUsers: false), end to end on every runtime handler.
 
 The kubelet sends NamespaceOption.userns_options with mode POD and one uid and one gid mapping; the pod's
 monitor makes the user namespace with them, which owns the pod's network, IPC and UTS namespaces, and
-every container of the pod joins it. The rootfs overlay's lower layers are ID-mapped mounts, so the
-image's files owned by the node's root show as the container's root without a chown on the shared layers.
-These tests prove the mapping from inside, and that the container's root has no privilege on the node.
+every container of the pod joins it (native: the monitor's child, last; runc and crun: by path, from
+config.json). The rootfs overlay's lower layers are ID-mapped mounts, so the image's files owned by the
+node's root show as the container's root without a chown on the shared layers. These tests prove the
+mapping from inside, and that the container's root has no privilege on the node.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
-from tests.support.oci_runtimes import configure_oci_runtimes, handler_problem
+from tests.support.daemon import DaemonDirs
+from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
 from tests.support.pods import create, daemon_with_busybox, kubelet_container_linux, kubelet_pod_linux, start
 from tests.support.streamclient import exec_over_spdy
 from tests.support.timing import command_limit
@@ -44,11 +46,23 @@ def userns_options(mode: int = api.NamespaceMode.POD, uids=None, gids=None) -> a
                              gids=default if gids is None else gids)
 
 
+def configure(dirs: DaemonDirs) -> list[str]:
+    # runc and crun set a container up as the pod's root, who must reach its rootfs under the run root.
+    os.chmod(dirs.base, 0o711)
+    return configure_oci_runtimes(dirs)
+
+
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
-    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"),
-                             configure=configure_oci_runtimes) as d:
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"), configure=configure) as d:
         yield d
+
+
+@pytest.fixture(params=HANDLERS)
+def handler(request) -> str:
+    if problem := handler_problem(request.param):
+        pytest.skip(problem)
+    return request.param
 
 
 _counter = iter(range(1_000_000))
@@ -123,25 +137,20 @@ def host_root_file():
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_status_advertises_user_namespaces_for_the_native_handler_only(env):
+def test_status_advertises_user_namespaces(env, handler):
     handlers = {h.name: h.features for h in env.client.runtime.Status(api.StatusRequest(), timeout=10).runtime_handlers}
-    assert handlers["native"].user_namespaces  # this node's kernel (6.x) mounts overlays over ID-mapped layers
-    for name in ("runc", "crun"):
-        if name in handlers:
-            assert not handlers[name].user_namespaces, name
+    # This node's kernel (6.x) mounts overlays over ID-mapped layers, and the run root is open to the pods' roots.
+    assert handlers[handler].user_namespaces
 
 
-def test_a_pod_in_a_user_namespace(env, pods, host_root_file):
-    pod_id, pod_config = pods(userns_options())
+def test_a_pod_in_a_user_namespace(env, pods, handler, host_root_file):
+    pod_id, pod_config = pods(userns_options(), handler=handler)
     configure = kubelet_container(pod_config)
 
     def with_volumes(config: api.ContainerConfig) -> None:
         configure(config)
         # Writable, but the file is the node's root's, 0644: the container's root is not that root.
         config.mounts.append(api.Mount(container_path="/plain/file", host_path=str(host_root_file)))
-        # The same directory ID-mapped as the pod is: the node's root shows as the container's root.
-        config.mounts.append(api.Mount(container_path="/mapped", host_path=str(host_root_file.parent),
-                                       uidMappings=[mapping()], gidMappings=[mapping()]))
 
     ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_volumes)
     start(env, ctr)
@@ -167,16 +176,48 @@ def test_a_pod_in_a_user_namespace(env, pods, host_root_file):
     assert reply.exit_code != 0
     assert b"Permission denied" in reply.stderr or b"Operation not permitted" in reply.stderr
     assert host_root_file.read_text() == "host\n"
-    # An ID-mapped volume: the node's root shows as the container's root, who may write it.
+
+    # /proc, /sys, /dev, the pod's /dev/shm and mqueue work inside; /dev is the container's root's (its device
+    # nodes too, natively: runc binds the node's, which stay the node's root's).
+    ok(env, ctr, "test -r /proc/self/status && ls /sys/kernel >/dev/null && echo > /dev/null && test -c /dev/zero")
+    assert ok(env, ctr, "stat -c %u:%g /dev && touch /dev/mine").split() == ["0:0"]
+    if handler == "native":
+        assert ok(env, ctr, "stat -c %u:%g /dev/null").split() == ["0:0"]
+    ok(env, ctr, "echo shared > /dev/shm/x && cat /dev/shm/x && mount | grep -q ' /dev/mqueue '")
+
+
+def test_an_idmapped_volume(env, pods, host_root_file):
+    pod_id, pod_config = pods(userns_options())
+    configure = kubelet_container(pod_config)
+
+    def with_volume(config: api.ContainerConfig) -> None:
+        configure(config)
+        # ID-mapped as the pod is: the node's root shows as the container's root.
+        config.mounts.append(api.Mount(container_path="/mapped", host_path=str(host_root_file.parent),
+                                       uidMappings=[mapping()], gidMappings=[mapping()]))
+
+    ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_volume)
+    start(env, ctr)
     assert ok(env, ctr, "stat -c %u:%g /mapped/owned-by-host-root").strip() == "0:0"
     ok(env, ctr, "echo mapped >> /mapped/owned-by-host-root")
     assert host_root_file.read_text() == "host\nmapped\n"
     assert host_root_file.stat().st_uid == 0  # written through the mapping, owner unchanged on disk
 
-    # /proc, /sys, /dev, the pod's /dev/shm and mqueue work inside; /dev is the container's root's.
-    ok(env, ctr, "test -r /proc/self/status && ls /sys/kernel >/dev/null && echo > /dev/null && test -c /dev/zero")
-    assert ok(env, ctr, "stat -c %u:%g /dev /dev/null && touch /dev/mine").split() == ["0:0", "0:0"]
-    ok(env, ctr, "echo shared > /dev/shm/x && cat /dev/shm/x && mount | grep -q ' /dev/mqueue '")
+
+def test_an_idmapped_volume_needs_the_native_handler(env, pods, host_root_file):
+    if problem := handler_problem("runc"):
+        pytest.skip(problem)
+    pod_id, pod_config = pods(userns_options(), handler="runc")
+    configure = kubelet_container(pod_config)
+
+    def with_volume(config: api.ContainerConfig) -> None:
+        configure(config)
+        config.mounts.append(api.Mount(container_path="/mapped", host_path=str(host_root_file.parent),
+                                       uidMappings=[mapping()], gidMappings=[mapping()]))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        create(env, pod_id, pod_config, ["true"], configure=with_volume)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
 
 
 def test_the_pod_status_says_its_user_namespace(env, pods):
@@ -188,8 +229,8 @@ def test_the_pod_status_says_its_user_namespace(env, pods):
     assert status.linux.namespaces.options.userns_options.mode == api.NamespaceMode.NODE
 
 
-def test_a_second_container_joins_the_same_user_namespace(env, pods):
-    pod_id, pod_config = pods(userns_options())
+def test_a_second_container_joins_the_same_user_namespace(env, pods, handler):
+    pod_id, pod_config = pods(userns_options(), handler=handler)
     first = create(env, pod_id, pod_config, ["sleep", "3600"], configure=kubelet_container(pod_config))
     second = create(env, pod_id, pod_config, ["sleep", "3600"], configure=kubelet_container(pod_config))
     start(env, first)
@@ -199,8 +240,8 @@ def test_a_second_container_joins_the_same_user_namespace(env, pods):
     assert ok(env, second, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
 
 
-def test_a_container_runs_as_its_user_inside_the_mapping(env, pods):
-    pod_id, pod_config = pods(userns_options())
+def test_a_container_runs_as_its_user_inside_the_mapping(env, pods, handler):
+    pod_id, pod_config = pods(userns_options(), handler=handler)
     configure = kubelet_container(pod_config)
 
     def as_tester(config: api.ContainerConfig) -> None:
@@ -215,8 +256,8 @@ def test_a_container_runs_as_its_user_inside_the_mapping(env, pods):
     assert uid_line.split()[1] == str(HOST_ID + 1000)
 
 
-def test_what_the_set_up_makes_is_the_containers_roots(env, pods, host_root_file):
-    pod_id, pod_config = pods(userns_options())
+def test_what_the_set_up_makes_is_the_containers_roots(env, pods, handler, host_root_file):
+    pod_id, pod_config = pods(userns_options(), handler=handler)
     configure = kubelet_container(pod_config)
 
     def with_new_paths(config: api.ContainerConfig) -> None:
@@ -301,14 +342,6 @@ def test_bad_user_namespace_options_are_invalid_argument(env, pods, options):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
     after = {p.id for p in env.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items}
     assert after == before
-
-
-def test_an_oci_handler_refuses_a_user_namespace(env, pods):
-    if problem := handler_problem("runc"):
-        pytest.skip(problem)
-    with pytest.raises(grpc.RpcError) as caught:
-        pods(userns_options(), handler="runc")
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
 
 
 def test_a_volume_mapped_otherwise_than_the_pod_is_refused(env, pods, host_root_file):

@@ -135,3 +135,56 @@ def test_dev_is_the_containers_roots():
     plain = default_linux_mounts()
     assert next(op for op in plain if op.destination == "/dev/pts").data.endswith("gid=5")
     assert all((op.uid, op.gid) == (0, 0) for op in plain if op.kind == MountKind.MKNOD)
+
+
+def test_an_oci_runtime_needs_the_run_root_open_to_the_pods_root(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from crio_fast.config.schema import Config, CrioSection, RuntimeHandler, RuntimeSection
+    from crio_fast.runtime.idmap_support import IdmapSupport
+    from crio_fast.sandbox import manager as sandbox_manager
+    from crio_fast.sandbox.manager import SandboxManager, _first_closed_directory
+    from crio_fast.state.records import StateStore
+
+    monkeypatch.setattr(sandbox_manager, "idmapped_overlay_support", lambda monitor, directory: IdmapSupport(True, "ok"))
+    runtimes = {"native": RuntimeHandler(runtime_type="native"),
+                "runc": RuntimeHandler(runtime_type="oci", runtime_path="/usr/sbin/runc"),
+                "other": RuntimeHandler(runtime_type="oci", runtime_path="/usr/bin/kata-runtime")}
+    # Under /tmp (searchable by all), not tmp_path: pytest's base directory is 0700.
+    top = Path(tempfile.mkdtemp(prefix="crio-fast-userns-"))
+    state = StateStore(str(tmp_path / "root"))
+    try:
+        os.chmod(top, 0o711)
+        closed = top / "closed"
+        (closed / "run").mkdir(parents=True)
+        os.chmod(closed, 0o700)
+        assert _first_closed_directory(closed / "run" / "containers") == str(closed)
+        config = Config(crio=CrioSection(root=str(tmp_path / "root"), runroot=str(closed / "run")),
+                        runtime=RuntimeSection(container_exits_dir=str(tmp_path / "exits"), runtimes=runtimes))
+        sandboxes = SandboxManager(config, state, cgroups=None, monitor_path="/nonexistent")  # type: ignore[arg-type]
+        assert sandboxes.user_namespace_support("native").supported
+        refused = sandboxes.user_namespace_support("runc")
+        assert not refused.supported and str(closed) in refused.detail and "chmod o+x" in refused.detail
+        assert "not known" in sandboxes.user_namespace_support("other").detail
+        os.chmod(closed, 0o711)
+        assert _first_closed_directory(closed / "run" / "containers") is None
+        assert sandboxes.user_namespace_support("runc").supported
+    finally:
+        state.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_config_json_joins_the_pods_user_namespace():
+    from crio_fast.container.oci import build_spec
+    from crio_fast.runtime.plan import LaunchPlan
+
+    plan = LaunchPlan(argv=["true"], namespaces=[Namespace("mnt"), Namespace("user", "/run/p/ns/user")])
+    spec = build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces={}, userns=POD_USERNS)
+    assert {"type": "user", "path": "/run/p/ns/user"} in spec["linux"]["namespaces"]
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": HOST, "size": 65536}]
+    assert spec["linux"]["gidMappings"] == [{"containerID": 0, "hostID": HOST + 10, "size": 65536}]
+    assert "uidMappings" not in build_spec(LaunchPlan(argv=["true"]), rootfs="/r", cgroups_path="/c",
+                                           pod_namespaces={})["linux"]

@@ -173,8 +173,11 @@ class ContainerManager:
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         # The pod's user namespace: the child joins it last (its rootfs layers ID-mapped with it).
         user_namespace = Namespace("user", path=pod.ns_paths["user"]) if userns is not None else None
-        if userns is not None and (external_runtime or user_namespace.path is None):
+        if userns is not None and (user_namespace.path is None
+                                   or not self.sandboxes.user_namespace_support(pod.runtime_handler).supported):
             raise FailedPrecondition(f"pod sandbox {pod.id} has a user namespace its runtime cannot give containers")
+        if userns is not None and external_runtime and any(m.uidMappings or m.gidMappings for m in config.mounts):
+            raise FailedPrecondition("ID-mapped volumes (uidMappings, gidMappings) need the native runtime handler")
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
                                      () if external_runtime else self.files.writable_layer_dirs(record.id),
@@ -193,7 +196,8 @@ class ContainerManager:
 
         def whole_plan(checked: translate.CheckedRequest, overlay: Overlay) -> LaunchPlan:
             launch = translate.plan_rest(pod, pod_config, config, image_config, layer_dirs, head, overlay, checked,
-                                         cg, layout_v2, self.config.runtime, volumes)
+                                         cg, layout_v2, self.config.runtime, volumes,
+                                         external_runtime=external_runtime)
             self._keep_launch(record, launch)
             return launch.plan
 
@@ -202,12 +206,14 @@ class ContainerManager:
                 checked = check()
                 self._make_cgroup(checked.cgroup)  # the runtime's create joins it
                 record.bundle = str(self.files.bundle(record.id))
-                plan = whole_plan(checked, self.files.rootfs_overlay(record.id, image.record.id, layer_dirs,
-                                                                     bundle=True))
+                overlay = self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=True)
+                if userns is not None:
+                    overlay = dataclasses.replace(overlay, idmap=True, upper_owner=userns.root_owner)
+                plan = whole_plan(checked, overlay)
                 plan, oci_call = oci.prepare_bundle(
                     plan, Path(record.bundle), handler, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
                     privileged=sc.privileged, seccomp=checked.seccomp,
-                    device_rules=[d.cgroup_rule() for d in checked.devices])
+                    device_rules=[d.cgroup_rule() for d in checked.devices], userns=userns)
                 pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call, log_dir=log_dir)
             else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is

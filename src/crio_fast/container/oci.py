@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -57,6 +58,7 @@ from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.capture import CappedOutput
 from crio_fast.runtime.exec_helper import DEFAULT_OUTPUT_LIMIT, ExecResult
 from crio_fast.runtime.monitor import OciRuntimeCall
+from crio_fast.sandbox.userns import PodUserNamespace
 from crio_fast.runtime.plan import (
     CAPABILITIES,
     DEFAULT_DEVICES,
@@ -97,7 +99,8 @@ _RLIMIT_NAMES = {getattr(resource, name): name for name in (
     "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS", "RLIMIT_NPROC",
     "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE",
     "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME") if hasattr(resource, name)}
-_NAMESPACE_TYPES = {"mnt": "mount", "pid": "pid", "cgroup": "cgroup", "net": "network", "ipc": "ipc", "uts": "uts"}
+_NAMESPACE_TYPES = {"mnt": "mount", "pid": "pid", "cgroup": "cgroup", "net": "network", "ipc": "ipc", "uts": "uts",
+                    "user": "user"}
 _DEFAULT_DEVICE_PATHS = {f"/dev/{name}" for name, _, _ in DEFAULT_DEVICES}
 _SECCOMP_KEYS = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls")
 
@@ -190,6 +193,7 @@ def build_spec(
     privileged: bool = False,
     seccomp: dict[str, Any] | None = None,
     device_rules: Sequence[str] | None = None,
+    userns: PodUserNamespace | None = None,
 ) -> dict[str, Any]:
     """The OCI config.json for ``plan`` (already resolved by the container manager).
 
@@ -197,7 +201,8 @@ def build_spec(
     type missing there is the host's (hostNetwork and friends). ``device_rules``
     are the devices cgroup rules ("c 1:11 r") of the container's own devices, as
     the daemon writes them for native containers; None allows every device the
-    plan creates "rwm".
+    plan creates "rwm". ``userns``: the pod's user namespace, which the plan joins by path; its mappings
+    go along (a runtime checks them against the namespace, or needs them to know the container's root).
     """
     caps = plan.capabilities
     mounts, devices, masked, readonly = translate_mounts(plan.mounts, privileged)
@@ -262,6 +267,11 @@ def build_spec(
         linux["sysctl"] = sysctls  # the network ones of a joined namespace: apply_network_sysctls
     if seccomp is not None:
         linux["seccomp"] = seccomp
+    if userns is not None:
+        linux["uidMappings"] = [{"containerID": userns.uids.container_id, "hostID": userns.uids.host_id,
+                                 "size": userns.uids.length}]
+        linux["gidMappings"] = [{"containerID": userns.gids.container_id, "hostID": userns.gids.host_id,
+                                 "size": userns.gids.length}]
     return {
         "ociVersion": OCI_VERSION,
         "process": process,
@@ -287,17 +297,19 @@ _CLONE_NEWNET = 0x40000000
 
 def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, cgroups_path: str,
                    pod_namespaces: dict[str, str], privileged: bool, seccomp: str | None,
-                   device_rules: list[str]) -> tuple[LaunchPlan, OciRuntimeCall]:
-    """For a container of an OCI runtime: its rootfs mounted on the host, its network sysctls written into
-    the pod's namespace, config.json written; the plan the monitor runs it with, and the runtime call."""
+                   device_rules: list[str], userns: PodUserNamespace | None = None) -> tuple[LaunchPlan, OciRuntimeCall]:
+    """For a container of an OCI runtime: its rootfs mounted on the host (over ID-mapped layers in a pod with
+    a user namespace), its network sysctls written into the pod's namespace, config.json written; the plan
+    the monitor runs it with, and the runtime call."""
     rootfs = str(bundle / "rootfs")
     try:
-        mount_rootfs(plan.overlay)
+        mount_rootfs(plan.overlay, pod_namespaces.get("user") if userns is not None else None)
     except OSError as exc:
         raise FailedPrecondition(f"container rootfs: {exc}") from exc
     plan = dataclasses.replace(plan, overlay=None, rootfs=rootfs)
     spec = build_spec(plan, rootfs=rootfs, cgroups_path=cgroups_path, pod_namespaces=pod_namespaces,
-                      privileged=privileged, seccomp=seccomp_profile(seccomp), device_rules=device_rules)
+                      privileged=privileged, seccomp=seccomp_profile(seccomp), device_rules=device_rules,
+                      userns=userns)
     apply_network_sysctls(plan.sysctls, pod_namespaces)
     write_bundle(bundle, spec)
     os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
@@ -355,10 +367,24 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
-def mount_rootfs(overlay: Overlay) -> None:
-    """Mount the plan's overlay on the host at its target (the bundle's rootfs)."""
-    mounts.mount_overlay(overlay.lower, overlay.target, upper=overlay.upper, work=overlay.work,
-                         options=overlay.options)
+def mount_rootfs(overlay: Overlay, userns_path: str | None = None) -> None:
+    """Mount the plan's overlay on the host at its target (the bundle's rootfs); with ``userns_path`` (the
+    pod's pinned user namespace) its lower layers ID-mapped with it and its upper dir given to its root,
+    as the monitor mounts a native container's."""
+    if overlay.upper_owner is not None and overlay.upper is not None:
+        os.chown(overlay.upper, *overlay.upper_owner)
+    if not overlay.idmap:
+        mounts.mount_overlay(overlay.lower, overlay.target, upper=overlay.upper, work=overlay.work,
+                             options=overlay.options)
+        return
+    if userns_path is None:
+        raise OSError(errno.EINVAL, "ID-mapped layers need the pod's user namespace")
+    userns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mounts.mount_overlay(overlay.lower, overlay.target, upper=overlay.upper, work=overlay.work,
+                             options=overlay.options, idmap_userns_fd=userns_fd)
+    finally:
+        os.close(userns_fd)
 
 
 # -- ExecSync through the runtime ---------------------------------------------------

@@ -278,10 +278,11 @@ class ContainerLaunch:
 def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig,
               image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, overlay: Overlay,
               checked: CheckedRequest, cg: CgroupPaths, layout_v2: bool, runtime: RuntimeSection,
-              image_volumes: Mapping[int, ImageVolume]) -> ContainerLaunch:
+              image_volumes: Mapping[int, ImageVolume], external_runtime: bool = False) -> ContainerLaunch:
     """The whole plan, from the head on: the rootfs, who the process runs as, with which capabilities and
     seccomp filter, its environment and mounts. ``image_volumes``: the request's image volumes, mounted
-    on the host, by their index in its mounts."""
+    on the host, by their index in its mounts. ``external_runtime``: an OCI runtime sets /dev up inside
+    the user namespace itself, where its root already owns what it makes."""
     stop_signal = parse_signal(image_config.get("StopSignal") or "")
     sc = config.linux.security_context
     env: dict[str, str] = {}
@@ -328,7 +329,7 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
     shm = str(Path(pod.pod_dir, "shm")) if pod.namespaces.get("ipc") == "new" else None
     userns = pod_user_namespace(pod_config)
     dev_owner = None
-    if userns is not None:
+    if userns is not None and not external_runtime:
         tty_gid = userns.gids.to_host(TTY_GID)
         dev_owner = DevOwner(*userns.root_owner, tty_gid=tty_gid if tty_gid is not None else userns.root_owner[1])
     mounts = default_linux_mounts(

@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -50,8 +51,25 @@ from crio_fast.validation import check_pod_config
 
 log = logging.getLogger("crio_fast.sandbox")
 
+# OCI runtimes whose containers join the pod's user namespace (by path, the rootfs ID-mapped on the host by
+# the daemon), as tests/integration/test_user_namespaces.py shows for Debian's builds.
+OCI_RUNTIMES_WITH_USERNS = frozenset({"crun", "runc"})
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", re.IGNORECASE)
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
+
+
+def _first_closed_directory(path: Path) -> str | None:
+    """The first directory from / down to ``path`` (or its nearest existing ancestor) that others may not
+    search, or None: an OCI runtime in a pod's user namespace walks it to the container's rootfs."""
+    path = path.resolve()
+    for directory in [*reversed(path.parents), path]:
+        try:
+            mode = directory.stat().st_mode
+        except FileNotFoundError:
+            break  # made later by the daemon, searchable (0755)
+        if not mode & stat.S_IXOTH:
+            return str(directory)
+    return None
 
 
 def pod_name(meta: pb.PodSandboxMetadata) -> str:
@@ -143,16 +161,22 @@ class SandboxManager:
     # -- user namespaces -------------------------------------------------------
 
     def user_namespace_support(self, handler_name: str) -> IdmapSupport:
-        """Whether pods of this handler can have a user namespace (hostUsers: false): the native handler
-        where the kernel mounts overlays over ID-mapped layers of the image store (asked once). runc and
-        crun are not given one: Debian's runc 1.1 cannot ID-map a rootfs, and crio-fast does not
-        translate the mappings into their config.json."""
+        """Whether pods of this handler can have a user namespace (hostUsers: false): where the kernel mounts
+        overlays over ID-mapped layers of the image store (asked once). The native handler's containers join
+        the pod's user namespace in the monitor; runc's and crun's join it by path (config.json), over a rootfs
+        the daemon mounts ID-mapped on the host, and need the way to it open to the pod's root."""
         handler = self.config.runtime.runtimes.get(handler_name)
         if handler is None:
             return IdmapSupport(False, f"runtime handler {handler_name!r} is not configured")
         if handler.runtime_type == "oci":
-            return IdmapSupport(False, f"runtime handler {handler_name!r} is an OCI runtime: crio-fast gives "
-                                       "user namespaces to the native handler's pods only")
+            if os.path.basename(handler.runtime_path) not in OCI_RUNTIMES_WITH_USERNS:
+                return IdmapSupport(False, f"runtime handler {handler_name!r} ({handler.runtime_path}) is not known "
+                                           "to join a pod's user namespace over an ID-mapped rootfs")
+            closed = _first_closed_directory(Path(self.config.crio.runroot) / "containers")
+            if closed is not None:
+                return IdmapSupport(False, f"runtime handler {handler_name!r} sets containers up as the pod's root, "
+                                           f"who cannot reach their rootfs: {closed} is not searchable by others "
+                                           "(chmod o+x)")
         layers = Path(self.config.crio.root) / "images" / "layers"
         return idmapped_overlay_support(self.monitor_path, str(layers if layers.is_dir() else self.config.crio.root))
 
