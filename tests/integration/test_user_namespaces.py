@@ -73,8 +73,8 @@ def pods(env):
     """Runs pods (as the kubelet would, with the given userns_options); every one is removed after the test."""
     made: list[str] = []
 
-    def run_pod(options: api.UserNamespace | None, handler: str = "native",
-                host_network: bool = False) -> tuple[str, api.PodSandboxConfig]:
+    def run_pod(options: api.UserNamespace | None, handler: str = "native", host_network: bool = False,
+                pod_pid_namespace: bool = False) -> tuple[str, api.PodSandboxConfig]:
         n = next(_counter)
         config = api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name=f"userns{n}", namespace="test", uid=f"userns-{n}"),
@@ -83,6 +83,8 @@ def pods(env):
             config.linux.security_context.namespace_options.userns_options.CopyFrom(options)
         if host_network:
             config.linux.security_context.namespace_options.network = api.NamespaceMode.NODE
+        if pod_pid_namespace:  # shareProcessNamespace
+            config.linux.security_context.namespace_options.pid = api.NamespaceMode.POD
         request = api.RunPodSandboxRequest(config=config, runtime_handler=handler)
         pod_id = env.client.runtime.RunPodSandbox(request, timeout=30).pod_sandbox_id
         made.append(pod_id)
@@ -240,6 +242,24 @@ def test_a_second_container_joins_the_same_user_namespace(env, pods, handler):
     assert ok(env, second, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
 
 
+def test_a_pod_wide_pid_namespace_in_a_user_namespace(env, pods, handler):
+    # The pod's pid namespace belongs to its user namespace: runc's init joins it after the user namespace.
+    pod_id, pod_config = pods(userns_options(), handler=handler, pod_pid_namespace=True)
+    configure = kubelet_container(pod_config)
+
+    def pod_pid(config: api.ContainerConfig) -> None:
+        configure(config)
+        config.linux.security_context.namespace_options.pid = api.NamespaceMode.POD
+
+    first = create(env, pod_id, pod_config, ["sleep", "3600"], configure=pod_pid)
+    second = create(env, pod_id, pod_config, ["sleep", "3600"], configure=pod_pid)
+    start(env, first)
+    start(env, second)
+    assert ok(env, second, "cat /proc/1/cmdline").strip("\0") == "crio-fast-pod-init"
+    assert ok(env, second, "cat /proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
+    assert len(ok(env, second, "ls -d /proc/[0-9]*").split()) >= 3  # the init, both containers (and the ls)
+
+
 def test_a_container_runs_as_its_user_inside_the_mapping(env, pods, handler):
     pod_id, pod_config = pods(userns_options(), handler=handler)
     configure = kubelet_container(pod_config)
@@ -284,7 +304,10 @@ def test_a_terminal_in_a_user_namespace(env, pods):
     ctr = create(env, pod_id, pod_config, ["sleep", "3600"], configure=with_tty)
     start(env, ctr)
     # The container's own terminal, on its devpts: its root's and the tty group's (5) inside.
-    assert ok(env, ctr, "stat -L -c %u:%g /proc/1/fd/0").strip() == "0:5"
+    # (Once the init has exec'd: until then, between its setresuid and execve, it is not dumpable and its
+    # /proc/1/fd is closed to everyone but the node's root.)
+    assert ok(env, ctr, "for i in $(seq 100); do stat -L -c %u:%g /proc/1/fd/0 2>/dev/null && exit; sleep 0.05; "
+                        "done; exit 1").strip() == "0:5"
     # An interactive exec's terminal (kubectl exec -it), opened by the exec helper in the user namespace.
     request = api.ExecRequest(container_id=ctr, cmd=["sh", "-c", "stat -L -c %u:%g /proc/self/fd/0"], stdout=True,
                               tty=True)

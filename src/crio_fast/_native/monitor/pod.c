@@ -247,25 +247,32 @@ static void name_pod_init(void)
 /* Pid 1 of the pod's pid namespace: anchors the namespace and reaps. It is a
  * forked (not exec'd) child of the static monitor, so it costs only the pages
  * it dirties. It never returns. */
-static void pod_init_main(int monitor_pidfd) __attribute__((noreturn));
-static void pod_init_main(int monitor_pidfd)
+/* `watch_monitor`: the init is not the monitor's child (it is the child of
+ * a helper that exits, then the monitor's as its subreaper), so a parent
+ * death signal would come with the helper's exit: it watches the monitor's
+ * pidfd instead of pausing, and exits when the monitor has. */
+static void pod_init_main(int monitor_pidfd, bool watch_monitor) __attribute__((noreturn));
+static void pod_init_main(int monitor_pidfd, bool watch_monitor)
 {
     /* It exists for the monitor only: die with it. The monitor may already
      * have died before the prctl; its pidfd is readable once it has exited
      * (getppid() cannot tell: the parent is outside this pid namespace). */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+    if (!watch_monitor && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         _exit(1);
-    if (monitor_pidfd >= 0) {
-        struct pollfd exited = {.fd = monitor_pidfd, .events = POLLIN};
-        if (poll(&exited, 1, 0) != 0)
-            _exit(1);
-    }
+    if (watch_monitor && monitor_pidfd < 0)
+        _exit(1);
+    struct pollfd exited = {.fd = monitor_pidfd, .events = POLLIN};
+    if (monitor_pidfd >= 0 && poll(&exited, 1, 0) != 0)
+        _exit(1);
     name_pod_init();
-    /* Hold nothing of the monitor's: sockets, pipes, the epoll set. Closing
-     * the write end of the monitor's start pipe tells it the init is named. */
-    if (close_range(0, ~0U, 0) < 0)
+    /* Hold nothing of the monitor's: sockets, pipes, the epoll set (but the
+     * pidfd it watches). Closing the write end of the monitor's start pipe
+     * tells it the init is named. */
+    int kept = watch_monitor ? monitor_pidfd : -1;
+    if ((kept > 0 && close_range(0, (unsigned)kept - 1, 0) < 0) || close_range((unsigned)kept + 1, ~0U, 0) < 0)
         for (int fd = 0; fd < 1024; fd++)
-            close(fd);
+            if (fd != kept)
+                close(fd);
     /* SIGCHLD ignored makes the kernel reap every child of the init at once,
      * including orphans re-parented to it and already zombies then: nothing
      * in the pod's namespace stays a zombie. Every other signal is ignored
@@ -280,8 +287,77 @@ static void pod_init_main(int monitor_pidfd)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (;;)
-        pause();
+    for (;;) {
+        if (!watch_monitor) {
+            pause();
+        } else if (poll(&exited, 1, -1) > 0) {
+            _exit(0); /* the monitor is gone: the namespace goes with its init */
+        }
+    }
+}
+
+/* With a pod user namespace the pod's pid namespace must be that user
+ * namespace's too: an OCI runtime's init, already in the user namespace,
+ * joins the pid namespace next, which needs CAP_SYS_ADMIN over its owner.
+ * A short-lived helper joins the user namespace and clones the init into a
+ * new pid namespace (which the user namespace then owns), reports its pid
+ * and exits: the init is re-parented to the monitor, a child subreaper
+ * (CLONE_PARENT cannot cross pid namespaces). The init's pid, or -1. */
+static pid_t clone_pod_init_in_userns(const char *userns_file, int monitor_pidfd, struct error *err)
+{
+    int userns_fd = open(userns_file, O_RDONLY | O_CLOEXEC);
+    if (userns_fd < 0)
+        return error_errno(err, errno, "open the pod's user namespace %s", userns_file);
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        int saved = errno;
+        close(userns_fd);
+        return error_errno(err, saved, "pipe for the pod init's helper");
+    }
+    pid_t helper = fork();
+    if (helper == 0) {
+        close(report[0]);
+        int said[2] = {0, -1}; /* errno, the init's pid */
+        if (setns(userns_fd, CLONE_NEWUSER) < 0) {
+            said[0] = errno;
+        } else {
+            int pidfd = -1;
+            said[1] = clone_process(CLONE_NEWPID, &pidfd);
+            if (said[1] == 0) {
+                close(report[1]);
+                pod_init_main(monitor_pidfd, true);
+            }
+            if (said[1] < 0)
+                said[0] = errno;
+        }
+        _exit(write_all(report[1], said, sizeof(said)) == 0 ? 0 : 1);
+    }
+    int saved = errno;
+    close(userns_fd);
+    close(report[1]);
+    if (helper < 0) {
+        close(report[0]);
+        return error_errno(err, saved, "fork the pod init's helper");
+    }
+    int said[2] = {EIO, -1};
+    size_t got = 0;
+    while (got < sizeof(said)) {
+        ssize_t n = read(report[0], (char *)said + got, sizeof(said) - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(report[0]);
+    /* Once the helper is reaped, its child, the init, is the monitor's. */
+    while (waitpid(helper, NULL, 0) < 0 && errno == EINTR)
+        ;
+    if (got != sizeof(said))
+        return error_plain(err, EIO, "the pod init's helper exited without a report");
+    if (said[0] != 0)
+        return error_errno(err, said[0], "clone the pod's pid namespace init in its user namespace");
+    return said[1];
 }
 
 /* In the monitor: clone the pod init as pid 1 of a new pid namespace (the
@@ -297,10 +373,18 @@ static int start_pod_init(struct pod_anchor *anchor, struct error *err)
         return error_errno(err, errno, "pipe for the pod init");
     int monitor_pidfd = sys_pidfd_open(getpid(), 0); /* -1 on old kernels: no early-death check */
     int init_pidfd = -1;
-    pid_t pid = clone_process(CLONE_NEWPID, &init_pidfd);
-    if (pid == 0)
-        pod_init_main(monitor_pidfd);
-    int saved = errno;
+    pid_t pid;
+    int saved = 0;
+    if (anchor->user_ns_bound) {
+        pid = clone_pod_init_in_userns(anchor->user_ns_file, monitor_pidfd, err);
+        if (pid > 0)
+            init_pidfd = sys_pidfd_open(pid, 0);
+    } else {
+        pid = clone_process(CLONE_NEWPID, &init_pidfd);
+        if (pid == 0)
+            pod_init_main(monitor_pidfd, false);
+        saved = errno;
+    }
     if (monitor_pidfd >= 0)
         close(monitor_pidfd);
     close(started[1]);
@@ -310,6 +394,8 @@ static int start_pod_init(struct pod_anchor *anchor, struct error *err)
             ;
     }
     close(started[0]);
+    if (pid < 0 && anchor->user_ns_bound)
+        return -1; /* err says why */
     if (pid < 0)
         return error_errno(err, saved, "clone the pod's pid namespace init (CLONE_NEWPID)");
     anchor->init_pid = pid;
