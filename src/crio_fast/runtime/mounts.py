@@ -60,7 +60,8 @@ def mount_id(path: str) -> int | None:
     return int.from_bytes(buffer.raw[_STATX_MNT_ID_OFFSET:_STATX_MNT_ID_OFFSET + 8], "little")
 
 
-# open_tree(2) and mount_setattr(2) (Linux 5.2, 5.12), which glibc 2.36 does not wrap: x86-64 numbers.
+# open_tree(2) and mount_setattr(2) (Linux 5.2, 5.12), which glibc 2.36 does not wrap; calls this new have
+# one number on every architecture.
 _SYS_OPEN_TREE = 428
 _SYS_MOUNT_SETATTR = 442
 _AT_FDCWD = -100
