@@ -20,13 +20,14 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from crio_fast import _native
 from crio_fast.config.schema import Config
 from crio_fast.container.apparmor import BUILTIN_DEFAULT, UNCONFINED, AppArmor
 from crio_fast.errors import CrioError
-from crio_fast.runtime.idmap_support import idmapped_overlay_support
+from crio_fast.runtime.idmap_support import first_closed_directory, idmapped_overlay_support
 
 # Namespaces a pod needs (pid, net, ipc, uts, mnt) and those only some pods
 # use: user namespaces for userns pods, cgroup namespaces for a private
@@ -227,9 +228,16 @@ def check_idmapped_overlay(config: Config) -> Finding:
     layers = os.path.join(config.crio.root, "images", "layers")
     directory = layers if os.path.isdir(layers) else _existing_ancestor(config.crio.root)
     support = idmapped_overlay_support(path, directory)
+    oci = sorted(name for name, handler in config.runtime.runtimes.items() if handler.runtime_type == "oci")
+    closed = first_closed_directory(Path(config.crio.runroot) / "containers") if oci else None
+    if support.supported and closed is not None:
+        return Finding(Status.WARN, part, f"overlays over ID-mapped layers on {directory}, but {closed} is not "
+                                          f"searchable by others: {', '.join(oci)} refuse pods with hostUsers: "
+                                          "false (their containers are set up as the pod's root)",
+                       f"chmod o+x {closed}")
     if support.supported:
         return Finding(Status.OK, part, f"overlays over ID-mapped layers on {directory}: pods may run with "
-                                        "hostUsers: false (native handler)")
+                                        "hostUsers: false")
     return Finding(Status.WARN, part, f"no overlay over ID-mapped layers on {directory}: {support.detail}; pods "
                                       "asking for a user namespace (hostUsers: false) are refused",
                    "Linux 5.19 or newer, and a root on a filesystem that allows ID-mapped mounts (ext4, xfs, btrfs; "

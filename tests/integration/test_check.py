@@ -21,7 +21,7 @@ from crio_fast.check import (
     check_overlayfs,
     overlay_layer_limit,
 )
-from crio_fast.config.schema import Config
+from crio_fast.config.schema import Config, RuntimeHandler
 from tests.support.daemon import run_cli
 
 pytestmark = pytest.mark.integration
@@ -75,6 +75,21 @@ def test_user_namespaces_finding_says_what_the_node_lacks(tmp_path: Path) -> Non
     assert finding.status is Status.WARN
     assert "ID-map /x: Invalid argument" in finding.detail and "refused" in finding.detail
     assert "Linux 5.19" in finding.hint
+
+
+def test_user_namespaces_finding_names_a_run_root_closed_to_oci_runtimes(tmp_path: Path) -> None:
+    # pytest's tmp_path is under a 0700 directory: closed to the pods' roots, as runc and crun need it open.
+    script = tmp_path / "monitor"
+    script.write_text("#!/bin/sh\necho 'ok: an overlay takes an ID-mapped lower layer on /x'\n")
+    script.chmod(0o755)
+    config = Config()
+    runtimes = {**config.runtime.runtimes, "runc": RuntimeHandler(runtime_type="oci", runtime_path="/usr/sbin/runc")}
+    config = dataclasses.replace(
+        config, crio=dataclasses.replace(config.crio, runroot=str(tmp_path / "run")),
+        runtime=dataclasses.replace(config.runtime, monitor_path=str(script), runtimes=runtimes))
+    finding = check_idmapped_overlay(config)
+    assert finding.status is Status.WARN, finding
+    assert "runc refuse pods with hostUsers: false" in finding.detail and finding.hint.startswith("chmod o+x ")
 
 
 def test_check_runs_configured_runtimes(daemon_dirs) -> None:

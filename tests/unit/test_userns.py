@@ -146,7 +146,8 @@ def test_an_oci_runtime_needs_the_run_root_open_to_the_pods_root(tmp_path, monke
     from crio_fast.config.schema import Config, CrioSection, RuntimeHandler, RuntimeSection
     from crio_fast.runtime.idmap_support import IdmapSupport
     from crio_fast.sandbox import manager as sandbox_manager
-    from crio_fast.sandbox.manager import SandboxManager, _first_closed_directory
+    from crio_fast.runtime.idmap_support import first_closed_directory
+    from crio_fast.sandbox.manager import SandboxManager
     from crio_fast.state.records import StateStore
 
     monkeypatch.setattr(sandbox_manager, "idmapped_overlay_support", lambda monitor, directory: IdmapSupport(True, "ok"))
@@ -161,7 +162,7 @@ def test_an_oci_runtime_needs_the_run_root_open_to_the_pods_root(tmp_path, monke
         closed = top / "closed"
         (closed / "run").mkdir(parents=True)
         os.chmod(closed, 0o700)
-        assert _first_closed_directory(closed / "run" / "containers") == str(closed)
+        assert first_closed_directory(closed / "run" / "containers") == str(closed)
         config = Config(crio=CrioSection(root=str(tmp_path / "root"), runroot=str(closed / "run")),
                         runtime=RuntimeSection(container_exits_dir=str(tmp_path / "exits"), runtimes=runtimes))
         sandboxes = SandboxManager(config, state, cgroups=None, monitor_path="/nonexistent")  # type: ignore[arg-type]
@@ -170,7 +171,7 @@ def test_an_oci_runtime_needs_the_run_root_open_to_the_pods_root(tmp_path, monke
         assert not refused.supported and str(closed) in refused.detail and "chmod o+x" in refused.detail
         assert "not known" in sandboxes.user_namespace_support("other").detail
         os.chmod(closed, 0o711)
-        assert _first_closed_directory(closed / "run" / "containers") is None
+        assert first_closed_directory(closed / "run" / "containers") is None
         assert sandboxes.user_namespace_support("runc").supported
     finally:
         state.close()

@@ -172,10 +172,11 @@ class ContainerManager:
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         # The pod's user namespace: the child joins it last (its rootfs layers ID-mapped with it).
-        user_namespace = Namespace("user", path=pod.ns_paths["user"]) if userns is not None else None
-        if userns is not None and (user_namespace.path is None
+        userns_path = pod.ns_paths.get("user") if userns is not None else None
+        if userns is not None and (userns_path is None
                                    or not self.sandboxes.user_namespace_support(pod.runtime_handler).supported):
             raise FailedPrecondition(f"pod sandbox {pod.id} has a user namespace its runtime cannot give containers")
+        user_namespace = Namespace("user", path=userns_path) if userns_path is not None else None
         if userns is not None and external_runtime and any(m.uidMappings or m.gidMappings for m in config.mounts):
             raise FailedPrecondition("ID-mapped volumes (uidMappings, gidMappings) need the native runtime handler")
         # Natively, the child makes the writable layer while the rest is decided here.

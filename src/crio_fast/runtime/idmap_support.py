@@ -8,9 +8,11 @@ asked once per (monitor, directory).
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 PROBE_TIMEOUT_SECONDS = 10
 
@@ -44,3 +46,18 @@ def idmapped_overlay_support(monitor_path: str, directory: str) -> IdmapSupport:
         with _lock:
             _answers[key] = answer
     return answer
+
+
+def first_closed_directory(path: Path) -> str | None:
+    """The first directory from / down to ``path`` (or its nearest existing ancestor) that others may not
+    search, or None. An OCI runtime sets a user-namespaced container up as the pod's root, who walks it to
+    the container's rootfs under the run root."""
+    path = path.resolve()
+    for directory in [*reversed(path.parents), path]:
+        try:
+            mode = directory.stat().st_mode
+        except FileNotFoundError:
+            break  # made later by the daemon, searchable (0755)
+        if not mode & stat.S_IXOTH:
+            return str(directory)
+    return None

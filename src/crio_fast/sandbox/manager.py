@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, Invali
 from crio_fast.logs import make_log_directory
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
-from crio_fast.runtime.idmap_support import IdmapSupport, idmapped_overlay_support
+from crio_fast.runtime.idmap_support import IdmapSupport, first_closed_directory, idmapped_overlay_support
 from crio_fast.runtime.reaper import reap_adopted, reap_dead_pod_inits
 from crio_fast.runtime.spawn import PodMonitorSpec, cleanup_pod_dir, spawn_monitor
 from crio_fast.runtime.wire import feature_names
@@ -56,20 +55,6 @@ log = logging.getLogger("crio_fast.sandbox")
 OCI_RUNTIMES_WITH_USERNS = frozenset({"crun", "runc"})
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", re.IGNORECASE)
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
-
-
-def _first_closed_directory(path: Path) -> str | None:
-    """The first directory from / down to ``path`` (or its nearest existing ancestor) that others may not
-    search, or None: an OCI runtime in a pod's user namespace walks it to the container's rootfs."""
-    path = path.resolve()
-    for directory in [*reversed(path.parents), path]:
-        try:
-            mode = directory.stat().st_mode
-        except FileNotFoundError:
-            break  # made later by the daemon, searchable (0755)
-        if not mode & stat.S_IXOTH:
-            return str(directory)
-    return None
 
 
 def pod_name(meta: pb.PodSandboxMetadata) -> str:
@@ -172,7 +157,7 @@ class SandboxManager:
             if os.path.basename(handler.runtime_path) not in OCI_RUNTIMES_WITH_USERNS:
                 return IdmapSupport(False, f"runtime handler {handler_name!r} ({handler.runtime_path}) is not known "
                                            "to join a pod's user namespace over an ID-mapped rootfs")
-            closed = _first_closed_directory(Path(self.config.crio.runroot) / "containers")
+            closed = first_closed_directory(Path(self.config.crio.runroot) / "containers")
             if closed is not None:
                 return IdmapSupport(False, f"runtime handler {handler_name!r} sets containers up as the pod's root, "
                                            f"who cannot reach their rootfs: {closed} is not searchable by others "
