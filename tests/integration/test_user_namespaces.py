@@ -227,7 +227,8 @@ def test_the_pod_status_says_its_user_namespace(env, pods):
     status = env.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10).status
     assert status.linux.namespaces.options.userns_options == userns_options()
     plain_id, _ = pods(None)
-    status = env.client.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=plain_id), timeout=10).status
+    request = api.PodSandboxStatusRequest(pod_sandbox_id=plain_id)
+    status = env.client.runtime.PodSandboxStatus(request, timeout=10).status
     assert status.linux.namespaces.options.userns_options.mode == api.NamespaceMode.NODE
 
 

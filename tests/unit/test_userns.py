@@ -150,7 +150,8 @@ def test_an_oci_runtime_needs_the_run_root_open_to_the_pods_root(tmp_path, monke
     from crio_fast.sandbox.manager import SandboxManager
     from crio_fast.state.records import StateStore
 
-    monkeypatch.setattr(sandbox_manager, "idmapped_overlay_support", lambda monitor, directory: IdmapSupport(True, "ok"))
+    monkeypatch.setattr(sandbox_manager, "idmapped_overlay_support",
+                        lambda monitor, directory: IdmapSupport(True, "ok"))
     runtimes = {"native": RuntimeHandler(runtime_type="native"),
                 "runc": RuntimeHandler(runtime_type="oci", runtime_path="/usr/sbin/runc"),
                 "other": RuntimeHandler(runtime_type="oci", runtime_path="/usr/bin/kata-runtime")}

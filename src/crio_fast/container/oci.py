@@ -297,7 +297,8 @@ _CLONE_NEWNET = 0x40000000
 
 def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, cgroups_path: str,
                    pod_namespaces: dict[str, str], privileged: bool, seccomp: str | None,
-                   device_rules: list[str], userns: PodUserNamespace | None = None) -> tuple[LaunchPlan, OciRuntimeCall]:
+                   device_rules: list[str],
+                   userns: PodUserNamespace | None = None) -> tuple[LaunchPlan, OciRuntimeCall]:
     """For a container of an OCI runtime: its rootfs mounted on the host (over ID-mapped layers in a pod with
     a user namespace), its network sysctls written into the pod's namespace, config.json written; the plan
     the monitor runs it with, and the runtime call."""

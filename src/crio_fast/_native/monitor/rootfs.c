@@ -818,7 +818,8 @@ int prepare_rootfs(const struct launch_plan *plan, struct error *err)
         int target = open(plan->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (target < 0)
             return error_errno(err, errno, "open rootfs %s", plan->rootfs);
-        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, false, "bind rootfs", plan->rootfs, "", -1, err);
+        int rc = attach_clone(AT_FDCWD, plan->rootfs, target, MS_REC, 0, false, "bind rootfs", plan->rootfs, "", -1,
+                              err);
         close(target);
         if (rc < 0)
             return -1;
