@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import struct
+import tempfile
 from typing import Sequence
 
 from crio_fast.cgroups.layout import parse_mountinfo
@@ -63,7 +64,9 @@ def mount_id(path: str) -> int | None:
 # open_tree(2) and mount_setattr(2) (Linux 5.2, 5.12), which glibc 2.36 does not wrap; calls this new have
 # one number on every architecture.
 _SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _OPEN_TREE_CLONE = 1
@@ -90,24 +93,54 @@ def idmapped_clone(path: str, userns_fd: int) -> int:
     return fd
 
 
+def _attach(tree_fd: int, point: str) -> None:
+    if _libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(tree_fd), b"", ctypes.c_int(_AT_FDCWD),
+                     os.fsencode(point), ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"attach an ID-mapped layer on {point}: {os.strerror(err)}", point)
+
+
 def mount_overlay(lower: Sequence[str], target: str, *, upper: str | None = None, work: str | None = None,
                   options: Sequence[str] = (), flags: int = 0, idmap_userns_fd: int | None = None) -> None:
     """Mount an overlay on ``target`` on the host: ``lower`` top-most first, read-only without ``upper``.
 
     One mount(2) with the joined options, so they must fit in a page (E2BIG naming the target when
     they do not); the monitor passes lower dirs one by one where the kernel can (docs/monitor.md).
-    ``idmap_userns_fd``: the lower dirs ID-mapped with that user namespace (Linux 5.19), each a detached
-    clone named by /proc/self/fd/N, as the monitor mounts them."""
-    clones: list[int] = []
-    try:
-        if idmap_userns_fd is not None:
-            for path in lower:
-                clones.append(idmapped_clone(path, idmap_userns_fd))
-            lower = [f"/proc/self/fd/{fd}" for fd in clones]
+    ``idmap_userns_fd``: the lower dirs ID-mapped with that user namespace (Linux 5.19). Overlayfs keeps
+    private clones of its layers, which kernels before 6.15 make only of attached mounts: each ID-mapped
+    clone is attached on a directory next to ``target`` for the mount, and detached again after it."""
+    if idmap_userns_fd is None:
         _mount_overlay(lower, target, upper=upper, work=work, options=options, flags=flags)
+        return
+    holder = tempfile.mkdtemp(prefix=".idmapped-layers-", dir=os.path.dirname(target))
+    attached: list[str] = []
+    try:
+        for index, path in enumerate(lower):
+            point = os.path.join(holder, str(index))
+            os.mkdir(point, 0o700)
+            fd = idmapped_clone(path, idmap_userns_fd)
+            try:
+                _attach(fd, point)
+            finally:
+                os.close(fd)
+            attached.append(point)
+        _mount_overlay(attached, target, upper=upper, work=work, options=options, flags=flags)
     finally:
-        for fd in clones:
-            os.close(fd)
+        # Never a recursive removal: a layer that would not detach is the image's own files.
+        for point in reversed(attached):
+            try:
+                detach(point)
+            except OSError:
+                pass
+        for index in range(len(lower)):
+            try:
+                os.rmdir(os.path.join(holder, str(index)))
+            except OSError:
+                pass
+        try:
+            os.rmdir(holder)
+        except OSError:
+            pass
 
 
 def _mount_overlay(lower: Sequence[str], target: str, *, upper: str | None, work: str | None,

@@ -42,15 +42,20 @@ static int probe(const char *dir, bool *refused, struct error *err)
     /* The writable layer on a tmpfs over DIR, seen by this namespace alone. */
     if (mount("tmpfs", dir, "tmpfs", 0, "mode=0700") < 0)
         return error_errno(err, errno, "mount a tmpfs on %s", dir);
-    char upper[4096], work[4096], target[4096], data[4096 * 3 + 64];
+    char lower[4096], upper[4096], work[4096], target[4096], data[4096 * 4 + 64];
+    snprintf(lower, sizeof(lower), "%s/lower", dir);
     snprintf(upper, sizeof(upper), "%s/upper", dir);
     snprintf(work, sizeof(work), "%s/work", dir);
     snprintf(target, sizeof(target), "%s/merged", dir);
-    const char *dirs[] = {upper, work, target};
-    for (size_t i = 0; i < 3; i++)
+    const char *dirs[] = {lower, upper, work, target};
+    for (size_t i = 0; i < 4; i++)
         if (mkdir(dirs[i], 0700) < 0)
             return error_errno(err, errno, "mkdir %s", dirs[i]);
-    snprintf(data, sizeof(data), "lowerdir=/proc/self/fd/%d,upperdir=%s,workdir=%s", tree, upper, work);
+    /* Attached, as the monitor attaches a container's layers (rootfs.c): kernels before 6.15 take no
+     * detached layer. */
+    if (sys_move_mount(tree, "", AT_FDCWD, lower, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        return error_errno(err, errno, "attach the ID-mapped %s on %s", dir, lower);
+    snprintf(data, sizeof(data), "lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
     if (mount("overlay", target, "overlay", 0, data) < 0) {
         *refused = true;
         return error_errno(err, errno, "mount an overlay over an ID-mapped lower layer (Linux 5.19)");

@@ -649,16 +649,20 @@ out:
     return rc;
 }
 
-/* The overlay with each lower dir replaced by an ID-mapped clone of it,
- * named by /proc/self/fd/N (overlayfs resolves the magic link to the
- * detached mount; Linux 5.19 takes ID-mapped layers): files owned by the
- * node's root show as the container's root, and nothing on the shared
- * layers is chowned. */
+/* The overlay with each lower dir replaced by an ID-mapped clone of it
+ * (Linux 5.19 takes ID-mapped layers): files owned by the node's root show
+ * as the container's root, and nothing on the shared layers is chowned.
+ * Overlayfs keeps private clones of its layers, which kernels before 6.15
+ * (clone_private_mount) make only of mounts in the caller's own mount
+ * namespace, not of detached ones: each ID-mapped clone is attached first,
+ * on a directory of a small tmpfs mounted on the target in this child's
+ * mount namespace. The overlay goes on top of that tmpfs, which leaves with
+ * the old root at pivot_root (the overlay holds its own clones). */
 static int mount_overlay_idmapped(const struct launch_plan *plan, struct error *err)
 {
     size_t count = plan->overlay_lower_count;
     int *trees = calloc(count, sizeof(*trees));
-    char(*names)[32] = calloc(count, sizeof(*names));
+    char(*names)[PATH_MAX] = calloc(count, sizeof(*names));
     const char **lower = calloc(count, sizeof(*lower));
     int rc = -1;
     if (!trees || !names || !lower) {
@@ -667,13 +671,28 @@ static int mount_overlay_idmapped(const struct launch_plan *plan, struct error *
     }
     for (size_t i = 0; i < count; i++)
         trees[i] = -1;
+    if (mount("tmpfs", plan->rootfs, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700,size=64k") < 0) {
+        error_errno(err, errno, "mount a tmpfs for the ID-mapped layers on %s", plan->rootfs);
+        goto out;
+    }
     for (size_t i = 0; i < count; i++) {
         trees[i] = idmapped_tree(plan->overlay_lower[i], plan->userns_fd, err);
         if (trees[i] < 0) {
             error_context(err, "overlay lower dir for %s", plan->rootfs);
             goto out;
         }
-        snprintf(names[i], sizeof(names[i]), "/proc/self/fd/%d", trees[i]);
+        if ((size_t)snprintf(names[i], sizeof(names[i]), "%s/%zu", plan->rootfs, i) >= sizeof(names[i])) {
+            error_plain(err, ENAMETOOLONG, "ID-mapped layer %zu under %s: path too long", i, plan->rootfs);
+            goto out;
+        }
+        if (mkdir(names[i], 0700) < 0) {
+            error_errno(err, errno, "mkdir %s", names[i]);
+            goto out;
+        }
+        if (sys_move_mount(trees[i], "", AT_FDCWD, names[i], MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+            error_errno(err, errno, "attach the ID-mapped %s on %s", plan->overlay_lower[i], names[i]);
+            goto out;
+        }
         lower[i] = names[i];
     }
     struct launch_plan mapped = *plan;
