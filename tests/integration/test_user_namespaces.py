@@ -55,8 +55,8 @@ def configure(dirs: DaemonDirs) -> list[str]:
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
     with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"), configure=configure) as d:
-        # Where the kernel cannot (the monitor's probe says so: Debian 12's 6.1 refuses an overlay over
-        # detached ID-mapped layers), Status says so and the rest has nothing to test.
+        # Where the kernel cannot (the monitor's probe says so: before Linux 5.19, or a root whose filesystem
+        # refuses ID-mapped mounts), Status says so and the rest has nothing to test.
         status = d.client.runtime.Status(api.StatusRequest(), timeout=10)
         if not {h.name: h.features for h in status.runtime_handlers}["native"].user_namespaces:
             pytest.skip("this node's kernel gives pods no user namespaces (see `crio-fast check`)")

@@ -107,7 +107,7 @@ def mount_overlay(lower: Sequence[str], target: str, *, upper: str | None = None
     One mount(2) with the joined options, so they must fit in a page (E2BIG naming the target when
     they do not); the monitor passes lower dirs one by one where the kernel can (docs/monitor.md).
     ``idmap_userns_fd``: the lower dirs ID-mapped with that user namespace (Linux 5.19). Overlayfs keeps
-    private clones of its layers, which kernels before 6.15 make only of attached mounts: each ID-mapped
+    private clones of its layers, which older kernels (6.1; not 6.18) make only of attached mounts: each ID-mapped
     clone is attached on a directory next to ``target`` for the mount, and detached again after it."""
     if idmap_userns_fd is None:
         _mount_overlay(lower, target, upper=upper, work=work, options=options, flags=flags)

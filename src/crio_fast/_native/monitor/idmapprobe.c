@@ -51,7 +51,7 @@ static int probe(const char *dir, bool *refused, struct error *err)
     for (size_t i = 0; i < 4; i++)
         if (mkdir(dirs[i], 0700) < 0)
             return error_errno(err, errno, "mkdir %s", dirs[i]);
-    /* Attached, as the monitor attaches a container's layers (rootfs.c): kernels before 6.15 take no
+    /* Attached, as the monitor attaches a container's layers (rootfs.c): older kernels (6.1) take no
      * detached layer. */
     if (sys_move_mount(tree, "", AT_FDCWD, lower, MOVE_MOUNT_F_EMPTY_PATH) < 0)
         return error_errno(err, errno, "attach the ID-mapped %s on %s", dir, lower);

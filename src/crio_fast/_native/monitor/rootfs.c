@@ -652,7 +652,7 @@ out:
 /* The overlay with each lower dir replaced by an ID-mapped clone of it
  * (Linux 5.19 takes ID-mapped layers): files owned by the node's root show
  * as the container's root, and nothing on the shared layers is chowned.
- * Overlayfs keeps private clones of its layers, which kernels before 6.15
+ * Overlayfs keeps private clones of its layers, which older kernels (6.1; not 6.18)
  * (clone_private_mount) make only of mounts in the caller's own mount
  * namespace, not of detached ones: each ID-mapped clone is attached first,
  * on a directory of a small tmpfs mounted on the target in this child's
