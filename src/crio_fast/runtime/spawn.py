@@ -15,13 +15,12 @@ import errno
 import fcntl
 import os
 import re
-import select
 import signal as signal_module
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from crio_fast.runtime import mounts
+from crio_fast.runtime import fdwait, mounts
 from crio_fast.runtime.monitor import (
     PID_FILE_NAME,
     PINNED_NAMESPACES,
@@ -185,8 +184,7 @@ def _read_ready_line(fd: int, timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise MonitorError(f"pod monitor not ready within {timeout}s", errno.ETIMEDOUT)
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
+        if not fdwait.wait_readable(fd, remaining):
             continue
         chunk = os.read(fd, 4096)
         if not chunk:
