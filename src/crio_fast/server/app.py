@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from concurrent import futures
 from typing import Callable
@@ -62,6 +63,19 @@ def become_subreaper() -> None:
         log.warning("prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(err))
 
 
+def raise_open_files_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: the daemon holds about two descriptors per pod (its
+    monitor's pidfd and socket), so the usual soft 1024 would cap a node at a few hundred pods. The
+    monitors, and containers without a configured nofile ulimit, inherit it, as under CRI-O's unit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("raising the open files limit from %d to %d: %s", soft, hard, exc)
+
+
 M_MMAP_THRESHOLD = -3
 # Allocations at least this large get a mapping of their own, unmapped when freed.
 MMAP_THRESHOLD = 1 << 20
@@ -102,6 +116,7 @@ class Daemon:
 
     async def start(self) -> None:
         become_subreaper()
+        raise_open_files_limit()
         keep_large_blocks_off_the_heap()
         self._prepare_dirs()
         self.lock.acquire()
