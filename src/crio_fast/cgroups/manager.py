@@ -317,6 +317,10 @@ class CgroupManager:
         freezer_dir = cgroup.dirs.get("freezer") if not self.layout.is_v2("freezer") else None
         v1.kill_processes(dirs, freezer_dir)
 
+    def processes(self, cgroup: CgroupPaths) -> set[int]:
+        """Processes in the cgroup and its descendants, in any hierarchy."""
+        return tree.read_pids([d for top in cgroup.hierarchy_dirs.values() for d in tree.subtree(top)])
+
     def oom_kill_count(self, cgroup: CgroupPaths) -> int:
         """How many processes the kernel's OOM killer killed in this cgroup (0 if unknown)."""
         if cgroup.oom_counter_file is None:

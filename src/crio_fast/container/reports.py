@@ -16,7 +16,7 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
 from crio_fast.runtime.monitor import MonitorError, PendingCreate
-from crio_fast.runtime.reaper import exit_code_of, reap_adopted, wait_adopted
+from crio_fast.runtime.reaper import exit_code_of, is_daemon_helper, reap_adopted, reap_all_adopted
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -163,12 +163,20 @@ class ContainerReports:
         """Stop a container whose pod monitor is gone (killed): its processes are
         killed through its cgroup, and its init, re-parented to this daemon (a
         child subreaper), is reaped here so its real exit status is recorded."""
-        if record.pid and record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING):
+        if record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING):
+            paths = self.cgroups.paths(record.cgroup_path)
+            # Every process of the container is re-parented to this subreaper, the init as well as a
+            # child still setting up whose pid the daemon never learnt: all are reaped here.
+            processes = {pid for pid in self.cgroups.processes(paths) if not is_daemon_helper(pid)}
             try:
-                self.cgroups.kill(self.cgroups.paths(record.cgroup_path))
+                self.cgroups.kill(paths)
             except CgroupError as exc:
                 log.warning("container %s: killing its cgroup: %s", record.id[:12], exc)
-            self.record_orphan_exit(record, wait_adopted(record.pid, KILL_WAIT_SECONDS))
+            if record.pid:
+                processes.add(record.pid)
+            statuses = reap_all_adopted(processes, KILL_WAIT_SECONDS)
+            if record.pid:
+                self.record_orphan_exit(record, statuses.get(record.pid))
         self.refresh(record)
 
     def record_orphan_exit(self, record: ContainerRecord, status: int | None) -> None:
