@@ -28,6 +28,7 @@ from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
+from crio_fast.crashpoints import crash_point
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageManager
 from crio_fast.runtime.exec_helper import exec_sync
@@ -123,12 +124,13 @@ class ContainerManager:
                 id=container_id, pod_id=pod.id, name=name, config=base64.b64encode(config.SerializeToString()).decode(),
                 image_id=image.record.id, image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
             )
-            self.state.containers.reserve(record)  # takes the name
+            self.state.containers.reserve(record)  # takes the name; saved before anything is made
+        crash_point("createctr", 1)
         try:
             with self.sandboxes.pod_lock(pod.id):
                 self._create(record, pod, pod_config, config, image)
         except BaseException:
-            self._remove_leftovers(record)
+            self.remove_leftovers(record)
             self.state.containers.delete(record.id)
             raise
         self._emit(record, pb.ContainerEventType.CONTAINER_CREATED_EVENT)
@@ -198,22 +200,28 @@ class ContainerManager:
 
                 def rest_in_chunks() -> Iterator[bytes]:
                     nonlocal checked
+                    crash_point("createctr", 2)
                     # The rootfs first: the child mounts it while the request is checked and the rest decided.
                     overlay = self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=False,
                                                         make_dirs=False)
                     yield encode_rootfs(overlay=overlay)
+                    crash_point("createctr", 3)
                     checked = check()
                     yield whole_plan(checked, overlay).encode_rest()
 
                 def make_cgroup() -> None:  # after the whole rest is out, so after the checks
                     assert checked is not None
                     self._make_cgroup(checked.cgroup)
+                    crash_point("createctr", 4)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)
+        crash_point("createctr", 5)
+        record.creating = False
         self.state.containers.save(record)
+        crash_point("createctr", 6)
         log.info("container %s (%s) created", record.id[:12], record.name)
 
     def _keep_launch(self, record: ContainerRecord, launch: translate.ContainerLaunch) -> None:
@@ -267,6 +275,7 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {record.id} is being started by another call")
             self._check_startable(record)
             self.reports.starting.add(record.id)
+        crash_point("startctr", 1)
         try:
             try:
                 # Sent without waiting for the CREATE reply: the monitor holds a START that comes
@@ -299,6 +308,7 @@ class ContainerManager:
         raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
 
     def _mark_started(self, record: ContainerRecord, monitor) -> None:
+        crash_point("startctr", 2)
         self.reports.settle(record, save_pid=False)  # the CREATE reply came before the START reply: the pid
         if not record.pid:
             # Created before a daemon restart, its CREATE reply unread: the monitor knows the pid.
@@ -308,6 +318,7 @@ class ContainerManager:
                 log.info("container %s: pid from the monitor: %s", record.id[:12], exc)
         record.state, record.started_at = CTR_RUNNING, time.time_ns()
         self.state.containers.save(record)
+        crash_point("startctr", 3)
         self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
 
     def stop(self, container_id: str, timeout: int) -> None:
@@ -359,7 +370,8 @@ class ContainerManager:
                 self.sandboxes.monitor(pod).remove(record.id)
             except (MonitorError, FailedPrecondition) as exc:
                 log.info("container %s: monitor remove: %s", record.id[:12], exc)
-        self._remove_leftovers(record)
+        self.remove_leftovers(record)
+        crash_point("removepod", 2)
         self.state.containers.delete(record.id)
         self._emit(record, pb.ContainerEventType.CONTAINER_DELETED_EVENT)
 
@@ -368,7 +380,9 @@ class ContainerManager:
             if record.pod_id == pod_id:
                 self.remove(record.id)
 
-    def _remove_leftovers(self, record: ContainerRecord) -> None:
+    def remove_leftovers(self, record: ContainerRecord) -> None:
+        """What a container leaves on the node once its monitor has let it go: the OCI runtime's state,
+        its cgroup, its bundle and writable layer, its exit file."""
         handler = self._oci_handler(record.pod_id)
         if handler is not None:
             # Normally the monitor's REMOVE or shutdown deleted it; not when the monitor was killed.
