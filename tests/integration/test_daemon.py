@@ -58,7 +58,7 @@ def test_status_verbose_reports_config(daemon):
     info = json.loads(status.info["config"])
     assert info["crio.root"] == str(daemon.dirs.root)
     assert info["api.listen"] == str(daemon.dirs.socket)
-    assert [h.name for h in status.runtime_handlers] == ["native"]
+    assert [h.name for h in status.runtime_handlers] == ["", "native"]  # "": the default, as CRI names it
     assert "config" not in daemon.client.status(verbose=False).info
 
 

@@ -18,6 +18,7 @@ from crio_fast.api import api_pb2 as api
 from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.images import LayerBuilder
 from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
 from tests.support.timing import command_limit
 
@@ -356,6 +357,25 @@ def test_errors_are_clear(cri):
         status(cri, "f" * 64)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert cri.client.version().runtime_name == "crio-fast"
+
+
+def test_an_image_a_container_runs_is_not_removed_until_the_container_is(cri, push_image):
+    reference = push_image(extra_layers=[LayerBuilder().file("marker", "x")]).reference
+    cri.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=reference)), timeout=60)
+    pod_id, pod = run_pod(cri)
+    ctr = create(cri, pod_id, pod, ["/bin/true"], image=reference)  # created only: in use all the same
+
+    def remove_image() -> None:
+        cri.client.image.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=reference)), timeout=30)
+
+    with pytest.raises(grpc.RpcError) as err:
+        remove_image()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ctr in err.value.details() and "runs it" in err.value.details(), err.value.details()
+    cri.client.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=ctr), timeout=30)
+    remove_image()
+    image = cri.client.image.ImageStatus(api.ImageStatusRequest(image=api.ImageSpec(image=reference)), timeout=10)
+    assert not image.HasField("image")
 
 
 def test_a_set_up_failing_after_create_answered_is_reported_by_start_and_status(cri):

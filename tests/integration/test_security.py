@@ -21,7 +21,15 @@ from crio_fast.container import apparmor
 from tests.support import cgroups
 from tests.support.daemon import Daemon, DaemonDirs
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, handler_problem
-from tests.support.pods import create, daemon_with_busybox, kubelet_pod_linux, run_pod as run_plain_pod, start
+from tests.support.images import TESTER_EXTRA_GID, TESTER_GID, TESTER_UID
+from tests.support.pods import (
+    create,
+    daemon_with_busybox,
+    kubelet_pod_linux,
+    log_text,
+    run_pod as run_plain_pod,
+    start,
+)
 from tests.support.streamclient import exec_over_spdy
 from tests.support.timing import SLOWDOWN, command_limit
 
@@ -128,8 +136,61 @@ def test_user_group_and_supplemental_groups(env, pod):
     status = init_status(env, ctr)
     assert status["Uid"].split()[:2] == ["1234", "1234"]
     assert status["Gid"].split()[:2] == ["2345", "2345"]
-    assert sorted(status["Groups"].split()) == ["3456", "4567"]
+    assert sorted(status["Groups"].split()) == ["2345", "3456", "4567"]  # the primary gid among them
     assert int(status["CapEff"], 16) == 0  # non-root, nothing added: no effective capabilities
+    user = container_status(env, ctr).user.linux
+    assert (user.uid, user.gid, list(user.supplemental_groups)) == (1234, 2345, [2345, 3456, 4567])
+
+
+def test_runtime_advertises_the_supplemental_groups_policy(env):
+    status = env.client.runtime.Status(api.StatusRequest(), timeout=10)
+    assert status.HasField("features") and status.features.supplemental_groups_policy
+
+
+# The test image's tester (uid and gid 1000) is a member of testextra (1001) in its /etc/group.
+@pytest.mark.parametrize("policy, groups", [
+    (api.SupplementalGroupsPolicy.Merge, [TESTER_GID, TESTER_EXTRA_GID, 1234]),
+    (api.SupplementalGroupsPolicy.Strict, [TESTER_GID, 1234]),
+], ids=["Merge", "Strict"])
+def test_supplemental_groups_policy_is_what_the_init_its_execs_and_the_status_have(env, pod, policy, groups):
+    """critest's two SupplementalGroupsPolicy specs, and the init's own credentials besides."""
+    pod_id, pod_config = pod()
+
+    def configure(c):
+        sc = c.linux.security_context
+        sc.run_as_user.value = TESTER_UID
+        sc.supplemental_groups.append(1234)
+        sc.supplemental_groups_policy = policy
+
+    ctr = run(env, pod_id, pod_config, configure, command=["sh", "-c", "id -G; exec sleep 3600"])
+    user = container_status(env, ctr).user
+    assert user == api.ContainerUser(linux=api.LinuxContainerUser(
+        uid=TESTER_UID, gid=TESTER_GID, supplemental_groups=groups))
+    expected = " ".join(map(str, groups)) + "\n"
+    log = Path(pod_config.log_directory, "ctr.log")
+    deadline = time.monotonic() + 10 * SLOWDOWN
+    while not log_text(str(log)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log_text(str(log)).decode() == expected
+    assert sh(env, ctr, "id -G").stdout.decode() == expected
+    status = init_status(env, ctr)
+    assert status["Uid"].split() == [str(TESTER_UID)] * 4 and status["Gid"].split() == [str(TESTER_GID)] * 4
+    assert status["Groups"].split() == [str(g) for g in groups]
+
+
+def test_the_status_reports_the_image_user_and_root(env, pod):
+    """Without run_as_user, the user the image names (here tester by name, through run_as_username)
+    or root: the status says who the init is, before it is started too."""
+    pod_id, pod_config = pod()
+    ctr = create(env, pod_id, pod_config, ["sleep", "3600"],
+                 configure=lambda c: setattr(c.linux.security_context, "run_as_username", "tester"))
+    user = container_status(env, ctr).user.linux
+    assert (user.uid, user.gid, list(user.supplemental_groups)) == (TESTER_UID, TESTER_GID,
+                                                                    [TESTER_GID, TESTER_EXTRA_GID])
+    root = run(env, pod_id, pod_config)
+    user = container_status(env, root).user.linux
+    assert (user.uid, user.gid, list(user.supplemental_groups)) == (0, 0, [0])
+    assert init_status(env, root)["Groups"].split() == ["0"]
 
 
 def test_run_as_username_uses_image_passwd_and_groups(env, pod):

@@ -8,6 +8,9 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from crio_fast.errors import InvalidArgument
 from crio_fast.state.records import CTR_CREATED, CTR_RUNNING, POD_READY, ContainerRecord, PodRecord, StateStore
 
 
@@ -44,6 +47,18 @@ def test_saved_records_come_back_after_reopen(tmp_path: Path) -> None:
     assert again.containers.get("c2") is None
     assert again.containers.find("c") == loaded  # a unique prefix
     again.close()
+
+
+def test_find_by_id_unique_prefix_or_nothing_and_refuses_an_ambiguous_prefix(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    for record_id in ("ab12", "ab34", "cd56"):
+        store.containers.save(container(record_id))
+    assert store.containers.find("ab12").id == "ab12"
+    assert store.containers.find("c").id == "cd56"
+    assert store.containers.find("ef") is None and store.containers.find("") is None
+    with pytest.raises(InvalidArgument, match="container ID prefix 'ab' is ambiguous: it matches 2 containers"):
+        store.containers.find("ab")
+    store.close()
 
 
 def test_a_reserved_record_is_saved_marked_creating_until_its_last_save(tmp_path: Path) -> None:

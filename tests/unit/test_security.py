@@ -63,13 +63,13 @@ def _layer(tmp_path: Path) -> list[Path]:
 def test_identity_merge_and_strict(tmp_path):
     layers = _layer(tmp_path)
     sc = pb.LinuxContainerSecurityContext(run_as_username="app", supplemental_groups=[500])
-    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 1000, [44, 500])
+    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 1000, [1000, 44, 500])
     sc.supplemental_groups_policy = pb.SupplementalGroupsPolicy.Strict
-    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 1000, [500])
+    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 1000, [1000, 500])
     sc = pb.LinuxContainerSecurityContext()
     sc.run_as_user.value = 7
     sc.run_as_group.value = 8
-    assert security.resolve_identity(sc, "app", layers) == security.Identity(7, 8, [])
+    assert security.resolve_identity(sc, "app", layers) == security.Identity(7, 8, [8])
     assert security.resolve_identity(pb.LinuxContainerSecurityContext(), "app", layers).uid == 1000
 
 
@@ -80,7 +80,7 @@ def test_run_as_group_needs_a_user(tmp_path):
     with pytest.raises(InvalidArgument, match="run_as_group is set without run_as_user"):
         security.resolve_identity(sc, "app", layers)
     sc.run_as_username = "app"
-    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 8, [44])  # app is in video
+    assert security.resolve_identity(sc, "", layers) == security.Identity(1000, 8, [8, 44])  # app is in video
 
 
 def test_sysctl_classification():

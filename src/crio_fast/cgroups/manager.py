@@ -321,6 +321,10 @@ class CgroupManager:
         """Processes in the cgroup and its descendants, in any hierarchy."""
         return tree.read_pids([d for top in cgroup.hierarchy_dirs.values() for d in tree.subtree(top)])
 
+    def populated(self, cgroup: CgroupPaths) -> bool:
+        """Whether a process is in the cgroup or a descendant, in any hierarchy (False once it is gone)."""
+        return any(tree.read_pids(tree.subtree(top)) for top in cgroup.hierarchy_dirs.values())
+
     def oom_kill_count(self, cgroup: CgroupPaths) -> int:
         """How many processes the kernel's OOM killer killed in this cgroup (0 if unknown)."""
         if cgroup.oom_counter_file is None:

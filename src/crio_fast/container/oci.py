@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
-import errno
 import functools
 import json
 import logging
@@ -347,30 +346,16 @@ def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str
         raise FailedPrecondition(failure[0])
 
 
-# -- the host-side rootfs mount ---------------------------------------------------
+# -- the host-side rootfs mount (container/storage.py detaches it with the bundle) ------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 def mount_rootfs(overlay: Overlay) -> None:
     """Mount the plan's overlay on the host at its target (the bundle's rootfs)."""
-    options = [f"lowerdir={':'.join(overlay.lower)}"]
-    if overlay.upper:
-        options += [f"upperdir={overlay.upper}", f"workdir={overlay.work}"]
-    options += list(overlay.options)
-    data = ",".join(options).encode()
-    if len(data) >= os.sysconf("SC_PAGE_SIZE"):
-        raise OSError(errno.E2BIG, f"overlay options for {overlay.target} exceed one page ({len(data)} bytes)")
-    if _libc.mount(b"overlay", os.fsencode(overlay.target), b"overlay", 0, data) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount overlay on {overlay.target}: {os.strerror(err)}")
-
-
-def unmount_rootfs(path: str) -> None:
-    """Lazily unmount the bundle's rootfs if it is mounted (idempotent)."""
-    mounts.detach_stacked(path)
+    mounts.mount_overlay(overlay.lower, overlay.target, upper=overlay.upper, work=overlay.work,
+                         options=overlay.options)
 
 
 # -- ExecSync through the runtime ---------------------------------------------------

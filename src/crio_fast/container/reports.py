@@ -7,16 +7,17 @@ whose monitor was killed, from this daemon reaping its init (the daemon is a chi
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.cgroups import CgroupError, CgroupManager
+from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
 from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
 from crio_fast.runtime.monitor import MonitorError, PendingCreate
-from crio_fast.runtime.reaper import exit_code_of, is_daemon_helper, reap_adopted, reap_all_adopted
+from crio_fast.runtime.reaper import exit_code_of, is_adopted_child, is_daemon_helper, reap_adopted, reap_all_adopted
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -58,7 +59,8 @@ class ContainerReports:
         """
         if record.id in self._pending:
             self.settle(record, wait=False)
-        if record.state not in (CTR_CREATED, CTR_RUNNING) or record.id in self.starting:
+        # UNKNOWN too: a stop of a container whose monitor died leaves its exit file (stop_orphaned).
+        if record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN) or record.id in self.starting:
             return record
         try:
             info = (None if exit_files is not None and record.id not in exit_files
@@ -84,7 +86,7 @@ class ContainerReports:
             return record
         with self.lock:
             # Another thread (the exit watcher, a stop) may have folded it in meanwhile: one STOPPED.
-            if record.state not in (CTR_CREATED, CTR_RUNNING):
+            if record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
                 return record
             self._fold_exit(record, info)
         return record
@@ -147,37 +149,52 @@ class ContainerReports:
         for p in pending:
             p.abandon()
 
-    def wait_exit(self, record: ContainerRecord, timeout: float) -> bool:
+    def wait_exit(self, record: ContainerRecord, timeout: float, until: Callable[[], bool] | None = None) -> bool:
+        """Whether the container exited within ``timeout``; ``until`` true ends the wait early."""
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
             self.refresh(record)
-            if record.state not in (CTR_CREATED, CTR_RUNNING):
+            if record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
                 return True
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (until is not None and until()):
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
     def stop_orphaned(self, record: ContainerRecord) -> None:
-        """Stop a container whose pod monitor is gone (killed): its processes are
-        killed through its cgroup, and its init, re-parented to this daemon (a
-        child subreaper), is reaped here so its real exit status is recorded."""
-        if record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING):
-            paths = self.cgroups.paths(record.cgroup_path)
-            # Every process of the container is re-parented to this subreaper, the init as well as a
-            # child still setting up whose pid the daemon never learnt: all are reaped here.
-            processes = {pid for pid in self.cgroups.processes(paths) if not is_daemon_helper(pid)}
+        """Stop a container whose pod monitor is gone (killed): its processes are killed through its
+        cgroup, and its init, re-parented to this daemon (a child subreaper), is reaped here so its
+        real exit status is recorded. An init whose monitor died while no daemon ran went to the
+        node's init, which reaps it: once its cgroup is empty it is recorded as killed by SIGKILL."""
+        if record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
+            cgroup = self.cgroups.paths(record.cgroup_path)
+            # Every process of the container re-parented to this subreaper is reaped here: the init, and
+            # a child still setting up whose pid the daemon never learnt.
+            processes = {pid for pid in self.cgroups.processes(cgroup) if not is_daemon_helper(pid)}
             try:
-                self.cgroups.kill(paths)
+                self.cgroups.kill(cgroup)
             except CgroupError as exc:
                 log.warning("container %s: killing its cgroup: %s", record.id[:12], exc)
             if record.pid:
                 processes.add(record.pid)
-            statuses = reap_all_adopted(processes, KILL_WAIT_SECONDS)
-            if record.pid:
-                self.record_orphan_exit(record, statuses.get(record.pid))
+            status = reap_all_adopted(processes, KILL_WAIT_SECONDS).get(record.pid) if record.pid else None
+            ours = record.pid and is_adopted_child(record.pid)
+            if status is None and not ours and self._emptied(cgroup, KILL_WAIT_SECONDS):
+                status = signal.SIGKILL  # the wait status of a process SIGKILL ended
+            self.record_orphan_exit(record, status)
         self.refresh(record)
+
+    def _emptied(self, cgroup: CgroupPaths, timeout: float) -> bool:
+        """Whether every process has left ``cgroup`` within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while self.cgroups.populated(cgroup):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
 
     def record_orphan_exit(self, record: ContainerRecord, status: int | None) -> None:
         if status is None or (self.exits_dir / record.id).exists():

@@ -105,8 +105,10 @@ class Identity:
 def resolve_identity(sc: pb.LinuxContainerSecurityContext, image_user: str, layer_dirs: list[Path]) -> Identity:
     """uid/gid/groups from run_as_user/run_as_username/run_as_group, else the image's User.
 
-    Supplemental groups: Merge (the default) adds the groups /etc/group of the
-    image lists the user in; Strict uses only ``supplemental_groups``.
+    Supplemental groups: the primary gid first, then ``supplemental_groups`` and, with Merge (the
+    default), the groups the image's /etc/group lists the user in; Strict adds none of the image's.
+    The primary gid is among them as containerd and CRI-O have it: the kubelet and critest read it
+    back in ContainerStatus.user, and the process keeps the group should its gid change.
     """
     if sc.HasField("run_as_group") and not sc.HasField("run_as_user") and not sc.run_as_username:
         # A group alone would combine with whatever user the image names; CRI-O refuses it too.
@@ -124,7 +126,7 @@ def resolve_identity(sc: pb.LinuxContainerSecurityContext, image_user: str, laye
     if sc.supplemental_groups_policy != pb.SupplementalGroupsPolicy.Strict:
         groups |= set(image_groups)
     groups.discard(gid)
-    return Identity(uid=uid, gid=gid, additional_gids=sorted(groups))
+    return Identity(uid=uid, gid=gid, additional_gids=[gid, *sorted(groups)])
 
 
 # -- MAC: SELinux (AppArmor: crio_fast.container.apparmor) -------------------------------

@@ -1,8 +1,10 @@
 """Where a container's files live on the node: its writable layer, the bundle an OCI runtime gets,
-and the per-image layer that gives the pod's /etc files a place to be bound onto.
+its image volumes, and the per-image layer that gives the pod's /etc files a place to be bound onto.
 
     <root>/containers/<id>/{upper,work}        the writable layer (kept across daemon restarts)
     <runroot>/containers/<id>/{config.json,rootfs}   the bundle of an OCI runtime's container
+    <runroot>/containers/<id>/image-volumes/<n>      the image volume of the request's mount n, a
+                                               read-only overlay (container/image_volumes.py)
     <runroot>/containers/.rootfs               where every native child mounts its rootfs (its own
                                                mount namespace), so a native create makes no bundle
     <runroot>/mount-targets/<image>            image_files.make_mount_targets_layer
@@ -16,7 +18,8 @@ import shutil
 from pathlib import Path
 
 from crio_fast.config import Config
-from crio_fast.container import image_files, oci
+from crio_fast.container import image_files, image_volumes
+from crio_fast.runtime import mounts
 from crio_fast.runtime.plan import Overlay
 
 log = logging.getLogger("crio_fast.container")
@@ -56,6 +59,16 @@ class ContainerStorage:
     def bundle(self, container_id: str) -> Path:
         return self.bundles / container_id
 
+    def mount_image_volume(self, container_id: str, index: int, layer_dirs: list[Path]) -> Path:
+        """The image of the request's mount ``index`` (its layers top-most first) mounted read-only
+        under the container's run dir, on either handler; returns the mount point."""
+        volumes = self.bundle(container_id) / "image-volumes"
+        target = volumes / str(index)
+        os.makedirs(target)
+        image_volumes.mount_image_tree(layer_dirs, target,
+                                       [volumes / f".empty-{n}" for n in range(image_volumes.MIN_LOWER_DIRS)])
+        return target
+
     def _lower_dirs(self, image_id: str, layer_dirs: list[Path]) -> list[Path]:
         """The overlay's lower dirs, top-most first: the image's layers under its mount-targets layer."""
         try:
@@ -67,9 +80,10 @@ class ContainerStorage:
         return [targets, *layer_dirs] if targets is not None else layer_dirs
 
     def remove(self, container_id: str) -> None:
-        """The container's bundle (its rootfs unmounted from the host first) and writable layer."""
+        """The container's run dir (what is mounted in it, an OCI rootfs and image volumes, detached from
+        the host first) and writable layer."""
         try:
-            oci.unmount_rootfs(str(self.bundle(container_id) / "rootfs"))
+            mounts.detach_all_under(str(self.bundle(container_id)))
         except OSError as exc:
             log.warning("container %s: %s", container_id[:12], exc)
         shutil.rmtree(self.bundle(container_id), ignore_errors=True)

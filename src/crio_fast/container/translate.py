@@ -13,7 +13,7 @@ import dataclasses
 import os
 import signal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, Resources
@@ -21,6 +21,7 @@ from crio_fast.cgroups.manager import CgroupPaths
 from crio_fast.config.schema import RuntimeSection
 from crio_fast.container import security
 from crio_fast.container.apparmor import AppArmor
+from crio_fast.container.image_volumes import BIND_FLAGS as IMAGE_VOLUME_FLAGS, ImageVolume
 from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.runtime.plan import (
     DEFAULT_MASKED_PATHS,
@@ -139,10 +140,10 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
     for m in config.mounts:
         if not m.container_path or not os.path.isabs(m.container_path):
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
-        if not os.path.exists(m.host_path):
+        if not m.image.image and not os.path.exists(m.host_path):  # an image volume has none (image_volumes)
             raise InvalidArgument(f"mount host_path {m.host_path!r} does not exist")
         if m.recursive_read_only:
-            if not m.readonly:
+            if not (m.readonly or m.image.image):  # an image volume is read-only whatever the request says
                 raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs readonly")
             if m.propagation != pb.MountPropagation.PROPAGATION_PRIVATE:
                 raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs propagation "
@@ -211,9 +212,11 @@ class ContainerLaunch:
 
 def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig,
               image_config: dict[str, Any], layer_dirs: list[Path], head: LaunchHead, overlay: Overlay,
-              checked: CheckedRequest, cg: CgroupPaths, layout_v2: bool, runtime: RuntimeSection) -> ContainerLaunch:
+              checked: CheckedRequest, cg: CgroupPaths, layout_v2: bool, runtime: RuntimeSection,
+              image_volumes: Mapping[int, ImageVolume]) -> ContainerLaunch:
     """The whole plan, from the head on: the rootfs, who the process runs as, with which capabilities and
-    seccomp filter, its environment and mounts."""
+    seccomp filter, its environment and mounts. ``image_volumes``: the request's image volumes, mounted
+    on the host, by their index in its mounts."""
     stop_signal = parse_signal(image_config.get("StopSignal") or "")
     sc = config.linux.security_context
     env: dict[str, str] = {}
@@ -238,10 +241,20 @@ def plan_rest(pod: PodRecord, pod_config: pb.PodSandboxConfig, config: pb.Contai
         MountOp.bind(str(Path(pod.pod_dir, "resolv.conf")), "/etc/resolv.conf", recursive=False),
     ]
     record_mounts = []
-    for m in config.mounts:
+    for index, m in enumerate(config.mounts):
+        propagation = PROPAGATION.get(m.propagation, MS_PRIVATE)
+        if m.image.image:
+            volume = image_volumes[index]
+            extra_mounts.append(MountOp.bind(volume.source, m.container_path, readonly=True, recursive=False,
+                                             flags=IMAGE_VOLUME_FLAGS, propagation=propagation,
+                                             recursive_readonly=m.recursive_read_only))
+            record_mounts.append({"container_path": m.container_path, "host_path": "", "readonly": True,
+                                  "propagation": int(m.propagation), "recursive_read_only": m.recursive_read_only,
+                                  "image": volume.image, "image_id": volume.image_id,
+                                  "image_sub_path": volume.sub_path})
+            continue
         extra_mounts.append(MountOp.bind(m.host_path, m.container_path, readonly=m.readonly,
-                                         propagation=PROPAGATION.get(m.propagation, MS_PRIVATE),
-                                         recursive_readonly=m.recursive_read_only))
+                                         propagation=propagation, recursive_readonly=m.recursive_read_only))
         record_mounts.append({"container_path": m.container_path, "host_path": m.host_path,
                               "readonly": m.readonly, "propagation": int(m.propagation),
                               "recursive_read_only": m.recursive_read_only})

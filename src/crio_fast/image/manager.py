@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -170,12 +171,19 @@ class ImageManager:
             out.append(ImageInfo(record=record, config=config, uid=uid, username=username))
         return out
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, unused: Callable[[ImageRecord], AbstractContextManager[Any]] | None = None,
+                     ) -> None:
+        """RemoveImage; ``unused(record)`` is held around the removal: it raises for an image in use and
+        keeps it from coming into use meanwhile."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._remove, name, unused)
+
+    def _remove(self, name: str, unused: Callable[[ImageRecord], AbstractContextManager[Any]] | None) -> None:
         record = self._lookup(name)
         if record is None:
             return  # CRI: removing what is not there succeeds
-        loop = asyncio.get_running_loop()
-        removed = await loop.run_in_executor(self._pool, self.store.remove_image, record.id)
+        with unused(record) if unused is not None else contextlib.nullcontext():
+            removed = self.store.remove_image(record.id)
         log.info("removed image %s (%s), %d layers freed", record.id, ", ".join(record.repo_tags) or "untagged", len(removed))
 
     async def fs_usage(self) -> FsUsage:

@@ -1,4 +1,4 @@
-"""Finding and detaching the host mounts the engine leaves under a directory.
+"""The host mounts the engine makes (overlays of image layers) and how they are found and detached.
 
 A pod's monitor mounts a handful of things under its pod dir (the pod dir's
 private self-bind, the nsfs pins, the pod's /dev/shm); an external runtime's
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from typing import Sequence
 
 from crio_fast.cgroups.layout import parse_mountinfo
 
@@ -27,6 +28,8 @@ if _statx is not None:
     _statx.restype = ctypes.c_int
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.mount.restype = ctypes.c_int
 
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -54,6 +57,24 @@ def mount_id(path: str) -> int | None:
     if not mask & _STATX_MNT_ID:
         return None
     return int.from_bytes(buffer.raw[_STATX_MNT_ID_OFFSET:_STATX_MNT_ID_OFFSET + 8], "little")
+
+
+def mount_overlay(lower: Sequence[str], target: str, *, upper: str | None = None, work: str | None = None,
+                  options: Sequence[str] = (), flags: int = 0) -> None:
+    """Mount an overlay on ``target`` on the host: ``lower`` top-most first, read-only without ``upper``.
+
+    One mount(2) with the joined options, so they must fit in a page (E2BIG naming the target when
+    they do not); the monitor passes lower dirs one by one where the kernel can (docs/monitor.md)."""
+    parts = [f"lowerdir={':'.join(lower)}"]
+    if upper:
+        parts += [f"upperdir={upper}", f"workdir={work}"]
+    parts += list(options)
+    data = ",".join(parts).encode()
+    if len(data) >= os.sysconf("SC_PAGE_SIZE"):
+        raise OSError(errno.E2BIG, f"overlay options for {target} exceed one page ({len(data)} bytes)", target)
+    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", flags, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}", target)
 
 
 def detach(path: str) -> None:

@@ -183,11 +183,15 @@ class SandboxManager:
             # Reserve the name before the slow part so a concurrent duplicate fails.
             self.state.pods.reserve(record)
         crash_point("runpod", 1)
-        try:
-            return self._run(record, config, pod_cg)
-        except BaseException:
-            self._undo_run(record)
-            raise
+        # Under the pod's lock: a stop of the pod while it starts (it is listed already) waits, then stops it.
+        with self.pod_lock(record.id):
+            try:
+                return self._run(record, config, pod_cg)
+            except BaseException:
+                self._undo_run(record)
+                with self._lock:
+                    self._pod_locks.pop(record.id, None)
+                raise
 
     def _run(self, record: PodRecord, config: pb.PodSandboxConfig, pod_cg: CgroupPaths) -> str:
         pod_dir = Path(record.pod_dir)
@@ -283,6 +287,10 @@ class SandboxManager:
         if record is None:
             return  # CRI: stopping what is gone succeeds
         with self.pod_lock(record.id):
+            if record.stopped:
+                # CRI: stopping what is stopped succeeds, and changes nothing; the kubelet repeats it.
+                # Its monitor's pid, long reaped, may be another process's now.
+                return
             if record.namespaces.get("net") == "new":
                 # While the monitor still holds the namespace, so plugins can clean inside it.
                 self.network.detach(
@@ -297,21 +305,21 @@ class SandboxManager:
                     mon = PodMonitor.attach(record.pod_dir)
                 except MonitorError:
                     mon = None
+            killed = mon is None or not mon.alive()
             if mon is not None:
                 try:
                     mon.shutdown()
                 except MonitorError as exc:
                     log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
-            else:
+            if killed:
                 reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
                 if record.namespaces.get("pid") == "new":
                     reap_dead_pod_inits()  # and so is its pod init, which died with it
             crash_point("stoppod", 4)
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
             crash_point("stoppod", 5)
-            if record.state != POD_NOTREADY:
-                record.state = POD_NOTREADY
-                self.state.pods.save(record)
+            record.state, record.stopped = POD_NOTREADY, True
+            self.state.pods.save(record)
 
     def remove(self, pod_id: str) -> None:
         """Remove a stopped pod (``stop``) whose containers are gone."""
@@ -385,7 +393,8 @@ class SandboxManager:
         reap_adopted(record.monitor_pid)
         if record.namespaces.get("pid") == "new":
             reap_dead_pod_inits()
-        record.state = POD_NOTREADY
+        # Reaped: from now on its pid may be another process's, which the pod's stop must not reap.
+        record.state, record.monitor_pid = POD_NOTREADY, 0
         self.state.pods.save(record)
 
     def recover(self) -> None:

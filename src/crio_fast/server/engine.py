@@ -3,8 +3,9 @@
 It owns the effective configuration (replaced on a SIGHUP reload), the
 readiness checks behind ``Status``, the pod, container and image managers and
 the services built on them (stats, streaming, events), and the work that spans
-managers: a pod's teardown (its containers first, then the pod) and the events
-that carry a container's pod status along.
+managers: a pod's teardown (its containers first, then the pod), the removal of
+an image no container uses, and the events that carry a container's pod status
+along.
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ class Engine:
         handler = self.config.runtime.runtimes.get(name)
         return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler), "user_namespaces": False}
 
+    @staticmethod
+    def runtime_features() -> dict[str, bool]:
+        """What the runtime as a whole can do of what the kubelet asks about (RuntimeFeatures)."""
+        # Strict and Merge hold on every handler: the groups are decided here and carried in the plan.
+        return {"supplemental_groups_policy": True}
+
     def stop_pod(self, pod_id: str) -> None:
         """StopPodSandbox: the pod's containers, then the pod (its network, its monitor), under its lock."""
         record = self.state.pods.find(pod_id)
@@ -156,6 +163,10 @@ class Engine:
             self.containers.remove_all_in_pod(record.id)
             crash_point("removepod", 3)
             self.sandboxes.remove(record.id)
+
+    async def remove_image(self, name: str) -> None:
+        """RemoveImage, refused while a container runs the image or mounts it as an image volume."""
+        await self.images.remove(name, lambda record: self.containers.images_unused(record.id, name))
 
     async def close(self) -> None:
         self.monitor_watch.close()

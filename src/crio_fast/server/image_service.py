@@ -86,7 +86,7 @@ class ImageServicer(ServicerBase):
         name = request.image.image
         if not name:
             raise InvalidArgument("RemoveImage: image name is empty")
-        await self.images.remove(name)
+        await self.engine.remove_image(name)
         return pb.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: grpc.ServicerContext) -> pb.ImageFsInfoResponse:

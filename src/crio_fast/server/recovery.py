@@ -53,6 +53,7 @@ from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
     CTR_RUNNING,
+    CTR_UNKNOWN,
     POD_NOTREADY,
     POD_READY,
     ContainerRecord,
@@ -159,7 +160,7 @@ class Recovery:
     def _stop_containers_of(self, pod: PodRecord) -> None:
         """A pod that is not ready has no monitor: what of its containers still runs is killed."""
         for record in self.state.containers.values():
-            if record.pod_id == pod.id and record.state in (CTR_CREATED, CTR_RUNNING):
+            if record.pod_id == pod.id and record.state in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
                 with self.sandboxes.pod_lock(pod.id):
                     self.containers.reports.settle(record)
                     self.containers.reports.stop_orphaned(record)

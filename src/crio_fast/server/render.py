@@ -38,9 +38,18 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         image_id=record.image_id, reason=record.reason, message=record.message, labels=config.labels,
         annotations=config.annotations, log_path=record.log_path,
     )
+    process = record.process
+    if "uid" in process:  # decided at create, with the rest of the plan
+        status.user.linux.uid = process["uid"]
+        status.user.linux.gid = process["gid"]
+        status.user.linux.supplemental_groups.extend(process["gids"])
     for m in record.mounts:
-        status.mounts.add(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
-                          propagation=m["propagation"], recursive_read_only=m.get("recursive_read_only", False))
+        mount = status.mounts.add(container_path=m["container_path"], host_path=m["host_path"],
+                                  readonly=m["readonly"], propagation=m["propagation"],
+                                  recursive_read_only=m.get("recursive_read_only", False))
+        if "image" in m:  # an image volume: the image as asked for, and the one mounted
+            mount.image.image, mount.image.image_ref = m["image"], m["image_id"]
+            mount.image_sub_path = m["image_sub_path"]
     return status
 
 

@@ -60,9 +60,12 @@ class RuntimeServicer(ServicerBase):
             pb.RuntimeCondition(type="NetworkReady", status=ok, reason=reason, message=message)
             for ok, reason, message in [self.engine.network_condition()]
         ]
-        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
-        for name in self.engine.config.runtime_handler_names():
-            response.runtime_handlers.add(name=name,
+        response = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
+                                     features=pb.RuntimeFeatures(**self.engine.runtime_features()))
+        default = self.engine.config.runtime.default_runtime
+        # The default handler once more under the empty name, which is how CRI names it in requests.
+        for listed, name in [("", default), *((n, n) for n in self.engine.config.runtime_handler_names())]:
+            response.runtime_handlers.add(name=listed,
                                           features=pb.RuntimeHandlerFeatures(**self.engine.handler_features(name)))
         if request.verbose:
             response.info["config"] = json.dumps(self.engine.config_info(), sort_keys=True, default=_jsonable)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from crio_fast.api import api_pb2 as pb
+from crio_fast.errors import InvalidArgument
 
 log = logging.getLogger("crio_fast.state")
 
@@ -69,6 +70,9 @@ class PodRecord:
     ns_paths: dict[str, str] = field(default_factory=dict)
     log_directory: str = ""
     ips: list[str] = field(default_factory=list)  # from the CNI result, IPv4 first
+    # Torn down by a StopPodSandbox: network detached, monitor gone, mounts undone. A pod found not
+    # ready at start (its monitor died meanwhile) is not, until a stop does it.
+    stopped: bool = False
     creating: bool = False  # RunPodSandbox has not finished: a record found so at start is torn down
     list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
@@ -94,6 +98,8 @@ class ContainerRecord:
     cgroup_path: str = ""
     stop_signal: int = 15
     mounts: list[dict[str, Any]] = field(default_factory=list)
+    # The images mounted as image volumes, by ID, from the reservation on: RemoveImage refuses them.
+    volume_image_ids: list[str] = field(default_factory=list)
     # What an exec into the container runs as: env, uid, gid, gids, capability masks, no_new_privs.
     process: dict[str, Any] = field(default_factory=dict)
     creating: bool = False  # CreateContainer has not finished: a record found so at start is torn down
@@ -166,12 +172,19 @@ class RecordTable(Generic[R]):
             return list(self._items.values())
 
     def find(self, id_or_prefix: str) -> R | None:
-        """By full ID or a unique prefix, as crictl users type them."""
+        """By full ID or a unique prefix, as crictl users type them; None when nothing matches.
+
+        A prefix of several IDs is refused (InvalidArgument): taken for none, a stop or removal of
+        it would succeed as for one that is gone while they all stay."""
         item = self._items.get(id_or_prefix)
         if item is not None or not id_or_prefix:
             return item
         matches = [r for key, r in list(self._items.items()) if key.startswith(id_or_prefix)]
-        return matches[0] if len(matches) == 1 else None
+        if len(matches) > 1:
+            kind = "pod sandbox" if self.table == "pods" else "container"
+            raise InvalidArgument(f"{kind} ID prefix {id_or_prefix!r} is ambiguous: it matches {len(matches)} "
+                                  f"{kind}s")
+        return matches[0] if matches else None
 
 
 class SeccompPrograms:
