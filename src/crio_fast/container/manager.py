@@ -10,7 +10,6 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import secrets
@@ -24,8 +23,9 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.config import Config
 from crio_fast.config.schema import RuntimeHandler
-from crio_fast.container import image_volumes, oci, security, translate
+from crio_fast.container import oci, security, translate
 from crio_fast.container.apparmor import AppArmor
+from crio_fast.container.image_claims import ImageClaims
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
@@ -33,7 +33,7 @@ from crio_fast.crashpoints import crash_point
 from crio_fast.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound
 from crio_fast.image.manager import ImageInfo, ImageManager
 from crio_fast.runtime.exec_helper import exec_sync
-from crio_fast.runtime.monitor import MonitorError, PodMonitor
+from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
@@ -78,8 +78,7 @@ class ContainerManager:
         self.files = ContainerStorage(config)
         self.exits_dir = Path(config.runtime.container_exits_dir)
         self._lock = threading.RLock()
-        # CreateContainer's image lookups and RemoveImage's check for users (images_unused) under one lock.
-        self.image_claims = threading.Lock()
+        self.image_claims = ImageClaims(images, state, self.files)  # RemoveImage asks it too (Engine.remove_image)
         self.reports = ContainerReports(state, self.exits_dir, cgroups, self._emit, self._lock)
 
     # -- lookups -------------------------------------------------------------
@@ -101,9 +100,6 @@ class ContainerManager:
         """Fold in what the monitor reported since we last looked (ContainerReports.refresh)."""
         return self.reports.refresh(record, exit_files)
 
-    def abandon_pending(self) -> None:
-        self.reports.abandon_pending()
-
     # -- CreateContainer -------------------------------------------------------
 
     def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
@@ -116,14 +112,9 @@ class ContainerManager:
             raise InvalidArgument("container image is empty")
         pod_config = decode_pod_config(pod.config)
         name = translate.container_name(config.metadata, pod_config.metadata)
-        volume_indexes = image_volumes.requested(config.mounts)
-        # The images are looked up and claimed by the reservation under the lock RemoveImage holds while it
-        # checks for users and removes (images_unused): neither sees the other half done.
-        with self.image_claims:
-            image = self.images.info(config.image.image)
-            if image is None:
-                raise NotFound(f"image {config.image.image!r} not found: pull it first")
-            volume_images = {index: self._volume_image(config.mounts[index]) for index in volume_indexes}
+        # The images are looked up and claimed by the reservation under the lock RemoveImage holds (ImageClaims).
+        with self.image_claims.lock:
+            image, volume_images = self.image_claims.look_up(config)
             with self._lock:
                 for other in self.state.containers.values():
                     if other.name == name:
@@ -147,43 +138,6 @@ class ContainerManager:
         self._emit(record, pb.ContainerEventType.CONTAINER_CREATED_EVENT)
         return container_id
 
-    def _volume_image(self, m: pb.Mount) -> ImageInfo:
-        info = self.images.info(m.image.image)
-        if info is None:
-            raise NotFound(f"image {m.image.image!r} of the image volume at {m.container_path} not found: pull it first")
-        return info
-
-    def _layer_dirs(self, image: ImageInfo) -> list[Path]:
-        """The image's layers in the store, top-most first."""
-        return [self.images.store.layer_diff(c) for c in reversed(image.record.layers)]
-
-    def _mount_image_volumes(self, record: ContainerRecord, config: pb.ContainerConfig,
-                             volume_images: Mapping[int, ImageInfo]) -> dict[int, image_volumes.ImageVolume]:
-        """The request's image volumes mounted on the host, by their index in its mounts; what is mounted
-        goes with the container's files (storage.remove) if the create fails after this."""
-        volumes = {}
-        for index, info in volume_images.items():
-            m = config.mounts[index]
-            try:
-                root = self.files.mount_image_volume(record.id, index, self._layer_dirs(info))
-            except OSError as exc:
-                raise FailedPrecondition(f"image volume {m.container_path} of image {m.image.image}: {exc}") from exc
-            volumes[index] = image_volumes.volume(m, info.record.id, root)
-        return volumes
-
-    @contextlib.contextmanager
-    def images_unused(self, image_id: str, name: str) -> Iterator[None]:
-        """Hold off CreateContainer's claims on images while the caller removes ``image_id`` (asked for as
-        ``name``); FailedPrecondition naming a container that runs the image or mounts it as a volume,
-        whatever its state: its files need the layers until it is removed."""
-        with self.image_claims:
-            for record in self.state.containers.values():
-                if record.image_id == image_id or image_id in record.volume_image_ids:
-                    use = "runs it" if record.image_id == image_id else "mounts it as an image volume"
-                    raise FailedPrecondition(f"image {name} ({image_id}) is in use: container {record.id} "
-                                             f"({record.name}) {use}")
-            yield
-
     def _create(self, record: ContainerRecord, pod: PodRecord, pod_config: pb.PodSandboxConfig,
                 config: pb.ContainerConfig, image: ImageInfo, volume_images: Mapping[int, ImageInfo]) -> None:
         """Natively the plan goes to the monitor in parts (PodMonitor.begin_create). The head comes
@@ -193,7 +147,7 @@ class ContainerManager:
         follow while the monitor clones the child and the child makes the writable layer; a request
         that fails its checks then cancels the child, which leaves nothing."""
         image_config: dict[str, Any] = image.config.get("config") or {}
-        layer_dirs = self._layer_dirs(image)
+        layer_dirs = self.image_claims.layer_dirs(image)
         sc = config.linux.security_context
         layout_v2 = self.cgroups.layout.version == "v2"
         try:
@@ -205,7 +159,7 @@ class ContainerManager:
         external_runtime = handler is not None
         monitor = self.sandboxes.monitor(pod, needs=MONITOR_FEATURES)
         # Before the monitor clones a native child on the head: the child's copy of the host's mounts has them.
-        volumes = self._mount_image_volumes(record, config, volume_images)
+        volumes = self.image_claims.mount_volumes(record, config, volume_images)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
         # Natively, the child makes the writable layer while the rest is decided here.
@@ -394,25 +348,14 @@ class ContainerManager:
                 monitor.kill(record.id, record.stop_signal)
             except MonitorError as exc:
                 log.info("container %s: stop signal: %s", record.id[:12], exc)
-            if self._wait_exit(record, monitor, timeout):
+            if self.reports.wait_exit_of(record, monitor, timeout):
                 return
         try:
             monitor.kill(record.id, signal.SIGKILL, all=True)
         except MonitorError as exc:
             log.info("container %s: SIGKILL: %s", record.id[:12], exc)
-        if not self._wait_exit(record, monitor, KILL_WAIT_SECONDS):
+        if not self.reports.wait_exit_of(record, monitor, KILL_WAIT_SECONDS):
             raise Internal(f"container {record.id} did not exit after SIGKILL")
-
-    def _wait_exit(self, record: ContainerRecord, monitor: PodMonitor, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the container's exit. A monitor that dies meanwhile (or was dying
-        when the stop began: its socket refused the kill) can report none: the container is then
-        stopped as an orphan."""
-        if self.reports.wait_exit(record, timeout, until=lambda: not monitor.alive()):
-            return True
-        if monitor.alive():
-            return False
-        self.reports.stop_orphaned(record)
-        return record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN)
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         for record in self.state.containers.values():

@@ -16,7 +16,7 @@ from typing import Callable
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
 from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
-from crio_fast.runtime.monitor import MonitorError, PendingCreate
+from crio_fast.runtime.monitor import MonitorError, PendingCreate, PodMonitor
 from crio_fast.runtime.reaper import exit_code_of, is_adopted_child, is_daemon_helper, reap_adopted, reap_all_adopted
 from crio_fast.state.records import (
     CTR_CREATED,
@@ -161,6 +161,17 @@ class ContainerReports:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def wait_exit_of(self, record: ContainerRecord, monitor: PodMonitor, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the exit of a container ``monitor`` was told to stop. A monitor that
+        dies meanwhile (or was dying when the stop began: its socket refused the kill) can report none:
+        the container is then stopped as an orphan."""
+        if self.wait_exit(record, timeout, until=lambda: not monitor.alive()):
+            return True
+        if monitor.alive():
+            return False
+        self.stop_orphaned(record)
+        return record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN)
 
     def stop_orphaned(self, record: ContainerRecord) -> None:
         """Stop a container whose pod monitor is gone (killed): its processes are killed through its

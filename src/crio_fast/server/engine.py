@@ -166,11 +166,11 @@ class Engine:
 
     async def remove_image(self, name: str) -> None:
         """RemoveImage, refused while a container runs the image or mounts it as an image volume."""
-        await self.images.remove(name, lambda record: self.containers.images_unused(record.id, name))
+        await self.images.remove(name, lambda record: self.containers.image_claims.unused(record.id, name))
 
     async def close(self) -> None:
         self.monitor_watch.close()
-        self.containers.abandon_pending()
+        self.containers.reports.abandon_pending()
         self.sandboxes.close()
         await self.images.close()
 
