@@ -17,7 +17,7 @@ from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
 from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
 from crio_fast.runtime.monitor import MonitorError, PendingCreate, PodMonitor
-from crio_fast.runtime.reaper import exit_code_of, is_adopted_child, is_daemon_helper, reap_adopted, reap_all_adopted
+from crio_fast.runtime.reaper import adopted_in_cgroup, exit_code_of, is_adopted_child, is_daemon_helper, reap_adopted, reap_all_adopted
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -182,7 +182,8 @@ class ContainerReports:
             cgroup = self.cgroups.paths(record.cgroup_path)
             # Every process of the container re-parented to this subreaper is reaped here: the init, and
             # a child still setting up whose pid the daemon never learnt.
-            processes = {pid for pid in self.cgroups.processes(cgroup) if not is_daemon_helper(pid)}
+            processes = {pid for pid in self.cgroups.processes(cgroup) | adopted_in_cgroup(cgroup.path)
+                         if not is_daemon_helper(pid)}
             try:
                 self.cgroups.kill(cgroup)
             except CgroupError as exc:

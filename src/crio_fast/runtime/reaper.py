@@ -98,6 +98,22 @@ def reap_all_adopted(pids: Iterable[int], timeout: float) -> dict[int, int]:
     return statuses
 
 
+def adopted_in_cgroup(cgroup_path: str) -> set[int]:
+    """Children of this process, live or exited, in the cgroup ``cgroup_path`` (as /proc/PID/cgroup names
+    it) or below: a killed monitor's container processes. An exited one is no longer listed in
+    cgroup.procs, but its /proc/PID/cgroup still names the cgroup until it is reaped."""
+    found = set()
+    for pid in _adopted_children():
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
+        except OSError:
+            continue
+        if any(path == cgroup_path or path.startswith(cgroup_path + "/") for path in paths):
+            found.add(pid)
+    return found
+
+
 def _exited_elsewhere(pid: int) -> bool:
     """Gone, or a zombie some other process is to reap."""
     try:
