@@ -21,7 +21,9 @@ import os
 import random
 import secrets
 import signal
+import socket
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from crio_fast.cgroups import CgroupManager
 from crio_fast.crashpoints import CRASH_EXIT_CODE, ENVIRONMENT_VARIABLE, STEPS
+from crio_fast.network.netns import socket_in_netns
 from tests.support import cgroups
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
@@ -47,6 +50,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(
 )]
 
 _numbers = iter(range(1_000_000))
+SO_NETNS_COOKIE = 71  # Linux 5.14; not in Python's socket module
 
 
 @dataclass
@@ -175,13 +179,21 @@ class Begun:
 
     pods: dict[str, str]  # id -> cgroup path
     containers: set[str]
-    netns: set[int] = field(default_factory=set)  # nsfs inode numbers
-    at: float = field(default_factory=time.time)
+    netns: dict[int, int] = field(default_factory=dict)  # nsfs inode number -> cookie
 
 
 def netns_inode(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def netns_cookie(path: str) -> int | None:
+    """The namespace's cookie, which, unlike its inode number, no later namespace ever gets."""
+    try:
+        with socket_in_netns(path, socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
     except OSError:
         return None
 
@@ -198,11 +210,14 @@ def begun(node: Node) -> Begun:
         found.setdefault(name, "")
     # The pods' network namespaces: pinned in the pod dir, or held by a monitor still setting its pod up.
     own = netns_inode("/proc/self/ns/net")
-    netns = {netns_inode(str(node.dirs.runroot / "pods" / pod_id / "ns" / "net")) for pod_id in found}
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(node.dirs.runroot) in " ".join(proc.info["cmdline"] or []):
-            netns.add(netns_inode(f"/proc/{proc.pid}/ns/net"))
-    return Begun(found, container_ids, netns - {None, own})
+    holders = [str(node.dirs.runroot / "pods" / pod_id / "ns" / "net") for pod_id in found]
+    holders += [f"/proc/{proc.pid}/ns/net" for proc in psutil.process_iter(["cmdline"])
+                if str(node.dirs.runroot) in " ".join(proc.info["cmdline"] or [])]
+    netns = {}
+    for path in holders:
+        if (inode := netns_inode(path)) not in (None, own) and (cookie := netns_cookie(path)) is not None:
+            netns[inode] = cookie
+    return Begun(found, container_ids, netns)
 
 
 def _cgroup_dirs_under(top: str, depth: int = 4) -> Iterator[str]:
@@ -232,20 +247,20 @@ def leftover_cgroups(node: Node, seen: Begun) -> list[str]:
 
 def leftover_netns(d: Daemon | None, seen: Begun) -> list[str]:
     """A network namespace of a pod begun that something still holds: a mount of it, a process in it or
-    with it open (a process older than the crash: a namespace's inode number is reused once it is freed)."""
+    with it open. Its inode number is only a hint (the kernel gives it to a new namespace once this one
+    is freed): the cookie decides."""
     if not seen.netns:
         return []
-    names = {f"net:[{ino}]" for ino in seen.netns}
+    names = {f"net:[{inode}]": cookie for inode, cookie in seen.netns.items()}
     found = []
     with open("/proc/self/mountinfo") as f:
-        found += [f"netns mount {line.split()[4]}" for line in f if line.split()[3] in names]
-    daemon_pid = d.proc.pid if d is not None and d.proc is not None else -1
-    for proc in psutil.process_iter(["create_time"]):
-        if proc.pid != daemon_pid and (proc.info["create_time"] or 0) > seen.at:
-            continue
-        holds = [f"/proc/{proc.pid}/ns/net"]
+        mounts = [(line.split()[3], line.split()[4]) for line in f]
+    found += [f"netns mount {point}" for name, point in mounts
+              if name in names and netns_cookie(point) == names[name]]
+    for pid in psutil.pids():
+        holds = [f"/proc/{pid}/ns/net"]
         try:
-            holds += [f"/proc/{proc.pid}/fd/{fd}" for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+            holds += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
             continue
         for link in holds:
@@ -253,8 +268,8 @@ def leftover_netns(d: Daemon | None, seen: Begun) -> list[str]:
                 target = os.readlink(link)
             except OSError:
                 continue
-            if target in names:
-                found.append(f"netns {target} held by process {proc.pid} ({link})")
+            if target in names and netns_cookie(link) == names[target]:
+                found.append(f"netns {target} held by process {pid} ({link})")
     return found
 
 
