@@ -21,7 +21,7 @@ runpod (RunPodSandbox)
   10 the record says ready; the reply is not sent
 createctr (CreateContainer, native handler)
   1 the record is saved, marked creating
-  2 the CREATE is with the monitor, which clones the child
+  2 its image volumes are mounted, the CREATE is with the monitor, which clones the child
   3 the rootfs chunk is sent
   4 the container cgroup exists; the gate is still shut
   5 the gate is open: the child finishes its set-up

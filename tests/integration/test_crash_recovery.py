@@ -137,6 +137,8 @@ def create(d: Daemon, node: Node, pod_id: str, pod: api.PodSandboxConfig) -> str
         # The token names the container's processes, to look for them afterwards.
         command=["/bin/sh", "-c", f"sleep 100000; : {node.token}"], log_path="c.log",
         linux=kubelet_container_linux(),
+        # An image volume: a host mount under the run root from the start of the create on.
+        mounts=[api.Mount(container_path="/volume", image=api.ImageSpec(image=node.image), readonly=True)],
     )
     request = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
     return d.client.runtime.CreateContainer(request, timeout=60).container_id
