@@ -41,6 +41,7 @@ from crio_fast.network.netns import socket_in_netns
 from tests.support import cgroups
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
+from tests.support.oci_runtimes import RUNC, runc_problem
 from tests.support.network import PLUGIN_DIR, BridgeNetwork, bridge_ports, remove_network, write_network
 from tests.support.pods import kubelet_container_linux, kubelet_pod_linux, wait_for
 from tests.support.timing import scaled
@@ -69,7 +70,7 @@ class Node:
         if crash_at is not None:
             env[ENVIRONMENT_VARIABLE] = crash_at
         return Daemon(self.dirs, "--registries-conf", str(self.registries_conf), "--cni-plugin-dir", PLUGIN_DIR,
-                      env=env).start()
+                      "--runtimes", f"runc:{RUNC}", env=env).start()
 
     def use_network(self, on: bool) -> None:
         if on:
@@ -127,8 +128,9 @@ def pod_config(node: Node, kubelet_cgroup: bool) -> api.PodSandboxConfig:
     return config
 
 
-def run_pod(d: Daemon, config: api.PodSandboxConfig) -> str:
-    return d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+def run_pod(d: Daemon, config: api.PodSandboxConfig, handler: str = "") -> str:
+    request = api.RunPodSandboxRequest(config=config, runtime_handler=handler)
+    return d.client.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id
 
 
 def create(d: Daemon, node: Node, pod_id: str, pod: api.PodSandboxConfig) -> str:
@@ -314,7 +316,7 @@ def leftovers(node: Node, d: Daemon | None, seen: Begun) -> list[str]:
     found += [f"IPAM reservation {address}" for address in node.network.allocations()]
     for directory, allowed in ((node.dirs.runroot / "pods", set()), (node.dirs.runroot / "cni" / "results", set()),
                                (node.dirs.root / "containers", set()), (node.dirs.runroot / "containers", {".rootfs"}),
-                               (node.dirs.runroot / "exits", set())):
+                               (node.dirs.runroot / "exits", set()), (node.dirs.runroot / "runtimes" / "runc", set())):
         if directory.exists():
             found += [f"file {directory / name}" for name in os.listdir(directory) if name not in allowed]
     return sorted(set(found))
@@ -332,28 +334,34 @@ def assert_nothing_left(node: Node, d: Daemon | None, seen: Begun) -> None:
 
 
 def crash_cases() -> list:
-    cases = [pytest.param("runpod", step, True, False, id=f"runpod:{step}-cni") for step in
+    cases = [pytest.param("runpod", step, True, False, "", id=f"runpod:{step}-cni") for step in
              range(1, STEPS["runpod"] + 1)]
     # Without a network the CNI steps are not reached: the daemon answers instead of crashing.
-    cases += [pytest.param("runpod", step, False, True, id=f"runpod:{step}-kubelet-cgroup")
+    cases += [pytest.param("runpod", step, False, True, "", id=f"runpod:{step}-kubelet-cgroup")
               for step in range(1, STEPS["runpod"] + 1) if step not in (7, 8, 9)]
-    cases += [pytest.param(op, step, True, True, id=f"{op}:{step}")
+    cases += [pytest.param(op, step, True, True, "", id=f"{op}:{step}")
               for op in ("createctr", "startctr", "stoppod", "removepod") for step in range(1, STEPS[op] + 1)]
+    # runc's containers: a bundle whose rootfs is mounted on the host, the runtime's state. Steps 2-4 of a
+    # create are the native handler's.
+    runc = pytest.mark.skipif(runc_problem() is not None, reason=str(runc_problem()))
+    cases += [pytest.param(op, step, True, True, "runc", id=f"{op}:{step}-runc", marks=runc)
+              for op in ("createctr", "startctr", "stoppod", "removepod") for step in range(1, STEPS[op] + 1)
+              if not (op == "createctr" and step in (2, 3, 4))]
     return cases
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("operation,step,cni,kubelet_cgroup", crash_cases())
+@pytest.mark.parametrize("operation,step,cni,kubelet_cgroup,handler", crash_cases())
 def test_a_crash_at_any_step_leaves_nothing_a_restart_and_remove_all_cannot_clean(
-        node: Node, operation: str, step: int, cni: bool, kubelet_cgroup: bool) -> None:
+        node: Node, operation: str, step: int, cni: bool, kubelet_cgroup: bool, handler: str) -> None:
     node.use_network(cni)
     d = node.daemon(crash_at=f"{operation}:{step}")
     try:
         config = pod_config(node, kubelet_cgroup)
         if operation == "runpod":
-            expect_crash(d, lambda: run_pod(d, config))
+            expect_crash(d, lambda: run_pod(d, config, handler))
         else:
-            pod_id = run_pod(d, config)
+            pod_id = run_pod(d, config, handler)
             if operation == "createctr":
                 expect_crash(d, lambda: create(d, node, pod_id, config))
             else:
