@@ -190,7 +190,8 @@ class ContainerReports:
                 log.warning("container %s: killing its cgroup: %s", record.id[:12], exc)
             if record.pid:
                 processes.add(record.pid)
-            status = reap_all_adopted(processes, KILL_WAIT_SECONDS).get(record.pid) if record.pid else None
+            statuses = reap_all_adopted(processes, KILL_WAIT_SECONDS)
+            status = statuses.get(record.pid) if record.pid else None
             ours = record.pid and is_adopted_child(record.pid)
             if status is None and not ours and self._emptied(cgroup, KILL_WAIT_SECONDS):
                 status = signal.SIGKILL  # the wait status of a process SIGKILL ended
