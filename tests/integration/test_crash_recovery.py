@@ -2,16 +2,18 @@
 
 Deterministic: CRIO_FAST_TEST_CRASH_AT (crio_fast/crashpoints.py) makes the daemon exit at each
 step of RunPodSandbox, CreateContainer, StartContainer, StopPodSandbox and RemovePodSandbox in
-turn. After each crash a daemon restarted on the same root and run root lists what it should, and
-once every listed pod is stopped and removed nothing of the pods is left on the node: no process,
-mount (namespace pins, shm, the pod dir's self-bind), cgroup, veth, IPAM reservation or file.
+turn, for native containers and runc's. After each crash a daemon restarted on the same root and
+run root lists what it should, and once every listed pod is stopped and removed nothing of the pods
+is left on the node (``leftovers``): no process, mount (namespace pins, shm, the pod dir's
+self-bind, image volumes, a bundle's rootfs), cgroup in any hierarchy, network namespace, veth,
+IPAM reservation, CNI cache entry, runtime state or file.
 Randomized: bursts of pods started at once, the daemon SIGKILLed part-way, restarted, everything
 removed, checked the same way. And a pod whose monitor is SIGKILLed is not ready at once, its
 containers are killed and reaped, and its removal leaves nothing.
 
 Every case runs on one node of the module: one root with busybox pulled, one run root, one CNI
-bridge network (written into the network dir or taken out of it per case), and a cgroup parent
-that stands for the kubelet's pod cgroups.
+bridge network (written into the network dir or taken out of it per case), runc configured, and a
+cgroup parent that stands for the kubelet's pod cgroups.
 """
 
 from __future__ import annotations
