@@ -201,3 +201,12 @@ def test_capability_args_from_pod_config() -> None:
     }
     with pytest.raises(ValueError):
         parse_bandwidth("fast")
+
+
+def test_the_temporary_files_of_cache_writes_a_crash_cut_short_are_discarded(plugins: Path, tmp_path: Path) -> None:
+    client = CniClient([str(plugins)], 10, tmp_path / "cache")
+    client.add(network("1.0.0", "first"), ATTACHMENT, {})
+    results = tmp_path / "cache" / "results"
+    (results / ".c0ffee-eth0.1234.tmp").write_text("{")
+    client.discard_partial_writes()
+    assert os.listdir(results) == ["c0ffee-eth0"] and client.cached_attachments() == [("c0ffee", "eth0")]

@@ -19,6 +19,7 @@ undone by a DEL with that same configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -424,6 +425,18 @@ class CniClient:
             if isinstance(entry, dict) and entry.get("kind") == CACHE_KIND:
                 found.append((str(entry.get("containerId", "")), str(entry.get("ifName", DEFAULT_IFNAME))))
         return found
+
+    def discard_partial_writes(self) -> None:
+        """Remove the temporary files of cache writes a crash cut short. Only while no ADD or DEL runs (at
+        start): the entry each was to replace is there, or the ADD it began ran no plugin."""
+        try:
+            names = os.listdir(self.results_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.results_dir / name)
 
     def _remove_cache(self, attachment: Attachment) -> None:
         try:

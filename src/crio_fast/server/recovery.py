@@ -205,7 +205,9 @@ class Recovery:
         pods = {p.id for p in self.state.pods.values()}
         pods_dir = self.sandboxes.pods_dir
         network = self.sandboxes.network
-        for pod_id, _ifname in network.client(self.config).cached_attachments():
+        cni = network.client(self.config)
+        cni.discard_partial_writes()
+        for pod_id, _ifname in cni.cached_attachments():
             if pod_id and pod_id not in pods:
                 log.warning("CNI attachment of pod %s, of no record: DEL", pod_id[:12])
                 netns = os.path.join(pods_dir, pod_id, "ns", "net")
