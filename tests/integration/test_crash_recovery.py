@@ -321,6 +321,7 @@ def leftovers(node: Node, d: Daemon | None, seen: Begun) -> list[str]:
                                (node.dirs.runroot / "exits", set()), (node.dirs.runroot / "runtimes" / "runc", set())):
         if directory.exists():
             found += [f"file {directory / name}" for name in os.listdir(directory) if name not in allowed]
+    found += [f"file {path}" for path in (node.dirs.runroot / "mount-targets").glob(".*")]
     return sorted(set(found))
 
 

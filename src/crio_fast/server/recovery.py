@@ -19,7 +19,8 @@ runs before the daemon serves:
    record is killed and removed; a created one the monitor no longer holds failed its set-up;
 5. what the run root and the root hold of no record is removed (left by crashes of builds that
    saved records last): pod dirs with their monitors, mounts and cgroups, CNI attachments, writable
-   layers, bundles, exit files.
+   layers, bundles, exit files; and the temporary files of writes a crash cut short (CNI cache
+   entries, mount-targets layers).
 
 A teardown that fails leaves the pod listed, not ready, so that RemovePodSandbox can finish it.
 
@@ -229,6 +230,9 @@ class Recovery:
             if name not in containers:  # a write a crash cut short (".<id>.tmp") included
                 with contextlib.suppress(OSError):
                     os.unlink(self.containers.exits_dir / name)
+        for name in _listdir(files.mount_targets):
+            if name.startswith("."):  # a mount-targets layer a crash cut short before its rename
+                shutil.rmtree(files.mount_targets / name, ignore_errors=True)
 
     def _tear_down_unrecorded_pod(self, pod_dir: Path) -> None:
         log.warning("pod dir %s has no record: tearing the pod down", pod_dir)
