@@ -23,7 +23,7 @@ import pytest
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.timing import scaled
 
 pytestmark = pytest.mark.integration
