@@ -131,11 +131,14 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     if args.now:
         steps += [("enable", UNIT_NAME), ("restart", UNIT_NAME)]
     for step in steps:
-        result = systemctl(*step)
+        result = systemctl(*step, timeout=None)
         if result.returncode != 0:
             print(f"crio-fast: systemctl {' '.join(step)} failed: {result.stderr.strip()}", file=sys.stderr)
             return 1
-    print(f"{UNIT_NAME} {'enabled and started' if args.now else 'installed; start it with: systemctl enable --now ' + UNIT_NAME}")
+    if args.now:
+        print(f"{UNIT_NAME} enabled and started")
+    else:
+        print(f"{UNIT_NAME} installed; start it with: systemctl enable --now {UNIT_NAME}")
     return 0
 
 

@@ -141,9 +141,10 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
     os.replace(partial, path)
 
 
-def systemctl(*args: str) -> subprocess.CompletedProcess:
+def systemctl(*args: str, timeout: float | None = SYSTEMCTL_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+    """``timeout`` None: for a start, which systemd bounds itself (TimeoutStartSec)."""
     return subprocess.run(["systemctl", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=SYSTEMCTL_TIMEOUT_SECONDS, check=False)
+                          timeout=timeout, check=False)
 
 
 @dataclass(frozen=True)
