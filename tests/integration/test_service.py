@@ -46,7 +46,10 @@ def test_daemon_notifies_ready_once_serving_and_stopping_at_shutdown(tmp_path: P
         try:
             proc = subprocess.Popen(daemon_argv(dirs), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=stderr, env=env)
-            ready = receive(notify_socket, 30)
+            try:
+                ready = receive(notify_socket, 30)
+            except TimeoutError:
+                raise AssertionError(f"no READY=1 from the daemon:\n{stderr_path.read_text()}") from None
             assert ready.split(b"\n")[0] == b"READY=1", ready
             # At READY=1 the socket already serves: a call that does not wait for it succeeds at once.
             with CRIClient(str(dirs.socket)) as client:
