@@ -18,7 +18,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.pods import create, daemon_with_busybox, remove_all_pods, run_pod, start, status, wait_exited
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.images import LayerBuilder
 from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
 from tests.support.timing import command_limit
