@@ -465,7 +465,9 @@ def test_a_killed_monitor_makes_its_pod_not_ready_and_its_containers_are_killed_
         ctrs = [create(d, node, pod_id, config) for _ in range(2)]
         start(d, ctrs[0])  # the other stays created, its CREATE reply unread: the daemon knows no pid of it
         init = container_pid(d, ctrs[0])
-        waiting = processes_in_cgroup_of(ctrs[1])  # the child set up, waiting for a START
+        # The child set up, waiting for a START; CreateContainer answers before it has joined its cgroup.
+        waiting = wait_for(lambda: processes_in_cgroup_of(ctrs[1]), timeout=scaled(10),
+                           what="the created container's child in its cgroup")
         assert waiting and node.network.allocations()
         seen = begun(node)
         os.kill(monitor_pid(d, pod_id), signal.SIGKILL)
