@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from crio_fast.api import api_pb2 as api  # noqa: E402
 from tests.support.daemon import Daemon, make_dirs, remove_dirs  # noqa: E402
-from tests.support.fixtures import write_registries_conf  # noqa: E402
+from tests.support.registries_conf import write_registries_conf  # noqa: E402
 from tests.support.images import PushedImage, push_image  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 

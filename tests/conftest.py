@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.monitor_harness"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.monitor_fixtures"]
 
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 

@@ -28,6 +28,7 @@ from crio_fast.config.schema import Config
 from crio_fast.container.apparmor import BUILTIN_DEFAULT, UNCONFINED, AppArmor
 from crio_fast.errors import CrioError
 from crio_fast.runtime.idmap_support import first_closed_directory, idmapped_overlay_support
+from crio_fast.systemd import UNIT_NAME, UnitState, systemd_booted, unit_state
 
 # Namespaces a pod needs (pid, net, ipc, uts, mnt) and those only some pods
 # use: user namespaces for userns pods, cgroup namespaces for a private
@@ -397,6 +398,22 @@ def check_privileges() -> Finding:
     )
 
 
+def check_service(state: UnitState | None) -> Finding:
+    """The unit's state, for a node where systemd is PID 1 (``state`` from systemd.unit_state)."""
+    part = f"systemd unit {UNIT_NAME}"
+    if state is None:
+        return Finding(Status.WARN, part, "systemctl could not be asked", "is systemctl on PATH?")
+    if state.load_state != "loaded":
+        return Finding(Status.WARN, part, f"not installed ({state.load_state or 'unknown'})",
+                       "run `crio-fast install-service --now`")
+    detail = f"{state.active_state} ({state.sub_state}), {state.unit_file_state or 'unknown'}"
+    if state.active_state == "failed":
+        return Finding(Status.WARN, part, detail, f"see `journalctl -u {UNIT_NAME}`")
+    if state.active_state != "active" or state.unit_file_state != "enabled":
+        return Finding(Status.WARN, part, detail, f"run `systemctl enable --now {UNIT_NAME}`")
+    return Finding(Status.OK, part, detail)
+
+
 def run_checks(config: Config) -> list[Finding]:
     """Every finding for this node under ``config``, in a stable order."""
     findings = [check_privileges(), check_overlayfs()]
@@ -409,6 +426,8 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_cni_plugins(config.network.plugin_dirs)
     findings += check_runtimes(config)
     findings.append(check_socket_dir(config.api.listen))
+    if systemd_booted():
+        findings.append(check_service(unit_state()))
     return findings
 
 

@@ -4,6 +4,7 @@
     crio-fast [flags] config     print the effective configuration as TOML
     crio-fast version            print the version
     crio-fast [flags] check      say what this node lacks to run crio-fast
+    crio-fast [flags] install-service   install the systemd unit and the default configuration
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ import asyncio
 import logging
 import platform
 import sys
+from pathlib import Path
 
-from crio_fast.config import ConfigError, add_config_flags, load_config, render_config
+from crio_fast.config import (
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    add_config_flags,
+    defaults_with_flags,
+    load_config,
+    render_config,
+)
+from crio_fast.systemd import log_formatter
 from crio_fast.version import __version__, git_commit, version_string
 
 
@@ -34,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check", help="check this node: kernel features, cgroups, monitor, CNI plugins, runtimes (exit 1 if any is missing)"
     )
+    service_cmd = sub.add_parser(
+        "install-service",
+        help="install the systemd unit (replacing an older one), a default crio.conf (only if there is none) "
+             "and an empty crio.conf.d/; flags before the subcommand go into that crio.conf",
+    )
+    # Not --root: that is the daemon's storage root, a configuration flag.
+    service_cmd.add_argument("--prefix", default="/", type=Path,
+                             help="write under this directory instead of / (a staging root; no systemctl is run)")
+    service_cmd.add_argument("--exec-start", default=None,
+                             help="the command the unit runs (default: this installation's crio-fast)")
+    service_cmd.add_argument("--now", action="store_true", help="also enable and (re)start the unit")
     image_cmd = sub.add_parser("image", help="work on the image store directly (air-gapped nodes)")
     image_sub = image_cmd.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     import_cmd = image_sub.add_parser("import", help="load an OCI layout archive or a docker-archive tarball")
@@ -90,6 +112,36 @@ def _human(size: int) -> str:
     return f"{size}B"
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from crio_fast.systemd import UNIT_NAME, default_exec_start, install_service, systemctl, systemd_booted
+
+    config, warnings = defaults_with_flags(args)
+    for warning in warnings:
+        logging.getLogger("crio_fast.config").warning("%s", warning)
+    prefix: Path = args.prefix
+    for item in install_service(prefix, args.exec_start or default_exec_start(), render_config(config),
+                                DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_DIR):
+        print(f"{'wrote' if item.written else 'kept '} {item.path}")
+    if prefix.resolve() != Path("/"):
+        return 0
+    if not systemd_booted():
+        print("systemd is not running here: the unit is in place for when it is")
+        return 1 if args.now else 0
+    steps = [("daemon-reload",)]
+    if args.now:
+        steps += [("enable", UNIT_NAME), ("restart", UNIT_NAME)]
+    for step in steps:
+        result = systemctl(*step, timeout=None)
+        if result.returncode != 0:
+            print(f"crio-fast: systemctl {' '.join(step)} failed: {result.stderr.strip()}", file=sys.stderr)
+            return 1
+    if args.now:
+        print(f"{UNIT_NAME} enabled and started")
+    else:
+        print(f"{UNIT_NAME} installed; start it with: systemctl enable --now {UNIT_NAME}")
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from crio_fast.server.app import Daemon, apply_log_level
     from crio_fast.server.listener import ListenError
@@ -109,17 +161,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "version":
             return cmd_version()
         if args.command == "image":
             return cmd_image(args)
+        if args.command == "install-service":
+            return cmd_install_service(args)
         if args.command == "check":
             from crio_fast.check import report, run_checks
 

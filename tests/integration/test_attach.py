@@ -20,7 +20,8 @@ from crio_fast.container import oci
 from crio_fast.runtime import MonitorError
 from crio_fast.runtime.monitor import OciRuntimeCall
 from crio_fast.runtime.attach import AttachStream
-from tests.support.monitor_harness import MONITOR_TEST_MARKS, Harness
+from tests.support.monitor_fixtures import MONITOR_TEST_MARKS
+from tests.support.monitor_harness import Harness
 from tests.support.oci_runtimes import CRUN, RUNC, handler_problem
 
 pytestmark = MONITOR_TEST_MARKS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -211,3 +212,21 @@ def test_version_subcommand():
     result = subprocess.run([sys.executable, "-m", "crio_fast", "version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+def test_open_files_soft_limit_raised_to_the_hard_one(daemon_dirs):
+    """About two descriptors per pod: a daemon started with the usual soft 1024 raises it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard open files limit is {hard}: nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the daemon inherits it
+    try:
+        d = Daemon(daemon_dirs).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = open(f"/proc/{d.proc.pid}/limits").read().splitlines()
+        started_soft, started_hard = next(line for line in limits if line.startswith("Max open files")).split()[3:5]
+        assert started_soft == started_hard != "1024"
+    finally:
+        assert d.stop() == 0

@@ -16,7 +16,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from crio_fast.image.store import chain_ids
 from tests.support.daemon import Daemon, run_cli
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.images import LayerBuilder
 from tests.support.pods import wait_for
 

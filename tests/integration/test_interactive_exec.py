@@ -24,7 +24,8 @@ import pytest
 from crio_fast._native import monitor_path
 from crio_fast.runtime import ExecPlan, exec_sync
 from crio_fast.runtime.interactive import ExecOutcome, InteractiveExec
-from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness, private_harness
+from tests.support.monitor_fixtures import MONITOR_TEST_MARKS
+from tests.support.monitor_harness import ENV, Harness, private_harness
 
 pytestmark = MONITOR_TEST_MARKS
 

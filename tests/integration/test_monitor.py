@@ -62,7 +62,8 @@ from crio_fast.runtime.wire import (
     encode_message,
 )
 from tests.support import cgroups
-from tests.support.monitor_harness import ENV, MONITOR_TEST_MARKS, Harness
+from tests.support.monitor_fixtures import MONITOR_TEST_MARKS
+from tests.support.monitor_harness import ENV, Harness
 
 pytestmark = MONITOR_TEST_MARKS
 

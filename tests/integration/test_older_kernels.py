@@ -30,7 +30,8 @@ from crio_fast._native import monitor_path
 from crio_fast.check import Status, check_monitor
 from crio_fast.config.schema import Config
 from crio_fast.runtime import MonitorError, Namespace, Overlay, PodMonitor, PodMonitorSpec, spawn_monitor
-from tests.support.monitor_harness import MONITOR_TEST_MARKS, Harness
+from tests.support.monitor_fixtures import MONITOR_TEST_MARKS
+from tests.support.monitor_harness import Harness
 
 pytestmark = MONITOR_TEST_MARKS
 

@@ -43,7 +43,7 @@ from crio_fast.image.registry_errors import (
 )
 from crio_fast.image.registry_http import BLOB_CHUNK_SIZE
 from crio_fast.image.resolve import resolve
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.images import LayerBuilder, PushedImage
 from tests.support.images import push_image as push_to
 from tests.support.registry import RegistryServer, free_port

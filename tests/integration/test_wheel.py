@@ -23,7 +23,7 @@ import pytest
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.timing import scaled
 
 pytestmark = pytest.mark.integration
@@ -85,6 +85,7 @@ def test_release_wheel_is_manylinux_and_self_contained(release_wheel: Path) -> N
     assert any(n.startswith("crio_fast/_native/_extract.") and n.endswith(".so") for n in names), names
     assert any(n.startswith("crio_fast/_native/_cgroupfs.") and n.endswith(".so") for n in names), names
     assert "crio_fast/api/api_pb2.py" in names and "crio_fast/api/api_pb2_grpc.py" in names
+    assert "crio_fast/data/crio-fast.service" in names  # what `crio-fast install-service` writes
     # The wheel carries what runs, not the sources it was compiled from.
     assert not [n for n in names if n.endswith((".c", ".h", ".pyx"))]
     assert f'GIT_COMMIT = "{checkout_commit()}"' in build_info

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.support.images import PushedImage, push_image as _push_image
+from tests.support.registries_conf import write_registries_conf
 from tests.support.registry import RegistryServer
 
 AUTH_USERNAME = "tester"
@@ -70,21 +71,6 @@ def push_image(registry: RegistryServer) -> Callable[..., PushedImage]:
 
     default_registry = registry
     return push
-
-
-def write_registries_conf(
-    path: Path,
-    insecure_hosts: list[str],
-    *,
-    search: list[str] | None = None,
-    extra: str = "",
-) -> Path:
-    """A registries.conf marking ``insecure_hosts`` insecure (plain HTTP), searching ``search``."""
-    lines = [f"unqualified-search-registries = {list(search or insecure_hosts[:1])!r}".replace("'", '"'), ""]
-    for host in insecure_hosts:
-        lines += ["[[registry]]", f'location = "{host}"', "insecure = true", ""]
-    path.write_text("\n".join(lines) + extra)
-    return path
 
 
 @pytest.fixture

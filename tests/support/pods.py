@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
-from tests.support.fixtures import write_registries_conf
+from tests.support.registries_conf import write_registries_conf
 from tests.support.timing import command_limit
 
 _numbers = itertools.count(1)

@@ -137,7 +137,31 @@ def test_plugin_error_object_becomes_a_message_naming_the_plugin(plugins: Path, 
         "CNI plugin failing failed (ADD): no addresses left: range 10.250.0.0/30 is full (CNI error code 7)"
     )
     assert failure.value.plugin == "failing" and failure.value.cni_code == 7
-    assert not (tmp_path / "cache" / "results").exists() or os.listdir(tmp_path / "cache" / "results") == []
+    # The pending entry stays for the caller's DEL, which undoes what "first" did and drops it.
+    assert client.cached_result(ATTACHMENT) is None and client.cached_attachments() == [("c0ffee", "eth0")]
+    (plugins / "failing").write_text("#!/bin/sh\ncat >/dev/null\n")  # its DEL succeeds
+    client.delete(ATTACHMENT)
+    assert recorded(tmp_path, "first-DEL")["stdin"].get("prevResult") is None
+    assert os.listdir(tmp_path / "cache" / "results") == []
+
+
+def test_an_add_cut_short_is_undone_with_the_configuration_it_began_with(plugins: Path, tmp_path: Path) -> None:
+    """The cache entry is written before the first plugin runs: a daemon that dies during ADD (here:
+    the second plugin never answers) finds, after its restart, what DEL needs, whatever the
+    configuration says by then."""
+    client = CniClient([str(plugins)], 0.5, tmp_path / "cache")
+    with pytest.raises(DeadlineExceeded):
+        client.add(network("1.0.0", "first", "slow"), ATTACHMENT, {"portMappings": [{"hostPort": 9}]})
+    again = CniClient([str(plugins)], 10, tmp_path / "cache")
+    assert again.cached_attachments() == [("c0ffee", "eth0")]
+    with pytest.raises(FailedPrecondition, match="no cached CNI result"):
+        again.check(ATTACHMENT)  # a pending entry has no result to check against
+    (plugins / "slow").write_text("#!/bin/sh\ncat >/dev/null\n")  # its DEL answers
+    deleted = again.delete(Attachment("c0ffee", ""))
+    assert deleted is not None and deleted.network == "unit"
+    first = recorded(tmp_path, "first-DEL")
+    assert "prevResult" not in first["stdin"] and "K8S_POD_NAME=web" in first["env"]["CNI_ARGS"]
+    assert again.cached_attachments() == []
 
 
 def test_missing_plugin_and_timeout(plugins: Path, tmp_path: Path) -> None:
@@ -177,3 +201,12 @@ def test_capability_args_from_pod_config() -> None:
     }
     with pytest.raises(ValueError):
         parse_bandwidth("fast")
+
+
+def test_the_temporary_files_of_cache_writes_a_crash_cut_short_are_discarded(plugins: Path, tmp_path: Path) -> None:
+    client = CniClient([str(plugins)], 10, tmp_path / "cache")
+    client.add(network("1.0.0", "first"), ATTACHMENT, {})
+    results = tmp_path / "cache" / "results"
+    (results / ".c0ffee-eth0.1234.tmp").write_text("{")
+    client.discard_partial_writes()
+    assert os.listdir(results) == ["c0ffee-eth0"] and client.cached_attachments() == [("c0ffee", "eth0")]

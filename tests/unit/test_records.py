@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -60,12 +61,33 @@ def test_find_by_id_unique_prefix_or_nothing_and_refuses_an_ambiguous_prefix(tmp
     store.close()
 
 
-def test_a_reserved_record_is_not_persisted(tmp_path: Path) -> None:
+def test_a_reserved_record_is_saved_marked_creating_until_its_last_save(tmp_path: Path) -> None:
+    """What a daemon that dies while making a pod or container finds at its next start."""
     store = StateStore(str(tmp_path))
     store.pods.reserve(pod("p1"))
-    assert store.pods.get("p1") is not None
+    store.containers.reserve(container("c1"))
+    assert store.pods.get("p1").creating and store.containers.get("c1").creating
     store.close()
-    assert StateStore(str(tmp_path)).pods.values() == []
+    again = StateStore(str(tmp_path))
+    assert [(p.id, p.creating) for p in again.pods.values()] == [("p1", True)]
+    assert [(c.id, c.creating) for c in again.containers.values()] == [("c1", True)]
+    made = again.pods.get("p1")
+    made.creating = False
+    again.pods.save(made)
+    again.close()
+    assert not StateStore(str(tmp_path)).pods.get("p1").creating
+
+
+def test_a_row_of_a_build_without_creating_is_a_finished_record(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    store.close()
+    body = json.loads(StateStore(str(tmp_path)).pods.encode(pod("old")))
+    del body["creating"]
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    db.execute("INSERT INTO pods VALUES ('old', ?)", (json.dumps(body),))
+    db.commit()
+    db.close()
+    assert StateStore(str(tmp_path)).pods.get("old").creating is False
 
 
 def test_the_cached_list_entry_stays_in_memory(tmp_path: Path) -> None:

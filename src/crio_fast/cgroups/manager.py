@@ -335,6 +335,10 @@ class CgroupManager:
         freezer_dir = cgroup.dirs.get("freezer") if not self.layout.is_v2("freezer") else None
         v1.kill_processes(dirs, freezer_dir)
 
+    def processes(self, cgroup: CgroupPaths) -> set[int]:
+        """Processes in the cgroup and its descendants, in any hierarchy."""
+        return tree.read_pids([d for top in cgroup.hierarchy_dirs.values() for d in tree.subtree(top)])
+
     def populated(self, cgroup: CgroupPaths) -> bool:
         """Whether a process is in the cgroup or a descendant, in any hierarchy (False once it is gone)."""
         return any(tree.read_pids(tree.subtree(top)) for top in cgroup.hierarchy_dirs.values())

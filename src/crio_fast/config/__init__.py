@@ -7,7 +7,7 @@ Read order, later winning key by key: built-in defaults < main file
 
 from crio_fast.config.durations import parse_duration
 from crio_fast.config.flags import add_config_flags
-from crio_fast.config.loader import ConfigError, load_config
+from crio_fast.config.loader import ConfigError, defaults_with_flags, load_config
 from crio_fast.config.render import render_config
 from crio_fast.config.schema import (
     DEFAULT_CONFIG_DIR,
@@ -38,6 +38,7 @@ __all__ = [
     "RuntimeHandler",
     "RuntimeSection",
     "StatsSection",
+    "defaults_with_flags",
     "add_config_flags",
     "load_config",
     "parse_duration",

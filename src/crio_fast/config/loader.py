@@ -336,3 +336,17 @@ def load_config(
     if layers.problems:
         raise ConfigError(layers.problems)
     return config, layers.warnings
+
+
+def defaults_with_flags(args: argparse.Namespace | None = None) -> tuple[Config, list[str]]:
+    """The built-in defaults with only the command-line flags applied, no file read: the configuration a
+    fresh node gets (`crio-fast install-service` writes it); ConfigError if a flag is unusable."""
+    layers = Layers()
+    _apply_flags(layers, args)
+    if layers.problems:
+        raise ConfigError(layers.problems)
+    config = _build(layers, [])
+    _cross_check(config, layers)
+    if layers.problems:
+        raise ConfigError(layers.problems)
+    return config, layers.warnings

@@ -10,7 +10,6 @@ exit files the monitor writes, so they survive a daemon restart.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import logging
 import os
 import secrets
@@ -30,12 +29,13 @@ from crio_fast.container.image_claims import ImageClaims
 from crio_fast.container.pidns import container_pid_namespace
 from crio_fast.container.reports import KILL_WAIT_SECONDS, ContainerReports
 from crio_fast.container.storage import ContainerStorage
+from crio_fast.crashpoints import crash_point
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.image.manager import ImageInfo, ImageManager
 from crio_fast.logs import prepare_log_file
 from crio_fast.runtime.call_end import CallEnd
-from crio_fast.runtime.monitor import MonitorError, PodMonitor
-from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Namespace, Overlay, encode_rootfs
+from crio_fast.runtime.monitor import MonitorError
+from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
 from crio_fast.runtime.wire import MONITOR_FEATURE_USERNS, MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.sandbox.userns import pod_user_namespace
@@ -103,9 +103,6 @@ class ContainerManager:
         """Fold in what the monitor reported since we last looked (ContainerReports.refresh)."""
         return self.reports.refresh(record, exit_files)
 
-    def abandon_pending(self) -> None:
-        self.reports.abandon_pending()
-
     # -- CreateContainer -------------------------------------------------------
 
     def create(self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
@@ -132,12 +129,13 @@ class ContainerManager:
                     image_ref=config.image.image, state=CTR_CREATED, created_at=time.time_ns(),
                     volume_image_ids=sorted({info.record.id for info in volume_images.values()}),
                 )
-                self.state.containers.reserve(record)  # takes the name
+                self.state.containers.reserve(record)  # takes the name; saved before anything is made
+        crash_point("createctr", 1)
         try:
             with self.sandboxes.pod_lock(pod.id):
                 self._create(record, pod, pod_config, config, image, volume_images)
         except BaseException:
-            self._remove_leftovers(record)
+            self.remove_leftovers(record)
             self.state.containers.delete(record.id)
             raise
         self._emit(record, pb.ContainerEventType.CONTAINER_CREATED_EVENT)
@@ -171,14 +169,9 @@ class ContainerManager:
         volumes = self.image_claims.mount_volumes(record, config, volume_images)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
         pid_namespace = container_pid_namespace(sc.namespace_options, pod, self.get)
-        # The pod's user namespace: the child joins it last (its rootfs layers ID-mapped with it).
-        userns_path = pod.ns_paths.get("user") if userns is not None else None
-        if userns is not None and (userns_path is None
-                                   or not self.sandboxes.user_namespace_support(pod.runtime_handler).supported):
-            raise FailedPrecondition(f"pod sandbox {pod.id} has a user namespace its runtime cannot give containers")
-        user_namespace = Namespace("user", path=userns_path) if userns_path is not None else None
-        if userns is not None and external_runtime and any(m.uidMappings or m.gidMappings for m in config.mounts):
-            raise FailedPrecondition("ID-mapped volumes (uidMappings, gidMappings) need the native runtime handler")
+        user_namespace = translate.user_namespace_to_join(
+            userns, pod.ns_paths, external_runtime=external_runtime, mounts=config.mounts,
+            supported=userns is not None and self.sandboxes.user_namespace_support(pod.runtime_handler).supported)
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
                                      () if external_runtime else self.files.writable_layer_dirs(record.id),
@@ -207,10 +200,8 @@ class ContainerManager:
                 checked = check()
                 self._make_cgroup(checked.cgroup)  # the runtime's create joins it
                 record.bundle = str(self.files.bundle(record.id))
-                overlay = self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=True)
-                if userns is not None:
-                    overlay = dataclasses.replace(overlay, idmap=True, upper_owner=userns.root_owner)
-                plan = whole_plan(checked, overlay)
+                plan = whole_plan(checked, translate.mapped_rootfs(
+                    self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=True), userns))
                 plan, oci_call = oci.prepare_bundle(
                     plan, Path(record.bundle), handler, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
                     privileged=sc.privileged, seccomp=checked.seccomp,
@@ -226,27 +217,29 @@ class ContainerManager:
 
                 def rest_in_chunks() -> Iterator[bytes]:
                     nonlocal checked
+                    crash_point("createctr", 2)
                     # The rootfs first: the child mounts it while the request is checked and the rest decided.
-                    overlay = self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=False,
-                                                        make_dirs=False)
-                    if userns is not None:
-                        # Files of the image owned by the node's root show as the container's root; the
-                        # container's root owns the writable layer's root.
-                        overlay = dataclasses.replace(overlay, idmap=True, upper_owner=userns.root_owner)
+                    overlay = translate.mapped_rootfs(self.files.rootfs_overlay(
+                        record.id, image.record.id, layer_dirs, bundle=False, make_dirs=False), userns)
                     yield encode_rootfs(overlay=overlay)
+                    crash_point("createctr", 3)
                     checked = check()
                     yield whole_plan(checked, overlay).encode_rest()
 
                 def make_cgroup() -> None:  # after the whole rest is out, so after the checks
                     assert checked is not None
                     self._make_cgroup(checked.cgroup)
+                    crash_point("createctr", 4)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup,
                                                log_dir=log_dir)
         except MonitorError as exc:
             raise FailedPrecondition(f"creating container {config.metadata.name}: {exc}") from exc
         self.reports.expect_setup(record.id, pending)
+        crash_point("createctr", 5)
+        record.creating = False
         self.state.containers.save(record)
+        crash_point("createctr", 6)
         log.info("container %s (%s) created", record.id[:12], record.name)
 
     def _keep_launch(self, record: ContainerRecord, launch: translate.ContainerLaunch) -> None:
@@ -290,6 +283,7 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {record.id} is being started by another call")
             self._check_startable(record)
             self.reports.starting.add(record.id)
+        crash_point("startctr", 1)
         try:
             try:
                 # Sent without waiting for the CREATE reply: the monitor holds a START that comes
@@ -322,6 +316,7 @@ class ContainerManager:
         raise FailedPrecondition(f"starting container {record.id}: {exc}") from exc
 
     def _mark_started(self, record: ContainerRecord, monitor) -> None:
+        crash_point("startctr", 2)
         self.reports.settle(record, save_pid=False)  # the CREATE reply came before the START reply: the pid
         if not record.pid:
             # Created before a daemon restart, its CREATE reply unread: the monitor knows the pid.
@@ -331,6 +326,7 @@ class ContainerManager:
                 log.info("container %s: pid from the monitor: %s", record.id[:12], exc)
         record.state, record.started_at = CTR_RUNNING, time.time_ns()
         self.state.containers.save(record)
+        crash_point("startctr", 3)
         self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
 
     def stop(self, container_id: str, timeout: int) -> None:
@@ -356,25 +352,14 @@ class ContainerManager:
                 monitor.kill(record.id, record.stop_signal)
             except MonitorError as exc:
                 log.info("container %s: stop signal: %s", record.id[:12], exc)
-            if self._wait_exit(record, monitor, timeout):
+            if self.reports.wait_exit_of(record, monitor, timeout):
                 return
         try:
             monitor.kill(record.id, signal.SIGKILL, all=True)
         except MonitorError as exc:
             log.info("container %s: SIGKILL: %s", record.id[:12], exc)
-        if not self._wait_exit(record, monitor, KILL_WAIT_SECONDS):
+        if not self.reports.wait_exit_of(record, monitor, KILL_WAIT_SECONDS):
             raise Internal(f"container {record.id} did not exit after SIGKILL")
-
-    def _wait_exit(self, record: ContainerRecord, monitor: PodMonitor, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the container's exit. A monitor that dies meanwhile (or was dying
-        when the stop began: its socket refused the kill) can report none: the container is then
-        stopped as an orphan."""
-        if self.reports.wait_exit(record, timeout, until=lambda: not monitor.alive()):
-            return True
-        if monitor.alive():
-            return False
-        self.reports.stop_orphaned(record)
-        return record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN)
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         for record in self.state.containers.values():
@@ -395,7 +380,8 @@ class ContainerManager:
                 self.sandboxes.monitor(pod).remove(record.id)
             except (MonitorError, FailedPrecondition) as exc:
                 log.info("container %s: monitor remove: %s", record.id[:12], exc)
-        self._remove_leftovers(record)
+        self.remove_leftovers(record)
+        crash_point("removepod", 2)
         self.state.containers.delete(record.id)
         self._emit(record, pb.ContainerEventType.CONTAINER_DELETED_EVENT)
 
@@ -404,7 +390,9 @@ class ContainerManager:
             if record.pod_id == pod_id:
                 self.remove(record.id)
 
-    def _remove_leftovers(self, record: ContainerRecord) -> None:
+    def remove_leftovers(self, record: ContainerRecord) -> None:
+        """What a container leaves on the node once its monitor has let it go: the OCI runtime's state,
+        its cgroup, its bundle and writable layer, its exit file."""
         handler = self._oci_handler(record.pod_id)
         if handler is not None:
             # Normally the monitor's REMOVE or shutdown deleted it; not when the monitor was killed.

@@ -16,8 +16,8 @@ from typing import Callable
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
 from crio_fast.runtime.exit_files import ExitInfo, read_exit_file, write_exit_file
-from crio_fast.runtime.monitor import MonitorError, PendingCreate
-from crio_fast.runtime.reaper import exit_code_of, is_adopted_child, reap_adopted, wait_adopted
+from crio_fast.runtime.monitor import MonitorError, PendingCreate, PodMonitor
+from crio_fast.runtime.reaper import adopted_in_cgroup, exit_code_of, is_adopted_child, is_daemon_helper, reap_adopted, reap_all_adopted
 from crio_fast.state.records import (
     CTR_CREATED,
     CTR_EXITED,
@@ -162,6 +162,17 @@ class ContainerReports:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    def wait_exit_of(self, record: ContainerRecord, monitor: PodMonitor, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the exit of a container ``monitor`` was told to stop. A monitor that
+        dies meanwhile (or was dying when the stop began: its socket refused the kill) can report none:
+        the container is then stopped as an orphan."""
+        if self.wait_exit(record, timeout, until=lambda: not monitor.alive()):
+            return True
+        if monitor.alive():
+            return False
+        self.stop_orphaned(record)
+        return record.state not in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN)
+
     def stop_orphaned(self, record: ContainerRecord) -> None:
         """Stop a container whose pod monitor is gone (killed): its processes are killed through its
         cgroup, and its init, re-parented to this daemon (a child subreaper), is reaped here so its
@@ -169,11 +180,18 @@ class ContainerReports:
         node's init, which reaps it: once its cgroup is empty it is recorded as killed by SIGKILL."""
         if record.cgroup_path and record.state in (CTR_CREATED, CTR_RUNNING, CTR_UNKNOWN):
             cgroup = self.cgroups.paths(record.cgroup_path)
+            # Every process of the container re-parented to this subreaper is reaped here: the init, and
+            # a child still setting up whose pid the daemon never learnt.
+            processes = {pid for pid in self.cgroups.processes(cgroup) | adopted_in_cgroup(cgroup.path)
+                         if not is_daemon_helper(pid)}
             try:
                 self.cgroups.kill(cgroup)
             except CgroupError as exc:
                 log.warning("container %s: killing its cgroup: %s", record.id[:12], exc)
-            status = wait_adopted(record.pid, KILL_WAIT_SECONDS) if record.pid else None
+            if record.pid:
+                processes.add(record.pid)
+            statuses = reap_all_adopted(processes, KILL_WAIT_SECONDS)
+            status = statuses.get(record.pid) if record.pid else None
             ours = record.pid and is_adopted_child(record.pid)
             if status is None and not ours and self._emptied(cgroup, KILL_WAIT_SECONDS):
                 status = signal.SIGKILL  # the wait status of a process SIGKILL ended

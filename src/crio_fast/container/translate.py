@@ -184,6 +184,28 @@ def check_user_namespace(config: pb.ContainerConfig, pod_userns: PodUserNamespac
                                   f"mappings ({pod_userns.uids.line()} and {pod_userns.gids.line()})")
 
 
+def user_namespace_to_join(pod_userns: PodUserNamespace | None, pod_namespaces: Mapping[str, str], *,
+                           supported: bool, external_runtime: bool, mounts: Sequence[pb.Mount]) -> Namespace | None:
+    """The pod's user namespace, which the child joins last, or None for a pod without one;
+    FailedPrecondition where the pod's runtime cannot give its containers that namespace."""
+    if pod_userns is None:
+        return None
+    path = pod_namespaces.get("user")
+    if path is None or not supported:
+        raise FailedPrecondition("the pod has a user namespace its runtime cannot give containers")
+    if external_runtime and any(m.uidMappings or m.gidMappings for m in mounts):
+        raise FailedPrecondition("ID-mapped volumes (uidMappings, gidMappings) need the native runtime handler")
+    return Namespace("user", path=path)
+
+
+def mapped_rootfs(overlay: Overlay, pod_userns: PodUserNamespace | None) -> Overlay:
+    """In a user namespace the image's layers are ID-mapped, so its files owned by the node's root show as
+    the container's root, who owns the writable layer's root too."""
+    if pod_userns is None:
+        return overlay
+    return dataclasses.replace(overlay, idmap=True, upper_owner=pod_userns.root_owner)
+
+
 def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_config: pb.PodSandboxConfig, *,
                   runtime: RuntimeSection, cgroups: CgroupManager, cg: CgroupPaths, apparmor: AppArmor,
                   external_runtime: bool, recursive_readonly_supported: bool = True) -> CheckedRequest:

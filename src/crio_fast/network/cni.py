@@ -12,11 +12,14 @@ once per network. A plugin that fails prints an error object
 The result of every ADD is cached as a file under ``<runroot>/cni/results``
 together with the configuration and arguments it was made with, so that a DEL
 after a daemon restart, or after the configuration changed, undoes exactly
-what was done.
+what was done. The entry is written before the first plugin runs, without a
+result (pending), so that what an ADD cut short by a crash or a failure did is
+undone by a DEL with that same configuration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from crio_fast.crashpoints import crash_point
 from crio_fast.errors import CrioError, DeadlineExceeded, FailedPrecondition
 from crio_fast.files import atomic_write
 from crio_fast.network.config import NetworkConfigFile
@@ -277,15 +281,19 @@ class CniClient:
     ) -> AttachResult:
         """ADD through the whole list; the result is cached (unless ``cache`` is false) before returning.
 
-        On failure nothing is cached and the caller is expected to call
-        :meth:`delete` (with the network) so plugins that did run undo their part.
+        The cache entry is written first, pending (no result), and stays when a plugin fails: the
+        caller is expected to call :meth:`delete` so plugins that did run undo their part.
         """
         started = time.monotonic()
         calls: list[PluginCall] = []
         result: dict[str, Any] | None = None
+        if cache:
+            self._write_cache(network, attachment, capability_args, None)
+        crash_point("runpod", 7)
         for plugin in network.plugins:
             stdin = self.plugin_config(network, plugin, result, capability_args)
             result = self._exec(plugin["type"], "ADD", stdin, attachment, calls)
+            crash_point("runpod", 8)
         final = result or {}
         if cache:
             self._write_cache(network, attachment, capability_args, final)
@@ -297,10 +305,10 @@ class CniClient:
     ) -> AttachResult | None:
         """DEL through the list in reverse, with the cached configuration and result when there is one.
 
-        Without a cache entry the given network is used (an ADD that failed half
-        way); with neither there is nothing to undo and None is returned. The
-        cache entry is removed only once every plugin succeeded, so a failed DEL
-        can be retried.
+        Without a cache entry the given network is used; with neither there is
+        nothing to undo and None is returned. A pending entry (an ADD cut short)
+        gives the configuration and no result. The cache entry is removed only
+        once every plugin succeeded, so a failed DEL can be retried.
         """
         started = time.monotonic()
         cached = self._read_cache(attachment)
@@ -320,13 +328,14 @@ class CniClient:
         for plugin in reversed(network.plugins):
             stdin = self.plugin_config(network, plugin, prev_result, capability_args or {})
             self._exec(plugin["type"], "DEL", stdin, attachment, calls)
+            crash_point("stoppod", 2)
         self._remove_cache(attachment)
         return AttachResult(network.name, prev_result or {}, calls, time.monotonic() - started)
 
     def check(self, attachment: Attachment) -> None:
         """CHECK an attachment against its cached ADD result (0.4.0 and later; a no-op before or when disabled)."""
         cached = self._read_cache(attachment)
-        if cached is None:
+        if cached is None or cached.get("result") is None:
             raise FailedPrecondition(f"no cached CNI result for {attachment.container_id}/{attachment.ifname}")
         network = NetworkList.from_dict(cached["config"], "cache")
         if network.version < (0, 4, 0) or network.disable_check:
@@ -363,8 +372,9 @@ class CniClient:
 
     def _write_cache(
         self, network: NetworkList, attachment: Attachment, capability_args: Mapping[str, Any],
-        result: Mapping[str, Any],
+        result: Mapping[str, Any] | None,
     ) -> None:
+        """The entry DEL reads; ``result`` None: pending, the ADD has not finished."""
         entry = {
             "kind": CACHE_KIND,
             "containerId": attachment.container_id,
@@ -374,7 +384,7 @@ class CniClient:
             "capabilityArgs": dict(capability_args),
             "args": {"pod_name": attachment.pod_name, "pod_namespace": attachment.pod_namespace,
                      "pod_uid": attachment.pod_uid},
-            "result": dict(result),
+            "result": dict(result) if result is not None else None,
         }
         self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self._cache_path(attachment.container_id, attachment.ifname),
@@ -397,6 +407,36 @@ class CniClient:
     def cached_result(self, attachment: Attachment) -> dict[str, Any] | None:
         entry = self._read_cache(attachment)
         return entry.get("result") if entry is not None else None
+
+    def cached_attachments(self) -> list[tuple[str, str]]:
+        """(container ID, interface) of every cache entry: the attachments no DEL has undone yet."""
+        found = []
+        try:
+            names = os.listdir(self.results_dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name.startswith("."):
+                continue  # a write in progress, or one a crash cut short
+            try:
+                entry = json.loads((self.results_dir / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(entry, dict) and entry.get("kind") == CACHE_KIND:
+                found.append((str(entry.get("containerId", "")), str(entry.get("ifName", DEFAULT_IFNAME))))
+        return found
+
+    def discard_partial_writes(self) -> None:
+        """Remove the temporary files of cache writes a crash cut short. Only while no ADD or DEL runs (at
+        start): the entry each was to replace is there, or the ADD it began ran no plugin."""
+        try:
+            names = os.listdir(self.results_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.results_dir / name)
 
     def _remove_cache(self, attachment: Attachment) -> None:
         try:

@@ -11,14 +11,13 @@ See docs/monitor.md, "Exec helper".
 from __future__ import annotations
 
 import os
-import select
 import signal as signal_module
 import subprocess
 import time
 from dataclasses import dataclass
 
 from crio_fast.errors import cut
-from crio_fast.runtime import wire
+from crio_fast.runtime import fdwait, wire
 from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.capture import CappedOutput
 from crio_fast.runtime.plan import ExecPlan
@@ -133,8 +132,7 @@ def _run_exec(process: subprocess.Popen, plan_bytes: bytes, plan_write: int, sta
                 if call is not None and call.ended:
                     call.raise_ended(f"exec {argv}")
                 raise TimeoutError(f"exec {argv} timed out after {timeout}s")
-            readable, writable, _ = select.select([*open_outputs, pidfd, *call_fds], list(pending_input), [],
-                                                  remaining)
+            readable, writable = fdwait.wait([*open_outputs, pidfd, *call_fds], list(pending_input), remaining)
             for fd in writable:
                 try:
                     written = os.write(fd, pending_input[fd][:65536])

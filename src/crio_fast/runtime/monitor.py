@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import socket
 import struct
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from crio_fast.runtime import wire
+from crio_fast.runtime import fdwait, wire
 from crio_fast.runtime.plan import LaunchHead, LaunchPlan
 from crio_fast.runtime.wire import TLVWriter
 
@@ -185,8 +184,7 @@ class PodMonitor:
         """Whether the monitor process still runs (its pidfd turns readable when it exits)."""
         if self._pidfd < 0:
             return False
-        readable, _, _ = select.select([self._pidfd], [], [], 0)
-        if not readable:
+        if not fdwait.wait_readable(self._pidfd, 0):
             return True
         self._reap_if_ours()
         return False
@@ -228,8 +226,7 @@ class PodMonitor:
     def _wait_exit(self, timeout: float) -> None:
         if self._pidfd < 0:
             return
-        readable, _, _ = select.select([self._pidfd], [], [], timeout)
-        if not readable:
+        if not fdwait.wait_readable(self._pidfd, timeout):
             raise MonitorError(f"pod monitor {self.pid} did not exit within {timeout:.1f}s", errno.ETIMEDOUT)
         self._reap_if_ours()
 
@@ -461,8 +458,7 @@ class PendingCreate:
         try:
             if self._outcome is not None or self._sock is None:
                 return True
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            return bool(readable)
+            return fdwait.wait_readable(self._sock, 0)
         finally:
             self._lock.release()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import Iterable
 
 
 def reap_adopted(pid: int) -> int | None:
@@ -61,6 +62,67 @@ def wait_adopted(pid: int, timeout: float) -> int | None:
             return None
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def is_daemon_helper(pid: int) -> bool:
+    """Whether ``pid`` runs the monitor binary's exec or runtime helper: a subprocess of the daemon
+    that joins a container's cgroup (ExecSync), whose exit status belongs to the call waiting for it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 1 and os.path.basename(argv[0]) == b"crio-fast-monitor" and argv[1] in (b"exec", b"runtime")
+
+
+def reap_all_adopted(pids: Iterable[int], timeout: float) -> dict[int, int]:
+    """Reap each of ``pids`` once it is an exited child of this process, waiting up to ``timeout``
+    for those still alive (or not yet re-parented to it); returns the wait statuses by pid. A pid
+    that goes away without becoming our child was someone else's to reap."""
+    remaining = set(pids)
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while remaining:
+        for pid in list(remaining):
+            status = reap_adopted(pid)
+            if status is not None:
+                statuses[pid] = status
+                remaining.discard(pid)
+            elif _exited_elsewhere(pid):
+                remaining.discard(pid)
+        if not remaining or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return statuses
+
+
+def adopted_in_cgroup(cgroup_path: str) -> set[int]:
+    """Children of this process, live or exited, in the cgroup ``cgroup_path`` (as /proc/PID/cgroup names
+    it) or below: a killed monitor's container processes. An exited one is no longer listed in
+    cgroup.procs, but its /proc/PID/cgroup still names the cgroup until it is reaped."""
+    found = set()
+    for pid in _adopted_children():
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
+        except OSError:
+            continue
+        if any(path == cgroup_path or path.startswith(cgroup_path + "/") for path in paths):
+            found.add(pid)
+    return found
+
+
+def _exited_elsewhere(pid: int) -> bool:
+    """Gone, or a zombie some other process is to reap."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return len(fields) > 1 and fields[0] == b"Z" and int(fields[1]) != os.getpid()
 
 
 def exit_code_of(status: int) -> tuple[int, int]:

@@ -15,13 +15,12 @@ import errno
 import fcntl
 import os
 import re
-import select
 import signal as signal_module
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from crio_fast.runtime import mounts
+from crio_fast.runtime import fdwait, mounts
 from crio_fast.runtime.monitor import (
     PID_FILE_NAME,
     PINNED_NAMESPACES,
@@ -193,8 +192,7 @@ def _read_ready_line(fd: int, timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise MonitorError(f"pod monitor not ready within {timeout}s", errno.ETIMEDOUT)
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
+        if not fdwait.wait_readable(fd, remaining):
             continue
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -228,3 +226,45 @@ def cleanup_pod_dir(pod_dir: str) -> list[str]:
             if e.errno != errno.ENOTEMPTY:  # someone else's files: leave them
                 raise
     return unmounted
+
+
+def processes_naming_pod_dir(pod_dir: str) -> list[int]:
+    """Pids of the processes whose command line has ``--pod-dir POD_DIR``: a spawned monitor still
+    setting its pod up, or the monitor it forked (the pod init renames itself). Reads every
+    process's command line: for pods whose start was cut short, not for every pod."""
+    needle = b"\0--pod-dir\0" + os.fsencode(pod_dir) + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+    return found
+
+
+def stop_pod_processes(pod_dir: str, timeout: float = 5.0) -> None:
+    """End the monitor of a pod whose start was cut short, whatever point it had reached.
+
+    A monitor that is up is shut down (it kills its children and undoes its mounts); one still
+    setting the pod up is waited for: it gives up by itself when its cgroup gate closes unopened,
+    or finishes and becomes a monitor to shut down. What is left at ``timeout`` is SIGKILLed
+    (cleanup_pod_dir then undoes its mounts)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        with contextlib.suppress(MonitorError, OSError):
+            PodMonitor.attach(pod_dir).shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        pids = processes_naming_pod_dir(pod_dir)
+        if not pids:
+            return
+        if time.monotonic() >= deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal_module.SIGKILL)
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -22,12 +22,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
-from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, CgroupPaths, normalize_cgroup_parent
+from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager, CgroupPaths
+from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, normalize_cgroup_parent
 from crio_fast.config import Config
+from crio_fast.crashpoints import crash_point
 from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
@@ -108,6 +109,9 @@ class SandboxManager:
         self._lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
         self.network = PodNetwork(config.crio.runroot)
+        # Told (pod id, pid) of every monitor this manager starts or reconnects to; the engine watches
+        # for its exit (server/recovery.py).
+        self.watch_monitor: Callable[[str, int], None] | None = None
 
     def pod_lock(self, pod_id: str) -> threading.RLock:
         with self._lock:
@@ -137,6 +141,8 @@ class SandboxManager:
                 except MonitorError as exc:
                     raise FailedPrecondition(f"pod sandbox {record.id}: its monitor is gone: {exc}") from exc
                 self._monitors[record.id] = mon
+                if self.watch_monitor is not None:
+                    self.watch_monitor(record.id, mon.pid)
         if missing := needs & ~mon.features:
             raise FailedPrecondition(f"pod sandbox {record.id}: its monitor (pid {mon.pid}) lacks "
                                      f"{', '.join(feature_names(missing))}, which this crio-fast needs; "
@@ -198,41 +204,46 @@ class SandboxManager:
     def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
         handler = self.validate(config, handler)
         name = pod_name(config.metadata)
+        pod_id = secrets.token_hex(32)
+        try:
+            pod_cg = self.cgroups.pod_cgroup_paths(config.linux.cgroup_parent, pod_id)
+        except CgroupError as exc:
+            raise InvalidArgument(f"pod cgroup: {exc}") from exc
+        # What a teardown needs (pod dir, cgroup and whether it is ours) is saved before anything exists.
+        record = PodRecord(
+            id=pod_id, name=name, config=encode_config(config), runtime_handler=handler, state=POD_NOTREADY,
+            created_at=time.time_ns(), pod_dir=str(self.pods_dir / pod_id), cgroup_path=pod_cg.path,
+            cgroup_created=not config.linux.cgroup_parent.strip("/") or not all(
+                os.path.isdir(d) for d in pod_cg.hierarchy_dirs.values()),
+            log_directory=config.log_directory,
+        )
         with self._lock:
             for other in self.state.pods.values():
                 if other.name == name:
                     raise AlreadyExists(f"pod sandbox {name} already exists as {other.id}")
-            pod_id = secrets.token_hex(32)
             # Reserve the name before the slow part so a concurrent duplicate fails.
-            record = PodRecord(
-                id=pod_id, name=name, config=encode_config(config), runtime_handler=handler, state=POD_NOTREADY,
-                created_at=time.time_ns(), pod_dir=str(self.pods_dir / pod_id), cgroup_path="", cgroup_created=False,
-                log_directory=config.log_directory,
-            )
             self.state.pods.reserve(record)
+        crash_point("runpod", 1)
         # Under the pod's lock: a stop of the pod while it starts (it is listed already) waits, then stops it.
         with self.pod_lock(record.id):
             try:
-                return self._run(record, config)
+                return self._run(record, config, pod_cg)
             except BaseException:
                 self._undo_run(record)
                 with self._lock:
                     self._pod_locks.pop(record.id, None)
                 raise
 
-    def _run(self, record: PodRecord, config: pb.PodSandboxConfig) -> str:
+    def _run(self, record: PodRecord, config: pb.PodSandboxConfig, pod_cg: CgroupPaths) -> str:
         pod_dir = Path(record.pod_dir)
         pod_dir.mkdir(mode=0o711)
+        crash_point("runpod", 2)
         ns_opts = config.linux.security_context.namespace_options
         host_net = ns_opts.network == pb.NamespaceMode.NODE
         host_ipc = ns_opts.ipc == pb.NamespaceMode.NODE
         hostname = config.hostname or (socket.gethostname() if host_net else config.metadata.name[:63])
         if not host_net and not HOSTNAME_RE.match(hostname):
             hostname = re.sub(r"[^a-z0-9-]", "-", hostname.lower()).strip("-")[:63] or "pod"
-        try:
-            pod_cg = self.cgroups.pod_cgroup_paths(config.linux.cgroup_parent, record.id)
-        except CgroupError as exc:
-            raise InvalidArgument(f"pod cgroup: {exc}") from exc
         monitor_cg = self.cgroups.monitor_cgroup_paths(pod_cg)
 
         record.namespaces = {
@@ -265,12 +276,14 @@ class SandboxManager:
         def make_cgroups() -> None:
             # Runs on this CPU while the monitor makes the namespaces on the other; it joins the
             # cgroups made here once this returns.
+            crash_point("runpod", 3)
             try:
                 self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
                 record.cgroup_parents_made = self._cgroup_parents_made(record, pod_cg)
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
+            crash_point("runpod", 4)
 
         def write_pod_files() -> None:
             # The monitor needs none of these: they are written while it joins its cgroups and forks.
@@ -283,6 +296,7 @@ class SandboxManager:
                     os.chown(pod_dir / name, *userns.root_owner)
             if record.log_directory:
                 make_log_directory(record.log_directory)
+            crash_point("runpod", 5)
 
         try:
             mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
@@ -290,14 +304,19 @@ class SandboxManager:
             raise Internal(f"starting the pod monitor: {exc}") from exc
         with self._lock:
             self._monitors[record.id] = mon
+        crash_point("runpod", 6)
         record.monitor_pid = mon.pid
         record.ns_paths = dict(mon.ns_paths)
         if not host_net:
             # A failed ADD has undone itself; run()'s cleanup then shuts the monitor down.
             attached = self.network.attach(self.config, record.id, record.ns_paths["net"], config)
             record.ips = attached.ips() if attached is not None else []
-        record.state = POD_READY
+            crash_point("runpod", 9)
+        record.state, record.creating = POD_READY, False
         self.state.pods.save(record)
+        if self.watch_monitor is not None:
+            self.watch_monitor(record.id, mon.pid)
+        crash_point("runpod", 10)
         log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
         return record.id
 
@@ -318,7 +337,7 @@ class SandboxManager:
                 mon.shutdown()
             except MonitorError as exc:
                 log.warning("pod %s: monitor shutdown after failed start: %s", record.id[:12], exc)
-        self._remove_leftovers(record)
+        self.remove_leftovers(record)
         self.state.pods.delete(record.id)
 
     # -- Stop / Remove ---------------------------------------------------------
@@ -338,6 +357,7 @@ class SandboxManager:
                     self.config, record.id, record.ns_paths.get("net", ""), decode_pod_config(record.config)
                 )
                 record.ips = []
+                crash_point("stoppod", 3)
             with self._lock:
                 mon = self._monitors.pop(record.id, None)
             if mon is None and record.state == POD_READY:
@@ -355,7 +375,9 @@ class SandboxManager:
                 reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
                 if record.namespaces.get("pid") == "new":
                     reap_dead_pod_inits()  # and so is its pod init, which died with it
+            crash_point("stoppod", 4)
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
+            crash_point("stoppod", 5)
             record.state, record.stopped = POD_NOTREADY, True
             self.state.pods.save(record)
 
@@ -365,14 +387,18 @@ class SandboxManager:
         if record is None:
             return
         with self.pod_lock(record.id):
-            self._remove_leftovers(record)
+            self.remove_leftovers(record)
+            crash_point("removepod", 5)
             self.state.pods.delete(record.id)
         with self._lock:
             self._pod_locks.pop(record.id, None)
         log.info("pod %s (%s) removed", record.id[:12], record.name)
 
-    def _remove_leftovers(self, record: PodRecord) -> None:
+    def remove_leftovers(self, record: PodRecord) -> None:
+        """What a pod leaves on the node once its monitor is gone: the pod dir's mounts, its cgroup
+        (the monitor's only when the pod cgroup is not ours), the pod dir."""
         cleanup_pod_dir(record.pod_dir)
+        crash_point("removepod", 4)
         if record.cgroup_path:
             paths = self.cgroups.paths(record.cgroup_path)
             try:
@@ -417,6 +443,20 @@ class SandboxManager:
         return out
 
     # -- recovery ------------------------------------------------------------
+
+    def monitor_exited(self, record: PodRecord) -> None:
+        """A ready pod's monitor is gone (killed): the pod is not ready any more. The monitor's
+        zombie, and its pod init's, are this subreaper's to reap."""
+        with self._lock:
+            mon = self._monitors.pop(record.id, None)
+        if mon is not None:
+            mon.close()
+        reap_adopted(record.monitor_pid)
+        if record.namespaces.get("pid") == "new":
+            reap_dead_pod_inits()
+        # Reaped: from now on its pid may be another process's, which the pod's stop must not reap.
+        record.state, record.monitor_pid = POD_NOTREADY, 0
+        self.state.pods.save(record)
 
     def recover(self) -> None:
         """After a restart: pods whose monitor died are not ready any more."""

@@ -1,7 +1,8 @@
 """The daemon: configuration in, a gRPC server on a unix socket out.
 
 Lifecycle: take the instance lock, prepare directories and the socket, serve
-both CRI services on one socket, and on SIGTERM/SIGINT stop accepting calls,
+both CRI services on one socket (then tell systemd READY=1 where it asks, via
+$NOTIFY_SOCKET), and on SIGTERM/SIGINT (STOPPING=1) stop accepting calls,
 let in-flight calls finish for a grace period (then cancel them), remove the
 socket. SIGHUP re-reads the configuration and applies what is safe to change
 while running.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from concurrent import futures
 from typing import Callable
@@ -25,6 +27,7 @@ from crio_fast.server.image_service import ImageServicer
 from crio_fast.server.listener import InstanceLock, finish_socket, prepare_socket_path, remove_socket
 from crio_fast.runtime.exitwatch import ExitWatcher, ExitWatchError
 from crio_fast.server.runtime_service import RuntimeServicer
+from crio_fast.systemd import notify
 
 log = logging.getLogger("crio_fast.daemon")
 
@@ -60,6 +63,19 @@ def become_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         log.warning("prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(err))
+
+
+def raise_open_files_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: the daemon holds about two descriptors per pod (its
+    monitor's pidfd and socket), so the usual soft 1024 would cap a node at a few hundred pods. The
+    monitors, and containers without a configured nofile ulimit, inherit it, as under CRI-O's unit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("raising the open files limit from %d to %d: %s", soft, hard, exc)
 
 
 M_MMAP_THRESHOLD = -3
@@ -102,6 +118,7 @@ class Daemon:
 
     async def start(self) -> None:
         become_subreaper()
+        raise_open_files_limit()
         keep_large_blocks_off_the_heap()
         self._prepare_dirs()
         self.lock.acquire()
@@ -126,6 +143,8 @@ class Daemon:
             await self.stop(grace=0)
             raise
         log.info("crio-fast %s serving CRI v1 on %s", self.engine.version, listen)
+        # Under Type=notify systemd holds back units ordered after this one (the kubelet) until now.
+        notify(f"READY=1\nSTATUS=serving CRI v1 on {listen}")
         # apparmor_parser is a CPU-bound process of its own (0.1-0.3 s, seconds on a slow machine): it runs
         # once the daemon serves, not in the way of its start; what needs the profile waits for it.
         self.engine.apparmor.start_loading()
@@ -201,6 +220,7 @@ class Daemon:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         if self.server is not None:
+            notify("STOPPING=1")
             log.info("shutting down: finishing in-flight calls (up to %.0fs)", grace)
             # Calls still running on this loop need it while the server waits for them.
             await asyncio.to_thread(self.server.stop(grace).wait)

@@ -24,7 +24,9 @@ from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.container import oci, translate
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
+from crio_fast.crashpoints import crash_point
 from crio_fast.image.manager import ImageManager
+from crio_fast.runtime.monitor_watch import MonitorWatch
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import POD_READY, ContainerRecord, StateStore
 from crio_fast.image.store import ImageStore
@@ -32,6 +34,7 @@ from crio_fast.network.config import NoNetworkConfig, find_default_network
 from crio_fast.api import api_pb2 as pb
 from crio_fast.server import render
 from crio_fast.server.events import EventBus
+from crio_fast.server.recovery import Recovery
 from crio_fast.server.streams import EngineStreamingBackend
 from crio_fast.stats.collector import StatsCollector
 from crio_fast.stats.service import StatsService
@@ -117,11 +120,13 @@ class Engine:
         self.apparmor = AppArmor(config.runtime.apparmor_profile)
         self.containers = ContainerManager(config, self.state, self.sandboxes, self.images, self.cgroups, monitor,
                                            events=self.publish_container_event, apparmor=self.apparmor)
-        ready_before = {p.id for p in self.state.pods.values() if p.state == POD_READY}
-        self.sandboxes.recover()
-        # Pods whose monitor died while the daemon was away (counted by the metrics endpoint).
-        self.monitors_found_gone = sorted(
-            p.id for p in self.state.pods.values() if p.id in ready_before and p.state != POD_READY)
+        self.recovery = Recovery(config, self.state, self.sandboxes, self.containers, self.cgroups)
+        # A monitor that dies while the daemon runs makes its pod not ready at once.
+        self.monitor_watch = MonitorWatch(self.recovery.monitor_exited)
+        self.sandboxes.watch_monitor = self.monitor_watch.watch
+        # Pods whose monitor died while the daemon was away (counted by the metrics endpoint, with
+        # those that die later: recovery.monitor_gone_listeners).
+        self.monitors_found_gone = self.recovery.at_start()
         self.stats = StatsService(self.state, self.sandboxes, self.containers,
                                   StatsCollector(self.cgroups, str(self.containers.files.layers)))
         self.streams = EngineStreamingBackend(self.containers, self.sandboxes, monitor)
@@ -146,6 +151,7 @@ class Engine:
             return  # CRI: stopping what is gone succeeds
         with self.sandboxes.pod_lock(record.id):
             self.containers.stop_all_in_pod(record.id)
+            crash_point("stoppod", 1)
             self.sandboxes.stop(record.id)
 
     def remove_pod(self, pod_id: str) -> None:
@@ -156,7 +162,9 @@ class Engine:
         lock = self.sandboxes.pod_lock(record.id)  # remove drops the pod's lock: hold this one
         with lock:
             self.stop_pod(record.id)
+            crash_point("removepod", 1)
             self.containers.remove_all_in_pod(record.id)
+            crash_point("removepod", 3)
             self.sandboxes.remove(record.id)
 
     def update_pod_resources(self, pod_id: str, resources: pb.LinuxContainerResources,
@@ -180,7 +188,8 @@ class Engine:
         await self.images.remove(name, lambda record: self.containers.image_claims.unused(record.id, name))
 
     async def close(self) -> None:
-        self.containers.abandon_pending()
+        self.monitor_watch.close()
+        self.containers.reports.abandon_pending()
         self.sandboxes.close()
         await self.images.close()
 

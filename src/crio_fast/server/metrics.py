@@ -136,6 +136,7 @@ class Metrics:
         self.engine.events.add_listener(self.observe_event)
         for pod_id in self.engine.monitors_found_gone:
             self.count_monitor_gone(pod_id)
+        self.engine.recovery.monitor_gone_listeners.append(self.count_monitor_gone)
 
     def start(self, host: str, port: int) -> None:
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
@@ -143,6 +144,8 @@ class Metrics:
 
     def stop(self) -> None:
         base.set_rpc_observer(None)
+        if self.count_monitor_gone in self.engine.recovery.monitor_gone_listeners:
+            self.engine.recovery.monitor_gone_listeners.remove(self.count_monitor_gone)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -3,7 +3,10 @@
 Records live in ``<root>/state/state.db`` so that they survive reboots as
 well as daemon restarts; what only lives as long as the kernel objects do
 (pod dirs, exit files, monitor sockets) is under the run root. A record is
-rewritten whole on every change, as one JSON row in one transaction.
+rewritten whole on every change, as one JSON row in one transaction. A pod's
+or container's record is first saved marked ``creating``, before anything is
+made for it: a daemon that dies part-way finds at its next start everything
+it had begun (``server/recovery.py`` tears down what was left half made).
 
 Why SQLite and not a file per record: a save is on the start-up path three
 times (RunPodSandbox, CreateContainer, StartContainer), and on ext4 creating
@@ -72,6 +75,7 @@ class PodRecord:
     # Torn down by a StopPodSandbox: network detached, monitor gone, mounts undone. A pod found not
     # ready at start (its monitor died meanwhile) is not, until a stop does it.
     stopped: bool = False
+    creating: bool = False  # RunPodSandbox has not finished: a record found so at start is torn down
     list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
 
@@ -100,6 +104,7 @@ class ContainerRecord:
     volume_image_ids: list[str] = field(default_factory=list)
     # What an exec into the container runs as: env, uid, gid, gids, capability masks, no_new_privs.
     process: dict[str, Any] = field(default_factory=dict)
+    creating: bool = False  # CreateContainer has not finished: a record found so at start is torn down
     list_entry: Any = field(default=None, repr=False, compare=False, metadata=NOT_PERSISTED)
 
 
@@ -144,9 +149,11 @@ class RecordTable(Generic[R]):
         return json.dumps({name: getattr(record, name) for name in self._field_names}, separators=(",", ":"))
 
     def reserve(self, record: R) -> None:
-        """Hold a record in memory only (a name taken while the object is being made); save() persists it."""
-        with self._lock:
-            self._items[record.id] = record
+        """Take the record's name while its object is being made: saved, marked ``creating``, before the
+        object's first side effect, so that a daemon dying part-way finds at its next start what it had
+        begun (server/recovery.py tears it down). The maker clears ``creating`` in its last save."""
+        record.creating = True
+        self.save(record)
 
     def save(self, record: R) -> None:
         body = self.encode(record)

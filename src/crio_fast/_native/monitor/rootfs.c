@@ -211,9 +211,9 @@ static int attach_clone(int source_dirfd, const char *source, int target_fd, uin
     if (rc < 0) {
         int saved = errno;
         close(tree);
-        return error_errno(err, saved, "%s %s on %s%s: set attributes %#llx, propagation %#x", what,
+        return error_errno(err, saved, "%s %s on %s%s: set attributes %#llx, propagation %#llx", what,
                            *source ? source : "(fd)", rootfs, destination, (unsigned long long)attr.attr_set,
-                           attr.propagation);
+                           (unsigned long long)attr.propagation);
     }
     rc = sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
     int saved = errno;
