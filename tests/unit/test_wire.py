@@ -193,3 +193,20 @@ def test_message_header():
 def test_plan_chunks():
     assert wire.encode_plan_chunk(b"abc") == b"\3\0\0\0abc"
     assert wire.END_OF_PLAN_CHUNKS == b"\0\0\0\0"
+
+
+def test_tty_size_is_columns_and_rows_in_one_u32():
+    assert wire.tty_size(80, 25) == 80 | 25 << 16
+    # The same two u16 as an ATTACH_RESIZE payload, so the monitor reads both alike.
+    assert wire.tty_size(100, 40).to_bytes(4, "little") == wire.encode_resize(100, 40)
+
+
+def test_an_exec_plan_carries_its_terminal_size_only_with_a_terminal():
+    from crio_fast.runtime.plan import ExecPlan
+
+    def sizes(plan: ExecPlan) -> list[int]:
+        return [wire.decode_u32(v) for tag, v in wire.parse_tlv(plan.encode()) if tag == wire.PLAN_TTY_SIZE]
+
+    assert sizes(ExecPlan(target_pid=1, argv=["sh"], namespaces=[], tty=True, tty_size=(80, 25))) == [80 | 25 << 16]
+    assert sizes(ExecPlan(target_pid=1, argv=["sh"], namespaces=[], tty=True)) == []
+    assert sizes(ExecPlan(target_pid=1, argv=["sh"], namespaces=[], tty=False, tty_size=(80, 25))) == []

@@ -90,8 +90,8 @@ class InteractiveExec:
         can read it. A failure of the helper itself (namespaces gone, command
         not found) does not raise: it is reported by :meth:`wait`.
         """
-        if plan.tty != tty:
-            plan = dataclasses.replace(plan, tty=tty)
+        if plan.tty != tty or (tty and size is not None):
+            plan = dataclasses.replace(plan, tty=tty, tty_size=size if tty else None)
         plan_bytes = plan.encode()
         ours: list[int] = []  # kept by us after the spawn
         theirs: list[int] = []  # given to the helper, closed here after the spawn
@@ -165,8 +165,6 @@ class InteractiveExec:
                 self._terminal_fd = await self._receive_terminal(console)
                 self._stdin_requested = stdin
                 self._stdin_closed = self._terminal_fd is None or not stdin
-                if self._terminal_fd is not None and size is not None:
-                    self.resize(*size)
         except BaseException:
             await self.close()
             raise

@@ -450,6 +450,7 @@ class ExecPlan:
     # A pseudo terminal on the container's devpts instead of the helper's fds
     # 0-2; the helper then needs --console-fd to hand the master over.
     tty: bool = False
+    tty_size: tuple[int, int] | None = None  # (columns, rows), set before the command runs
 
     def resolved_namespaces(self) -> list[Namespace]:
         if self.namespaces is not None:
@@ -482,6 +483,8 @@ class ExecPlan:
         )
         if self.tty:
             w.boolean(wire.PLAN_TTY, True)
+            if self.tty_size is not None:
+                w.u32(wire.PLAN_TTY_SIZE, wire.tty_size(*self.tty_size))
         return w.getvalue()
 
 

@@ -241,6 +241,12 @@ def encode_resize(width: int, height: int) -> bytes:
     return _RESIZE.pack(width, height)
 
 
+def tty_size(width: int, height: int) -> int:
+    """PLAN_TTY_SIZE's value: u16 columns | u16 rows << 16 (the layout of ATTACH_RESIZE's payload, read
+    as one little-endian u32)."""
+    return int.from_bytes(encode_resize(width, height), "little")
+
+
 # --------------------------------------------------------------- launch plan
 
 # Plan fields (enum plan_field).
@@ -280,6 +286,7 @@ PLAN_TARGET_PID = 33
 PLAN_UMASK = 34
 PLAN_HOST_DIR = 35  # string, repeated: a host directory the child makes (0755) once cloned
 PLAN_APPARMOR_PROFILE = 36  # string: the profile that confines the command from its execve
+PLAN_TTY_SIZE = 37  # u32: columns | rows << 16, the terminal's size before the command runs
 
 # Tags inside the nested plan fields.
 NS_TYPE = 1

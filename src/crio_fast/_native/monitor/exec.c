@@ -238,6 +238,9 @@ int exec_main(int argc, char **argv)
     if (plan.tty) {
         if (open_pseudo_terminal(&master, &terminal, &err) < 0)
             fail(&err);
+        /* Sized before the command can ask (stty size right at its start). */
+        if (plan.tty_size && set_terminal_size(master, plan.tty_size, &err) < 0)
+            fail(&err);
         /* The command may not be root: its terminal should be its own. */
         if (plan.has_uid && fchown(terminal, plan.uid, (gid_t)-1) < 0) {
             error_errno(&err, errno, "chown the pseudo terminal to uid %u", plan.uid);

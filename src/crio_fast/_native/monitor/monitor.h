@@ -275,6 +275,7 @@ enum plan_field {
     PLAN_UMASK = 34,
     PLAN_HOST_DIR = 35, /* string, repeated: a host directory the child makes (0755) once cloned */
     PLAN_APPARMOR_PROFILE = 36, /* string: the AppArmor profile the command is confined by from its execve */
+    PLAN_TTY_SIZE = 37,         /* u32: columns | rows << 16, the terminal's size before the command runs */
 };
 
 enum { NS_TYPE = 1, NS_PATH = 2 };
@@ -414,6 +415,7 @@ struct launch_plan {
     size_t argc;
     bool stdin_wanted;
     bool tty;
+    uint32_t tty_size; /* PLAN_TTY_SIZE; 0: none given */
     uint32_t log_line_max;
     uint32_t target_pid;
     bool has_umask;
@@ -540,6 +542,8 @@ int overlay_mount_decide(bool legacy, struct error *err);
 int open_pseudo_terminal(int *master_out, int *peer_out, struct error *err);
 /* In a new session: the terminal becomes the controlling tty and fds 0-2. */
 int make_controlling_terminal(int terminal, struct error *err);
+/* The terminal's size, PLAN_TTY_SIZE's columns | rows << 16. */
+int set_terminal_size(int terminal, uint32_t size, struct error *err);
 /* One byte `tag` carrying `fd` as SCM_RIGHTS. */
 int send_fd(int socket_fd, char tag, int fd, struct error *err);
 

@@ -50,6 +50,14 @@ int make_controlling_terminal(int terminal, struct error *err)
     return 0;
 }
 
+int set_terminal_size(int terminal, uint32_t size, struct error *err)
+{
+    struct winsize winsize = {.ws_col = (unsigned short)(size & 0xffff), .ws_row = (unsigned short)(size >> 16)};
+    if (ioctl(terminal, TIOCSWINSZ, &winsize) < 0)
+        return error_errno(err, errno, "set the terminal's size to %ux%u", winsize.ws_col, winsize.ws_row);
+    return 0;
+}
+
 int send_fd(int socket_fd, char tag, int fd, struct error *err)
 {
     struct iovec iov = {&tag, 1};
