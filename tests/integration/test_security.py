@@ -577,23 +577,27 @@ def test_requested_device_is_created_and_allowed(env, pod):
     assert "a *:* rwm" not in rules
 
 
+def memory_limit_and_quota(memory: Path, cpu: Path) -> tuple[int, int]:
+    """A cgroup's memory limit and CPU quota (its period must be 100 ms), from its v1 or v2 files."""
+    if cgroups.is_v2("memory"):
+        memory_limit = int((memory / "memory.max").read_text())
+    else:
+        memory_limit = int((memory / "memory.limit_in_bytes").read_text())
+    if cgroups.is_v2("cpu"):
+        quota, period = (cpu / "cpu.max").read_text().split()
+        assert period == "100000"
+    else:
+        quota = (cpu / "cpu.cfs_quota_us").read_text()
+    return memory_limit, int(quota)
+
+
 def test_memory_cpu_limits_and_live_update(env, pod):
     pod_id, pod_config = pod()
     resources = api.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_period=100000, cpu_quota=50000)
     ctr = run(env, pod_id, pod_config, lambda c: c.linux.resources.CopyFrom(resources))
 
     def limits() -> tuple[int, int]:
-        memory, cpu = cgroup_dir(env, ctr, "memory"), cgroup_dir(env, ctr, "cpu")
-        if cgroups.is_v2("memory"):
-            memory_limit = int((memory / "memory.max").read_text())
-        else:
-            memory_limit = int((memory / "memory.limit_in_bytes").read_text())
-        if cgroups.is_v2("cpu"):
-            quota, period = (cpu / "cpu.max").read_text().split()
-            assert period == "100000"
-        else:
-            quota = (cpu / "cpu.cfs_quota_us").read_text()
-        return memory_limit, int(quota)
+        return memory_limit_and_quota(cgroup_dir(env, ctr, "memory"), cgroup_dir(env, ctr, "cpu"))
 
     assert limits() == (64 << 20, 50000)
     env.client.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
@@ -611,16 +615,7 @@ def test_pod_resources_live_update(env, pod):
     memory, cpu = cgroup_dir(env, ctr, "memory").parent, cgroup_dir(env, ctr, "cpu").parent
 
     def pod_limits() -> tuple[int, int]:
-        if cgroups.is_v2("memory"):
-            memory_limit = int((memory / "memory.max").read_text())
-        else:
-            memory_limit = int((memory / "memory.limit_in_bytes").read_text())
-        if cgroups.is_v2("cpu"):
-            quota, period = (cpu / "cpu.max").read_text().split()
-            assert period == "100000"
-        else:
-            quota = (cpu / "cpu.cfs_quota_us").read_text()
-        return memory_limit, int(quota)
+        return memory_limit_and_quota(memory, cpu)
 
     def update(memory_limit: int, quota: int, pod: str = pod_id) -> None:
         env.client.runtime.UpdatePodSandboxResources(api.UpdatePodSandboxResourcesRequest(
