@@ -18,7 +18,7 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import configure_oci_runtimes, crun_problem, runc_problem
-from tests.support.pods import daemon_with_busybox, exec_sync, remove_all_pods, status
+from tests.support.pods import daemon_with_busybox, exec_sync, remove_all_pods, status, wait_for_command
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,7 @@ def run(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str], p
         target_id: str = "") -> str:
     ctr = create(d, pod_id, pod, command, pid_mode, target_id)
     d.client.runtime.StartContainer(api.StartContainerRequest(container_id=ctr), timeout=30)
+    wait_for_command(d, ctr, command)
     return ctr
 
 

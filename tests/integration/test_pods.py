@@ -19,7 +19,8 @@ from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.registries_conf import write_registries_conf
 from tests.support.images import LayerBuilder
-from tests.support.pods import daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status, wait_exited
+from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status,
+                                 wait_exited, wait_for_command)
 from tests.support.timing import command_limit
 
 pytestmark = pytest.mark.integration
@@ -154,14 +155,9 @@ def test_namespaces_are_the_pods(cri):
     pod_id, pod = run_pod(cri, hostname="my-pod")
     ctr = create(cri, pod_id, pod, ["/bin/sleep", "1000"])
     start(cri, ctr)
-    # StartContainer returns before the container's execve (as runc start does): until then
-    # /proc/1/cmdline is empty.
-    deadline = time.monotonic() + 10
-    while len(lines := exec_sync(cri, ctr, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"]
-                                 ).stdout.decode().splitlines()) < 2:
-        assert time.monotonic() < deadline, lines
-        time.sleep(0.01)
-    hostname, pid1 = lines
+    wait_for_command(cri, ctr, ["/bin/sleep", "1000"])
+    hostname, pid1 = exec_sync(cri, ctr, ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"]
+                               ).stdout.decode().splitlines()
     assert hostname == "my-pod"
     assert pid1.strip() == "/bin/sleep 1000"  # its own PID namespace: sleep is PID 1
     info = cri.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=5).info
@@ -574,10 +570,8 @@ def test_daemon_killed_and_restarted_keeps_pods(registry, busybox_image, tmp_pat
         # The new daemon learns the waiting container's pid from the monitor: exec finds its namespaces.
         assert status(d, waiting).state == api.ContainerState.CONTAINER_CREATED
         start(d, waiting)
+        wait_for_command(d, waiting, ["/bin/sleep", "1000"])
         assert exec_sync(d, waiting, ["/bin/sh", "-c", "cat /proc/1/cmdline"]).stdout == b"/bin/sleep\x001000\x00"
-        info = d.client.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=waiting, verbose=True),
-                                                timeout=10).info
-        assert psutil.Process(json.loads(info["info"])["pid"]).cmdline() == ["/bin/sleep", "1000"]
         d.client.runtime.StopContainer(api.StopContainerRequest(container_id=long_running, timeout=1), timeout=30)
         assert status(d, long_running).state == api.ContainerState.CONTAINER_EXITED
     finally:

@@ -18,6 +18,7 @@ from crio_fast.api import api_pb2 as api
 from tests.support.oci_runtimes import configure_oci_runtimes, handler_problem
 from tests.support.pods import (
     daemon_with_busybox, kubelet_pod_linux, run_container, run_pod, start, status, wait_exited, wait_for,
+    wait_for_command,
 )
 from tests.support.streamclient import (
     PortForwardClient,
@@ -41,7 +42,9 @@ def cri(registry, busybox_image, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sleeper(cri):
-    return run_container(cri, ["/bin/sleep", "3600"])[1]
+    container_id = run_container(cri, ["/bin/sleep", "3600"])[1]
+    wait_for_command(cri, container_id, ["/bin/sleep", "3600"])
+    return container_id
 
 
 def exec_url(d, container_id: str, cmd: list[str], *, stdin=False, stdout=True, stderr=True, tty=False) -> str:
@@ -326,6 +329,7 @@ def test_exec_and_attach_on_oci_handlers(oci_cri, handler):
     pod_id = d.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config, runtime_handler=handler),
                                             timeout=60).pod_sandbox_id
     sleeper = create_with(d, pod_id, config, ["/bin/sleep", "3600"])
+    wait_for_command(d, sleeper, ["/bin/sleep", "3600"])
     url = exec_url(d, sleeper, ["sh", "-c", "tty; cat /proc/1/cmdline | tr '\\0' ' '"], tty=True, stderr=False)
     stdout, _, st = run(exec_over_spdy(url, tty=True, stderr=False))
     lines = stdout.decode().split("\r\n")

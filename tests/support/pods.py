@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import socket
 import time
@@ -100,6 +101,24 @@ def create(d: Daemon, pod_id: str, pod: api.PodSandboxConfig, command: list[str]
 
 def start(d: Daemon, container_id: str) -> None:
     d.client.runtime.StartContainer(api.StartContainerRequest(container_id=container_id), timeout=30)
+
+
+def wait_for_command(d: Daemon, container_id: str, command: list[str], timeout: float = 10.0) -> int:
+    """Wait until the container's process runs ``command``; its host pid.
+
+    StartContainer returns before the container's execve (runc's and crun's start do too): until
+    then the process is the runtime's, and /proc/1/cmdline in the container is not the command."""
+    request = api.ContainerStatusRequest(container_id=container_id, verbose=True)
+    pid = json.loads(d.client.runtime.ContainerStatus(request, timeout=10).info["info"])["pid"]
+    expected = b"".join(arg.encode() + b"\0" for arg in command)
+
+    def runs_command() -> bool:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes() == expected
+        except OSError:
+            return False
+    wait_for(runs_command, timeout, what=f"container {container_id[:12]} to run {command}")
+    return pid
 
 
 def run_container(d: Daemon, command: list[str], **kw) -> tuple[str, str]:
