@@ -43,6 +43,8 @@ RUNTIME_DEPENDENCIES = [
     # The streaming server (exec/attach/port-forward): HTTP/1.1 parsing and WebSocket framing.
     "h11>=0.14",
     "wsproto>=1.2",
+    # The systemd cgroup driver: transient units through systemd's D-Bus API (asyncio).
+    "dbus-fast>=2.0",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]

@@ -761,7 +761,7 @@ def test_monitor_joins_cgroups_made_while_it_starts(harness: Harness, tmp_path: 
     spec = PodMonitorSpec("gated", str(pod_dir), str(harness.exits), cgroup_procs=[str(pids / "cgroup.procs")])
     seen_during_step: list[bool] = []
 
-    def make_cgroup() -> None:
+    def make_cgroup(_spawned: int) -> None:
         seen_during_step.append((pod_dir / "monitor.pid").exists())
         pids.mkdir()
 
@@ -779,7 +779,7 @@ def test_monitor_gives_up_when_the_meanwhile_step_fails(harness: Harness) -> Non
     spec = PodMonitorSpec("cancelled", str(pod_dir), str(harness.exits), hostname="cancelled", shm_size=1 << 20,
                           cgroup_procs=[f"{cgroups.cgroup_dir('/crio-fast-test-never-made', 'pids')}/cgroup.procs"])
 
-    def fail() -> None:
+    def fail(_spawned: int) -> None:
         raise RuntimeError("the daemon's part failed")
 
     with pytest.raises(RuntimeError, match="the daemon's part failed"):
@@ -796,12 +796,12 @@ def test_monitor_is_shut_down_when_the_after_gate_step_fails(harness: Harness) -
     spec = PodMonitorSpec("late", str(pod_dir), str(harness.exits), hostname="late", shm_size=1 << 20)
     steps: list[str] = []
 
-    def fail() -> None:
+    def fail() -> None:  # after_gate: no pid
         steps.append("after")
         raise RuntimeError("writing the pod's files failed")
 
     with pytest.raises(RuntimeError, match="writing the pod's files failed"):
-        spawn_monitor(str(monitor_path()), spec, meanwhile=lambda: steps.append("meanwhile"), after_gate=fail)
+        spawn_monitor(str(monitor_path()), spec, meanwhile=lambda _pid: steps.append("meanwhile"), after_gate=fail)
     assert steps == ["meanwhile", "after"]
     # The monitor came up and was shut down again: its mounts and socket are gone, no process is left.
     assert str(pod_dir) not in host_mountinfo()
@@ -823,7 +823,7 @@ def test_gated_create_joins_cgroups_made_meanwhile(harness: Harness, cgroup_dir)
     plan = oom_plan(harness, "gated", memory, pids)
     made: list[bool] = []
 
-    def make_cgroups() -> None:
+    def make_cgroups(_pid: int | None) -> None:
         made.append(True)
         for d in dirs:
             d.mkdir()
@@ -842,7 +842,7 @@ def test_gated_create_fails_cleanly_when_the_step_fails(harness: Harness) -> Non
     plan = harness.plan("cancelled", ["/bin/true"], cgroup_procs=[f"{never}/cgroup.procs"],
                         namespaces=[Namespace("mnt"), Namespace("pid")], cgroup="none")
 
-    def fail() -> None:
+    def fail(_pid: int | None) -> None:
         raise RuntimeError("cgroup could not be made")
 
     with pytest.raises(RuntimeError, match="cgroup could not be made"):
@@ -879,7 +879,7 @@ def test_a_plan_in_two_parts_runs_as_one(harness: Harness, cgroup_dir) -> None:
     made = harness.container_dir("split") / "made-by-the-child"
     head = dataclasses.replace(plan.head(), host_dirs=[str(made), str(made / "inner")])
     pending = monitor.begin_create("split", head, harness.log_path("split"),
-                                   meanwhile=lambda: (order.append("cgroup"), pids.mkdir()), rest=rest)
+                                   meanwhile=lambda _pid: (order.append("cgroup"), pids.mkdir()), rest=rest)
     result = pending.result()
     harness.container_pids.append(result.pid)
     assert order == ["rootfs", "rest", "cgroup"]
@@ -904,12 +904,12 @@ def test_a_plan_whose_rest_never_comes_right_fails_cleanly(harness: Harness, how
 
     if how == "the rest fails":
         with pytest.raises(InvalidArgument, match="nobody-here"):
-            monitor.begin_create("cut", plan.head(), harness.log_path("cut"), meanwhile=lambda: steps.append("cg"),
+            monitor.begin_create("cut", plan.head(), harness.log_path("cut"), meanwhile=lambda _pid: steps.append("cg"),
                                  rest=rest)
         assert steps == []  # nothing after the rest: the cgroups are never made
     else:
         pending = monitor.begin_create("cut", plan.head(), harness.log_path("cut"),
-                                       meanwhile=lambda: steps.append("cg"), rest=rest)
+                                       meanwhile=lambda _pid: steps.append("cg"), rest=rest)
         with pytest.raises(MonitorError, match="invalid launch plan"):
             pending.result()
     # The child gave up and the container is forgotten: the id is free again, the monitor goes on.
@@ -919,6 +919,35 @@ def test_a_plan_whose_rest_never_comes_right_fails_cleanly(harness: Harness, how
         time.sleep(0.01)
     assert not (harness.exits / "cut").exists()
     assert harness.run(monitor, "cut", harness.plan("cut", ["/bin/true"])).exit_code == 0
+
+
+def test_the_child_reports_its_pid_through_the_gate(harness: Harness) -> None:
+    """PLAN_REPORT_PID: the step gets the child's pid before the gate opens (the systemd driver makes
+    the container's scope around it): the host's pid, though the child is pid 1 of its namespace."""
+    monitor = harness.spawn()
+    plan = harness.plan("reporting", ["/bin/sh", "-c", "echo $$"], namespaces=[Namespace("mnt"), Namespace("pid")],
+                        cgroup="none")
+    seen: list[tuple[int | None, str]] = []
+
+    def step(pid: int | None) -> None:
+        assert pid is not None
+        seen.append((pid, Path(f"/proc/{pid}/status").read_text().split("NSpid:")[1].split("\n")[0].split()[-1]))
+
+    head = dataclasses.replace(plan.head(), report_pid=True)
+    pending = monitor.begin_create("reporting", head, harness.log_path("reporting"), meanwhile=step,
+                                   rest=lambda: [plan.encode_rootfs(), plan.encode_rest()])
+    result = pending.result()
+    harness.container_pids.append(result.pid)
+    assert seen == [(result.pid, "1")]
+    monitor.start("reporting")
+    assert harness.wait_exit("reporting").exit_code == 0
+    assert harness.output("reporting") == "1\n"
+    # Without the flag the gate is a pipe and the step gets no pid.
+    plain: list[int | None] = []
+    pending = monitor.begin_create("plain", plan.head(), harness.log_path("reporting"), meanwhile=plain.append,
+                                   rest=lambda: [plan.encode_rootfs(), plan.encode_rest()])
+    harness.container_pids.append(pending.result().pid)
+    assert plain == [None]
 
 
 def test_a_head_without_its_gate_or_its_rest_is_refused(harness: Harness) -> None:
@@ -967,7 +996,7 @@ def _outcome(call):
 
 def test_a_start_sent_during_the_set_up_waits_for_it(harness: Harness) -> None:
     monitor, took, outcome, pending = _start_while_the_child_waits_at_the_gate(harness, "early",
-                                                                              lambda: time.sleep(0.6))
+                                                                              lambda _pid: time.sleep(0.6))
     assert outcome is None, outcome  # START did not refuse a container still being created...
     assert took >= 0.3  # ...it was answered once the child, released by the gate, ran its command
     assert pending.result().pid > 0
@@ -975,7 +1004,7 @@ def test_a_start_sent_during_the_set_up_waits_for_it(harness: Harness) -> None:
 
 
 def test_a_start_sent_during_a_failing_set_up_gets_its_error(harness: Harness) -> None:
-    def fail() -> None:
+    def fail(_pid: int | None) -> None:
         time.sleep(0.6)
         raise RuntimeError("cgroup could not be made")
 

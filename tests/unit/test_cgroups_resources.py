@@ -297,11 +297,6 @@ def test_parent_normalized():
     assert normalize_cgroup_parent("/l" * 32) == "/l" * 32
 
 
-def test_systemd_driver_not_implemented():
-    with pytest.raises(CgroupError, match="systemd cgroup driver is not implemented"):
-        CgroupManager(v2_layout(), driver="systemd")
-
-
 def test_container_names_validated():
     manager = CgroupManager(v2_layout())
     assert manager.container_path(POD, "abc123") == f"{POD}/crio-fast-abc123"

@@ -58,14 +58,15 @@ def test_requests_that_need_nothing_more_still_reach_that_monitor(sandboxes) -> 
 
 
 def test_feature_names() -> None:
-    assert wire.feature_names(wire.MONITOR_FEATURES) == ["PLAN_FOLLOWS", "APPARMOR", "LOG_DIR", "USERNS"]
+    assert wire.feature_names(wire.MONITOR_FEATURES) == ["PLAN_FOLLOWS", "APPARMOR", "LOG_DIR", "USERNS", "REPORT_PID"]
     assert wire.feature_names(0) == []
 
 
 
 def test_a_monitor_before_user_namespaces_still_serves_pods_without_one(sandboxes) -> None:
-    # What ContainerManager._create asks of a pod without a user namespace: every bit but USERNS.
-    before = wire.MONITOR_FEATURES & ~wire.MONITOR_FEATURE_USERNS
+    # What ContainerManager._create asks of a pod without a user namespace, under the cgroupfs driver:
+    # every bit but USERNS and REPORT_PID.
+    before = wire.MONITOR_FEATURES & ~wire.MONITOR_FEATURE_USERNS & ~wire.MONITOR_FEATURE_REPORT_PID
     record = pod("old")
     sandboxes._monitors[record.id] = current = _Monitor(before)
     assert sandboxes.monitor(record, needs=before) is current

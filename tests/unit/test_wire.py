@@ -58,7 +58,7 @@ def _enums(source: str) -> dict[str | None, dict[str, int]]:
 def _numeric_defines(source: str) -> dict[str, int]:
     defines = {}
     definition = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([^\n]+)$", re.M)
-    for name, expression in definition.findall(_without_comments(source)):
+    for name, expression in definition.findall(_without_comments(source).replace("\\\n", " ")):
         try:
             defines[name] = _evaluate(expression, defines)
         except ValueError:

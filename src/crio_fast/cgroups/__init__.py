@@ -1,7 +1,8 @@
-"""cgroups v1 and v2 with the cgroupfs driver (the systemd driver comes later).
+"""cgroups v1 and v2, with the cgroupfs driver or the systemd driver (cgroup v2).
 
 ``discover_layout`` describes where each controller lives on this host,
-``CgroupManager`` creates, limits and removes pod and container cgroups, and
+``CgroupManager`` creates, limits and removes pod and container cgroups
+(``SystemdCgroupManager`` as systemd units; ``make_cgroup_manager`` picks), and
 ``plan_writes`` maps CRI resources onto control-file writes, which the native
 ``write_files`` applies with the GIL released.
 """
@@ -18,6 +19,7 @@ from crio_fast.cgroups.manager import (
     parse_oom_kill_count,
 )
 from crio_fast.cgroups.resources import Resources, plan_writes, shares_to_weight
+from crio_fast.cgroups.systemd_driver import SystemdCgroupManager, make_cgroup_manager
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -34,8 +36,10 @@ __all__ = [
     "CgroupWriteError",
     "Hierarchy",
     "Resources",
+    "SystemdCgroupManager",
     "build_layout",
     "discover_layout",
+    "make_cgroup_manager",
     "normalize_cgroup_parent",
     "parse_oom_kill_count",
     "plan_writes",

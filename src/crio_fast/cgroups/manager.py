@@ -129,14 +129,20 @@ def _check_name(kind: str, name: str) -> None:
 
 
 class CgroupManager:
-    """Creates, limits and removes pod and container cgroups with the cgroupfs driver."""
+    """Creates, limits and removes pod and container cgroups with the cgroupfs driver.
 
-    def __init__(self, layout: CgroupLayout | None = None, driver: str = CGROUPFS_DRIVER) -> None:
-        if driver == SYSTEMD_DRIVER:
-            raise CgroupError('the systemd cgroup driver is not implemented yet; set cgroup_manager = "cgroupfs"')
-        if driver != CGROUPFS_DRIVER:
-            raise CgroupValidationError(f'unknown cgroup driver {driver!r}; expected "cgroupfs" or "systemd"')
-        self.driver = driver
+    The systemd driver (cgroups/systemd_driver.py) keeps the paths and the control files of this
+    class and has systemd make and remove the cgroups as units."""
+
+    driver = CGROUPFS_DRIVER
+    # Whether a container's cgroup is made around its process (the caller passes its pid), or
+    # before it and joined by it.
+    needs_pid = False
+    # Whether runc and crun make a container's cgroup themselves (told where by oci_cgroups_path);
+    # else the daemon makes it and the runtime joins it.
+    oci_runtime_makes_cgroup = False
+
+    def __init__(self, layout: CgroupLayout | None = None) -> None:
         self.layout = layout if layout is not None else discover_layout()
         self._hierarchies: list[Hierarchy] = [
             h for h in self.layout.hierarchies if h.version == 2 or h.controllers or h.name == SYSTEMD_HIERARCHY
@@ -174,9 +180,47 @@ class CgroupManager:
         )
 
     def container_path(self, parent: CgroupPaths | str, container_id: str) -> str:
+        """The cgroup path of a container of the pod whose cgroup is ``parent`` (a path)."""
         _check_name("container id", container_id)
         parent_path = parent.path if isinstance(parent, CgroupPaths) else normalize_cgroup_parent(parent, self.driver)
         return f"{parent_path}/{CONTAINER_PREFIX}{container_id}"
+
+    def made_by_us(self, name: str) -> bool:
+        """Whether a cgroup named ``name`` inside a pod's cgroup is one crio-fast makes there (a
+        container's, a monitor's), as opposed to the kubelet's or another runtime's."""
+        return name == MONITOR_CGROUP_NAME or name.startswith(CONTAINER_PREFIX)
+
+    def default_pod_path(self, pod_id: str) -> str:
+        """The pod cgroup of a pod whose config names no cgroup_parent."""
+        return f"{DEFAULT_POD_PARENT}/pod-{pod_id}"
+
+    def pod_path_of_monitor(self, monitor_path: str, pod_id: str) -> str | None:
+        """The pod cgroup a pod's monitor in cgroup ``monitor_path`` belongs to, when that says."""
+        return os.path.dirname(monitor_path) if monitor_path.endswith("/" + MONITOR_CGROUP_NAME) else None
+
+    def check_cgroup_parent(self, cgroup_parent: str) -> None:
+        """CgroupValidationError, with the fix, for a CRI cgroup_parent this driver cannot take."""
+        normalize_cgroup_parent(cgroup_parent, self.driver)
+
+    def release_default_parent(self) -> None:
+        """At daemon shutdown: remove the parent of the pods without a cgroup_parent if it is empty.
+        Other daemons on the node may share it: one still in use stays."""
+        for directory in self.paths(DEFAULT_POD_PARENT).hierarchy_dirs.values():
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # still used by a pod (ours or another daemon's), or never made
+
+    def close(self) -> None:
+        """Release what the driver holds (the systemd driver's bus connection)."""
+
+    def oci_cgroups_path(self, container: CgroupPaths, container_id: str) -> str:
+        """The ``cgroupsPath`` an OCI runtime is given for a container: the cgroup the daemon made."""
+        return container.path
+
+    def oci_global_args(self) -> list[str]:
+        """Options an OCI runtime needs before its command under this driver."""
+        return []
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -189,7 +233,7 @@ class CgroupManager:
         if cgroup_parent.strip("/"):
             path = normalize_cgroup_parent(cgroup_parent, self.driver)
         else:
-            path = f"{DEFAULT_POD_PARENT}/pod-{pod_id}"
+            path = self.default_pod_path(pod_id)
         return self.paths(path)
 
     def pod_cgroup(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
@@ -218,8 +262,10 @@ class CgroupManager:
         the cgroup at ``paths`` (CgroupValidationError for one the host cannot apply)."""
         return plan_writes(self.layout, paths.dirs, resources) if resources is not None else []
 
-    def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]]) -> CgroupPaths:
-        """container_cgroup's second half: mkdir in every hierarchy, then the writes."""
+    def make_container_cgroup(self, paths: CgroupPaths, writes: list[tuple[str, str]],
+                              pid: int | None = None) -> CgroupPaths:
+        """container_cgroup's second half: mkdir in every hierarchy, then the writes. ``pid``, the
+        container's process, is for drivers that need one (``needs_pid``); it joins by itself here."""
         [paths.created] = self._create([paths], enable_for_children=False, under_pod=True)
         try:
             self._write(writes)
@@ -229,16 +275,16 @@ class CgroupManager:
             raise
         return paths
 
-    def monitor_cgroup_paths(self, pod: CgroupPaths) -> CgroupPaths:
+    def monitor_cgroup_paths(self, pod: CgroupPaths, pod_id: str) -> CgroupPaths:
         """A leaf under the pod for its monitor process (v2 allows no process in the pod cgroup itself)."""
         return self.paths(f"{pod.path}/{MONITOR_CGROUP_NAME}")
 
-    def monitor_cgroup(self, pod: CgroupPaths) -> CgroupPaths:
-        paths = self.monitor_cgroup_paths(pod)
+    def monitor_cgroup(self, pod: CgroupPaths, pod_id: str) -> CgroupPaths:
+        paths = self.monitor_cgroup_paths(pod, pod_id)
         [paths.created] = self._create([paths], enable_for_children=False)
         return paths
 
-    def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths) -> None:
+    def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths, pid: int | None = None) -> None:
         """The pod cgroup, then the monitor's leaf in it, in one pass over the hierarchies.
 
         Both on the start-up path: per hierarchy the cpuset values are read
@@ -249,6 +295,10 @@ class CgroupManager:
         if os.path.dirname(monitor.path) != pod.path:
             raise ValueError(f"{monitor.path} is not a child of {pod.path}")
         pod.created, monitor.created = self._create([pod, monitor], enable_for_children=False, pod_first=True)
+
+    def remove_monitor_cgroup(self, pod: CgroupPaths, pod_id: str) -> None:
+        """Remove the cgroup of a pod's monitor once it has exited (idempotent)."""
+        self.remove(self.monitor_cgroup_paths(pod, pod_id))
 
     def update(self, cgroup: CgroupPaths, resources: Resources) -> None:
         """Apply new limits to a live cgroup (UpdateContainerResources)."""
@@ -266,7 +316,11 @@ class CgroupManager:
             if content is None:
                 raise CgroupError(f"cannot update {cgroup.path}: {limit_file} does not exist (cgroup removed?)")
             current_memory_limit = int(content)
-        self._write(plan_writes(self.layout, cgroup.dirs, resources, current_memory_limit))
+        self.apply_writes(cgroup, plan_writes(self.layout, cgroup.dirs, resources, current_memory_limit))
+
+    def apply_writes(self, cgroup: CgroupPaths, writes: list[tuple[str, str]]) -> None:
+        """Write limits (``limit_writes``, ``update``) into a cgroup that exists."""
+        self._write(writes)
 
     def restrict_devices(self, cgroup: CgroupPaths, allow_rules: list[str]) -> bool:
         """Attach the eBPF device filter (deny all, then ``allow_rules`` in v1 syntax) to the cgroup's

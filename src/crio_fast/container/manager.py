@@ -36,7 +36,7 @@ from crio_fast.logs import prepare_log_file
 from crio_fast.runtime.call_end import CallEnd
 from crio_fast.runtime.monitor import MonitorError
 from crio_fast.runtime.plan import ExecPlan, LaunchPlan, Overlay, encode_rootfs
-from crio_fast.runtime.wire import MONITOR_FEATURE_USERNS, MONITOR_FEATURES
+from crio_fast.runtime.wire import MONITOR_FEATURE_REPORT_PID, MONITOR_FEATURE_USERNS, MONITOR_FEATURES
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.state.records import (
@@ -161,10 +161,15 @@ class ContainerManager:
         handler = self._oci_handler(pod.id)
         external_runtime = handler is not None
         userns = pod_user_namespace(pod_config)
-        # USERNS only where the plan joins a user namespace: a monitor of the build before (which knows no
-        # user namespaces, so its pod has none) still takes every other pod's containers.
-        monitor = self.sandboxes.monitor(
-            pod, needs=MONITOR_FEATURES if userns is not None else MONITOR_FEATURES & ~MONITOR_FEATURE_USERNS)
+        # USERNS only where the plan joins a user namespace, REPORT_PID only under the systemd driver: a
+        # monitor of an earlier build (its pod has no user namespace, its node the cgroupfs driver) still
+        # takes every other pod's containers.
+        needs = MONITOR_FEATURES & ~MONITOR_FEATURE_USERNS & ~MONITOR_FEATURE_REPORT_PID
+        if userns is not None:
+            needs |= MONITOR_FEATURE_USERNS
+        if self.cgroups.needs_pid or self.cgroups.oci_global_args():
+            needs |= MONITOR_FEATURE_REPORT_PID
+        monitor = self.sandboxes.monitor(pod, needs=needs)
         # Before the monitor clones a native child on the head: the child's copy of the host's mounts has them.
         volumes = self.image_claims.mount_volumes(record, config, volume_images)
         # CONTAINER: its own pid namespace; POD: the pod's; TARGET: another container's; NODE: none.
@@ -175,7 +180,8 @@ class ContainerManager:
         # Natively, the child makes the writable layer while the rest is decided here.
         head = translate.launch_head(config, pid_namespace, cg, layout_v2,
                                      () if external_runtime else self.files.writable_layer_dirs(record.id),
-                                     user_namespace=user_namespace)
+                                     user_namespace=user_namespace,
+                                     report_pid=self.cgroups.needs_pid and not external_runtime)
         log_file = prepare_log_file(pod.log_directory, config.log_path)
         if log_file is not None:
             record.log_path = log_file.path
@@ -198,15 +204,26 @@ class ContainerManager:
         try:
             if handler is not None:
                 checked = check()
-                self._make_cgroup(checked.cgroup)  # the runtime's create joins it
+                runtime_makes_cgroup = self.cgroups.oci_runtime_makes_cgroup
+                if not runtime_makes_cgroup:
+                    self._make_cgroup(checked.cgroup)  # the runtime's create joins it
                 record.bundle = str(self.files.bundle(record.id))
                 plan = whole_plan(checked, translate.mapped_rootfs(
                     self.files.rootfs_overlay(record.id, image.record.id, layer_dirs, bundle=True), userns))
                 plan, oci_call = oci.prepare_bundle(
-                    plan, Path(record.bundle), handler, cgroups_path=record.cgroup_path, pod_namespaces=pod.ns_paths,
-                    privileged=sc.privileged, seccomp=checked.seccomp,
-                    device_rules=[d.cgroup_rule() for d in checked.devices], userns=userns)
+                    plan, Path(record.bundle), handler, cgroups_path=self.cgroups.oci_cgroups_path(cg, record.id),
+                    pod_namespaces=pod.ns_paths, privileged=sc.privileged, seccomp=checked.seccomp,
+                    device_rules=[d.cgroup_rule() for d in checked.devices], userns=userns,
+                    global_args=self.cgroups.oci_global_args())
                 pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call, log_dir=log_dir)
+                if runtime_makes_cgroup:
+                    # Its cgroup exists once create has returned, the command not yet started: the
+                    # limits go in then (the spec carries only the devices).
+                    pending.result()
+                    try:
+                        self.cgroups.apply_writes(cg, checked.cgroup.writes)
+                    except CgroupError as exc:
+                        raise InvalidArgument(f"container cgroup: {exc}") from exc
             else:
                 # The monitor clones the child on the head while the rest is decided here; the cgroup is
                 # made while the child mounts the rootfs (on the other CPU), and the child joins it
@@ -226,9 +243,9 @@ class ContainerManager:
                     checked = check()
                     yield whole_plan(checked, overlay).encode_rest()
 
-                def make_cgroup() -> None:  # after the whole rest is out, so after the checks
+                def make_cgroup(child_pid: int | None) -> None:  # after the whole rest is out, so after the checks
                     assert checked is not None
-                    self._make_cgroup(checked.cgroup)
+                    self._make_cgroup(checked.cgroup, child_pid)
                     crash_point("createctr", 4)
 
                 pending = monitor.begin_create(record.id, head, log_path, rest=rest_in_chunks, meanwhile=make_cgroup,
@@ -250,9 +267,9 @@ class ContainerManager:
         seccomp = launch.plan.seccomp
         record.process = {**launch.process, "seccomp_digest": self.state.seccomp.add(seccomp) if seccomp else None}
 
-    def _make_cgroup(self, step: translate.CgroupStep) -> None:
+    def _make_cgroup(self, step: translate.CgroupStep, pid: int | None = None) -> None:
         try:
-            self.cgroups.make_container_cgroup(step.paths, step.writes)
+            self.cgroups.make_container_cgroup(step.paths, step.writes, pid)
         except CgroupError as exc:
             raise InvalidArgument(f"container cgroup: {exc}") from exc
         if step.v1_devices_dir is not None:

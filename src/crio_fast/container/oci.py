@@ -298,7 +298,8 @@ _CLONE_NEWNET = 0x40000000
 def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, cgroups_path: str,
                    pod_namespaces: dict[str, str], privileged: bool, seccomp: str | None,
                    device_rules: list[str],
-                   userns: PodUserNamespace | None = None) -> tuple[LaunchPlan, OciRuntimeCall]:
+                   userns: PodUserNamespace | None = None,
+                   global_args: Sequence[str] = ()) -> tuple[LaunchPlan, OciRuntimeCall]:
     """For a container of an OCI runtime: its rootfs mounted on the host (over ID-mapped layers in a pod with
     a user namespace), its network sysctls written into the pod's namespace, config.json written; the plan
     the monitor runs it with, and the runtime call."""
@@ -318,7 +319,7 @@ def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, c
     # one started by a crio-fast without AppArmor would refuse the field.
     plan = dataclasses.replace(plan, apparmor_profile=None)
     return plan, OciRuntimeCall(runtime_path=handler.runtime_path, root=handler.runtime_root, bundle=str(bundle),
-                                hide_cgroup2_mount=handler.hide_cgroup2_mount)
+                                hide_cgroup2_mount=handler.hide_cgroup2_mount, global_args=tuple(global_args))
 
 
 def apply_network_sysctls(sysctls: dict[str, str], pod_namespaces: dict[str, str]) -> None:

@@ -265,7 +265,8 @@ def check_request(config: pb.ContainerConfig, image_config: dict[str, Any], pod_
 
 
 def launch_head(config: pb.ContainerConfig, pid_namespace: Namespace | None, cg: CgroupPaths, layout_v2: bool,
-                host_dirs: Sequence[str] = (), user_namespace: Namespace | None = None) -> LaunchHead:
+                host_dirs: Sequence[str] = (), user_namespace: Namespace | None = None,
+                report_pid: bool = False) -> LaunchHead:
     """What the monitor needs to clone the container's child: its namespaces, stdio and cgroup.
     ``host_dirs``: directories the child makes (the writable layer's) while the rest is decided.
     ``user_namespace``: the pod's, which the child joins last, right before its credentials."""
@@ -284,6 +285,7 @@ def launch_head(config: pb.ContainerConfig, pid_namespace: Namespace | None, cg:
         stdin=config.stdin,
         tty=config.tty,
         host_dirs=list(host_dirs),
+        report_pid=report_pid,
     )
 
 

@@ -46,6 +46,9 @@ class OciRuntimeCall:
     root: str  # its --root state directory
     bundle: str  # the directory holding config.json
     hide_cgroup2_mount: bool = False  # run it with /sys/fs/cgroup/unified unmounted (crun on hybrid hosts)
+    # Options before its command (--systemd-cgroup). Its later commands (exec, delete) find what
+    # they set in the runtime's own state.
+    global_args: tuple[str, ...] = ()
 
 
 SOCKET_NAME = "monitor.sock"
@@ -241,7 +244,7 @@ class PodMonitor:
     # ------------------------------------------------------------- requests
 
     def create(self, container_id: str, plan: LaunchPlan, log_path: str,
-               oci: OciRuntimeCall | None = None, meanwhile: Callable[[], None] | None = None,
+               oci: OciRuntimeCall | None = None, meanwhile: Callable[[int | None], None] | None = None,
                log_dir: str | None = None) -> CreateResult:
         """CREATE a container; with ``oci`` the monitor runs ``RUNTIME create`` on the bundle instead of
         carrying out the plan itself (it then uses only the plan's stdio, log and cgroup fields).
@@ -249,7 +252,8 @@ class PodMonitor:
         ``meanwhile`` (native plans only) runs once the request is sent, while the monitor's child
         clones, joins the pod's namespaces and mounts the rootfs; the child joins the plan's cgroups
         only after it returns (a pipe passed with the request is the gate), so that is where the
-        daemon makes them. If it raises, the child gives up, the reply is awaited and the exception
+        daemon makes them. It is given the child's pid when the plan's head asks the child to report
+        it (``report_pid``: the gate is then a unix socket), else None. If it raises, the child gives up, the reply is awaited and the exception
         propagates. With ``log_dir``, ``log_path`` is relative to it and the monitor opens the file
         beneath it (openat2 RESOLVE_BENEATH), at CREATE and at every reopen_log.
         """
@@ -257,7 +261,7 @@ class PodMonitor:
 
     def begin_create(self, container_id: str, plan: LaunchPlan | LaunchHead, log_path: str,
                      oci: OciRuntimeCall | None = None,
-                     meanwhile: Callable[[], None] | None = None,
+                     meanwhile: Callable[[int | None], None] | None = None,
                      rest: Callable[[], Iterable[bytes]] | None = None,
                      log_dir: str | None = None) -> "PendingCreate":
         """``create`` without waiting for the reply: the request goes out on a connection of its own,
@@ -283,7 +287,16 @@ class PodMonitor:
         if meanwhile is None:
             sock, request_id, _ = self._send(wire.REQUEST_CREATE, w)
             return PendingCreate(self, sock, request_id)
-        gate_read, gate_write = os.pipe()
+        report_pid = getattr(plan, "report_pid", False)
+        if report_pid:
+            gate_write, gate_read = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+            # Set before the child can write: the kernel attaches the sender's credentials then.
+            with socket.socket(fileno=os.dup(gate_write)) as own_end:
+                own_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            for fd in (gate_write, gate_read):
+                os.set_inheritable(fd, False)
+        else:
+            gate_read, gate_write = os.pipe()
         try:
             sock, request_id, _ = self._send(wire.REQUEST_CREATE, w, fd=gate_read)
         except BaseException:
@@ -292,7 +305,7 @@ class PodMonitor:
         finally:
             os.close(gate_read)  # the monitor has its copy now (or the request never went out)
         pending = PendingCreate(self, sock, request_id)
-        failure = run_then_open_gate(meanwhile, gate_write, rest)
+        failure = run_then_open_gate(meanwhile, gate_write, rest, child_pid=receive_pid if report_pid else None)
         if failure is not None:
             with contextlib.suppress(MonitorError):  # the child's "gave up" only follows from it
                 pending.result()
@@ -312,6 +325,10 @@ class PodMonitor:
             w.string(wire.FIELD_OCI_BUNDLE, oci.bundle)
             if oci.hide_cgroup2_mount:
                 w.boolean(wire.FIELD_OCI_HIDE_CGROUP2, True)
+            if len(oci.global_args) > wire.OCI_GLOBAL_ARGS_MAX:
+                raise ValueError(f"more than {wire.OCI_GLOBAL_ARGS_MAX} runtime options: {oci.global_args}")
+            for arg in oci.global_args:
+                w.string(wire.FIELD_OCI_GLOBAL_ARG, arg)
         return w
 
     def start(self, container_id: str) -> None:
@@ -499,12 +516,14 @@ def _create_result(reply: dict[int, list[bytes]]) -> CreateResult:
                         warnings=[wire.decode_string(v) for v in reply.get(wire.FIELD_WARNING, [])])
 
 
-def run_then_open_gate(step: Callable[[], None], gate_write: int,
-                        rest: Callable[[], Iterable[bytes]] | None = None) -> BaseException | None:
+def run_then_open_gate(step: Callable[[int | None], None], gate_write: int,
+                       rest: Callable[[], Iterable[bytes]] | None = None,
+                       child_pid: Callable[[int], int] | int | None = None) -> BaseException | None:
     """Send the rest of the plan when there is one (each chunk as its length, u32 little endian, and
     its bytes; a length of 0 ends it), run ``step``, then write the gate's one byte; close the gate
     either way (unwritten: EOF, and the waiting monitor or child gives up and undoes its set-up).
-    Returns what ``rest`` or ``step`` raised."""
+    ``step`` is given the pid of the process that waits at the gate: ``child_pid`` itself, or what
+    it reads from the gate (``receive_pid``), or None. Returns what ``rest`` or ``step`` raised."""
     try:
         if rest is not None:
             child_gone = False  # it closed its end: its reply says why
@@ -513,13 +532,32 @@ def run_then_open_gate(step: Callable[[], None], gate_write: int,
                     child_gone = not _write_to_child(gate_write, wire.encode_plan_chunk(chunk))
             if not child_gone:
                 _write_to_child(gate_write, wire.END_OF_PLAN_CHUNKS)
-        step()
+        step(child_pid(gate_write) if callable(child_pid) else child_pid)
         _write_to_child(gate_write, b"1")
     except BaseException as exc:
         return exc
     finally:
         os.close(gate_write)
     return None
+
+
+# How long a child may take from its clone to its first act (reporting its pid).
+REPORT_PID_TIMEOUT_SECONDS = 10.0
+
+
+def receive_pid(gate: int, timeout: float = REPORT_PID_TIMEOUT_SECONDS) -> int:
+    """The pid of the child that wrote its byte to the gate (PLAN_REPORT_PID), from the credentials
+    the kernel attached to it, in this process's pid namespace."""
+    with socket.socket(fileno=os.dup(gate)) as sock:
+        if not fdwait.wait_readable(gate, timeout):
+            raise MonitorError(f"the container's process did not report its pid within {timeout:g}s",
+                               errno.ETIMEDOUT)
+        data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("3i")))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data:
+            pid, _, _ = struct.unpack("3i", payload[:struct.calcsize("3i")])
+            return pid
+    raise MonitorError("the container's process gave up before reporting its pid", errno.ECANCELED)
 
 
 def _write_to_child(fd: int, data: bytes) -> bool:

@@ -405,6 +405,9 @@ class LaunchHead:
     # Host directories the child makes (0755, in order) while the rest is on its way: the writable
     # layer, whose creation on the node's disk would otherwise hold the rest back.
     host_dirs: Sequence[str] = ()
+    # The child reports its pid through the gate before anything else (a cgroup driver that makes
+    # the container's cgroup around its process: systemd's scopes).
+    report_pid: bool = False
 
     def encode(self) -> bytes:
         w = TLVWriter()
@@ -421,6 +424,8 @@ class LaunchHead:
             w.boolean(wire.PLAN_TTY, True)
         if self.log_line_max is not None:
             w.u32(wire.PLAN_LOG_LINE_MAX, self.log_line_max)
+        if self.report_pid:
+            w.boolean(wire.PLAN_REPORT_PID, True)
         return w.getvalue()
 
 

@@ -83,14 +83,16 @@ class PodMonitorSpec:
 
 
 def spawn_monitor(monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0,
-                  meanwhile: Callable[[], None] | None = None,
+                  meanwhile: Callable[[int], None] | None = None,
                   after_gate: Callable[[], None] | None = None) -> PodMonitor:
     """Start a pod monitor and wait until it is ready (namespaces anchored, socket listening).
 
     ``meanwhile`` runs while the monitor makes the pod's namespaces, and
     the monitor joins ``spec.cgroup_procs`` only once it has returned: the
     daemon makes the cgroups there, on the other CPU, instead of before
-    the spawn. If it raises, the monitor is told to give up (it undoes its
+    the spawn. It is given the pid of the spawned process, which joins the
+    cgroups and forks the monitor (a driver that makes a cgroup around a
+    process places this one). If it raises, the monitor is told to give up (it undoes its
     set-up) and the exception propagates. ``after_gate`` (with
     ``meanwhile`` only) runs once the monitor may go on, while it joins
     its cgroups and forks: for work the monitor does not need. If it
@@ -140,7 +142,8 @@ def spawn_monitor(monitor_path: str, spec: PodMonitorSpec, timeout: float = 10.0
                 os.close(fd)
     meanwhile_error: BaseException | None = None
     if meanwhile is not None:
-        meanwhile_error = run_then_open_gate(meanwhile, gate_write)
+        # Given the spawned process: it joins the cgroups after the gate, then forks the monitor there.
+        meanwhile_error = run_then_open_gate(meanwhile, gate_write, child_pid=child)
         if meanwhile_error is None and after_gate is not None:
             try:
                 after_gate()

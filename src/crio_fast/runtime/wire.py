@@ -196,6 +196,8 @@ FIELD_TTY = 25  # u32 bool; ATTACH reply: the container has a terminal
 FIELD_PLAN_FOLLOWS = 26  # u32 bool; CREATE: the plan is its head, the rest follows through the gate
 FIELD_FEATURES = 27  # u32, PING reply: MONITOR_FEATURE_ bits
 FIELD_LOG_DIR = 28  # string; CREATE: the log path is relative to it and opened beneath it
+FIELD_OCI_GLOBAL_ARG = 29  # string, repeated; oci CREATE: an option of the runtime's, before its command
+OCI_GLOBAL_ARGS_MAX = 4
 
 # What a monitor can do beyond protocol 1 (FIELD_FEATURES). A monitor outlives the daemon that
 # started it; a change to what a monitor must understand adds a bit here, and the daemon refuses
@@ -205,9 +207,10 @@ MONITOR_FEATURE_APPARMOR = 2  # plans may carry PLAN_APPARMOR_PROFILE
 MONITOR_FEATURE_LOG_DIR = 4  # CREATE may carry FIELD_LOG_DIR
 # Plans may join the pod's user namespace and ID-map the overlay's lower layers and binds with it.
 MONITOR_FEATURE_USERNS = 8
+MONITOR_FEATURE_REPORT_PID = 16  # plans may carry PLAN_REPORT_PID
 # Every bit: what this build's monitor reports, and what this daemon's CREATE relies on.
 MONITOR_FEATURES = (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR
-                    | MONITOR_FEATURE_USERNS)
+                    | MONITOR_FEATURE_USERNS | MONITOR_FEATURE_REPORT_PID)
 
 
 def feature_names(bits: int) -> list[str]:
@@ -287,6 +290,7 @@ PLAN_UMASK = 34
 PLAN_HOST_DIR = 35  # string, repeated: a host directory the child makes (0755) once cloned
 PLAN_APPARMOR_PROFILE = 36  # string: the profile that confines the command from its execve
 PLAN_TTY_SIZE = 37  # u32: columns | rows << 16, the terminal's size before the command runs
+PLAN_REPORT_PID = 38  # u32 bool, head: the child writes one byte to the gate; its credentials carry its pid
 
 # Tags inside the nested plan fields.
 NS_TYPE = 1

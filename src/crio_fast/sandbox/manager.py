@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager, CgroupPaths
-from crio_fast.cgroups.manager import DEFAULT_POD_PARENT, normalize_cgroup_parent
+from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
 from crio_fast.config import Config
 from crio_fast.crashpoints import crash_point
 from crio_fast.sandbox.sysctls import pod_sysctls
@@ -188,7 +187,7 @@ class SandboxManager:
             raise InvalidArgument(f"hostname {shown(config.hostname)} is not a valid DNS name")
         if config.linux.cgroup_parent.strip("/"):
             try:
-                normalize_cgroup_parent(config.linux.cgroup_parent, self.cgroups.driver)
+                self.cgroups.check_cgroup_parent(config.linux.cgroup_parent)
             except CgroupError as exc:
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
         # Namespaced sysctls are applied in every container of the pod; others are refused here.
@@ -244,7 +243,7 @@ class SandboxManager:
         hostname = config.hostname or (socket.gethostname() if host_net else config.metadata.name[:63])
         if not host_net and not HOSTNAME_RE.match(hostname):
             hostname = re.sub(r"[^a-z0-9-]", "-", hostname.lower()).strip("-")[:63] or "pod"
-        monitor_cg = self.cgroups.monitor_cgroup_paths(pod_cg)
+        monitor_cg = self.cgroups.monitor_cgroup_paths(pod_cg, record.id)
 
         record.namespaces = {
             "net": "host" if host_net else "new",
@@ -273,12 +272,12 @@ class SandboxManager:
             userns_gid_map=userns.gids.line() if userns is not None else None,
         )
 
-        def make_cgroups() -> None:
+        def make_cgroups(spawned_pid: int) -> None:
             # Runs on this CPU while the monitor makes the namespaces on the other; it joins the
             # cgroups made here once this returns.
             crash_point("runpod", 3)
             try:
-                self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg)
+                self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg, spawned_pid)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
                 record.cgroup_parents_made = self._cgroup_parents_made(record, pod_cg)
             except CgroupError as exc:
@@ -402,12 +401,11 @@ class SandboxManager:
         if record.cgroup_path:
             paths = self.cgroups.paths(record.cgroup_path)
             try:
-                if record.cgroup_created:
+                # Not always inside the pod's cgroup (the systemd driver's monitor_cgroup).
+                self.cgroups.remove_monitor_cgroup(paths, record.id)
+                if record.cgroup_created:  # else the kubelet owns it: only what we made in it goes
                     self.cgroups.remove(paths)
                     self.cgroups.remove_parents(record.cgroup_parents_made)
-                else:
-                    # The kubelet owns the pod cgroup: remove only what we made in it.
-                    self.cgroups.remove(self.cgroups.paths(f"{record.cgroup_path}/{MONITOR_CGROUP_NAME}"))
             except CgroupError as exc:
                 log.warning("pod %s: removing cgroup %s: %s", record.id[:12], record.cgroup_path, exc)
         shutil.rmtree(record.pod_dir, ignore_errors=True)
@@ -420,11 +418,7 @@ class SandboxManager:
         0.9 ms. Other daemons on the node may share it; rmdir of a cgroup that still has children
         fails, and a concurrent pod start makes it again.
         """
-        for directory in self.cgroups.paths(DEFAULT_POD_PARENT).hierarchy_dirs.values():
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass  # still used by a pod (ours or another daemon's), or never made
+        self.cgroups.release_default_parent()
 
     # -- List --------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 from crio_fast import _native
 from crio_fast.config import Config
 from crio_fast.errors import FailedPrecondition, InvalidArgument
-from crio_fast.cgroups import CgroupError, CgroupManager
+from crio_fast.cgroups import CgroupError, make_cgroup_manager
 from crio_fast.container import oci, translate
 from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
@@ -110,7 +110,7 @@ class Engine:
             max_parallel_layers=config.image.max_parallel_layer_pulls,
         )
         monitor = config.runtime.monitor_path or str(_native.monitor_path())
-        self.cgroups = CgroupManager(driver=config.runtime.cgroup_manager)
+        self.cgroups = make_cgroup_manager(config.runtime.cgroup_manager, monitor_cgroup=config.runtime.monitor_cgroup)
         self.state = StateStore(config.crio.root)
         self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor)
         self.events = EventBus()
@@ -191,6 +191,7 @@ class Engine:
         self.monitor_watch.close()
         self.containers.reports.abandon_pending()
         self.sandboxes.close()
+        self.cgroups.close()
         await self.images.close()
 
     def publish_container_event(self, record: ContainerRecord, event_type: int) -> None:

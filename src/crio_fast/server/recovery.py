@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.cgroups import MONITOR_CGROUP_NAME, CgroupError, CgroupManager
-from crio_fast.cgroups.manager import CONTAINER_PREFIX, DEFAULT_POD_PARENT
+from crio_fast.cgroups import CgroupError, CgroupManager
 from crio_fast.config import Config
 from crio_fast.container.manager import ContainerManager
 from crio_fast.errors import FailedPrecondition
@@ -234,17 +233,26 @@ class Recovery:
             if name.startswith("."):  # a mount-targets layer a crash cut short before its rename
                 shutil.rmtree(files.mount_targets / name, ignore_errors=True)
 
+    def _pod_cgroup_of_monitor(self, pod_dir: Path) -> str | None:
+        """The pod cgroup of the live monitor of ``pod_dir``, found from the monitor's own cgroup."""
+        for path in _monitor_cgroups(pod_dir):
+            pod_cgroup = self.cgroups.pod_path_of_monitor(path, pod_dir.name)
+            if pod_cgroup is not None:
+                return pod_cgroup
+        return None
+
     def _tear_down_unrecorded_pod(self, pod_dir: Path) -> None:
         log.warning("pod dir %s has no record: tearing the pod down", pod_dir)
-        pod_cgroup = _pod_cgroup_of_monitor(str(pod_dir))
+        pod_cgroup = self._pod_cgroup_of_monitor(pod_dir)
         try:
             stop_pod_processes(str(pod_dir))
             cleanup_pod_dir(str(pod_dir))
         except OSError as exc:
             log.error("pod dir %s: %s", pod_dir, exc)
             return
-        default_path = f"{DEFAULT_POD_PARENT}/pod-{pod_dir.name}"
+        default_path = self.cgroups.default_pod_path(pod_dir.name)
         try:
+            self.cgroups.remove_monitor_cgroup(self.cgroups.paths(pod_cgroup or default_path), pod_dir.name)
             if pod_cgroup is None or pod_cgroup == default_path:
                 self.cgroups.remove(self.cgroups.paths(default_path))
             else:
@@ -252,7 +260,7 @@ class Recovery:
                 names = {name for directory in self.cgroups.paths(pod_cgroup).hierarchy_dirs.values()
                          for name in _listdir(Path(directory))}
                 for name in sorted(names):
-                    if name == MONITOR_CGROUP_NAME or name.startswith(CONTAINER_PREFIX):
+                    if self.cgroups.made_by_us(name):
                         self.cgroups.remove(self.cgroups.paths(f"{pod_cgroup}/{name}"))
         except CgroupError as exc:
             log.error("pod dir %s: removing its cgroups: %s", pod_dir, exc)
@@ -317,18 +325,14 @@ def _unrecorded_container(container_id: str, pod_id: str) -> ContainerRecord:
                            state=CTR_EXITED, created_at=0)
 
 
-def _pod_cgroup_of_monitor(pod_dir: str) -> str | None:
-    """The pod cgroup of the live monitor of ``pod_dir``: its own cgroup's parent."""
+def _monitor_cgroups(pod_dir: Path) -> list[str]:
+    """The cgroup paths of the live monitor of ``pod_dir``, one per hierarchy."""
     try:
         pid = int(Path(pod_dir, "monitor.pid").read_text().strip())
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except (OSError, ValueError):
-        return None
-    for line in lines:
-        path = line.split(":", 2)[-1]
-        if path.endswith("/" + MONITOR_CGROUP_NAME):
-            return os.path.dirname(path)
-    return None
+        return []
+    return [line.split(":", 2)[-1] for line in lines]
 
 
 def _listdir(directory: Path) -> list[str]:

@@ -909,12 +909,15 @@ void oci_runtime_free(struct oci_runtime *oci)
         return;
     free(oci->path);
     free(oci->root);
+    for (size_t i = 0; oci->global_args[i]; i++)
+        free(oci->global_args[i]);
     free(oci);
 }
 
 int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
                          size_t plan_length, const struct log_target *log, const char *runtime, const char *root,
-                         const char *bundle, bool hide_cgroup2, struct buffer *reply)
+                         const char *bundle, bool hide_cgroup2, const char *const *global_args,
+                         struct buffer *reply)
 {
     struct error err = {0};
     struct launch_plan plan;
@@ -933,6 +936,12 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
         goto fail;
     }
     c->oci->hide_cgroup2 = hide_cgroup2;
+    for (size_t i = 0; global_args[i] && i < OCI_GLOBAL_ARGS_MAX; i++) {
+        if (!(c->oci->global_args[i] = strdup(global_args[i]))) {
+            error_errno(&err, ENOMEM, "create container %s", id);
+            goto fail;
+        }
+    }
     if (container_take_plan(c, &plan, false, &err) < 0 || open_log(c, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0)

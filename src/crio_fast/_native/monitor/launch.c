@@ -477,6 +477,23 @@ static int read_plan_chunk(int gate_fd, struct launch_plan *plan, bool *last, st
     return plan_decode_more(data, length, plan, err);
 }
 
+/* Tell the daemon this child's pid: one byte through the gate, whose reader
+ * gets the pid from the kernel (SO_PASSCRED), translated into its own pid
+ * namespace. It makes the container's cgroup around the process before it
+ * opens the gate (the systemd driver's scope). */
+static int report_pid(const struct child_context *context, struct error *err)
+{
+    if (context->cgroup_gate_fd < 0)
+        return error_plain(err, EINVAL, "PLAN_REPORT_PID needs the gate");
+    ssize_t sent;
+    do {
+        sent = send(context->cgroup_gate_fd, "p", 1, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+        return error_errno(err, errno, "report the child's pid through the gate");
+    return 0;
+}
+
 /* The cgroup half of the set-up: limits, joining, and a cgroup namespace
  * rooted there. With a gate, first wait for the daemon to have made the
  * cgroups (one byte; EOF means it gave up). */
@@ -540,6 +557,8 @@ void container_child_main(struct child_context *context)
      * is making them meanwhile; nothing before the first mount under
      * /sys/fs/cgroup (which binds them in) needs them. */
     bool gated = context->cgroup_gate_fd >= 0;
+    if (plan->report_pid && report_pid(context, &err) < 0)
+        child_fail(sync_fd, &err, 1);
     if (!gated && enter_cgroups(context, &err) < 0)
         child_fail(sync_fd, &err, 1);
     if (join_namespaces(context, &err) < 0)

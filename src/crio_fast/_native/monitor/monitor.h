@@ -211,7 +211,12 @@ enum message_field {
     FIELD_FEATURES = 27,     /* u32 bitmask */
     /* CREATE: the directory the log path is relative to and opened beneath (struct log_target). */
     FIELD_LOG_DIR = 28, /* string */
+    /* CREATE of an oci container: an option of the runtime's own, before its command (repeated). */
+    FIELD_OCI_GLOBAL_ARG = 29, /* string */
 };
+
+/* How many FIELD_OCI_GLOBAL_ARG a CREATE may carry. */
+#define OCI_GLOBAL_ARGS_MAX 4
 
 /* What this monitor can do beyond protocol 1 (FIELD_FEATURES of PING). A
  * monitor outlives the daemon that started it: a change to what a monitor
@@ -223,7 +228,10 @@ enum message_field {
 /* Plans may join the pod's user namespace (a NAMESPACE of type user with a path), ID-map the overlay's
  * lower layers (OVERLAY_IDMAP, OVERLAY_UPPER_UID/GID) and binds (MOUNT_FLAG_IDMAP). */
 #define MONITOR_FEATURE_USERNS 8u
-#define MONITOR_FEATURES (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR | MONITOR_FEATURE_USERNS)
+#define MONITOR_FEATURE_REPORT_PID 16u /* plans may carry PLAN_REPORT_PID; an oci CREATE OCI_GLOBAL_ARG */
+#define MONITOR_FEATURES                                                                                    \
+    (MONITOR_FEATURE_PLAN_FOLLOWS | MONITOR_FEATURE_APPARMOR | MONITOR_FEATURE_LOG_DIR | MONITOR_FEATURE_USERNS | \
+     MONITOR_FEATURE_REPORT_PID)
 
 /* Packets of an attach stream: one byte kind, then the payload. The stream
  * numbers match the Kubernetes streaming channels (0 stdin, 1 stdout, ...). */
@@ -276,6 +284,9 @@ enum plan_field {
     PLAN_HOST_DIR = 35, /* string, repeated: a host directory the child makes (0755) once cloned */
     PLAN_APPARMOR_PROFILE = 36, /* string: the AppArmor profile the command is confined by from its execve */
     PLAN_TTY_SIZE = 37,         /* u32: columns | rows << 16, the terminal's size before the command runs */
+    /* u32 bool, head: the child's first act is to write one byte to the gate, a unix socket whose
+     * reader takes the child's pid from the byte's credentials (a cgroup made around the process). */
+    PLAN_REPORT_PID = 38,
 };
 
 enum { NS_TYPE = 1, NS_PATH = 2 };
@@ -416,6 +427,7 @@ struct launch_plan {
     bool stdin_wanted;
     bool tty;
     uint32_t tty_size; /* PLAN_TTY_SIZE; 0: none given */
+    bool report_pid;   /* PLAN_REPORT_PID */
     uint32_t log_line_max;
     uint32_t target_pid;
     bool has_umask;

@@ -256,12 +256,14 @@ static int wait_runtime(pid_t pid, int pidfd, int timeout_ms, int *status, struc
 int oci_run(const struct oci_runtime *oci, const char *const *args, int stdin_fd, int stdout_fd, int stderr_fd,
             int error_fd, int console_fd, struct error *err)
 {
-    /* argv: RUNTIME --root ROOT ARGS... */
-    const char *argv[16];
+    /* argv: RUNTIME --root ROOT GLOBAL_ARGS... ARGS... */
+    const char *argv[16 + OCI_GLOBAL_ARGS_MAX];
     size_t argc = 0;
     argv[argc++] = oci->path;
     argv[argc++] = "--root";
     argv[argc++] = oci->root;
+    for (size_t i = 0; oci->global_args[i]; i++)
+        argv[argc++] = oci->global_args[i];
     for (size_t i = 0; args[i]; i++) {
         if (argc + 1 >= sizeof(argv) / sizeof(argv[0]))
             return error_plain(err, E2BIG, "too many runtime arguments");

@@ -376,6 +376,7 @@ static int decode_top_field(const struct tlv_field *field, struct launch_plan *p
     case PLAN_STDIN: return tlv_bool(field, &plan->stdin_wanted, err);
     case PLAN_TTY: return tlv_bool(field, &plan->tty, err);
     case PLAN_TTY_SIZE: return tlv_u32(field, &plan->tty_size, err);
+    case PLAN_REPORT_PID: return tlv_bool(field, &plan->report_pid, err);
     case PLAN_LOG_LINE_MAX:
         if (tlv_u32(field, &plan->log_line_max, err) < 0)
             return -1;

@@ -150,6 +150,8 @@ struct request {
     const char *oci_root;
     const char *oci_bundle;
     bool oci_hide_cgroup2;
+    const char *oci_global_args[OCI_GLOBAL_ARGS_MAX + 1]; /* NULL-terminated */
+    size_t oci_global_arg_count;
     bool stdin;
     bool plan_follows;
     /* A descriptor passed with the request (SCM_RIGHTS), -1 if none; the
@@ -181,6 +183,11 @@ static int parse_request(const uint8_t *data, size_t length, struct request *req
         case FIELD_OCI_ROOT: rc = tlv_string(&field, &request->oci_root, err); break;
         case FIELD_OCI_BUNDLE: rc = tlv_string(&field, &request->oci_bundle, err); break;
         case FIELD_OCI_HIDE_CGROUP2: rc = tlv_bool(&field, &request->oci_hide_cgroup2, err); break;
+        case FIELD_OCI_GLOBAL_ARG:
+            if (request->oci_global_arg_count == OCI_GLOBAL_ARGS_MAX)
+                return error_plain(err, E2BIG, "more than %d runtime options", OCI_GLOBAL_ARGS_MAX);
+            rc = tlv_string(&field, &request->oci_global_args[request->oci_global_arg_count++], err);
+            break;
         case FIELD_STDIN: rc = tlv_bool(&field, &request->stdin, err); break;
         case FIELD_PLAN_FOLLOWS: rc = tlv_bool(&field, &request->plan_follows, err); break;
         default: return error_plain(err, EINVAL, "unknown request field %u", field.tag);
@@ -240,7 +247,8 @@ static int dispatch(struct monitor *monitor, struct connection *connection, stru
             }
             return container_create_oci(monitor, request->id, request->container_id, request->plan,
                                         request->plan_length, &log, request->oci_runtime,
-                                        request->oci_root, request->oci_bundle, request->oci_hide_cgroup2, reply);
+                                        request->oci_root, request->oci_bundle, request->oci_hide_cgroup2,
+                                        request->oci_global_args, reply);
         }
         /* A passed fd is the cgroup gate: the daemon makes the container's
          * cgroup while the child sets up, and says go on it. With

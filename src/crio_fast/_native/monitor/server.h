@@ -45,6 +45,7 @@ struct oci_runtime {
     char *path;        /* the runtime binary */
     char *root;        /* its --root state directory */
     bool hide_cgroup2; /* run it where /sys/fs/cgroup/unified is unmounted */
+    char *global_args[OCI_GLOBAL_ARGS_MAX + 1]; /* before its command, NULL-terminated */
 };
 
 struct container {
@@ -181,7 +182,8 @@ void container_free(struct container *container);
 /* CREATE of an oci container: always answered at once (0). */
 int container_create_oci(struct monitor *monitor, uint32_t request_id, const char *id, const uint8_t *plan_data,
                          size_t plan_length, const struct log_target *log, const char *runtime, const char *root,
-                         const char *bundle, bool hide_cgroup2, struct buffer *reply);
+                         const char *bundle, bool hide_cgroup2, const char *const *global_args,
+                         struct buffer *reply);
 
 /* oci.c: run `RUNTIME --root ROOT ARGS...` and wait for it. stdio as given;
  * stderr_fd < 0 captures stderr itself; on failure the error text is read
