@@ -414,11 +414,34 @@ def check_service(state: UnitState | None) -> Finding:
     return Finding(Status.OK, part, detail)
 
 
+def check_cgroup_driver(config: Config) -> Finding:
+    """Whether the configured cgroup driver can work here; under systemd, a D-Bus round trip to it."""
+    from crio_fast.cgroups import CgroupError, make_cgroup_manager
+
+    driver = config.runtime.cgroup_manager
+    part = "cgroup driver"
+    try:
+        manager = make_cgroup_manager(driver, monitor_cgroup=config.runtime.monitor_cgroup)
+    except CgroupError as exc:
+        return Finding(Status.MISSING, part, f"{driver}: {exc}", "match cgroup_manager to the node and the kubelet")
+    try:
+        if driver == "systemd":
+            try:
+                manager.bus.unit_loaded("-.slice")
+            except CgroupError as exc:
+                return Finding(Status.MISSING, part, f"systemd: {exc}", "install and start dbus")
+            return Finding(Status.OK, part, "systemd (pods as slices, containers as scopes, through D-Bus)")
+        return Finding(Status.OK, part, "cgroupfs (the kubelet's cgroupDriver must be cgroupfs too)")
+    finally:
+        manager.close()
+
+
 def run_checks(config: Config) -> list[Finding]:
     """Every finding for this node under ``config``, in a stable order."""
     findings = [check_privileges(), check_overlayfs()]
     findings += check_namespaces()
     findings += check_cgroups()
+    findings.append(check_cgroup_driver(config))
     findings.append(check_monitor(config))
     findings.append(check_overlay_lower_dirs(config))
     findings.append(check_idmapped_overlay(config))

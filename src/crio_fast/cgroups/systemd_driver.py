@@ -48,17 +48,12 @@ from crio_fast.cgroups.systemd_units import (
     unit_properties,
 )
 from crio_fast.errors import shown
+from crio_fast.systemd import systemd_booted
 
 SCOPE_SUFFIX = ".scope"
 MONITOR_SCOPE_PREFIX = "crio-fast-monitor-"
 DEFAULT_POD_SLICE_PREFIX = "crio_fast-pod"
 OCI_SCOPE_PREFIX = "crio-fast"  # runc and crun name the scope "<prefix>-<id>.scope"
-SYSTEMD_RUNTIME_DIR = "/run/systemd/system"  # exists when systemd is PID 1 (sd_booted(3))
-
-
-def systemd_booted() -> bool:
-    return os.path.isdir(SYSTEMD_RUNTIME_DIR)
-
 
 def pod_slice(cgroup_parent: str) -> str:
     """The slice a CRI cgroup_parent names under this driver (InvalidArgument with the fix when it
@@ -91,8 +86,8 @@ class SystemdCgroupManager(CgroupManager):
                 f'the systemd cgroup driver needs a cgroup v2 host (this one is {self.layout.version}); '
                 f'boot with systemd.unified_cgroup_hierarchy=1, or set cgroup_manager = "cgroupfs"')
         if bus is None and not systemd_booted():
-            raise CgroupError(f'the systemd cgroup driver needs systemd as PID 1 ({SYSTEMD_RUNTIME_DIR} is missing); '
-                              f'set cgroup_manager = "cgroupfs"')
+            raise CgroupError('the systemd cgroup driver needs systemd as PID 1, and it is not; '
+                              'set cgroup_manager = "cgroupfs"')
         if monitor_slice != "pod":
             check_unit_name(monitor_slice, ".slice")
         self.monitor_slice = monitor_slice
