@@ -323,6 +323,8 @@ def test_a_terminal_in_a_user_namespace(env, pods):
 
 
 def test_a_pod_on_the_nodes_network_in_a_user_namespace(env, pods):
+    features = env.client.runtime.Status(api.StatusRequest(), timeout=10).features
+    assert features.user_namespaces_host_network  # what the kubelet asks before it sends such a pod
     pod_id, pod_config = pods(userns_options(), host_network=True)
     configure = kubelet_container(pod_config)
 

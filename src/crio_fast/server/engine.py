@@ -138,11 +138,14 @@ class Engine:
         return {"recursive_read_only_mounts": oci.recursive_readonly_supported(handler),
                 "user_namespaces": self.sandboxes.user_namespace_support(name).supported}
 
-    @staticmethod
-    def runtime_features() -> dict[str, bool]:
+    def runtime_features(self) -> dict[str, bool]:
         """What the runtime as a whole can do of what the kubelet asks about (RuntimeFeatures)."""
         # Strict and Merge hold on every handler: the groups are decided here and carried in the plan.
-        return {"supplemental_groups_policy": True}
+        # A user-namespaced pod on the node's network is one whose user namespace owns no network
+        # namespace: wherever user namespaces work, so does that (the default handler answers).
+        default = self.config.runtime.default_runtime
+        return {"supplemental_groups_policy": True,
+                "user_namespaces_host_network": self.sandboxes.user_namespace_support(default).supported}
 
     def stop_pod(self, pod_id: str) -> None:
         """StopPodSandbox: the pod's containers, then the pod (its network, its monitor), under its lock."""
