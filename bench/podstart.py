@@ -2,6 +2,7 @@
 
     sudo python bench/podstart.py [--iterations 50] [--handlers native,runc,crun] [--runtimes NAME:PATH[:ROOT]]
     sudo python bench/podstart.py --handlers native,native+userns    # a user-namespaced pod against a plain one
+    sudo python bench/podstart.py --cgroup-managers cgroupfs,systemd    # the two cgroup drivers (systemd: v2)
 
 Handlers "runc" and "crun" are configured from Debian's binaries when no
 --runtimes names them (crun with hide_cgroup2_mount, which it needs on
@@ -20,13 +21,17 @@ decides). A handler written NAME+userns runs its pods as the kubelet runs
 hostUsers: false (a user namespace of the pod's own, with a range of 65536
 ids per pod as the kubelet hands them out). With several handlers the iterations interleave them so that
 machine noise hits all alike, and each handler's medians of start-up and
-create+start are given as a ratio to the native handler's. Nothing here is
-asserted: it reports.
+create+start are given as a ratio to the native handler's. With several
+--cgroup-managers a daemon runs per driver (pods without a cgroup_parent: the
+driver makes the pod's cgroup, a slice under systemd) and every handler runs
+on each, interleaved; the ratios are to the first driver's native handler.
+Nothing here is asserted: it reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -106,7 +111,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the raw timings (ms per phase per handler) to this file")
     parser.add_argument("--runtimes", action="append", default=[], metavar="NAME:PATH[:ROOT]",
                         help="an OCI runtime handler for the daemon (its --runtimes); may be repeated")
+    parser.add_argument("--cgroup-managers", default="cgroupfs",
+                        help="comma-separated cgroup drivers to compare (a daemon each): cgroupfs, systemd")
     args = parser.parse_args()
+    managers = [m for m in args.cgroup_managers.split(",") if m]
     handlers = [h for h in args.handlers.split(",") if h]
     runtimes = list(args.runtimes)
     named = {spec.split(":", 1)[0] for spec in runtimes}
@@ -118,17 +126,25 @@ def main() -> int:
         drop_in = (f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{KNOWN_RUNTIMES["crun"]}"\n'
                    "hide_cgroup2_mount = true\n")
 
-    with bench_node(args.dir, runtimes=tuple(runtimes), config_drop_in=drop_in) as (d, pushed):
-        if any(h.endswith(USERNS_SUFFIX) for h in handlers):
-            # runc and crun set a user-namespaced container up as the pod's root, who must reach its rootfs.
-            os.chmod(d.dirs.base, 0o711)
-        results = {h: {p: [] for p in PHASES} for h in handlers}
+    runs = [(h if len(managers) == 1 else f"{h} ({m})", h, m) for m in managers for h in handlers]
+    with contextlib.ExitStack() as stack:
+        nodes = {m: stack.enter_context(bench_node(args.dir, runtimes=tuple(runtimes), config_drop_in=drop_in,
+                                                   daemon_args=("--cgroup-manager", m)))
+                 for m in managers}
+        for d, _ in nodes.values():
+            if any(h.endswith(USERNS_SUFFIX) for h in handlers):
+                # runc and crun set a user-namespaced container up as the pod's root, who must reach its rootfs.
+                os.chmod(d.dirs.base, 0o711)
+        results = {label: {p: [] for p in PHASES} for label, _, _ in runs}
         for i in range(args.warmup):
-            for h in handlers:
+            for _, h, m in runs:
+                d, pushed = nodes[m]
                 one_pod(d, pushed.reference, h, -1 - i, {p: [] for p in PHASES})
         for i in range(args.iterations):
-            for h in handlers:
-                one_pod(d, pushed.reference, h, i, results[h])
+            for label, h, m in runs:
+                d, pushed = nodes[m]
+                one_pod(d, pushed.reference, h, i, results[label])
+    handlers = [label for label, _, _ in runs]
 
     if args.json:
         Path(args.json).write_text(json.dumps(results))
@@ -141,10 +157,11 @@ def main() -> int:
             v = results[h][phase]
             print(f"| {h} | {phase} | {statistics.median(v):.2f} | {percentile(v, 90):.2f} | "
                   f"{percentile(v, 99):.2f} | {statistics.fmean(v):.2f} |")
-    if len(handlers) > 1 and "native" in handlers:
+    base_label = "native" if len(managers) == 1 else f"native ({managers[0]})"
+    if len(handlers) > 1 and base_label in handlers:
         compared = ("create+start", "start-up")
-        base = {phase: statistics.median(results["native"][phase]) for phase in compared}
-        print("\n| handler | create+start p50 (ms) | / native | start-up p50 (ms) | / native |")
+        base = {phase: statistics.median(results[base_label][phase]) for phase in compared}
+        print(f"\n| handler | create+start p50 (ms) | / {base_label} | start-up p50 (ms) | / {base_label} |")
         print("|---|---:|---:|---:|---:|")
         for h in handlers:
             cells = []
