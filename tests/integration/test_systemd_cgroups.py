@@ -140,7 +140,9 @@ def test_pods_are_slices_and_containers_scopes(env, handler):
     assert units == {parent: "active", scope: "active", monitor_scope: "active"}, units
     # The container's process is in its scope, the scope in the pod's slice, as systemd lays it out.
     container_cgroup = f"{slice_path(parent)}/{scope}"
-    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::{container_cgroup}"
+    # crun runs the process in a "container" cgroup under the scope (its run.oci.systemd.subgroup default).
+    in_scope = f"0::{container_cgroup}/container" if handler == "crun" else f"0::{container_cgroup}"
+    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == in_scope
     assert unit_property(scope, "Slice") == parent
     assert unit_property(scope, "Delegate") == "yes"
     monitor_pid = json.loads(env.client.runtime.PodSandboxStatus(
