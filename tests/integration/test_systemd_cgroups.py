@@ -21,11 +21,10 @@ from crio_fast.api import api_pb2 as api
 from crio_fast.cgroups.systemd_units import slice_path
 from crio_fast.systemd import systemd_booted
 from tests.support import cgroups
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
-from tests.support.pods import exec_sync, kubelet_pod_linux, remove_all_pods, status, wait_exited, wait_for, \
-    wait_for_command
-from tests.support.registries_conf import write_registries_conf
+from tests.support.pods import (daemon_with_busybox, exec_sync, kubelet_pod_linux, remove_all_pods, status,
+                                wait_exited, wait_for, wait_for_command)
 from tests.support.timing import scaled
 
 pytestmark = [
@@ -55,29 +54,16 @@ def unit_property(unit: str, name: str) -> str:
     return systemctl("show", unit, f"--property={name}", "--value").stdout.strip()
 
 
-def start_daemon(registry, busybox_image, tmp_path: Path, dirs=None) -> Daemon:
-    dirs = dirs or make_dirs()
-    conf = write_registries_conf(tmp_path / "registries.conf", [registry.host])
-    d = Daemon(dirs, "--registries-conf", str(conf), "--cgroup-manager", "systemd",
-               *configure_oci_runtimes(dirs)).start()
-    d.client.image.PullImage(api.PullImageRequest(image=api.ImageSpec(image=busybox_image.reference)), timeout=60)
-    d.image = busybox_image.reference
-    return d
+def systemd_daemon(registry, busybox_image, conf_dir: Path):
+    """A daemon with the systemd driver, runc and crun, busybox pulled; everything removed after."""
+    return daemon_with_busybox(registry, busybox_image, conf_dir, "--cgroup-manager", "systemd",
+                               configure=configure_oci_runtimes)
 
 
 @pytest.fixture(scope="module")
 def env(registry, busybox_image, tmp_path_factory):
-    dirs = make_dirs()
-    d = start_daemon(registry, busybox_image, tmp_path_factory.mktemp("systemd"), dirs)
-    try:
+    with systemd_daemon(registry, busybox_image, tmp_path_factory.mktemp("systemd")) as d:
         yield d
-    finally:
-        try:
-            remove_all_pods(d)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 @pytest.fixture(params=HANDLERS)
@@ -221,9 +207,7 @@ def test_an_oom_kill_in_a_scope(env):
 
 
 def test_units_outlive_a_daemon_restart(registry, busybox_image, tmp_path):
-    dirs = make_dirs()
-    d = start_daemon(registry, busybox_image, tmp_path, dirs)
-    try:
+    with systemd_daemon(registry, busybox_image, tmp_path) as d:
         parent = pod_slice_name()
         pod_id, pod = run_pod(d, parent)
         ctr = run_container(d, pod_id, pod, ["/bin/sleep", "3600"])
@@ -231,7 +215,7 @@ def test_units_outlive_a_daemon_restart(registry, busybox_image, tmp_path):
         d.stop()
         scope = f"crio-fast-{ctr}.scope"
         assert loaded_units(scope) == {scope: "active"}  # no daemon: systemd keeps the container
-        d = start_daemon(registry, busybox_image, tmp_path, dirs)
+        d.start()
         assert status(d, ctr).state == api.ContainerState.CONTAINER_RUNNING
         assert exec_sync(d, ctr, ["/bin/echo", "alive"]).stdout == b"alive\n"
         update = api.UpdateContainerResourcesRequest(container_id=ctr, linux=api.LinuxContainerResources(
@@ -241,13 +225,6 @@ def test_units_outlive_a_daemon_restart(registry, busybox_image, tmp_path):
         remove_pod(d, pod_id)
         wait_for(lambda: not loaded_units(parent, scope, f"crio-fast-monitor-{pod_id}.scope"), timeout=scaled(10),
                  what="the units to go")
-    finally:
-        try:
-            remove_all_pods(d)
-            d.stop()
-        finally:
-            d.kill()
-            remove_dirs(dirs)
 
 
 def test_check_asks_systemd(tmp_path):
