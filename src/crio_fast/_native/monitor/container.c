@@ -942,7 +942,9 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
             goto fail;
         }
     }
-    if (container_take_plan(c, &plan, false, &err) < 0 || open_log(c, &err) < 0)
+    /* The OOM baseline is read once the runtime has made the container: under the systemd driver
+     * its cgroup (a scope) exists only then. */
+    if (container_take_plan(c, &plan, true, &err) < 0 || open_log(c, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0)
         goto fail;
@@ -960,6 +962,14 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
                    stdio.stderr_read, &pid, &terminal, &err) < 0)
         goto fail;
     c->pid = pid;
+    if (c->oom_counter_path) {
+        if (read_oom_kill_counter(c->oom_counter_path, &c->oom_baseline, &err) < 0) {
+            if (terminal >= 0)
+                close(terminal);
+            goto fail;
+        }
+        c->has_oom_baseline = true;
+    }
     /* The runtime has exited: the init is our child now (we are a subreaper). */
     c->pidfd = sys_pidfd_open(pid, 0);
     if (c->pidfd < 0) {
