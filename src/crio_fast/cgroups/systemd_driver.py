@@ -151,13 +151,15 @@ class SystemdCgroupManager(CgroupManager):
 
     def pod_cgroup(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:
         paths = self.pod_cgroup_paths(cgroup_parent, pod_id)
-        self._start_pod_slice(paths)
+        self._start_pod_slice(paths, explicitly=True)
         return paths
 
     def create_pod_and_monitor_cgroups(self, pod: CgroupPaths, monitor: CgroupPaths, pid: int | None = None) -> None:
         if pid is None:
             raise ValueError("the systemd driver makes the monitor's scope around its process: pass its pid")
-        self._start_pod_slice(pod)
+        # A monitor scope in the pod's slice starts the slice along with it (systemd loads a slice
+        # from its name): one D-Bus call and job for the pod instead of two.
+        self._start_pod_slice(pod, explicitly=parent_slice(monitor.path) != unit_of(pod.path))
         try:
             self._start_scope(monitor, pid, "crio-fast pod monitor", delegate=False)
         except BaseException:
@@ -191,9 +193,12 @@ class SystemdCgroupManager(CgroupManager):
         self._write(writes)
 
     def remove(self, cgroup: CgroupPaths, timeout: float = 5.0) -> None:
+        # A unit's cgroup exists while it is active: without one there is nothing to stop (a scope
+        # whose processes are gone has stopped by itself, and systemd removed its cgroup).
+        active = os.path.isdir(cgroup.dirs["unified"])
         super().remove(cgroup, timeout)  # kills what is left at once, instead of systemd's stop timeout
         unit = unit_of(cgroup.path)
-        if unit is not None:
+        if unit is not None and active:
             try:
                 self.bus.stop_unit(unit)
             except SystemdError as exc:
@@ -214,20 +219,22 @@ class SystemdCgroupManager(CgroupManager):
 
     # -- internals -----------------------------------------------------------------
 
-    def _start_pod_slice(self, pod: CgroupPaths) -> None:
-        """Start the pod's slice unless systemd has it (the kubelet's pod slices are running); the
-        ancestors started along with it are noted in ``parents_made``."""
+    def _start_pod_slice(self, pod: CgroupPaths, explicitly: bool) -> None:
+        """Unless the pod's slice is active (the kubelet's pod slices are: their cgroup exists), note
+        that it is ours, and the ancestors started along with it in ``parents_made``; start it now
+        when ``explicitly``, else the first unit started in it starts it."""
         name = unit_of(pod.path)
         assert name is not None and name.endswith(".slice"), pod.path
-        try:
-            if self.bus.unit_loaded(name):
-                return
-            ancestors = [path for path in _ancestors(pod.path) if not self.bus.unit_loaded(unit_of(path))]
-            self.bus.start_transient_unit(name, [("Description", "s", "crio-fast pod")])
-        except SystemdError as exc:
-            if exc.name == UNIT_EXISTS:  # started meanwhile (by the kubelet, by another pod's call)
-                return
-            raise CgroupError(f"cannot start slice {name}: {exc}") from exc
+        if os.path.isdir(pod.dirs["unified"]):
+            return
+        ancestors = [path for path in _ancestors(pod.path) if not os.path.isdir(self.paths(path).dirs["unified"])]
+        if explicitly:
+            try:
+                self.bus.start_transient_unit(name, [("Description", "s", "crio-fast pod")])
+            except SystemdError as exc:
+                if exc.name == UNIT_EXISTS:  # started meanwhile (by the kubelet, by another pod's call)
+                    return
+                raise CgroupError(f"cannot start slice {name}: {exc}") from exc
         pod.created = True
         pod.parents_made = ancestors
 
