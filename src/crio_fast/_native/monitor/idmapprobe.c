@@ -12,6 +12,7 @@
  * `error: ...` (exit 2, the probe itself failed).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sched.h>
