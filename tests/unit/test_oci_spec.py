@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import resource
 
 from crio_fast.api import api_pb2 as pb
@@ -116,6 +117,22 @@ def test_bind_propagation_without_rec_is_not_recursive():
     assert oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)["mounts"][0]["options"] == \
         ["rbind", "rslave"]
     assert MountOp.bind("/a", "/b").flags & MS_REC
+
+
+def test_a_read_only_bind_repeats_its_sources_locked_flags(monkeypatch):
+    """A user namespace may not clear nosuid/nodev/noexec of the source mount (a tmpfs /tmp has two):
+    runc's read-only remount must say them, or it fails with EPERM. Writable binds need no remount.
+    (The source's flags stand in here; test_user_namespaces binds from the guests' /tmp.)"""
+    real_statvfs = os.statvfs
+
+    class Flags:
+        f_flag = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Flags() if path == "/locked" else real_statvfs(path))
+    plan = make_plan(mounts=[MountOp.bind("/locked", "/ro", readonly=True), MountOp.bind("/locked", "/rw")])
+    read_only, writable = oci.build_spec(plan, rootfs="/r", cgroups_path="/c", pod_namespaces=POD_NS)["mounts"]
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(read_only["options"])
+    assert not {"ro", "nosuid", "nodev", "noexec"} & set(writable["options"])
 
 
 def test_seccomp_the_oci_spec_and_the_native_plan_confine_the_same_containers(tmp_path):

@@ -116,7 +116,23 @@ def _mount_options(op: MountOp) -> list[str]:
     return options
 
 
+# Flags of a mount that a user namespace may not clear (the kernel locks them): a read-only remount of a
+# bind from such a mount must repeat them, and runc before 1.2 does not look them up itself.
+_LOCKED_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC))
+
+
+def _source_locked_flags(source: str) -> int:
+    try:
+        flags = os.statvfs(source).f_flag
+    except OSError:
+        return 0  # the runtime reports a missing source itself
+    return sum(ms for st, ms in _LOCKED_FLAGS if flags & st)
+
+
 def _bind_mount(op: MountOp) -> dict[str, Any]:
+    if op.flags & MS_RDONLY:
+        # A bind has its source mount's flags already: saying them keeps them through the remount.
+        op = dataclasses.replace(op, flags=op.flags | _source_locked_flags(op.source))
     options = ["rbind" if op.flags & MS_REC else "bind", *_mount_options(op)]
     if op.flags & wire.MOUNT_FLAG_RECURSIVE_ATTRIBUTES:
         options.append("rro")  # runc >= 1.1, crun >= 1.9: mount_setattr(AT_RECURSIVE)
