@@ -227,7 +227,11 @@ class SystemdCgroupManager(CgroupManager):
         assert name is not None and name.endswith(".slice"), pod.path
         if os.path.isdir(pod.dirs["unified"]):
             return
-        ancestors = [path for path in _ancestors(pod.path) if not os.path.isdir(self.paths(path).dirs["unified"])]
+        # The parent of pods without a cgroup_parent stands while the daemon runs (release_default_parent),
+        # as the cgroupfs driver's does: stopping and starting it again would cost every such pod a job.
+        standing = os.path.dirname(self.default_pod_path("0"))
+        ancestors = [path for path in _ancestors(pod.path)
+                     if path != standing and not os.path.isdir(self.paths(path).dirs["unified"])]
         if explicitly:
             try:
                 self.bus.start_transient_unit(name, [("Description", "s", "crio-fast pod")])
