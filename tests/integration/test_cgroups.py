@@ -196,7 +196,7 @@ def test_v2_pod_cgroup_takes_no_processes_but_its_monitor_leaf_does(manager, tes
             write_files([(os.path.join(pod.hierarchy_dirs["unified"], "cgroup.procs"), str(sleeper.pid))])
         assert info.value.errno == errno.EBUSY
         assert "cgroup.procs: Device or resource busy" in str(info.value)
-    monitor = manager.monitor_cgroup(pod)
+    monitor = manager.monitor_cgroup(pod, "p")
     place(monitor, sleeper.pid)
     assert cgroups_of(sleeper.pid) == {monitor.path}
 
@@ -205,7 +205,7 @@ def test_pod_and_monitor_cgroups_in_one_pass(manager, test_root, spawn):
     """What RunPodSandbox makes while the monitor starts: the pod cgroup and the monitor's leaf in
     it, in every hierarchy, ready to take the monitor (cpusets filled in on v1)."""
     pod = manager.pod_cgroup_paths(f"{test_root}/pod", "p")
-    monitor = manager.monitor_cgroup_paths(pod)
+    monitor = manager.monitor_cgroup_paths(pod, "p")
     manager.create_pod_and_monitor_cgroups(pod, monitor)
     assert (pod.created, monitor.created) == (True, True)
     for cgroup in (pod, monitor):
@@ -226,7 +226,7 @@ def test_pod_and_monitor_cgroups_under_a_parent_made_by_the_kubelet(manager, tes
     ours, and that is what the pod's removal takes away."""
     kubelet_pod = manager.pod_cgroup(f"{test_root}/kubepods/podx", "p")
     pod = manager.pod_cgroup_paths(f"{test_root}/kubepods/podx", "p")
-    monitor = manager.monitor_cgroup_paths(pod)
+    monitor = manager.monitor_cgroup_paths(pod, "p")
     manager.create_pod_and_monitor_cgroups(pod, monitor)
     assert (pod.created, monitor.created) == (False, True)
     manager.remove(monitor)
@@ -272,7 +272,7 @@ def test_remove_kills_remaining_processes_and_is_idempotent(manager, test_root, 
     sleepers = [spawn() for _ in containers]
     for container, sleeper in zip(containers, sleepers, strict=True):
         place(container, sleeper.pid)
-    monitor = manager.monitor_cgroup(pod)
+    monitor = manager.monitor_cgroup(pod, "p")
     manager.remove(pod, timeout=5)
     for sleeper in sleepers:
         assert sleeper.wait(timeout=5) == -9
