@@ -341,10 +341,16 @@ class ContainerManager:
                 record.pid = monitor.state(record.id).pid
             except MonitorError as exc:
                 log.info("container %s: pid from the monitor: %s", record.id[:12], exc)
-        record.state, record.started_at = CTR_RUNNING, time.time_ns()
+        with self.reports.lock:
+            # A quick command may have exited already, its exit folded in by the watcher (with the
+            # monitor's own start time): it stays exited, and started before it finished.
+            started = record.state == CTR_CREATED
+            if started:
+                record.state, record.started_at = CTR_RUNNING, time.time_ns()
         self.state.containers.save(record)
         crash_point("startctr", 3)
-        self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
+        if started:
+            self._emit(record, pb.ContainerEventType.CONTAINER_STARTED_EVENT)
 
     def stop(self, container_id: str, timeout: int) -> None:
         try:

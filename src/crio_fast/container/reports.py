@@ -95,6 +95,8 @@ class ContainerReports:
         record.state = CTR_EXITED
         record.exit_code = info.exit_code
         record.finished_at = info.finished_at
+        if info.started_at:  # the monitor's stamp at the start, on the clock of finished_at
+            record.started_at = info.started_at
         if info.oom_killed:
             record.reason = "OOMKilled"
         elif info.exit_code == 0:
