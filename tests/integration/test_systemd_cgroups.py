@@ -8,6 +8,7 @@ stats, a daemon restart with a running pod, and the parents a driver cannot take
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.support.daemon import Daemon
 from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
 from tests.support.pods import (daemon_with_busybox, exec_sync, kubelet_pod_linux, remove_all_pods, status,
                                 wait_exited, wait_for, wait_for_command)
+from tests.support.streamclient import exec_over_spdy
 from tests.support.timing import scaled
 
 pytestmark = [
@@ -126,9 +128,12 @@ def test_pods_are_slices_and_containers_scopes(env, handler):
     assert units == {parent: "active", scope: "active", monitor_scope: "active"}, units
     # The container's process is in its scope, the scope in the pod's slice, as systemd lays it out.
     container_cgroup = f"{slice_path(parent)}/{scope}"
-    # crun runs the process in a "container" cgroup under the scope (its run.oci.systemd.subgroup default).
-    in_scope = f"0::{container_cgroup}/container" if handler == "crun" else f"0::{container_cgroup}"
-    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == in_scope
+    # crun too: not in a "container" cgroup below the scope (its default, turned off in the spec).
+    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::{container_cgroup}"
+    # An interactive exec (the daemon's helper joins the scope's cgroup itself), on every handler.
+    request = api.ExecRequest(container_id=ctr, cmd=["/bin/cat", "/proc/self/cgroup"], stdout=True, stderr=True)
+    stdout, stderr, _ = asyncio.run(exec_over_spdy(env.client.runtime.Exec(request, timeout=10).url))
+    assert stdout.strip() == b"0::/", stderr
     assert unit_property(scope, "Slice") == parent
     assert unit_property(scope, "Delegate") == "yes"
     monitor_pid = json.loads(env.client.runtime.PodSandboxStatus(

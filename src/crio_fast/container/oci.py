@@ -105,6 +105,12 @@ _DEFAULT_DEVICE_PATHS = {f"/dev/{name}" for name, _, _ in DEFAULT_DEVICES}
 _SECCOMP_KEYS = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls")
 
 
+# crun, under systemd, runs the container in a cgroup "container" below its scope by default; the
+# container's cgroup is the scope itself for the daemon (exec joins it, limits and stats are read
+# there), as for runc and the native runtime. Other runtimes ignore the annotation.
+RUNTIME_ANNOTATIONS = {"run.oci.systemd.subgroup": ""}
+
+
 def _capability_names(mask: int) -> list[str]:
     return [_CAPABILITY_NAMES[bit] for bit in sorted(_CAPABILITY_NAMES) if mask >> bit & 1]
 
@@ -294,6 +300,7 @@ def build_spec(
         "root": {"path": rootfs, "readonly": plan.rootfs_readonly},
         "mounts": mounts,
         "linux": linux,
+        "annotations": dict(RUNTIME_ANNOTATIONS),
     }
 
 
