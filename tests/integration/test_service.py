@@ -7,6 +7,7 @@ runs a pod, restarts the unit and finds the container still running, listed and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -101,8 +102,14 @@ def unit_property(name: str) -> str:
     return systemctl("show", UNIT_NAME, f"--property={name}", "--value").stdout.strip()
 
 
+def cgroup_of(pid: int) -> str:
+    """A process's cgroup v2 path."""
+    return Path(f"/proc/{pid}/cgroup").read_text().strip().removeprefix("0::")
+
+
 @pytest.mark.skipif(not systemd_booted(), reason="systemd is not PID 1")
-def test_unit_restart_keeps_a_running_container(registry, busybox_image, tmp_path: Path) -> None:
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_unit_restart_keeps_a_running_container(registry, busybox_image, tmp_path: Path, driver: str) -> None:
     existing = unit_state()
     if existing is not None and existing.load_state == "loaded":
         pytest.skip(f"this machine already has a {UNIT_NAME}; the test installs its own and will not replace it")
@@ -111,7 +118,8 @@ def test_unit_restart_keeps_a_running_container(registry, busybox_image, tmp_pat
     conf = write_registries_conf(tmp_path / "registries.conf", [registry.host])
     script = Path(sys.executable).parent / "crio-fast"
     # The unit runs this installation on the test's private dirs (the flags keep it off the node's own).
-    exec_start = " ".join(daemon_argv(dirs, "--registries-conf", str(conf), program=[str(script)]))
+    exec_start = " ".join(daemon_argv(dirs, "--registries-conf", str(conf), "--cgroup-manager", driver,
+                                      program=[str(script)]))
     node = ServiceNode(dirs, busybox_image.reference)
     pod_id = ""
     try:
@@ -132,6 +140,18 @@ def test_unit_restart_keeps_a_running_container(registry, busybox_image, tmp_pat
         container_id = create(node, pod_id, pod, ["/bin/sleep", "1000"])
         start(node, container_id)
         first_pid = unit_property("MainPID")
+        # Neither the container nor the pod's monitor is in the daemon's unit: a restart leaves them be.
+        info = json.loads(node.client.runtime.ContainerStatus(
+            api.ContainerStatusRequest(container_id=container_id, verbose=True), timeout=30).info["info"])
+        monitor_pid = json.loads(node.client.runtime.PodSandboxStatus(
+            api.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=30).info["info"])["pid"]
+        service_cgroup = cgroup_of(int(first_pid))
+        for pid in (info["pid"], monitor_pid):
+            assert not cgroup_of(pid).startswith(service_cgroup + "/"), (pid, cgroup_of(pid))
+        if driver == "systemd":  # the systemd driver's units: the pod's slice, its monitor's and container's scopes
+            pod_slice = f"/crio_fast.slice/crio_fast-pod{pod_id}.slice"
+            assert cgroup_of(info["pid"]) == f"{pod_slice}/crio-fast-{container_id}.scope"
+            assert cgroup_of(monitor_pid) == f"{pod_slice}/crio-fast-monitor-{pod_id}.scope"
 
         systemctl("restart", UNIT_NAME)
         node.reconnect()
@@ -161,7 +181,7 @@ def test_unit_restart_keeps_a_running_container(registry, busybox_image, tmp_pat
         if not etc_existed:
             shutil.rmtree("/etc/crio-fast", ignore_errors=True)
         if pod_id:  # a failed run's pod (its monitor outlived the unit) goes with a daemon of the test's own
-            cleaner = Daemon(dirs, "--registries-conf", str(conf))
+            cleaner = Daemon(dirs, "--registries-conf", str(conf), "--cgroup-manager", driver)
             try:
                 remove_all_pods(cleaner.start())
                 cleaner.stop()
