@@ -235,11 +235,6 @@ class SystemdBus:
             raise
         return True
 
-    def list_units(self, patterns: list[str]) -> list[tuple[str, str]]:
-        """(name, active state) of the loaded units whose names match ``patterns`` (fnmatch)."""
-        reply = self._run(self._manager_call("ListUnitsByPatterns", "asas", [[], patterns]), "list units")
-        return [(unit[0], unit[3]) for unit in reply]
-
     def close(self) -> None:
         if self._loop.is_closed():
             return

@@ -74,6 +74,16 @@ def subtree(directory: str) -> list[str]:
     return [root for root, _subdirs, _files in os.walk(directory, topdown=False)]
 
 
+def process_cgroups(pid: int) -> list[str]:
+    """The cgroup paths of a process, one per hierarchy, as /proc/PID/cgroup names them (relative to
+    the hierarchy's root as this process sees it); empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return [line.rstrip("\n").split(":", 2)[-1] for line in f]
+    except OSError:
+        return []
+
+
 def read_pids(directories: list[str]) -> set[int]:
     """Processes in the given cgroups (not their descendants)."""
     contents = read_files([os.path.join(d, "cgroup.procs") for d in directories])

@@ -167,7 +167,7 @@ class ContainerManager:
         needs = MONITOR_FEATURES & ~MONITOR_FEATURE_USERNS & ~MONITOR_FEATURE_REPORT_PID
         if userns is not None:
             needs |= MONITOR_FEATURE_USERNS
-        if self.cgroups.needs_pid or self.cgroups.oci_global_args():
+        if self.cgroups.needs_pid:  # the systemd driver: REPORT_PID, and OCI_GLOBAL_ARG for runc and crun
             needs |= MONITOR_FEATURE_REPORT_PID
         monitor = self.sandboxes.monitor(pod, needs=needs)
         # Before the monitor clones a native child on the head: the child's copy of the host's mounts has them.

@@ -287,14 +287,12 @@ class PodMonitor:
         if meanwhile is None:
             sock, request_id, _ = self._send(wire.REQUEST_CREATE, w)
             return PendingCreate(self, sock, request_id)
-        report_pid = getattr(plan, "report_pid", False)
+        report_pid = isinstance(plan, LaunchHead) and plan.report_pid
         if report_pid:
-            gate_write, gate_read = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+            own_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             # Set before the child can write: the kernel attaches the sender's credentials then.
-            with socket.socket(fileno=os.dup(gate_write)) as own_end:
-                own_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            for fd in (gate_write, gate_read):
-                os.set_inheritable(fd, False)
+            own_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            gate_write, gate_read = own_end.detach(), child_end.detach()
         else:
             gate_read, gate_write = os.pipe()
         try:

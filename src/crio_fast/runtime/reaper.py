@@ -18,6 +18,8 @@ import os
 import time
 from typing import Iterable
 
+from crio_fast.cgroups.tree import process_cgroups
+
 
 def reap_adopted(pid: int) -> int | None:
     """Reap ``pid`` if it is an exited child of this process; its wait status, else None.
@@ -34,16 +36,22 @@ def reap_adopted(pid: int) -> int | None:
     return status if waited == pid else None
 
 
-def is_adopted_child(pid: int) -> bool:
-    """Whether ``pid`` is a live or zombie child of this process."""
+def _state_and_parent(pid: int) -> tuple[bytes, int] | None:
+    """A process's state letter and parent pid from /proc/PID/stat; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return None
     # "pid (comm) state ppid ...": comm may contain spaces and parentheses.
     fields = stat[stat.rfind(b")") + 2:].split()
-    return len(fields) > 1 and int(fields[1]) == os.getpid()
+    return (fields[0], int(fields[1])) if len(fields) > 1 else None
+
+
+def is_adopted_child(pid: int) -> bool:
+    """Whether ``pid`` is a live or zombie child of this process."""
+    found = _state_and_parent(pid)
+    return found is not None and found[1] == os.getpid()
 
 
 def wait_adopted(pid: int, timeout: float) -> int | None:
@@ -104,25 +112,15 @@ def adopted_in_cgroup(cgroup_path: str) -> set[int]:
     cgroup.procs, but its /proc/PID/cgroup still names the cgroup until it is reaped."""
     found = set()
     for pid in _adopted_children():
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
-        except OSError:
-            continue
-        if any(path == cgroup_path or path.startswith(cgroup_path + "/") for path in paths):
+        if any(path == cgroup_path or path.startswith(cgroup_path + "/") for path in process_cgroups(pid)):
             found.add(pid)
     return found
 
 
 def _exited_elsewhere(pid: int) -> bool:
     """Gone, or a zombie some other process is to reap."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return len(fields) > 1 and fields[0] == b"Z" and int(fields[1]) != os.getpid()
+    found = _state_and_parent(pid)
+    return found is None or (found[0] == b"Z" and found[1] != os.getpid())
 
 
 def exit_code_of(status: int) -> tuple[int, int]:

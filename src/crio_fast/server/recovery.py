@@ -43,6 +43,7 @@ from typing import Callable
 
 from crio_fast.api import api_pb2 as pb
 from crio_fast.cgroups import CgroupError, CgroupManager
+from crio_fast.cgroups.tree import process_cgroups
 from crio_fast.config import Config
 from crio_fast.container.manager import ContainerManager
 from crio_fast.errors import FailedPrecondition
@@ -329,10 +330,9 @@ def _monitor_cgroups(pod_dir: Path) -> list[str]:
     """The cgroup paths of the live monitor of ``pod_dir``, one per hierarchy."""
     try:
         pid = int(Path(pod_dir, "monitor.pid").read_text().strip())
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except (OSError, ValueError):
         return []
-    return [line.split(":", 2)[-1] for line in lines]
+    return process_cgroups(pid)
 
 
 def _listdir(directory: Path) -> list[str]:
