@@ -19,7 +19,7 @@ from crio_fast.api import api_pb2 as api
 from crio_fast.cgroups import parse_oom_kill_count
 from tests.support import cgroups
 from tests.support.daemon import Daemon
-from tests.support.oci_runtimes import HANDLERS, configure_oci_runtimes, crun_problem, runc_problem
+from tests.support.oci_runtimes import HANDLERS, RUNC, configure_oci_runtimes, crun_problem, runc_problem
 from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, log_text, remove_all_pods, status,
                                 wait_exited, wait_for)
 
@@ -389,3 +389,51 @@ def test_without_memory_oom_group_only_the_allocator_dies(env, handler):
     assert status(env, ctr).state == api.ContainerState.CONTAINER_RUNNING
     assert not dead(shell) and not dead(sleeper)
     assert _oom_kills(container_dir) == 1
+
+
+# A runtime that logs as runc does: to the file of its --log option, else to its stderr, which during
+# `create` is the container's. It refuses a bundle that asks it to, after logging why.
+CHATTY_RUNTIME = """#!/bin/sh
+log= bundle= previous=
+for arg in "$@"; do
+    case "$previous" in --log) log=$arg ;; --bundle) bundle=$arg ;; esac
+    previous=$arg
+done
+if [ -n "$bundle" ]; then
+    line='level=warning msg="a warning of the runtime itself"'
+    if [ -n "$log" ]; then echo "$line" >> "$log"; else echo "$line" >&2; fi
+    if grep -q refuse-this-bundle "$bundle/config.json"; then
+        line='level=error msg="the runtime refused the bundle"'
+        if [ -n "$log" ]; then echo "$line" >> "$log"; else echo "$line" >&2; fi
+        exit 1
+    fi
+fi
+exec {runc} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def chatty(registry, busybox_image, tmp_path_factory):
+    """A daemon with the "chatty" handler: runc behind CHATTY_RUNTIME."""
+    if problem := runc_problem():
+        pytest.skip(problem)
+    wrapper = tmp_path_factory.mktemp("chatty") / "chatty-runtime"
+    wrapper.write_text(CHATTY_RUNTIME.format(runc=RUNC))
+    wrapper.chmod(0o755)
+    with daemon_with_busybox(registry, busybox_image, tmp_path_factory.mktemp("regconf"),
+                             "--runtimes", f"chatty:{wrapper}") as d:
+        yield d
+
+
+def test_the_runtimes_own_log_stays_out_of_the_container_log(chatty):
+    _, ctr = run_container(chatty, "chatty", ["/bin/sh", "-c", "echo out; echo err >&2"])
+    st = wait_exited(chatty, ctr)
+    assert (st.exit_code, st.reason) == (0, "Completed")
+    assert sorted(log_records(st.log_path)) == [("stderr", "F", b"err"), ("stdout", "F", b"out")]
+
+
+def test_a_runtime_failure_comes_back_with_its_log(chatty):
+    pod_id, pod = run_pod(chatty, "chatty")
+    with pytest.raises(grpc.RpcError) as info:  # at create, or at start where the runtime's create waits for it
+        start(chatty, create(chatty, pod_id, pod, ["/bin/echo", "refuse-this-bundle"]))
+    assert "the runtime refused the bundle" in info.value.details()

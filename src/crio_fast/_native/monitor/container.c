@@ -277,13 +277,12 @@ void container_on_sync(struct monitor *monitor, struct container *container)
                 struct error err = {0};
                 if (container->oom_counter_path && !container->has_oom_baseline) {
                     /* A gated create: the child is in its cgroup now. */
-                    if (read_oom_kill_counter(container->oom_counter_path, &container->oom_baseline, &err) < 0) {
+                    if (oom_watch_start(monitor, container, &err) < 0) {
                         signal_container(container, SIGKILL);
                         container->failed_create = true;
                         complete_pending(monitor, container, err.code, err.message);
                         break;
                     }
-                    container->has_oom_baseline = true;
                 }
                 container->status = CONTAINER_CREATED;
                 container->exec_checked = text[0] == SYNC_READY_EXEC_CHECKED;
@@ -325,14 +324,8 @@ static void container_exited(struct monitor *monitor, struct container *containe
         container->exit_signal = 0;
         container->exit_code = WEXITSTATUS(wait_status);
     }
-    if (container->oom_counter_path && container->has_oom_baseline) {
-        uint64_t count;
-        struct error err;
-        if (read_oom_kill_counter(container->oom_counter_path, &count, &err) == 0)
-            container->oom_killed = count > container->oom_baseline;
-        else
-            fprintf(stderr, "container %s: %s\n", container->id, err.message);
-    }
+    if (container->oom_counter_path && container->has_oom_baseline)
+        container->oom_killed = oom_watch_finish(monitor, container);
     container->status = CONTAINER_EXITED;
     container->starting = false;
     attach_container_exited(monitor, container); /* before its stdin goes */
@@ -580,8 +573,8 @@ static struct container *container_new(const char *id, const struct log_target *
  * handling, where KILL with ALL looks, and the OOM counter's baseline. */
 /* `cgroup_later`: the cgroup is being made while the child sets up (a
  * gate), so the OOM counter's baseline is read at SYNC_READY instead. */
-static int container_take_plan(struct container *c, const struct launch_plan *plan, bool cgroup_later,
-                               struct error *err)
+static int container_take_plan(struct monitor *monitor, struct container *c, const struct launch_plan *plan,
+                               bool cgroup_later, struct error *err)
 {
     c->log_line_max = plan->log_line_max;
     c->tty = plan->tty;
@@ -591,11 +584,8 @@ static int container_take_plan(struct container *c, const struct launch_plan *pl
     if (plan->oom_counter_path) {
         if (!(c->oom_counter_path = strdup(plan->oom_counter_path)))
             return error_errno(err, ENOMEM, "create container %s", c->id);
-        if (!cgroup_later) {
-            if (read_oom_kill_counter(plan->oom_counter_path, &c->oom_baseline, err) < 0)
-                return -1;
-            c->has_oom_baseline = true;
-        }
+        if (!cgroup_later && oom_watch_start(monitor, c, err) < 0)
+            return -1;
     }
     return 0;
 }
@@ -719,7 +709,7 @@ int container_create(struct monitor *monitor, struct connection *connection, uin
         error_errno(&err, ENOMEM, "create container %s", id);
         goto fail;
     }
-    if (container_take_plan(c, &plan, gate_fd >= 0, &err) < 0)
+    if (container_take_plan(monitor, c, &plan, gate_fd >= 0, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0 || open_namespace_fds(&plan, namespace_fds, &err) < 0)
         goto fail;
@@ -944,7 +934,7 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
     }
     /* The OOM baseline is read once the runtime has made the container: under the systemd driver
      * its cgroup (a scope) exists only then. */
-    if (container_take_plan(c, &plan, true, &err) < 0 || open_log(c, &err) < 0)
+    if (container_take_plan(monitor, c, &plan, true, &err) < 0 || open_log(c, &err) < 0)
         goto fail;
     if (open_stdio(&plan, &stdio, &err) < 0)
         goto fail;
@@ -962,13 +952,10 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
                    stdio.stderr_read, &pid, &terminal, &err) < 0)
         goto fail;
     c->pid = pid;
-    if (c->oom_counter_path) {
-        if (read_oom_kill_counter(c->oom_counter_path, &c->oom_baseline, &err) < 0) {
-            if (terminal >= 0)
-                close(terminal);
-            goto fail;
-        }
-        c->has_oom_baseline = true;
+    if (c->oom_counter_path && oom_watch_start(monitor, c, &err) < 0) {
+        if (terminal >= 0)
+            close(terminal);
+        goto fail;
     }
     /* The runtime has exited: the init is our child now (we are a subreaper). */
     c->pidfd = sys_pidfd_open(pid, 0);

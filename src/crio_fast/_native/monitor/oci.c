@@ -253,15 +253,19 @@ static int wait_runtime(pid_t pid, int pidfd, int timeout_ms, int *status, struc
     return 0;
 }
 
-int oci_run(const struct oci_runtime *oci, const char *const *args, int stdin_fd, int stdout_fd, int stderr_fd,
-            int error_fd, int console_fd, struct error *err)
+int oci_run(const struct oci_runtime *oci, const char *log_path, const char *const *args, int stdin_fd,
+            int stdout_fd, int stderr_fd, int error_fd, int console_fd, struct error *err)
 {
-    /* argv: RUNTIME --root ROOT GLOBAL_ARGS... ARGS... */
+    /* argv: RUNTIME --root ROOT [--log LOG] GLOBAL_ARGS... ARGS... */
     const char *argv[16 + OCI_GLOBAL_ARGS_MAX];
     size_t argc = 0;
     argv[argc++] = oci->path;
     argv[argc++] = "--root";
     argv[argc++] = oci->root;
+    if (log_path) {
+        argv[argc++] = "--log";
+        argv[argc++] = log_path;
+    }
     for (size_t i = 0; oci->global_args[i]; i++)
         argv[argc++] = oci->global_args[i];
     for (size_t i = 0; args[i]; i++) {
@@ -318,13 +322,13 @@ int oci_run(const struct oci_runtime *oci, const char *const *args, int stdin_fd
 int oci_delete(const struct oci_runtime *oci, const char *id, struct error *err)
 {
     const char *args[] = {"delete", "--force", id, NULL};
-    return oci_run(oci, args, 0, 1, -1, -1, -1, err);
+    return oci_run(oci, NULL, args, 0, 1, -1, -1, -1, err);
 }
 
 int oci_start(const struct oci_runtime *oci, const char *id, struct error *err)
 {
     const char *args[] = {"start", id, NULL};
-    return oci_run(oci, args, 0, 1, -1, -1, -1, err);
+    return oci_run(oci, NULL, args, 0, 1, -1, -1, -1, err);
 }
 
 /* A listening socket for --console-socket in the bundle; the runtime
@@ -395,6 +399,22 @@ static int read_pid_file(const char *path, pid_t *pid, struct error *err)
     return 0;
 }
 
+/* What the runtime logged while it created the container: appended to the error
+ * on failure, passed on to the monitor's own log otherwise. */
+static void take_runtime_log(const struct oci_runtime *oci, const char *id, int log_fd, bool failed, struct error *err)
+{
+    char text[OCI_ERROR_TEXT_MAX + 64];
+    read_error_text(log_fd, text, sizeof(text));
+    if (!text[0])
+        return;
+    if (failed) {
+        size_t used = strlen(err->message);
+        snprintf(err->message + used, sizeof(err->message) - used, "; its log: %s", text);
+    } else {
+        fprintf(stderr, "container %s: %s create: %s\n", id, oci->path, text);
+    }
+}
+
 int oci_create(const struct oci_runtime *oci, const char *id, const char *bundle, const char *pod_dir, bool tty,
                int stdin_fd, int stdout_fd, int stderr_fd, int error_fd, pid_t *pid_out, int *terminal_out,
                struct error *err)
@@ -403,10 +423,19 @@ int oci_create(const struct oci_runtime *oci, const char *id, const char *bundle
     /* In the pod dir, whose paths fit sun_path (monitor.sock does); one at a
      * time suffices since CREATE runs the runtime synchronously. */
     char *console_path = tty ? format_string("%s/console.sock", pod_dir) : NULL;
+    /* The runtime shares the container's stdio while it creates it: its own
+     * messages (runc's warnings, say) go to a log of ours instead, reached
+     * through /proc without being inherited. */
+    int log_fd = memfd_create("oci-runtime-log", MFD_CLOEXEC);
+    char *log_path = log_fd >= 0 ? format_string("/proc/%d/fd/%d", (int)getpid(), log_fd) : NULL;
     int console_fd = -1;
     int rc = -1;
     *terminal_out = -1;
-    if (!pid_file || (tty && !console_path)) {
+    if (log_fd < 0) {
+        error_errno(err, errno, "memfd_create for %s create", oci->path);
+        goto out;
+    }
+    if (!pid_file || !log_path || (tty && !console_path)) {
         error_errno(err, ENOMEM, "create %s", id);
         goto out;
     }
@@ -423,8 +452,11 @@ int oci_create(const struct oci_runtime *oci, const char *id, const char *bundle
     memcpy(full, args, sizeof(const char *) * n);
     full[n] = id;
     full[n + 1] = NULL;
-    if (oci_run(oci, full, stdin_fd, stdout_fd, stderr_fd, error_fd, -1, err) < 0)
+    if (oci_run(oci, log_path, full, stdin_fd, stdout_fd, stderr_fd, error_fd, -1, err) < 0) {
+        take_runtime_log(oci, id, log_fd, true, err);
         goto out;
+    }
+    take_runtime_log(oci, id, log_fd, false, err);
     if (read_pid_file(pid_file, pid_out, err) < 0)
         goto out;
     if (tty && (*terminal_out = console_receive_master(console_fd, err)) < 0)
@@ -435,6 +467,9 @@ out:
         close(console_fd);
     if (console_path)
         unlink(console_path);
+    if (log_fd >= 0)
+        close(log_fd);
+    free(log_path);
     free(pid_file);
     free(console_path);
     return rc;

@@ -795,6 +795,7 @@ int pod_main(int argc, char **argv)
         .epoll_fd = -1,
         .signal_fd = -1,
         .listen_fd = -1,
+        .oom_watch = {WATCH_OOM, -1, NULL, LOG_STDOUT},
     };
     struct pod_anchor anchor = {.init_pidfd = -1, .userns_fd = -1};
     int setup_pipe[2] = {-1, -1}; /* --pid new: the monitor reports its pod init here */

@@ -546,6 +546,7 @@ int server_run(struct monitor *monitor)
             case WATCH_SYNC: container_on_sync(monitor, watch->owner); break;
             case WATCH_ATTACHER: attach_on_event(monitor, watch->owner, events[i].events); break;
             case WATCH_STDIN: attach_on_stdin_writable(monitor, watch->owner); break;
+            case WATCH_OOM: oom_watch_on_event(monitor); break;
             }
         }
         attach_check_stalls(monitor);

@@ -15,6 +15,7 @@ enum watch_kind {
     WATCH_SYNC,
     WATCH_ATTACHER, /* an attach stream socket (attach.c) */
     WATCH_STDIN,    /* a container's stdin, watched for EPOLLOUT while attach input waits */
+    WATCH_OOM,      /* the inotify fd watching the containers' OOM counters (oomwatch.c) */
 };
 
 struct watch {
@@ -74,6 +75,8 @@ struct container {
     struct watch stdin_watch; /* fd is stdin_fd while registered (attach.c), else -1; never closes it */
     bool has_oom_baseline;
     uint64_t oom_baseline;
+    uint64_t oom_seen; /* the highest oom_kill count read (oomwatch.c) */
+    int oom_wd;        /* inotify watch on oom_counter_path; 0: none */
     uint64_t created_at;
     uint64_t started_at;
     uint64_t finished_at;
@@ -104,6 +107,7 @@ struct monitor {
     int listen_fd;
     struct watch listen_watch;
     struct watch signal_watch;
+    struct watch oom_watch; /* fd -1 until a container's OOM counter is watched */
     struct container *containers;
     struct connection *connections;
     /* Freed after the current batch of epoll events, which may still point at them. */
@@ -118,6 +122,12 @@ struct monitor {
     uint64_t shutdown_connection;
     uint32_t shutdown_request_id;
 };
+
+/* oomwatch.c: read the baseline and watch the counter; at exit, whether the
+ * count grew (also when the cgroup went with the container's last process). */
+int oom_watch_start(struct monitor *monitor, struct container *container, struct error *err);
+void oom_watch_on_event(struct monitor *monitor);
+bool oom_watch_finish(struct monitor *monitor, struct container *container);
 
 /* server.c */
 int server_run(struct monitor *monitor);
@@ -185,11 +195,11 @@ int container_create_oci(struct monitor *monitor, uint32_t request_id, const cha
                          const char *bundle, bool hide_cgroup2, const char *const *global_args,
                          struct buffer *reply);
 
-/* oci.c: run `RUNTIME --root ROOT ARGS...` and wait for it. stdio as given;
- * stderr_fd < 0 captures stderr itself; on failure the error text is read
- * from error_fd (or the capture). console_fd stays open in the runtime. */
-int oci_run(const struct oci_runtime *oci, const char *const *args, int stdin_fd, int stdout_fd, int stderr_fd,
-            int error_fd, int console_fd, struct error *err);
+/* oci.c: run `RUNTIME --root ROOT [--log LOG] ARGS...` and wait for it. stdio
+ * as given; stderr_fd < 0 captures stderr itself; on failure the error text is
+ * read from error_fd (or the capture). console_fd stays open in the runtime. */
+int oci_run(const struct oci_runtime *oci, const char *log_path, const char *const *args, int stdin_fd,
+            int stdout_fd, int stderr_fd, int error_fd, int console_fd, struct error *err);
 int oci_create(const struct oci_runtime *oci, const char *id, const char *bundle, const char *pod_dir, bool tty,
                int stdin_fd, int stdout_fd, int stderr_fd, int error_fd, pid_t *pid_out, int *terminal_out,
                struct error *err);
