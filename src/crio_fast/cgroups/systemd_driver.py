@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
+from crio_fast.cgroups.errors import CgroupError, CgroupRefusedError, CgroupValidationError
 from crio_fast.cgroups.layout import V2, CgroupLayout
 from crio_fast.cgroups.manager import (
     CGROUP_PARENT_LENGTH_MAX,
@@ -40,6 +40,8 @@ from crio_fast.cgroups.systemd_units import (
     SystemdBus,
     SystemdError,
     UNIT_EXISTS,
+    UNIT_MASKED,
+    JOB_DEPENDENCY_FAILED,
     check_unit_name,
     parent_slice,
     scope_properties,
@@ -238,7 +240,7 @@ class SystemdCgroupManager(CgroupManager):
             except SystemdError as exc:
                 if exc.name == UNIT_EXISTS:  # started meanwhile (by the kubelet, by another pod's call)
                     return
-                raise CgroupError(f"cannot start slice {name}: {exc}") from exc
+                raise _start_error(f"slice {name}", exc) from exc
         pod.created = True
         pod.parents_made = ancestors
 
@@ -252,7 +254,7 @@ class SystemdCgroupManager(CgroupManager):
         except SystemdError as exc:
             if exc.name == UNIT_EXISTS:
                 raise CgroupError(f"scope {name} exists already (a container or pod by this id is running)") from exc
-            raise CgroupError(f"cannot start scope {name}: {exc}") from exc
+            raise _start_error(f"scope {name}", exc) from exc
         paths.created = True
 
     def _stop_slices(self, paths: list[str]) -> None:
@@ -264,6 +266,12 @@ class SystemdCgroupManager(CgroupManager):
                 self.bus.stop_unit(name)
             except SystemdError as exc:
                 raise CgroupError(f"cannot stop slice {name}: {exc}") from exc
+
+
+def _start_error(what: str, exc: SystemdError) -> CgroupError:
+    if exc.name in (UNIT_MASKED, JOB_DEPENDENCY_FAILED):  # the unit or its slice is masked, or failed
+        return CgroupRefusedError(f"cannot start {what}: {exc} (is its slice masked? systemctl status shows why)")
+    return CgroupError(f"cannot start {what}: {exc}")
 
 
 def _ancestors(path: str) -> list[str]:

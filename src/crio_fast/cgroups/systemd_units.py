@@ -31,6 +31,8 @@ SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
 MANAGER_INTERFACE = "org.freedesktop.systemd1.Manager"
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
+UNIT_MASKED = "org.freedesktop.systemd1.UnitMasked"
+JOB_DEPENDENCY_FAILED = "dependency"  # a job's result: a unit it needs (a scope's slice) did not start
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 JOB_REMOVED_MATCH = (f"type='signal',sender='{SYSTEMD_BUS_NAME}',path='{SYSTEMD_PATH}',"
                      f"interface='{MANAGER_INTERFACE}',member='JobRemoved'")

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import grpc
 
-from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
+from crio_fast.cgroups.errors import CgroupError, CgroupRefusedError, CgroupValidationError
 from crio_fast.errors import (
     AlreadyExists,
     Cancelled,
@@ -47,6 +47,7 @@ STATUS_OF_ERROR: Mapping[type[CrioError], grpc.StatusCode] = {
     CgroupError: grpc.StatusCode.INTERNAL,
     # Both a CgroupError and an InvalidArgument; the MRO would find CgroupError first.
     CgroupValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    CgroupRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
     # A plugin's failure means nothing more specific to the runtime: UNKNOWN, as in CRI-O.
     CniError: grpc.StatusCode.UNKNOWN,
 }
