@@ -37,7 +37,7 @@ UINT32_PAST = 2**32
 INT64_MAX = 2**63 - 1
 MAX_ARG_STRLEN = 32 * 4096
 # A unique top-level cgroup for this module's pods, so its scan sees no other daemon's cgroups.
-CGROUP_TOP = f"cfbad-{secrets.token_hex(3)}"
+PARENTS = cgroups.KubeletParents(f"cfbad{secrets.token_hex(3)}")  # the pods' cgroup parents, made by the daemon
 _numbers = iter(range(1_000_000))
 
 
@@ -75,7 +75,7 @@ def pod_config(d: Daemon, handler_hint: str = "bad") -> api.PodSandboxConfig:
         hostname=f"{handler_hint}{n}", log_directory=str(d.dirs.log_dir / f"{handler_hint}{n}"),
         linux=kubelet_pod_linux(),
     )
-    config.linux.cgroup_parent = f"/{CGROUP_TOP}/pod-{n}"
+    config.linux.cgroup_parent = PARENTS.parent(f"pod{n}")
     return config
 
 
@@ -133,7 +133,7 @@ def _listing(directory: Path) -> list[str]:
 
 
 def _our_cgroups() -> list[str]:
-    return sorted(path for root in cgroups.hierarchy_roots() for path in _listing(root / CGROUP_TOP))
+    return sorted(path for root in cgroups.hierarchy_roots() for path in _listing(root / PARENTS.root.lstrip("/")))
 
 
 # Node settings a refused request might have reached: those the bad requests name, and the host's names.
@@ -255,11 +255,11 @@ BAD_PODS = {
     "supplemental group 2^32": _pod_groups(UINT32_PAST),
     "negative supplemental group": _pod_groups(-5),
     "cgroup_parent 1000 levels deep": _set("linux.cgroup_parent", "/l" * 1000),
-    "cgroup_parent 40 levels deep": _set("linux.cgroup_parent", f"/{CGROUP_TOP}" + "/l" * 39),
+    "cgroup_parent 40 levels deep": _set("linux.cgroup_parent", f"/{PARENTS.top}" + "/l" * 39),
     "cgroup_parent of 1 MB": _set("linux.cgroup_parent", "/" + MEGABYTE),
-    "cgroup_parent with ..": _set("linux.cgroup_parent", f"/{CGROUP_TOP}/../escape"),
-    "cgroup_parent with a NUL byte": _set("linux.cgroup_parent", f"/{CGROUP_TOP}/a\0b"),
-    "cgroup_parent component of 300 characters": _set("linux.cgroup_parent", f"/{CGROUP_TOP}/" + "c" * 300),
+    "cgroup_parent with ..": _set("linux.cgroup_parent", f"/{PARENTS.top}/../escape"),
+    "cgroup_parent with a NUL byte": _set("linux.cgroup_parent", f"/{PARENTS.top}/a\0b"),
+    "cgroup_parent component of 300 characters": _set("linux.cgroup_parent", f"/{PARENTS.top}/" + "c" * 300),
     "sysctl value with a NUL byte": _sysctl("net.ipv4.ip_forward", "1\0"),
     "sysctl of the node": _sysctl("vm.swappiness", "10"),
 }
@@ -552,42 +552,41 @@ def _cgroup_exists(relative: str) -> list[Path]:
 
 
 def test_cgroup_parents_a_pod_made_go_with_it(env: Daemon, own_pods) -> None:
-    top = f"{CGROUP_TOP}-made"
+    made = cgroups.KubeletParents(f"{PARENTS.top}made")
     config = pod_config(env)
-    config.linux.cgroup_parent = f"/{top}/a/b/pod"
-    pod_id = env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
-    assert _cgroup_exists(f"{top}/a/b/pod")
-    env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
-    env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
-    assert _cgroup_exists(top) == []
+    config.linux.cgroup_parent = made.parent("a", "b", "pod")
+    try:
+        pod_id = env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+        assert _cgroup_exists(made.path(config.linux.cgroup_parent))
+        env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        assert _cgroup_exists(made.root) == []
+    finally:
+        made.remove()
 
 
 def test_cgroup_parents_go_with_the_last_pod_and_only_those_made(env: Daemon, own_pods) -> None:
     """Two pods under one parent crio-fast made: it stays while either is there. A parent that was there
     before (made by someone else) stays."""
-    top = f"{CGROUP_TOP}-kept"
-    made_here = []
+    kept = cgroups.KubeletParents(f"{PARENTS.top}kept")
     try:
-        for root in cgroups.hierarchy_roots():
-            (root / top).mkdir()
-            made_here.append(root / top)
+        kept.make()
+        before = _cgroup_exists(kept.root)
+        assert before
         configs = [pod_config(env), pod_config(env)]
-        configs[0].linux.cgroup_parent = f"/{top}/shared/pod-1"
-        configs[1].linux.cgroup_parent = f"/{top}/shared/pod-2"
+        configs[0].linux.cgroup_parent = kept.parent("shared", "pod1")
+        configs[1].linux.cgroup_parent = kept.parent("shared", "pod2")
         pod_ids = [env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=c), timeout=60).pod_sandbox_id
                    for c in configs]
+        shared = kept.path(kept.parent("shared"))
         for pod_id in pod_ids:  # the first pod's creation made "shared"
-            assert _cgroup_exists(f"{top}/shared")
+            assert _cgroup_exists(shared)
             env.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
             env.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
-        assert _cgroup_exists(f"{top}/shared") == []
-        assert sorted(_cgroup_exists(top)) == sorted(made_here)
+        assert _cgroup_exists(shared) == []
+        assert _cgroup_exists(kept.root) == before
     finally:
-        for directory in made_here:
-            for child in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if child.is_dir():
-                    child.rmdir()
-            directory.rmdir()
+        kept.remove()
 
 
 # -- ExecSync: bounded output, and a command that ends with the call -------------------------------------

@@ -63,7 +63,7 @@ class Node:
     image: str
     network: BridgeNetwork
     conflist: str  # the network's configuration, written back when a case wants the network
-    kubelet_root: str  # cgroup under which the "kubelet's" pod cgroups are made
+    kubelet: cgroups.KubeletParents  # the "kubelet's" pod cgroups
     cgroup_manager: CgroupManager = field(default_factory=CgroupManager)
     token: str = field(default_factory=lambda: secrets.token_hex(4))
 
@@ -81,10 +81,8 @@ class Node:
             self.network.conflist.unlink(missing_ok=True)
 
     def kubelet_pod_cgroup(self, n: int) -> str:
-        """A pod cgroup as the kubelet makes it before RunPodSandbox."""
-        path = f"{self.kubelet_root}/pod{n}"
-        self.cgroup_manager.pod_cgroup(path, "x")
-        return path
+        """A pod cgroup as the kubelet makes it before RunPodSandbox: the cgroup_parent to send."""
+        return self.kubelet.make(f"pod{n}")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +90,9 @@ def node(registry, busybox_image, tmp_path_factory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("crash")
     dirs = make_dirs()
     network = write_network(dirs.network_dir, tmp)
-    kubelet_root = f"/cf-crash-{secrets.token_hex(4)}"
+    kubelet = cgroups.KubeletParents(f"cfcrash{secrets.token_hex(4)}")
     n = Node(dirs, write_registries_conf(tmp / "registries.conf", [registry.host]), busybox_image.reference,
-             network, network.conflist.read_text(), kubelet_root)
+             network, network.conflist.read_text(), kubelet)
     try:
         d = n.daemon()
         try:
@@ -111,8 +109,7 @@ def node(registry, busybox_image, tmp_path_factory) -> Iterator[Node]:
                 d.stop()
         finally:
             remove_network(network)
-            with_root = n.cgroup_manager.paths(kubelet_root)
-            n.cgroup_manager.remove(with_root)
+            kubelet.remove()
             remove_dirs(dirs)
 
 
@@ -236,15 +233,15 @@ def _cgroup_dirs_under(top: str, depth: int = 4) -> Iterator[str]:
 
 
 def leftover_cgroups(node: Node, seen: Begun) -> list[str]:
-    """In every hierarchy, under the daemon's parent (/crio-fast) and the "kubelet's": any cgroup named
+    """In every hierarchy, under the daemon's default parent and the "kubelet's": any cgroup named
     after a pod or container begun, and anything crio-fast made in the kubelet's pod cgroups."""
     ids = [*seen.pods, *seen.containers]
     found = []
     for root in cgroups.hierarchy_roots():
-        for name in _cgroup_dirs_under(str(root) + "/crio-fast"):
+        for name in _cgroup_dirs_under(str(root) + cgroups.default_parent()):
             if any(i in os.path.basename(name) for i in ids):
                 found.append(f"cgroup {name}")
-        kubelet = str(root) + node.kubelet_root
+        kubelet = str(root) + node.kubelet.root
         for pod_cgroup in _listdir(kubelet):
             found += [f"cgroup {kubelet}/{pod_cgroup}/{name}" for name in _listdir(f"{kubelet}/{pod_cgroup}")
                       if os.path.isdir(f"{kubelet}/{pod_cgroup}/{name}")]
@@ -301,15 +298,15 @@ def leftovers(node: Node, d: Daemon | None, seen: Begun) -> list[str]:
             cgroup = Path(f"/proc/{proc.pid}/cgroup").read_text()
         except OSError:
             continue
-        if runroot in cmdline or node.token in cmdline or node.kubelet_root in cgroup or any(i in cgroup for i in ids):
+        if runroot in cmdline or node.token in cmdline or node.kubelet.root in cgroup or any(i in cgroup for i in ids):
             found.append(f"process {proc.pid}: {cmdline[:200]}")
     with open("/proc/self/mountinfo") as f:
         found += [f"mount {line.split()[4]}" for line in f
                   if runroot in line.split()[4] or line.split()[4].startswith(root + "/")]
     for pod_id, cgroup_path in seen.pods.items():
-        for path in {f"/crio-fast/pod-{pod_id}", cgroup_path} - {""}:
+        for path in {cgroups.default_pod_path(pod_id), cgroup_path} - {""}:
             for directory in node.cgroup_manager.paths(path).hierarchy_dirs.values():
-                if os.path.isdir(directory) and not path.startswith(node.kubelet_root):
+                if os.path.isdir(directory) and not path.startswith(node.kubelet.root):
                     found.append(f"cgroup {directory}")
     found += leftover_cgroups(node, seen)
     found += [f"cgroup {c}" for c in cgroups.find_cgroups(*seen.containers, depth=4)] if seen.containers else []

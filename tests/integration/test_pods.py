@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +24,7 @@ from tests.support.registries_conf import write_registries_conf
 from tests.support.images import LayerBuilder
 from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status,
                                  wait_exited, wait_for_command)
-from tests.support.timing import command_limit
+from tests.support.timing import command_limit, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -431,14 +434,30 @@ def _start_outcome(d: Daemon, ctr: str) -> grpc.RpcError | None:
     return None
 
 
+@contextlib.contextmanager
+def _unmakeable_pod_parent() -> Iterator[tuple[str, grpc.StatusCode, str]]:
+    """A cgroup_parent the driver cannot make, the status RunPodSandbox answers with, a word of its message:
+    a control file under cgroupfs; under systemd a masked slice (systemd will not start it)."""
+    if cgroups.driver() == "cgroupfs":
+        yield "/cgroup.procs", grpc.StatusCode.INVALID_ARGUMENT, "control file"
+        return
+    masked = f"cfmasked{uuid.uuid4().hex[:8]}.slice"
+    subprocess.run(["systemctl", "mask", "--runtime", masked], check=True, capture_output=True, timeout=scaled(60))
+    try:
+        yield masked, grpc.StatusCode.FAILED_PRECONDITION, masked
+    finally:
+        subprocess.run(["systemctl", "unmask", "--runtime", masked], check=True, capture_output=True,
+                       timeout=scaled(60))
+
+
 def test_pod_whose_cgroup_cannot_be_made_leaves_nothing(cri):
     """The pod cgroup is made while the monitor starts; failing there stops the monitor and undoes it all."""
     config = pod_config(cri)
-    config.linux.cgroup_parent = "/cgroup.procs"  # a control file of every hierarchy's root, not a directory
-    with pytest.raises(grpc.RpcError) as err:
+    with _unmakeable_pod_parent() as (parent, code, word), pytest.raises(grpc.RpcError) as err:
+        config.linux.cgroup_parent = parent
         cri.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "pod cgroup" in err.value.details() and "control file" in err.value.details()
+    assert err.value.code() == code, err.value.details()
+    assert "pod cgroup" in err.value.details() and word in err.value.details()
     assert not cri.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
     assert os.listdir(cri.dirs.runroot / "pods") == []
     assert str(cri.dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
@@ -526,15 +545,17 @@ def test_killed_monitor_containers_are_stopped_and_reaped(cri):
 
 
 def test_default_pod_parent_stays_while_the_daemon_runs(registry, busybox_image, tmp_path):
-    """Pods without a cgroup_parent go under /crio-fast: kept while the daemon runs (the next pod
-    need not make it in every hierarchy again), removed when the daemon stops and no pod uses it."""
-    parent = cgroups.cgroup_dir("/crio-fast", "pids")
+    """Pods without a cgroup_parent go under the daemon's parent (/crio-fast, or crio_fast.slice under
+    systemd): kept while the daemon runs (the next pod need not make it again), removed when the daemon
+    stops and no pod uses it."""
+    parent = cgroups.cgroup_dir(cgroups.default_parent(), "pids")
     with daemon_with_busybox(registry, busybox_image, tmp_path) as d:
         pod_id, _ = run_pod(d)
-        assert (parent / f"pod-{pod_id}").is_dir()
+        pod_cgroup = cgroups.cgroup_dir(cgroups.default_pod_path(pod_id), "pids")
+        assert pod_cgroup.parent == parent and pod_cgroup.is_dir()
         d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
         d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
-        assert not (parent / f"pod-{pod_id}").exists()
+        assert not pod_cgroup.exists()
         assert parent.is_dir()
     # Stopped: gone, unless pods of another daemon on this machine still live in it.
     assert not parent.exists() or any(p.is_dir() for p in parent.iterdir())

@@ -12,6 +12,22 @@ from pathlib import Path
 
 from crio_fast.cgroups import discover_layout
 from crio_fast.cgroups.layout import CgroupLayout
+from crio_fast.cgroups.systemd_driver import make_cgroup_manager
+from crio_fast.cgroups.systemd_units import slice_path
+
+
+DRIVER_VARIABLE = "CRIO_FAST_TEST_CGROUP_MANAGER"
+DRIVERS = ("cgroupfs", "systemd")
+
+
+@functools.cache
+def driver() -> str:
+    """The cgroup driver the tests' daemons use unless a test names one: cgroupfs, or what
+    $CRIO_FAST_TEST_CGROUP_MANAGER says (`scripts/vm test --cgroup-manager systemd`)."""
+    value = os.environ.get(DRIVER_VARIABLE, "") or "cgroupfs"
+    if value not in DRIVERS:
+        raise ValueError(f"${DRIVER_VARIABLE}: expected one of {', '.join(DRIVERS)}, got {value!r}")
+    return value
 
 
 @functools.cache
@@ -66,3 +82,64 @@ def find_cgroups(*names: str, depth: int = 6) -> list[str]:
             if current.count("/") - base_depth >= depth:
                 dirs[:] = []
     return found
+
+
+class KubeletParents:
+    """Pod cgroup parents as the kubelet writes them, for the session's driver: ``/TOP/a/b``
+    directories under cgroupfs, ``TOP-a-b.slice`` units under systemd (made through systemd, as
+    the kubelet makes them). ``TOP`` and the names are without "-" and "/"."""
+
+    def __init__(self, top: str) -> None:
+        _check_component(top)
+        self.top = top
+        self.driver = driver()
+        self._manager = make_cgroup_manager(self.driver, layout())
+
+    def parent(self, *names: str) -> str:
+        """The cgroup_parent of ``names`` under the top (the top's own without names)."""
+        for name in names:
+            _check_component(name)
+        if self.driver == "cgroupfs":
+            return "/" + "/".join((self.top, *names))
+        return "-".join((self.top, *names)) + ".slice"
+
+    def path(self, parent: str) -> str:
+        """The cgroup path of a cgroup_parent from ``parent``, as /proc/PID/cgroup shows it."""
+        return parent if self.driver == "cgroupfs" else slice_path(parent)
+
+    @property
+    def root(self) -> str:
+        """The top's cgroup path."""
+        return self.path(self.parent())
+
+    def make(self, *names: str) -> str:
+        """Make the parent of ``names`` (the top's own without names) as the kubelet would before
+        RunPodSandbox; returns the cgroup_parent to send."""
+        parent = self.parent(*names)
+        self._manager.pod_cgroup(parent, "x")
+        return parent
+
+    def remove(self) -> None:
+        """Remove the top and everything under it (processes are the test's to end first)."""
+        try:
+            if self.driver == "cgroupfs":
+                self._manager.remove(self._manager.paths(self.root))
+            elif os.path.isdir(cgroup_dir(self.root, "memory")):
+                self._manager.bus.stop_unit(f"{self.top}.slice")  # and every slice in it
+        finally:
+            self._manager.close()
+
+
+def _check_component(name: str) -> None:
+    if not name or "-" in name or "/" in name:
+        raise ValueError(f"{name!r}: a cgroup parent's part needs a name without '-' or '/'")
+
+
+def default_pod_path(pod_id: str) -> str:
+    """The cgroup of a pod sent without a cgroup_parent, under the session's driver."""
+    return make_cgroup_manager(driver(), layout()).default_pod_path(pod_id)
+
+
+def default_parent() -> str:
+    """Where the daemon puts pods sent without a cgroup_parent, under the session's driver."""
+    return os.path.dirname(default_pod_path("0"))

@@ -21,6 +21,7 @@ import grpc
 
 from crio_fast.api import api_pb2_grpc
 from crio_fast.client import CRIClient, wait_for_socket
+from tests.support import cgroups
 from tests.support.timing import SLOWDOWN, StretchedDeadlines, scaled
 
 
@@ -56,7 +57,9 @@ def make_dirs(parent: str = "/tmp") -> DaemonDirs:
 
 def daemon_argv(dirs: DaemonDirs, *extra: str, program: list[str] | None = None) -> list[str]:
     """The daemon's command line; ``program`` replaces `python -m crio_fast`
-    (an installed `crio-fast` script, say)."""
+    (an installed `crio-fast` script, say). The session's cgroup driver is passed unless
+    ``extra`` names one."""
+    driver = [] if "--cgroup-manager" in extra else ["--cgroup-manager", cgroups.driver()]
     return [
         *(program or [sys.executable, "-m", "crio_fast"]),
         "--config", str(dirs.config),
@@ -66,6 +69,7 @@ def daemon_argv(dirs: DaemonDirs, *extra: str, program: list[str] | None = None)
         "--log-dir", str(dirs.log_dir),
         "--listen", str(dirs.socket),
         "--cni-config-dir", str(dirs.network_dir),
+        *driver,
         *extra,
     ]
 
