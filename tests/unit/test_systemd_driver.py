@@ -4,11 +4,15 @@ guests, tests/integration/test_systemd_cgroups.py)."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from crio_fast.cgroups import CgroupError, CgroupValidationError, Resources, SystemdCgroupManager, plan_writes
-from crio_fast.cgroups.systemd_driver import make_cgroup_manager, pod_slice
-from crio_fast.cgroups.systemd_units import UNLIMITED, parent_slice, slice_path, unit_of, unit_properties
+from crio_fast.cgroups.errors import CgroupRefusedError
+from crio_fast.cgroups.systemd_driver import _start_error, make_cgroup_manager, pod_slice
+from crio_fast.cgroups.systemd_units import (JOB_DEPENDENCY_FAILED, UNIT_MASKED, UNLIMITED, SystemdError, parent_slice,
+                                             slice_path, unit_of, unit_properties)
+from crio_fast.server.status import status_of
 from tests.unit.test_cgroups_layout import hybrid_layout, v1_layout, v2_layout
 
 POD_SLICE = "kubepods-burstable-pod0a1b2c3d_4e5f.slice"
@@ -118,3 +122,16 @@ def test_the_driver_is_picked_by_name():
     assert make_cgroup_manager("cgroupfs", v2_layout()).driver == "cgroupfs"
     with pytest.raises(CgroupValidationError, match="unknown cgroup driver"):
         make_cgroup_manager("openrc", v2_layout())
+
+
+@pytest.mark.parametrize("name", [UNIT_MASKED, JOB_DEPENDENCY_FAILED])
+def test_a_unit_systemd_will_not_start_is_a_failed_precondition(name):
+    error = _start_error("slice a.slice", SystemdError("StartTransientUnit: no", name))
+    assert isinstance(error, CgroupRefusedError)
+    assert status_of(error) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "slice a.slice" in str(error)
+
+
+def test_other_systemd_failures_stay_cgroup_errors():
+    error = _start_error("scope b.scope", SystemdError("StartTransientUnit: timeout", "timeout"))
+    assert type(error) is CgroupError
