@@ -8,7 +8,7 @@
 """
 
 from crio_fast._native._cgroupfs import CgroupReadError, CgroupWriteError, read_files, write_files
-from crio_fast.cgroups.errors import CgroupError, CgroupValidationError
+from crio_fast.cgroups.errors import CgroupError, CgroupRefusedError, CgroupValidationError
 from crio_fast.cgroups.layout import HYBRID, V1, V2, CgroupLayout, Hierarchy, build_layout, discover_layout
 from crio_fast.cgroups.manager import (
     CONTAINER_PREFIX,
@@ -32,6 +32,7 @@ __all__ = [
     "CgroupManager",
     "CgroupPaths",
     "CgroupReadError",
+    "CgroupRefusedError",
     "CgroupValidationError",
     "CgroupWriteError",
     "Hierarchy",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from crio_fast.api import api_pb2 as pb
-from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths
+from crio_fast.cgroups import CgroupError, CgroupManager, CgroupPaths, CgroupRefusedError
 from crio_fast.config import Config
 from crio_fast.crashpoints import crash_point
 from crio_fast.sandbox.sysctls import pod_sysctls
@@ -280,7 +280,9 @@ class SandboxManager:
                 self.cgroups.create_pod_and_monitor_cgroups(pod_cg, monitor_cg, spawned_pid)
                 record.cgroup_path, record.cgroup_created = pod_cg.path, pod_cg.created
                 record.cgroup_parents_made = self._cgroup_parents_made(record, pod_cg)
-            except CgroupError as exc:
+            except CgroupRefusedError as exc:  # the node's cgroup manager will not, as it is set up
+                raise FailedPrecondition(f"pod cgroup: {exc}") from exc
+            except CgroupError as exc:  # the parent asked for cannot be made
                 raise InvalidArgument(f"pod cgroup: {exc}") from exc
             crash_point("runpod", 4)
 
