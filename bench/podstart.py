@@ -50,6 +50,21 @@ PHASES = ("RunPodSandbox", "CreateContainer", "StartContainer", "create+start", 
           "RemovePodSandbox")
 
 
+def handler_config(handlers: list[str], runtimes: list[str]) -> tuple[list[str], str]:
+    """The daemon's --runtimes and config drop-in for ``handlers``: runc and crun from Debian's binaries
+    unless ``runtimes`` names them (crun in a drop-in, with hide_cgroup2_mount for hybrid hosts)."""
+    runtimes = list(runtimes)
+    named = {spec.split(":", 1)[0] for spec in runtimes}
+    drop_in = ""
+    plain = {h.removesuffix(USERNS_SUFFIX) for h in handlers}
+    if "runc" in plain and "runc" not in named:
+        runtimes.append(f"runc:{KNOWN_RUNTIMES['runc']}")
+    if "crun" in plain and "crun" not in named:
+        drop_in = (f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{KNOWN_RUNTIMES["crun"]}"\n'
+                   "hide_cgroup2_mount = true\n")
+    return runtimes, drop_in
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -116,15 +131,7 @@ def main() -> int:
     args = parser.parse_args()
     managers = [m for m in args.cgroup_managers.split(",") if m]
     handlers = [h for h in args.handlers.split(",") if h]
-    runtimes = list(args.runtimes)
-    named = {spec.split(":", 1)[0] for spec in runtimes}
-    drop_in = ""
-    plain = {h.removesuffix(USERNS_SUFFIX) for h in handlers}
-    if "runc" in plain and "runc" not in named:
-        runtimes.append(f"runc:{KNOWN_RUNTIMES['runc']}")
-    if "crun" in plain and "crun" not in named:
-        drop_in = (f'[crio.runtime.runtimes.crun]\nruntime_type = "oci"\nruntime_path = "{KNOWN_RUNTIMES["crun"]}"\n'
-                   "hide_cgroup2_mount = true\n")
+    runtimes, drop_in = handler_config(handlers, args.runtimes)
 
     runs = [(h if len(managers) == 1 else f"{h} ({m})", h, m) for m in managers for h in handlers]
     with contextlib.ExitStack() as stack:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from harness import bench_node
-from podstart import PHASES, one_pod
+from podstart import PHASES, handler_config, one_pod
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
                         help="src directory of the build under test (default: this checkout's)")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--handler", default="native")
+    parser.add_argument("--handler", default="native", help="native, runc or crun (Debian's), as podstart.py")
     parser.add_argument("--dir", default="/var/tmp", help="where the daemons' roots go (see podstart.py)")
     args = parser.parse_args()
     builds = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
@@ -45,11 +45,13 @@ def main() -> int:
         if not (Path(src) / "crio_fast" / "__init__.py").is_file():
             parser.error(f"--{name} {src}: not a src directory with crio_fast in it")
     timings = {name: {phase: [] for phase in PHASES} for name in builds}
+    runtimes, drop_in = handler_config([args.handler], [])
     with contextlib.ExitStack() as stack:
         nodes = {}
         for name, src in builds.items():
             env = {**os.environ, "PYTHONPATH": src}
-            nodes[name] = stack.enter_context(bench_node(args.dir, daemon_env=env))
+            nodes[name] = stack.enter_context(bench_node(args.dir, daemon_env=env, runtimes=tuple(runtimes),
+                                                         config_drop_in=drop_in))
         for i in range(args.warmup):
             for d, pushed in nodes.values():
                 one_pod(d, pushed.reference, args.handler, -1 - i, {phase: [] for phase in PHASES})
