@@ -16,6 +16,7 @@ import pytest
 
 from crio_fast.api import api_pb2 as api
 from crio_fast.version import __version__
+from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs, run_cli
 
 pytestmark = pytest.mark.integration
@@ -63,8 +64,9 @@ def test_status_verbose_reports_config(daemon):
     assert "config" not in daemon.client.status(verbose=False).info
 
 
-def test_runtime_config_reports_cgroupfs(daemon):
-    assert daemon.client.runtime_config().linux.cgroup_driver == api.CgroupDriver.CGROUPFS
+def test_runtime_config_reports_the_cgroup_driver(daemon):
+    expected = {"cgroupfs": api.CgroupDriver.CGROUPFS, "systemd": api.CgroupDriver.SYSTEMD}[cgroups.driver()]
+    assert daemon.client.runtime_config().linux.cgroup_driver == expected
 
 
 def test_update_runtime_config_accepts_pod_cidr(daemon):
