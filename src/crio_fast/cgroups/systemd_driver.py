@@ -37,11 +37,11 @@ from crio_fast.cgroups.manager import (
     _check_name,
 )
 from crio_fast.cgroups.systemd_units import (
+    JOB_DEPENDENCY_FAILED,
     SystemdBus,
     SystemdError,
     UNIT_EXISTS,
     UNIT_MASKED,
-    JOB_DEPENDENCY_FAILED,
     check_unit_name,
     parent_slice,
     scope_properties,
