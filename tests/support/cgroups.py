@@ -10,10 +10,9 @@ import functools
 import os
 from pathlib import Path
 
-from crio_fast.cgroups import discover_layout
+from crio_fast.cgroups import CgroupManager, discover_layout
 from crio_fast.cgroups.layout import CgroupLayout
 from crio_fast.cgroups.systemd_driver import make_cgroup_manager
-from crio_fast.cgroups.systemd_units import slice_path
 
 
 DRIVER_VARIABLE = "CRIO_FAST_TEST_CGROUP_MANAGER"
@@ -105,7 +104,7 @@ class KubeletParents:
 
     def path(self, parent: str) -> str:
         """The cgroup path of a cgroup_parent from ``parent``, as /proc/PID/cgroup shows it."""
-        return parent if self.driver == "cgroupfs" else slice_path(parent)
+        return self._manager.pod_cgroup_paths(parent, "x").path
 
     @property
     def root(self) -> str:
@@ -135,9 +134,15 @@ def _check_component(name: str) -> None:
         raise ValueError(f"{name!r}: a cgroup parent's part needs a name without '-' or '/'")
 
 
+@functools.cache
+def _session_manager() -> CgroupManager:
+    """The session driver's manager, for its names and paths only (it never calls systemd)."""
+    return make_cgroup_manager(driver(), layout())
+
+
 def default_pod_path(pod_id: str) -> str:
     """The cgroup of a pod sent without a cgroup_parent, under the session's driver."""
-    return make_cgroup_manager(driver(), layout()).default_pod_path(pod_id)
+    return _session_manager().default_pod_path(pod_id)
 
 
 def default_parent() -> str:
