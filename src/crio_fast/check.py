@@ -47,6 +47,12 @@ IMPORTANT_CGROUP_CONTROLLERS = ("cpu", "memory", "pids")
 
 PROBE_TIMEOUT_SECONDS = 10.0
 
+# Each pod monitor holds one inotify instance (its containers' OOM watch on
+# cgroup v2), and inotify's instances are counted per user: below this many,
+# a dense node runs out, and the pods past the limit see OOM kills only in the
+# counter read at exit, which a cgroup systemd already removed no longer has.
+RECOMMENDED_INOTIFY_INSTANCES = 1024
+
 
 class Status(enum.Enum):
     OK = "OK"
@@ -142,6 +148,27 @@ def check_cgroups(proc_dir: str = "/proc") -> Iterator[Finding]:
             f"{', '.join(absent)} not available: limits on them will not be enforced",
             "enable the controllers (cgroup v2: add them to cgroup.subtree_control of the parent cgroup)",
         )
+
+
+def check_inotify(proc_dir: str = "/proc") -> Finding:
+    """Whether inotify's per-user instance limit leaves room for a monitor per pod."""
+    part = "inotify instances"
+    path = os.path.join(proc_dir, "sys", "fs", "inotify", "max_user_instances")
+    try:
+        with open(path, encoding="ascii") as f:
+            limit = int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        return Finding(Status.WARN, part, f"cannot read {path}: {exc}", "is /proc mounted?")
+    detail = f"fs.inotify.max_user_instances is {limit}; each pod monitor holds one"
+    if limit >= RECOMMENDED_INOTIFY_INSTANCES:
+        return Finding(Status.OK, part, detail)
+    return Finding(
+        Status.WARN,
+        part,
+        f"{detail}: past about {limit} pods (fewer, counting systemd's and the kubelet's), "
+        "OOM kills are read only when a container exits",
+        f"set fs.inotify.max_user_instances = {RECOMMENDED_INOTIFY_INSTANCES * 8} in a file under /etc/sysctl.d",
+    )
 
 
 def check_monitor(config: Config) -> Finding:
@@ -443,6 +470,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_cgroups()
     findings.append(check_cgroup_driver(config))
     findings.append(check_monitor(config))
+    findings.append(check_inotify())
     findings.append(check_overlay_lower_dirs(config))
     findings.append(check_idmapped_overlay(config))
     findings.append(check_apparmor(config))

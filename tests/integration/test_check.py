@@ -14,8 +14,10 @@ import pytest
 
 from crio_fast import _native
 from crio_fast.check import (
+    RECOMMENDED_INOTIFY_INSTANCES,
     Status,
     check_idmapped_overlay,
+    check_inotify,
     check_namespaces,
     check_overlay_lower_dirs,
     check_overlayfs,
@@ -65,6 +67,10 @@ def test_check_passes_on_this_node(daemon_dirs) -> None:
                            capture_output=True, text=True, timeout=10, check=False)
     assert found["user namespaces"][0] == ("OK" if probe.returncode == 0 else "WARN"), result.stdout
     assert "hostUsers: false" in found["user namespaces"][1]
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    assert found["inotify instances"] == (
+        "OK" if limit >= RECOMMENDED_INOTIFY_INSTANCES else "WARN", found["inotify instances"][1])
+    assert f"max_user_instances is {limit}" in found["inotify instances"][1]
 
 
 def test_user_namespaces_finding_says_what_the_node_lacks(tmp_path: Path) -> None:
@@ -152,6 +158,19 @@ def test_missing_kernel_features_are_named_with_a_hint(tmp_path: Path) -> None:
 
     (proc / "filesystems").write_text("nodev\tsysfs\nnodev\toverlay\n")
     assert check_overlayfs(str(proc)).status is Status.OK
+
+
+def test_inotify_finding_asks_for_room_for_a_monitor_per_pod(tmp_path: Path) -> None:
+    limits = tmp_path / "sys" / "fs" / "inotify"
+    limits.mkdir(parents=True)
+    (limits / "max_user_instances").write_text("128\n")
+    low = check_inotify(str(tmp_path))
+    assert low.status is Status.WARN and "past about 128 pods" in low.detail
+    assert "fs.inotify.max_user_instances = 8192" in low.hint and "/etc/sysctl.d" in low.hint
+    (limits / "max_user_instances").write_text("8192\n")
+    assert check_inotify(str(tmp_path)).status is Status.OK
+    (limits / "max_user_instances").unlink()
+    assert check_inotify(str(tmp_path)).status is Status.WARN
 
 
 def fake_monitor(tmp_path: Path, line: str, status: int) -> Config:
