@@ -45,6 +45,8 @@ RUNTIME_DEPENDENCIES = [
     "wsproto>=1.2",
     # The systemd cgroup driver: transient units through systemd's D-Bus API (asyncio).
     "dbus-fast>=2.0",
+    # containers-registries.d (YAML): where images' GPG signatures are.
+    "PyYAML>=6.0",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]
