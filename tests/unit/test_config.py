@@ -520,6 +520,8 @@ def test_boolean_flag_does_not_swallow_a_subcommand() -> None:
         (["--registries-conf", "/srv/registries.conf"], "image.registries_conf", "/srv/registries.conf"),
         (["--global-auth-file", "/srv/auth.json"], "image.global_auth_file", "/srv/auth.json"),
         (["--signature-policy", "/srv/policy.json"], "image.signature_policy", "/srv/policy.json"),
+        (["--signature-policy-dir", "/srv/policies"], "image.signature_policy_dir", "/srv/policies"),
+        (["--registries-d", "/srv/registries.d"], "image.registries_d", "/srv/registries.d"),
         (["--cni-config-dir", "/srv/net.d"], "network.network_dir", "/srv/net.d"),
         (["--cni-plugin-dir", "/srv/a", "--cni-plugin-dir", "/srv/b"], "network.plugin_dirs", ["/srv/a", "/srv/b"]),
         (["--cni-default-network", "podnet"], "network.cni_default_network", "podnet"),
@@ -704,7 +706,7 @@ def test_render_comments_every_key(tmp_path: Path) -> None:
     text = render_config(config)
     pairs = _keys_and_the_line_above(text)
     # Every key of every table is present (7 sections' keys plus 3 runtimes' keys) and has a comment right above.
-    assert len(pairs) == 6 + 10 + 28 + 10 + 4 + 5 + 1 + 3 * 9
+    assert len(pairs) == 6 + 10 + 28 + 12 + 4 + 5 + 1 + 3 * 9
     for key, above in pairs:
         assert above.startswith("# "), f"{key} has no comment above it"
     assert "no pause" in text.lower()

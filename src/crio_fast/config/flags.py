@@ -54,6 +54,8 @@ FLAGS = (
     FlagSpec(("--registries-conf",), "image", "registries_conf", "FILE"),
     FlagSpec(("--global-auth-file",), "image", "global_auth_file", "FILE"),
     FlagSpec(("--signature-policy",), "image", "signature_policy", "FILE"),
+    FlagSpec(("--signature-policy-dir",), "image", "signature_policy_dir", "DIR"),
+    FlagSpec(("--registries-d",), "image", "registries_d", "DIR"),
     FlagSpec(("--cni-config-dir",), "network", "network_dir", "DIR"),
     FlagSpec(("--cni-plugin-dir",), "network", "plugin_dirs", "DIR"),
     FlagSpec(("--cni-default-network",), "network", "cni_default_network", "NAME"),

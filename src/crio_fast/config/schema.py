@@ -320,7 +320,21 @@ class ImageSection:
         " the per-pod monitor holds the pod's namespaces.",
     )
     signature_policy: str = setting(
-        "", "Signature policy file (containers-policy.json); empty accepts every image.", optional_absolute_path
+        "",
+        "Signature policy file (containers-policy.json) checked at every pull; empty accepts every image.",
+        optional_absolute_path,
+    )
+    signature_policy_dir: str = setting(
+        "",
+        "Directory of per-namespace policies: <namespace>.json replaces signature_policy for pulls of that"
+        " Kubernetes namespace's pods; empty (or no such file) uses signature_policy.",
+        optional_absolute_path,
+    )
+    registries_d: str = setting(
+        "",
+        "containers-registries.d directory naming where GPG signatures are (lookaside URLs), as"
+        " /etc/containers/registries.d; empty names none, so signedBy requirements find no signature.",
+        optional_absolute_path,
     )
     registries_conf: str = setting(
         "",

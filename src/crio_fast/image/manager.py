@@ -1,7 +1,9 @@
 """The image manager: pulls, lookups, removal and usage, over the store.
 
 A pull resolves the name through registries.conf (aliases, search
-registries, mirrors), fetches the manifest and config, then streams every
+registries, mirrors), fetches the manifest, checks the image against the
+signature policy (see :mod:`crio_fast.image.signatures`), fetches the
+config, then streams every
 missing layer from the HTTP response through the decompressor into the
 native extractor (see :mod:`crio_fast.image.unpack`), several layers at once.
 Concurrent pulls that need the same layer share one download. Nothing is
@@ -30,6 +32,7 @@ from crio_fast.image.registries import RegistriesConfError, RegistriesConfig, Re
 from crio_fast.image.registry_client import RegistryClient
 from crio_fast.image.registry_errors import RegistryAuthError, RegistryError, RegistryNotFound, UnsupportedManifest
 from crio_fast.image.resolve import ResolvedImage, resolve
+from crio_fast.image.signatures import SignaturePolicies, decide_without_signatures, enforce, needs_network
 from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, chain_ids
 
 log = logging.getLogger("crio_fast.image")
@@ -76,11 +79,18 @@ class ImageManager:
         registries_conf: str | None = None,
         auth_file: str | None = None,
         max_parallel_layers: int = 3,
+        signature_policies: SignaturePolicies | None = None,
+        registries_d: str = "",
     ) -> None:
         self.store = store
         self.registries_conf = registries_conf or None
         self.auth_file = auth_file or None
         self.max_parallel_layers = max(1, max_parallel_layers)
+        self.signature_policies = signature_policies or SignaturePolicies()
+        self.registries_d = registries_d
+        # "name@digest" -> digest of the policy that last accepted it: an image already in the store
+        # pulled again by digest needs no network unless the policy that applies has changed since.
+        self._accepted_by: dict[str, str] = {}
         self._layer_jobs: dict[str, asyncio.Future[LayerRecord]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(2, self.max_parallel_layers), thread_name_prefix="layer")
@@ -88,10 +98,15 @@ class ImageManager:
         self.layer_observer: Callable[[float, int], None] | None = None
         self._configs: dict[str, dict[str, Any]] = {}  # parsed config blobs by digest, oldest first
 
-    def reconfigure(self, *, registries_conf: str | None, auth_file: str | None, max_parallel_layers: int) -> None:
+    def reconfigure(self, *, registries_conf: str | None, auth_file: str | None, max_parallel_layers: int,
+                    signature_policies: SignaturePolicies | None = None, registries_d: str | None = None) -> None:
         self.registries_conf = registries_conf or None
         self.auth_file = auth_file or None
         self.max_parallel_layers = max(1, max_parallel_layers)
+        if signature_policies is not None:
+            self.signature_policies = signature_policies
+        if registries_d is not None:
+            self.registries_d = registries_d
 
     async def close(self) -> None:
         if self._session is not None:
@@ -193,7 +208,9 @@ class ImageManager:
 
     # -- pull ----------------------------------------------------------------
 
-    async def pull(self, name: str, credentials: Credentials | None = None) -> ImageRecord:
+    async def pull(self, name: str, credentials: Credentials | None = None, namespace: str = "") -> ImageRecord:
+        """Pull ``name`` for a pod of Kubernetes ``namespace`` ("" for none), whose signature policy applies."""
+        policy = self.signature_policies.for_namespace(namespace)
         registries = self._registries()
         try:
             candidates = registries.candidates(name)
@@ -207,7 +224,11 @@ class ImageManager:
             if ref.digest:
                 record = self.store.find_image(f"{ref.name}@{ref.digest}")
                 if record is not None and all(self.store.has_layer(c) for c in record.layers):
-                    return record
+                    if not needs_network(policy, ref):
+                        decide_without_signatures(policy, ref)
+                        return record
+                    if policy is not None and self._accepted_by.get(f"{ref.name}@{ref.digest}") == policy.digest:
+                        return record
 
         errors: list[str] = []
         last: Exception | None = None
@@ -225,6 +246,12 @@ class ImageManager:
                 errors.append(str(exc))
                 last = exc
                 continue
+            # Before the config or any layer is fetched: a refused image costs only its manifest.
+            top = resolved.index if resolved.index is not None else resolved.manifest
+            await enforce(policy, ref, top.raw, resolved.repo_digest, registries_d=self.registries_d,
+                          session=self._http())
+            if policy is not None:
+                self._accepted_by[f"{ref.name}@{resolved.repo_digest}"] = policy.digest
             return await self._pull_resolved(ref, resolved)
         message = f"pulling image {name}: " + "; ".join(errors)
         if isinstance(last, RegistryAuthError):

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from crio_fast import _native
-from crio_fast.config import Config
+from crio_fast.config import Config, ConfigError
 from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.cgroups import CgroupError, make_cgroup_manager
 from crio_fast.container import oci, translate
@@ -26,6 +26,8 @@ from crio_fast.container.apparmor import AppArmor
 from crio_fast.container.manager import ContainerManager
 from crio_fast.crashpoints import crash_point
 from crio_fast.image.manager import ImageManager
+from crio_fast.image.policy import PolicyError
+from crio_fast.image.signatures import SignaturePolicies
 from crio_fast.runtime.monitor_watch import MonitorWatch
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import POD_READY, ContainerRecord, StateStore
@@ -59,6 +61,8 @@ RELOADABLE_KEYS = frozenset(
         "image.registries_conf",
         "image.global_auth_file",
         "image.signature_policy",
+        "image.signature_policy_dir",
+        "image.registries_d",
         "image.insecure_registries",
         "image.max_parallel_layer_pulls",
         "network.cni_default_network",
@@ -103,11 +107,18 @@ class Engine:
         if not self._monitor_ok:
             log.error("%s", self._monitor_message)
         os.makedirs(config.crio.root, mode=0o711, exist_ok=True)
+        try:
+            signature_policies = SignaturePolicies.load(config.image.signature_policy,
+                                                        config.image.signature_policy_dir)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from exc
         self.images = ImageManager(
             ImageStore.open(config.crio.root),
             registries_conf=config.image.registries_conf,
             auth_file=config.image.global_auth_file,
             max_parallel_layers=config.image.max_parallel_layer_pulls,
+            signature_policies=signature_policies,
+            registries_d=config.image.registries_d,
         )
         monitor = config.runtime.monitor_path or str(_native.monitor_path())
         self.cgroups = make_cgroup_manager(config.runtime.cgroup_manager, monitor_cgroup=config.runtime.monitor_cgroup)
@@ -245,6 +256,19 @@ class Engine:
             log.info("pod CIDR set to %s", cidr)
         self.pod_cidr = cidr
 
+    def _reload_signature_policies(self) -> SignaturePolicies | None:
+        """The policy file read again (it may have changed under the same name); None keeps the running
+        one when the new one cannot be used."""
+        image = self.config.image
+        try:
+            policies = SignaturePolicies.load(image.signature_policy, image.signature_policy_dir)
+        except PolicyError as exc:
+            log.error("signature policy not reloaded, keeping the running one: %s", exc)
+            return None
+        if policies.node is not None:
+            log.info("signature policy %s loaded (%s)", policies.node.source, policies.node.digest)
+        return policies
+
     def reload(self, new: Config) -> list[str]:
         """Apply the reloadable part of ``new``; return the changed keys that need a restart."""
         old_flat, new_flat = _flatten(self.config), _flatten(new)
@@ -264,6 +288,8 @@ class Engine:
             registries_conf=self.config.image.registries_conf,
             auth_file=self.config.image.global_auth_file,
             max_parallel_layers=self.config.image.max_parallel_layer_pulls,
+            signature_policies=self._reload_signature_policies(),
+            registries_d=self.config.image.registries_d,
         )
         if "runtime.apparmor_profile" in applied:
             self.apparmor.set_default_profile(self.config.runtime.apparmor_profile)

@@ -59,7 +59,8 @@ class ImageServicer(ServicerBase):
         name = request.image.image
         if not name:
             raise InvalidArgument("PullImage: image name is empty")
-        record = await self.images.pull(name, _credentials(request.auth))
+        namespace = request.sandbox_config.metadata.namespace if request.HasField("sandbox_config") else ""
+        record = await self.images.pull(name, _credentials(request.auth), namespace)
         return pb.PullImageResponse(image_ref=record.id)
 
     def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
