@@ -1,0 +1,281 @@
+"""The signature policy at PullImage: a real daemon, a real registry, real GPG signatures.
+
+Keys and signatures are made with Debian's gnupg in private homes; signatures are
+published in a lookaside directory read over file:// or served over HTTP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crio_fast.api import api_pb2 as api
+from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.pods import wait_for
+from tests.support.signing import GpgSigner, LookasideServer, gnupg_missing, publish, simple_signing_payload
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def signer():
+    if gnupg_missing():
+        pytest.skip(gnupg_missing())
+    s = GpgSigner("Trusted")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def stranger():
+    if gnupg_missing():
+        pytest.skip(gnupg_missing())
+    s = GpgSigner("Stranger")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+class Node:
+    """Files a policy-enforcing daemon reads (policy, namespace policies, registries.d, lookaside)
+    and the daemon itself, started on demand."""
+
+    def __init__(self, base: Path, registries_conf: Path) -> None:
+        self.policy = base / "policy.json"
+        self.policy_dir = base / "policies"
+        self.registries_d = base / "registries.d"
+        self.lookaside = base / "lookaside"
+        for directory in (self.policy_dir, self.registries_d, self.lookaside):
+            directory.mkdir()
+        self.registries_conf = registries_conf
+        self.lookaside_at(self.lookaside.as_uri())
+        self.daemon: Daemon | None = None
+        self.dirs = make_dirs()
+
+    def lookaside_at(self, url: str) -> None:
+        (self.registries_d / "default.yaml").write_text(f"default-docker:\n  lookaside: {url}\n")
+
+    def write_policy(self, document: object, path: Path | None = None) -> None:
+        (path or self.policy).write_text(document if isinstance(document, str) else json.dumps(document))
+
+    def start(self) -> Daemon:
+        self.daemon = Daemon(self.dirs, "--registries-conf", str(self.registries_conf),
+                             "--signature-policy", str(self.policy),
+                             "--signature-policy-dir", str(self.policy_dir),
+                             "--registries-d", str(self.registries_d)).start()
+        return self.daemon
+
+    def reload(self, expect: str) -> None:
+        """SIGHUP, and wait for one more log line holding ``expect``."""
+        before = self.daemon.log().count(expect)
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.daemon.log().count(expect) > before, what=f"{expect!r} in the daemon's log")
+
+    def close(self) -> None:
+        try:
+            if self.daemon is not None:
+                try:
+                    self.daemon.stop()
+                finally:
+                    self.daemon.kill()
+        finally:
+            remove_dirs(self.dirs)
+
+
+@pytest.fixture
+def node(tmp_path, registries_conf):
+    n = Node(tmp_path, registries_conf)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def signed_by(signer: GpgSigner, **extra: object) -> dict:
+    return {"type": "signedBy", "keyType": "GPGKeys", "keyData": base64.b64encode(signer.public_key()).decode(),
+            **extra}
+
+
+def only_signed(host: str, signer: GpgSigner) -> dict:
+    """Everything refused but this registry's images, which need the signer's signature."""
+    return {"default": [{"type": "reject"}], "transports": {"docker": {host: [signed_by(signer)]}}}
+
+
+def sign_image(node: Node, pushed, signer: GpgSigner, *, digest: str | None = None,
+               identity: str | None = None) -> None:
+    signature = signer.sign(simple_signing_payload(digest or pushed.repo_digest, identity or pushed.reference))
+    publish(node.lookaside, pushed.reference, pushed.repo_digest, [signature])
+
+
+def pull(d: Daemon, image: str, namespace: str | None = None) -> str:
+    request = api.PullImageRequest(image=api.ImageSpec(image=image))
+    if namespace is not None:
+        request.sandbox_config.metadata.namespace = namespace
+        request.sandbox_config.metadata.name = "pod"
+    return d.client.image.PullImage(request, timeout=60).image_ref
+
+
+def refused(d: Daemon, image: str, namespace: str | None = None) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        pull(d, image, namespace)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    details = caught.value.details()
+    assert details.startswith("SignatureValidationFailed: image "), details
+    assert image.split("@")[0].split(":")[0] in details
+    return details
+
+
+def layers_in_store(d: Daemon) -> list[str]:
+    return os.listdir(d.dirs.root / "images" / "layers")
+
+
+def test_signed_image_is_pulled_unsigned_refused_before_any_layer(node, signer, push_image, registry):
+    node.write_policy(only_signed(registry.host, signer))
+    d = node.start()
+    pushed = push_image()
+    details = refused(d, pushed.reference)
+    assert f"docker:{registry.host}" in details and "no signature" in details
+    assert layers_in_store(d) == []  # refused on its manifest alone
+    assert not d.client.image.ImageStatus(api.ImageStatusRequest(image=api.ImageSpec(image=pushed.reference)),
+                                          timeout=10).HasField("image")
+
+    sign_image(node, pushed, signer)
+    assert pull(d, pushed.reference) == pushed.config_digest
+    assert pull(d, pushed.digest_reference) == pushed.config_digest
+
+
+def test_signatures_served_over_http(node, signer, push_image, registry):
+    server = LookasideServer(node.lookaside)
+    try:
+        node.lookaside_at(server.url + "/")
+        node.write_policy(only_signed(registry.host, signer))
+        d = node.start()
+        pushed = push_image(multi_arch=True)  # signed as its index: the digest the tag names
+        sign_image(node, pushed, signer)
+        assert pull(d, pushed.reference) == pushed.config_digest
+        assert server.requests >= 2  # signature-1, then the missing signature-2
+        unsigned = push_image()
+        assert "no signature" in refused(d, unsigned.reference)
+    finally:
+        server.close()
+
+
+def test_wrong_key_is_refused(node, signer, stranger, push_image, registry):
+    node.write_policy(only_signed(registry.host, signer))
+    d = node.start()
+    pushed = push_image()
+    sign_image(node, pushed, stranger)
+    assert "unknown key" in refused(d, pushed.reference)
+    assert layers_in_store(d) == []
+
+
+def test_replayed_and_tampered_signatures_are_refused(node, signer, push_image, registry):
+    node.write_policy(only_signed(registry.host, signer))
+    d = node.start()
+    signed, target = push_image(cmd=["signed"]), push_image(cmd=["target"])
+    assert signed.repo_digest != target.repo_digest
+    # A genuine signature of another image, stored under the target's digest.
+    genuine = signer.sign(simple_signing_payload(signed.repo_digest, target.reference))
+    publish(node.lookaside, target.reference, target.repo_digest, [genuine])
+    details = refused(d, target.reference)
+    assert "digest mismatch" in details and signed.repo_digest in details
+    # A signature of the target whose bytes were altered.
+    tampered = bytearray(signer.sign(simple_signing_payload(target.repo_digest, target.reference)))
+    tampered[len(tampered) // 2] ^= 0x01
+    publish(node.lookaside, target.reference, target.repo_digest, [bytes(tampered)])
+    assert "signature 1:" in refused(d, target.reference)
+    assert layers_in_store(d) == []
+
+
+def test_identity_mismatch_and_signed_identity_modes(node, signer, push_image, registry):
+    pushed = push_image(tag="v1")
+    other_tag = pushed.reference.rsplit(":", 1)[0] + ":v2"
+    node.write_policy(only_signed(registry.host, signer))
+    d = node.start()
+    sign_image(node, pushed, signer, identity=other_tag)
+    assert "identity mismatch" in refused(d, pushed.reference)
+    # matchRepository accepts a signature of the same repository under another tag.
+    repository = pushed.reference.rsplit(":", 1)[0]
+    node.write_policy({"default": [{"type": "reject"}], "transports": {"docker": {
+        repository: [signed_by(signer, signedIdentity={"type": "matchRepository"})]}}})
+    node.reload("signature policy")
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_reject_and_insecure_accept_anything_scopes(node, push_image, registry):
+    open_image, closed_image = push_image(repository="open/app"), push_image(repository="closed/app")
+    node.write_policy({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {
+        f"{registry.host}/closed": [{"type": "reject"}],
+        f"{registry.host}/open/app": [{"type": "insecureAcceptAnything"}],
+    }}})
+    d = node.start()
+    assert pull(d, open_image.reference) == open_image.config_digest
+    details = refused(d, closed_image.reference)
+    assert f"docker:{registry.host}/closed" in details and "rejected by policy" in details
+
+
+def test_namespace_policy_overrides_the_node_policy(node, signer, push_image, registry):
+    node.write_policy({"default": [{"type": "insecureAcceptAnything"}]})
+    node.write_policy(only_signed(registry.host, signer), node.policy_dir / "secure.json")
+    d = node.start()
+    pushed = push_image()
+    assert "no signature" in refused(d, pushed.reference, namespace="secure")
+    assert pull(d, pushed.reference, namespace="relaxed") == pushed.config_digest
+    assert pull(d, pushed.reference) == pushed.config_digest
+    # Already in the store: the namespace's policy still decides.
+    assert "no signature" in refused(d, pushed.reference, namespace="secure")
+    sign_image(node, pushed, signer)
+    assert pull(d, pushed.reference, namespace="secure") == pushed.config_digest
+
+
+def test_policy_change_rechecks_images_already_pulled(node, signer, push_image, registry):
+    node.write_policy(only_signed(registry.host, signer))
+    d = node.start()
+    pushed = push_image()
+    sign_image(node, pushed, signer)
+    assert pull(d, pushed.digest_reference) == pushed.config_digest
+    publish(node.lookaside, pushed.reference, pushed.repo_digest, [])  # the signature withdrawn
+    # The same policy accepted this image by digest: no need to ask again.
+    assert pull(d, pushed.digest_reference) == pushed.config_digest
+    # A changed policy (same rules, other bytes) checks again, and the signature is gone.
+    node.write_policy(json.dumps(only_signed(registry.host, signer), indent=2))
+    node.reload("signature policy")
+    assert "no signature" in refused(d, pushed.digest_reference)
+    assert "no signature" in refused(d, pushed.reference)
+    # A policy that rejects needs no signature to refuse an image it holds.
+    node.write_policy({"default": [{"type": "reject"}]})
+    node.reload("signature policy")
+    assert "rejected by policy" in refused(d, pushed.digest_reference)
+
+
+def test_sighup_reloads_a_good_policy_and_keeps_it_over_a_malformed_one(node, push_image):
+    node.write_policy({"default": [{"type": "reject"}]})
+    d = node.start()
+    pushed = push_image()
+    assert "rejected by policy" in refused(d, pushed.reference)
+    node.write_policy({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {"bad host": []}}})
+    node.reload("signature policy not reloaded")
+    assert 'scope "bad host"' in d.log()
+    assert "rejected by policy" in refused(d, pushed.reference)  # the running policy stays
+    node.write_policy({"default": [{"type": "insecureAcceptAnything"}]})
+    node.reload(f"signature policy {node.policy} loaded")
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_malformed_policy_at_start_stops_the_daemon(node):
+    node.write_policy({"default": [{"type": "signedBy", "keyType": "GPGKeys"}]})
+    with pytest.raises(RuntimeError) as caught:
+        node.start()
+    message = str(caught.value)
+    assert "daemon exited with 1" in message
+    assert f"configuration error: signature policy {node.policy}" in message
+    assert "default requirement 1" in message and "keyPath" in message
