@@ -331,9 +331,9 @@ class ImageSection:
         optional_absolute_path,
     )
     registries_d: str = setting(
-        "",
-        "containers-registries.d directory naming where GPG signatures are (lookaside URLs), as"
-        " /etc/containers/registries.d; empty names none, so signedBy requirements find no signature.",
+        "/etc/containers/registries.d",
+        "containers-registries.d directory: where images' GPG signatures are (lookaside URLs); read only for"
+        " signedBy requirements. Missing or empty, no image has signatures.",
         optional_absolute_path,
     )
     registries_conf: str = setting(
