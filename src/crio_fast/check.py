@@ -463,6 +463,27 @@ def check_cgroup_driver(config: Config) -> Finding:
         manager.close()
 
 
+def check_signature_policy(config: Config) -> Finding:
+    """The node's signature policy loads, registries.d reads, and gpgv is there if signatures are needed."""
+    from crio_fast.image.lookaside import RegistriesD, RegistriesDError
+    from crio_fast.image.policy import Policy, PolicyError, needs_signatures
+
+    part = "signature policy"
+    path = config.image.signature_policy
+    if not path:
+        return Finding(Status.OK, part, "none: every image is accepted")
+    try:
+        policy = Policy.load(path)
+        RegistriesD.load(config.image.registries_d)
+    except (PolicyError, RegistriesDError) as exc:
+        return Finding(Status.MISSING, part, str(exc), "fix the file: the daemon does not start with it")
+    requirements = [*policy.default, *(r for scope in policy.docker_scopes.values() for r in scope)]
+    if any(needs_signatures(r) for r in requirements) and shutil.which("gpgv") is None:
+        return Finding(Status.MISSING, part, f"{path} requires signatures but gpgv is not installed",
+                       "apt-get install gpgv")
+    return Finding(Status.OK, part, f"{path} ({len(policy.docker_scopes)} docker scopes)")
+
+
 def run_checks(config: Config) -> list[Finding]:
     """Every finding for this node under ``config``, in a stable order."""
     findings = [check_privileges(), check_overlayfs()]
@@ -477,6 +498,7 @@ def run_checks(config: Config) -> list[Finding]:
     findings += check_cni_plugins(config.network.plugin_dirs)
     findings += check_runtimes(config)
     findings.append(check_socket_dir(config.api.listen))
+    findings.append(check_signature_policy(config))
     if systemd_booted():
         findings.append(check_service(unit_state()))
     return findings

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
-from tests.support.daemon import Daemon, make_dirs, remove_dirs
+from tests.support.daemon import Daemon, make_dirs, remove_dirs, run_cli
 from tests.support.pods import wait_for
 from tests.support.signing import GpgSigner, LookasideServer, gnupg_missing, publish, simple_signing_payload
 
@@ -279,3 +279,21 @@ def test_malformed_policy_at_start_stops_the_daemon(node):
     assert "daemon exited with 1" in message
     assert f"configuration error: signature policy {node.policy}" in message
     assert "default requirement 1" in message and "keyPath" in message
+
+
+def check_line(stdout: str) -> tuple[str, str]:
+    """(status, detail) of `crio-fast check`'s signature policy line."""
+    line = next(line for line in stdout.splitlines() if " signature policy: " in line)
+    status, _, detail = line.partition(" signature policy: ")
+    return status.strip(), detail
+
+
+def test_check_reports_the_policy(node, signer):
+    node.write_policy(only_signed("registry.test", signer))
+    flags = ["--signature-policy", str(node.policy), "--registries-d", str(node.registries_d)]
+    result = run_cli(node.dirs, *flags, "check")
+    assert check_line(result.stdout) == ("OK", f"{node.policy} (1 docker scopes)"), result.stdout
+    node.write_policy({"default": []})
+    result = run_cli(node.dirs, *flags, "check")
+    status, detail = check_line(result.stdout)
+    assert result.returncode == 1 and status == "MISSING" and "must not be empty" in detail, result.stdout
