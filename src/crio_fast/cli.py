@@ -15,10 +15,12 @@ import logging
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crio_fast.config import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_CONFIG_PATH,
+    Config,
     ConfigError,
     add_config_flags,
     defaults_with_flags,
@@ -27,6 +29,9 @@ from crio_fast.config import (
 )
 from crio_fast.systemd import log_formatter
 from crio_fast.version import __version__, git_commit, version_string
+
+if TYPE_CHECKING:
+    from crio_fast.image.importer import Admit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd = image_sub.add_parser("import", help="load an OCI layout archive or a docker-archive tarball")
     import_cmd.add_argument("archive", help="path of the .tar archive")
     import_cmd.add_argument("--tag", action="append", default=[], help="also tag the image with this name (repeatable)")
+    import_cmd.add_argument("--skip-signature-policy", action="store_true",
+                            help="load the image whatever the signature policy ([crio.image] signature_policy) says")
     image_sub.add_parser("ls", help="list the images in the store")
     return parser
 
@@ -81,16 +88,23 @@ def cmd_version() -> int:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
+    from crio_fast.errors import CrioError
     from crio_fast.image.importer import ArchiveImportError, import_archive
     from crio_fast.image.ingest import LayerVerificationError
+    from crio_fast.image.policy import PolicyError
     from crio_fast.image.store import ImageStore
 
     config = _load(args)
     store = ImageStore.open(config.crio.root, collect_garbage=False)
     if args.image_command == "import":
         try:
-            imported = import_archive(store, args.archive, extra_tags=args.tag)
-        except (ArchiveImportError, LayerVerificationError, OSError) as exc:
+            admit = None if args.skip_signature_policy else _signature_policy_check(config)
+        except PolicyError as exc:
+            print(f"crio-fast: {exc}", file=sys.stderr)
+            return 1
+        try:
+            imported = import_archive(store, args.archive, extra_tags=args.tag, admit=admit)
+        except (ArchiveImportError, LayerVerificationError, OSError, CrioError) as exc:
             print(f"crio-fast: importing {args.archive}: {exc}", file=sys.stderr)
             return 1
         record = imported.record
@@ -101,6 +115,21 @@ def cmd_image(args: argparse.Namespace) -> int:
         names = " ".join(record.repo_tags or record.repo_digests) or "<none>"
         print(f"{record.id.split(':', 1)[1][:13]:<15} {_human(record.size):>10}  {names}")
     return 0
+
+
+def _signature_policy_check(config: Config) -> Admit | None:
+    """What `image import` asks before storing layers: the node's signature policy, if there is one."""
+    from crio_fast.image.policy import Policy
+    from crio_fast.image.signatures import enforce_import
+
+    if not config.image.signature_policy:
+        return None
+    policy = Policy.load(config.image.signature_policy)
+
+    def admit(names: list[str], manifest_raw: bytes | None) -> None:
+        asyncio.run(enforce_import(policy, names, manifest_raw, registries_d=config.image.registries_d))
+
+    return admit
 
 
 def _human(size: int) -> str:

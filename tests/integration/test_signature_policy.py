@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -134,8 +135,9 @@ def refused(d: Daemon, image: str, namespace: str | None = None) -> str:
     return details
 
 
-def layers_in_store(d: Daemon) -> list[str]:
-    return os.listdir(d.dirs.root / "images" / "layers")
+def layers_in_store(root: Path) -> list[str]:
+    layers = root / "images" / "layers"
+    return os.listdir(layers) if layers.exists() else []
 
 
 def test_signed_image_is_pulled_unsigned_refused_before_any_layer(node, signer, push_image, registry):
@@ -144,7 +146,7 @@ def test_signed_image_is_pulled_unsigned_refused_before_any_layer(node, signer, 
     pushed = push_image()
     details = refused(d, pushed.reference)
     assert f"docker:{registry.host}" in details and "no signature" in details
-    assert layers_in_store(d) == []  # refused on its manifest alone
+    assert layers_in_store(d.dirs.root) == []  # refused on its manifest alone
     assert not d.client.image.ImageStatus(api.ImageStatusRequest(image=api.ImageSpec(image=pushed.reference)),
                                           timeout=10).HasField("image")
 
@@ -175,7 +177,7 @@ def test_wrong_key_is_refused(node, signer, stranger, push_image, registry):
     pushed = push_image()
     sign_image(node, pushed, stranger)
     assert "unknown key" in refused(d, pushed.reference)
-    assert layers_in_store(d) == []
+    assert layers_in_store(d.dirs.root) == []
 
 
 def test_replayed_and_tampered_signatures_are_refused(node, signer, push_image, registry):
@@ -193,7 +195,7 @@ def test_replayed_and_tampered_signatures_are_refused(node, signer, push_image, 
     tampered[len(tampered) // 2] ^= 0x01
     publish(node.lookaside, target.reference, target.repo_digest, [bytes(tampered)])
     assert "signature 1:" in refused(d, target.reference)
-    assert layers_in_store(d) == []
+    assert layers_in_store(d.dirs.root) == []
 
 
 def test_identity_mismatch_and_signed_identity_modes(node, signer, push_image, registry):
@@ -297,3 +299,45 @@ def test_check_reports_the_policy(node, signer):
     result = run_cli(node.dirs, *flags, "check")
     status, detail = check_line(result.stdout)
     assert result.returncode == 1 and status == "MISSING" and "must not be empty" in detail, result.stdout
+
+
+def oci_archive(path: Path, name: str, cmd: str):
+    """An OCI layout tarball of a busybox image named ``name``; the built image."""
+    from tests.support.images import build_image, busybox_layer, make_layer
+
+    built = build_image([make_layer(busybox_layer(), "gzip", "oci")], cmd=[cmd])
+    layout = path.with_suffix(".d")
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    for digest, data in [(built.digest, built.manifest), (built.config_digest, built.config)] + [
+            (layer.digest, layer.blob) for layer in built.layers]:
+        (blobs / digest.split(":")[1]).write_bytes(data)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": built.manifest_media_type, "digest": built.digest, "size": len(built.manifest),
+        "annotations": {"org.opencontainers.image.ref.name": name}}]}))
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(path), "."], check=True)
+    return built
+
+
+def test_image_import_applies_the_policy_unless_bypassed(node, signer, tmp_path):
+    node.write_policy(only_signed("example.test", signer))
+    flags = ["--signature-policy", str(node.policy), "--registries-d", str(node.registries_d)]
+    name = "example.test/imported/app:1"
+    built = oci_archive(tmp_path / "app.tar", name, "signed-import")
+
+    result = run_cli(node.dirs, *flags, "image", "import", str(tmp_path / "app.tar"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "SignatureValidationFailed" in result.stderr and "no signature" in result.stderr
+    assert layers_in_store(node.dirs.root) == []
+
+    publish(node.lookaside, name, built.digest, [signer.sign(simple_signing_payload(built.digest, name))])
+    result = run_cli(node.dirs, *flags, "image", "import", str(tmp_path / "app.tar"))
+    assert result.returncode == 0, result.stderr
+    assert built.config_digest in result.stdout
+
+    rejected = oci_archive(tmp_path / "other.tar", "elsewhere.test/app:1", "rejected-import")
+    result = run_cli(node.dirs, *flags, "image", "import", str(tmp_path / "other.tar"))
+    assert result.returncode == 1 and "rejected by policy" in result.stderr, result.stderr
+    result = run_cli(node.dirs, *flags, "image", "import", "--skip-signature-policy", str(tmp_path / "other.tar"))
+    assert result.returncode == 0 and rejected.config_digest in result.stdout, result.stderr

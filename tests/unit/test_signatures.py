@@ -15,7 +15,7 @@ from crio_fast.errors import FailedPrecondition, InvalidArgument
 from crio_fast.image.lookaside import RegistriesD, RegistriesDError, read_signatures, signature_url
 from crio_fast.image.policy import Policy
 from crio_fast.image.reference import parse_reference
-from crio_fast.image.signatures import SignaturePolicies, SignatureValidationFailed, enforce
+from crio_fast.image.signatures import SignaturePolicies, SignatureValidationFailed, enforce, enforce_import
 from crio_fast.image.simple_signing import SignatureInvalid, UnknownKey, dearmor, parse_payload, verify
 from tests.support.signing import GpgSigner, LookasideServer, gnupg_missing, publish, simple_signing_payload
 
@@ -293,3 +293,23 @@ def test_namespace_policy_overrides_the_node_policy(tmp_path):
     with pytest.raises(InvalidArgument, match="namespace"):
         policies.for_namespace("../etc")
     assert SignaturePolicies.load("", "").for_namespace("strict") is None
+
+
+def test_import_without_a_name_or_a_manifest(signer, tmp_path):
+    strict = policy_for([signed_by(signer)], tmp_path, default=[signed_by(signer)])
+    with pytest.raises(FailedPrecondition, match="without a name"):
+        asyncio.run(enforce_import(strict, [], MANIFEST, registries_d=""))
+    with pytest.raises(SignatureValidationFailed, match="docker-archive"):
+        asyncio.run(enforce_import(strict, [IMAGE], None, registries_d=""))
+    relaxed = policy_for([{"type": "insecureAcceptAnything"}], tmp_path,
+                         default=[{"type": "insecureAcceptAnything"}])
+    asyncio.run(enforce_import(relaxed, [], None, registries_d=""))
+    asyncio.run(enforce_import(relaxed, [IMAGE], None, registries_d=""))
+    # Every name must pass: one refused name refuses the image.
+    publish(tmp_path / "sigs", IMAGE, DIGEST, [sign(signer)])
+    registries_d = tmp_path / "registries.d"
+    write(registries_d / "sigs.yaml", f"default-docker:\n  lookaside: {(tmp_path / 'sigs').as_uri()}\n")
+    asyncio.run(enforce_import(strict, [IMAGE], MANIFEST, registries_d=str(registries_d)))
+    with pytest.raises(SignatureValidationFailed, match="no signature"):
+        asyncio.run(enforce_import(strict, [IMAGE, "registry.test:5000/team/other:v1"], MANIFEST,
+                                   registries_d=str(registries_d)))

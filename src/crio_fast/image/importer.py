@@ -9,6 +9,8 @@ Two formats, told apart by their index file:
 
 Layers go through the same :class:`~crio_fast.image.ingest.LayerIngest` as
 pulls: streamed out of the archive into the extractor, verified, committed.
+Before any layer, an ``admit`` callback (the CLI's signature policy check)
+is given the names the image will have and its manifest, and may refuse.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from crio_fast.image.ingest import LayerIngest
 from crio_fast.image.reference import InvalidReference, parse_reference
@@ -33,6 +36,11 @@ CHUNK = 1 << 20
 
 class ArchiveImportError(Exception):
     """The archive is not a loadable image (message says what is wrong)."""
+
+
+# Called with the image's names and its manifest (None for a docker-archive, which has none) before any
+# layer is stored; raises to refuse the image.
+Admit = Callable[[list[str], "bytes | None"], None]
 
 
 @dataclass
@@ -114,7 +122,8 @@ def _normalize_names(names: list[str]) -> list[str]:
     return tags
 
 
-def import_archive(store: ImageStore, path: str | Path, extra_tags: list[str] | None = None) -> ImportedImage:
+def import_archive(store: ImageStore, path: str | Path, extra_tags: list[str] | None = None,
+                   admit: Admit | None = None) -> ImportedImage:
     path = Path(path)
     try:
         archive = tarfile.open(path, mode="r:*")
@@ -123,9 +132,9 @@ def import_archive(store: ImageStore, path: str | Path, extra_tags: list[str] | 
     with archive:
         names = set(archive.getnames())
         if "index.json" in names or "./index.json" in names:
-            return _import_oci(store, archive, extra_tags or [])
+            return _import_oci(store, archive, extra_tags or [], admit)
         if "manifest.json" in names or "./manifest.json" in names:
-            return _import_docker(store, archive, extra_tags or [])
+            return _import_docker(store, archive, extra_tags or [], admit)
     raise ArchiveImportError(f"{path}: neither an OCI layout (index.json) nor a docker-archive (manifest.json)")
 
 
@@ -168,12 +177,16 @@ def _save(store: ImageStore, config_raw: bytes, manifest_digest: str, chains: li
     return ImportedImage(record=store.save_image(record), layers_added=added)
 
 
-def _import_oci(store: ImageStore, archive: tarfile.TarFile, extra_tags: list[str]) -> ImportedImage:
+def _import_oci(store: ImageStore, archive: tarfile.TarFile, extra_tags: list[str], admit: Admit | None,
+                ) -> ImportedImage:
     index = json.loads(_member_bytes(archive, "index.json"))
     manifest, manifest_raw, names = _pick_manifest(archive, index)
     config_raw = _member_bytes(archive, _blob_name(manifest["config"]["digest"]))
     _verify(config_raw, manifest["config"]["digest"])
     diff_ids = json.loads(config_raw).get("rootfs", {}).get("diff_ids", [])
+    tags = _normalize_names(names + extra_tags)
+    if admit is not None:
+        admit(tags, manifest_raw)
     layers = manifest.get("layers", [])
     chains, added = _layers_from(
         store,
@@ -185,10 +198,11 @@ def _import_oci(store: ImageStore, archive: tarfile.TarFile, extra_tags: list[st
     )
     manifest_digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
     store.put_blob(manifest_digest, manifest_raw)
-    return _save(store, config_raw, manifest_digest, chains, diff_ids, _normalize_names(names + extra_tags), added)
+    return _save(store, config_raw, manifest_digest, chains, diff_ids, tags, added)
 
 
-def _import_docker(store: ImageStore, archive: tarfile.TarFile, extra_tags: list[str]) -> ImportedImage:
+def _import_docker(store: ImageStore, archive: tarfile.TarFile, extra_tags: list[str], admit: Admit | None,
+                   ) -> ImportedImage:
     entries = json.loads(_member_bytes(archive, "manifest.json"))
     if not isinstance(entries, list) or not entries:
         raise ArchiveImportError("manifest.json lists no images")
@@ -196,6 +210,9 @@ def _import_docker(store: ImageStore, archive: tarfile.TarFile, extra_tags: list
     config_raw = _member_bytes(archive, entry["Config"])
     diff_ids = json.loads(config_raw).get("rootfs", {}).get("diff_ids", [])
     members = list(entry.get("Layers", []))
+    tags = _normalize_names(list(entry.get("RepoTags") or []) + extra_tags)
+    if admit is not None:
+        admit(tags, None)
     # docker-archive layers carry no compressed digest: the diffID check is the verification.
     chains, added = _layers_from(store, archive, members, [""] * len(members), [""] * len(members), diff_ids)
-    return _save(store, config_raw, "", chains, diff_ids, _normalize_names(list(entry.get("RepoTags") or []) + extra_tags), added)
+    return _save(store, config_raw, "", chains, diff_ids, tags, added)

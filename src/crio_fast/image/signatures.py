@@ -35,7 +35,7 @@ from crio_fast.image.policy import (
     SigstoreSigned,
     needs_signatures,
 )
-from crio_fast.image.reference import ImageReference
+from crio_fast.image.reference import ImageReference, parse_reference
 from crio_fast.image.simple_signing import SignatureInvalid, VerifierUnavailable, verify
 
 MARKER = "SignatureValidationFailed"
@@ -119,6 +119,32 @@ async def enforce(policy: Policy | None, ref: ImageReference, manifest_raw: byte
         await _one_signature_holds(requirement, keys, signatures, ref, manifest_raw, manifest_digest, scoped.scope)
 
 
+async def enforce_import(policy: Policy | None, names: Sequence[str], manifest_raw: bytes | None, *,
+                         registries_d: str) -> None:
+    """An image loaded from an archive, to be named ``names``: each name must be one under which the policy
+    accepts this manifest, as if pulled by it. A docker-archive (``manifest_raw`` None) has no manifest a
+    signature could cover; an untagged image has no name to look signatures up by: either passes only where
+    the policy needs no signature."""
+    if policy is None:
+        return
+    if not names:
+        if any(isinstance(r, Reject) or needs_signatures(r) for r in policy.default):
+            raise FailedPrecondition(f"{MARKER}: an image without a name is refused by the signature policy"
+                                     " (default): name it (--tag) to have it checked under that name")
+        return
+    for name in names:
+        ref = parse_reference(name)
+        if manifest_raw is None:
+            if needs_network(policy, ref):
+                raise SignatureValidationFailed(ref, policy.for_image(ref).scope, "a docker-archive has no"
+                                                " manifest a signature could cover")
+            decide_without_signatures(policy, ref)
+            continue
+        digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
+        await enforce(policy, ref.with_digest(None) if ref.tag else ref, manifest_raw, digest,
+                      registries_d=registries_d)
+
+
 async def _signatures(ref: ImageReference, manifest_digest: str, registries_d: str,
                       session: aiohttp.ClientSession | None, scope: str) -> list[bytes]:
     loop = asyncio.get_running_loop()
@@ -183,5 +209,6 @@ __all__ = [
     "SignatureValidationFailed",
     "decide_without_signatures",
     "enforce",
+    "enforce_import",
     "needs_network",
 ]
