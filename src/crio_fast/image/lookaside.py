@@ -21,7 +21,7 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import yaml
@@ -152,7 +152,7 @@ async def read_signatures(base: str, ref: ImageReference, manifest_digest: str,
 def _read_files(base: str, ref: ImageReference, manifest_digest: str) -> list[bytes]:
     signatures = []
     for index in range(1, MAX_SIGNATURES + 1):
-        path = urlsplit(signature_url(base, ref, manifest_digest, index)).path
+        path = unquote(urlsplit(signature_url(base, ref, manifest_digest, index)).path)
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_SIGNATURE_SIZE + 1)
