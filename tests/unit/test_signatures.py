@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crio_fast.errors import FailedPrecondition, InvalidArgument
+from crio_fast.errors import FailedPrecondition, InvalidArgument, Unavailable
 from crio_fast.image.lookaside import RegistriesD, RegistriesDError, read_signatures, signature_url
 from crio_fast.image.policy import Policy
 from crio_fast.image.reference import parse_reference
@@ -313,3 +313,17 @@ def test_import_without_a_name_or_a_manifest(signer, tmp_path):
     with pytest.raises(SignatureValidationFailed, match="no signature"):
         asyncio.run(enforce_import(strict, [IMAGE, "registry.test:5000/team/other:v1"], MANIFEST,
                                    registries_d=str(registries_d)))
+
+
+def test_unusable_registries_d_or_unreachable_lookaside_fail_the_pull(signer, tmp_path):
+    policy = policy_for([signed_by(signer)], tmp_path)
+    broken = tmp_path / "broken.d"
+    write(broken / "bad.yaml", "default-docker: [\n")
+    with pytest.raises(FailedPrecondition, match="bad.yaml") as caught:
+        asyncio.run(enforce(policy, parse_reference(IMAGE), MANIFEST, DIGEST, registries_d=str(broken)))
+    assert not isinstance(caught.value, SignatureValidationFailed)
+    # Nothing listens on port 1 of 127.0.0.1: a store that cannot be reached is UNAVAILABLE, not a verdict.
+    closed = tmp_path / "closed.d"
+    write(closed / "a.yaml", "default-docker:\n  lookaside: http://127.0.0.1:1/sigs\n")
+    with pytest.raises(Unavailable, match="reading signatures"):
+        asyncio.run(enforce(policy, parse_reference(IMAGE), MANIFEST, DIGEST, registries_d=str(closed)))
