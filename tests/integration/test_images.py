@@ -417,6 +417,24 @@ def test_cli_import_docker_archive(daemon_dirs, tmp_path):
     assert os.listdir(daemon_dirs.root / "images" / "tmp") == []
 
 
+def test_insecure_registries_setting_allows_a_plain_http_registry(daemon_dirs, tmp_path, registry, push_image):
+    pushed = push_image()
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")  # nothing in registries.conf makes the test registry insecure
+    d = Daemon(daemon_dirs, "--registries-conf", str(conf)).start()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            pull(d, pushed.reference)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    finally:
+        d.stop()
+    d = Daemon(daemon_dirs, "--registries-conf", str(conf), "--insecure-registry", registry.host).start()
+    try:
+        assert pull(d, pushed.reference) == pushed.config_digest
+    finally:
+        d.stop()
+
+
 def test_pull_through_mirror_then_primary(daemon_dirs, tmp_path, registry, push_image):
     """A mirror that has the image serves it; one that lacks it falls back to the primary."""
     from tests.support.registry import RegistryServer

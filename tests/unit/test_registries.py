@@ -195,6 +195,19 @@ pull-from-mirror = "tag-only"
     ]
 
 
+def test_insecure_registries_setting_makes_a_host_insecure_as_location_and_as_mirror(tmp_path):
+    config = load(tmp_path, '[[registry]]\nlocation = "docker.io"\n[[registry.mirror]]\nlocation = "mirror.local:5000"\n')
+    assert [e.insecure for e, _ in endpoints(config, "busybox:1")] == [False, False]
+    config.insecure_registries = frozenset({"mirror.local:5000", "plain.local"})
+    assert endpoints(config, "busybox:1") == [
+        (Endpoint("mirror.local:5000", True, True), "mirror.local:5000/library/busybox:1"),
+        (Endpoint("docker.io", False, False), "docker.io/library/busybox:1"),
+    ]
+    # A host not in registries.conf at all, and a port that is not the listed one.
+    assert endpoints(config, "plain.local/a:1") == [(Endpoint("plain.local", True, False), "plain.local/a:1")]
+    assert endpoints(config, "mirror.local:5001/a:1")[0][0].insecure is False
+
+
 def test_mirror_by_digest_only_applies_to_all_mirrors(tmp_path):
     config = load(tmp_path, '[[registry]]\nlocation = "q.io"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = "m.local"\n')
     assert [e.location for e, _ in endpoints(config, "q.io/a:1")] == ["q.io"]

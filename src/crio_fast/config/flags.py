@@ -56,6 +56,7 @@ FLAGS = (
     FlagSpec(("--signature-policy",), "image", "signature_policy", "FILE"),
     FlagSpec(("--signature-policy-dir",), "image", "signature_policy_dir", "DIR"),
     FlagSpec(("--registries-d",), "image", "registries_d", "DIR"),
+    FlagSpec(("--insecure-registry",), "image", "insecure_registries", "HOST[:PORT]"),
     FlagSpec(("--cni-config-dir",), "network", "network_dir", "DIR"),
     FlagSpec(("--cni-plugin-dir",), "network", "plugin_dirs", "DIR"),
     FlagSpec(("--cni-default-network",), "network", "cni_default_network", "NAME"),

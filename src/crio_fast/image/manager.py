@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import aiohttp
 
@@ -81,9 +81,11 @@ class ImageManager:
         max_parallel_layers: int = 3,
         signature_policies: SignaturePolicies | None = None,
         registries_d: str = "",
+        insecure_registries: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.registries_conf = registries_conf or None
+        self.insecure_registries = tuple(insecure_registries)
         self.auth_file = auth_file or None
         self.max_parallel_layers = max(1, max_parallel_layers)
         self.signature_policies = signature_policies or SignaturePolicies()
@@ -99,8 +101,10 @@ class ImageManager:
         self._configs: dict[str, dict[str, Any]] = {}  # parsed config blobs by digest, oldest first
 
     def reconfigure(self, *, registries_conf: str | None, auth_file: str | None, max_parallel_layers: int,
-                    signature_policies: SignaturePolicies | None = None, registries_d: str | None = None) -> None:
+                    signature_policies: SignaturePolicies | None = None, registries_d: str | None = None,
+                    insecure_registries: Iterable[str] = ()) -> None:
         self.registries_conf = registries_conf or None
+        self.insecure_registries = tuple(insecure_registries)
         self.auth_file = auth_file or None
         self.max_parallel_layers = max(1, max_parallel_layers)
         if signature_policies is not None:
@@ -121,9 +125,11 @@ class ImageManager:
 
     def _registries(self) -> RegistriesConfig:
         try:
-            return RegistriesConfig.load(self.registries_conf)
+            registries = RegistriesConfig.load(self.registries_conf)
         except (OSError, RegistriesConfError) as exc:
             raise FailedPrecondition(f"registries configuration: {exc}") from exc
+        registries.insecure_registries = frozenset(self.insecure_registries)
+        return registries
 
     # -- lookups -------------------------------------------------------------
 

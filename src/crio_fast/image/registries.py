@@ -158,8 +158,12 @@ class RegistriesConfig:
         registries: Iterable[Registry] = (),
         aliases: dict[str, ImageReference] | None = None,
         sources: Iterable[str] = (),
+        insecure_registries: Iterable[str] = (),
     ) -> None:
         self.unqualified_search_registries = list(unqualified_search_registries)
+        # [crio.image] insecure_registries: hosts (host[:port]) insecure wherever they appear, as
+        # location or as mirror, on top of registries.conf's own `insecure = true`.
+        self.insecure_registries = frozenset(insecure_registries)
         self.short_name_mode = short_name_mode
         self.registries = list(registries)
         self.aliases = dict(aliases or {})
@@ -260,7 +264,7 @@ class RegistriesConfig:
         """Mirrors in order (those whose pull-from-mirror admits ``ref``), then the primary location."""
         found = self.find_registry(ref)
         if found is None:
-            return [(Endpoint(ref.registry, insecure=False, is_mirror=False), ref)]
+            return [(Endpoint(ref.registry, self._insecure(ref.registry, False), is_mirror=False), ref)]
         registry, matched = found
         if registry.blocked:
             raise RegistryBlocked(
@@ -271,10 +275,15 @@ class RegistriesConfig:
         for mirror in registry.mirrors:
             if mirror.serves(ref):
                 mirrored = registry.rewrite(ref, mirror.location, matched)
-                out.append((Endpoint(mirrored.registry, mirror.insecure, is_mirror=True), mirrored))
+                out.append((Endpoint(mirrored.registry, self._insecure(mirrored.registry, mirror.insecure),
+                                     is_mirror=True), mirrored))
         primary = ref if registry.is_wildcard else registry.rewrite(ref, registry.location, matched)
-        out.append((Endpoint(primary.registry, registry.insecure, is_mirror=False), primary))
+        out.append((Endpoint(primary.registry, self._insecure(primary.registry, registry.insecure),
+                             is_mirror=False), primary))
         return out
+
+    def _insecure(self, host: str, configured: bool) -> bool:
+        return configured or host in self.insecure_registries
 
 
 # -- parsing -----------------------------------------------------------------------

@@ -119,6 +119,7 @@ class Engine:
             max_parallel_layers=config.image.max_parallel_layer_pulls,
             signature_policies=signature_policies,
             registries_d=config.image.registries_d,
+            insecure_registries=config.image.insecure_registries,
         )
         monitor = config.runtime.monitor_path or str(_native.monitor_path())
         self.cgroups = make_cgroup_manager(config.runtime.cgroup_manager, monitor_cgroup=config.runtime.monitor_cgroup)
@@ -290,6 +291,7 @@ class Engine:
             max_parallel_layers=self.config.image.max_parallel_layer_pulls,
             signature_policies=self._reload_signature_policies(),
             registries_d=self.config.image.registries_d,
+            insecure_registries=self.config.image.insecure_registries,
         )
         if "runtime.apparmor_profile" in applied:
             self.apparmor.set_default_profile(self.config.runtime.apparmor_profile)
