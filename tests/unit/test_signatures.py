@@ -16,7 +16,15 @@ from crio_fast.image.lookaside import RegistriesD, RegistriesDError, read_signat
 from crio_fast.image.policy import Policy
 from crio_fast.image.reference import parse_reference
 from crio_fast.image.signatures import SignaturePolicies, SignatureValidationFailed, enforce, enforce_import
-from crio_fast.image.simple_signing import SignatureInvalid, UnknownKey, dearmor, parse_payload, verify
+from crio_fast.image.simple_signing import (
+    SignatureInvalid,
+    UnknownKey,
+    VerifierUnavailable,
+    dearmor,
+    parse_payload,
+    verified_signatures,
+    verify,
+)
 from tests.support.signing import GpgSigner, LookasideServer, gnupg_missing, publish, simple_signing_payload
 
 MANIFEST = b'{"schemaVersion": 2, "layers": []}'
@@ -62,6 +70,28 @@ def test_verify_a_good_signature_with_binary_and_armoured_keys(signer):
         claim = verify(signature, [key])
         assert (claim.manifest_digest, claim.docker_reference) == (DIGEST, IMAGE)
         assert claim.key_fingerprint == signer.fingerprint
+
+
+def test_a_verified_signature_is_remembered_for_the_same_keys_only(signer, stranger, tmp_path):
+    verified_signatures.clear()
+    signature = sign(signer)
+    missing = str(tmp_path / "no-gpgv")  # a second gpgv run would fail: only memory can answer
+    with pytest.raises(VerifierUnavailable):
+        verify(signature, [signer.public_key()], gpgv=missing)
+    first = verify(signature, [signer.public_key()])
+    assert verify(signature, [signer.public_key()], gpgv=missing) == first
+    # Another keyring (a key added, or another encoding of the key) is asked of gpgv again.
+    with pytest.raises(VerifierUnavailable):
+        verify(signature, [signer.public_key(), stranger.public_key()], gpgv=missing)
+    with pytest.raises(VerifierUnavailable):
+        verify(signature, [signer.public_key(armor=True)], gpgv=missing)
+    # Refusals are not remembered: gpgv decides each time.
+    altered = bytearray(signature)
+    altered[len(altered) // 2] ^= 0xFF
+    with pytest.raises(SignatureInvalid):
+        verify(bytes(altered), [signer.public_key()])
+    with pytest.raises(VerifierUnavailable):
+        verify(bytes(altered), [signer.public_key()], gpgv=missing)
 
 
 def test_dearmor_gives_the_binary_export(signer):

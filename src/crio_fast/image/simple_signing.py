@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,6 +36,11 @@ SIGNATURE_TYPE = "atomic container signature"
 GPGV_TIMEOUT = 30.0
 MAX_PAYLOAD_SIZE = 4 << 20
 _ARMOR_BEGIN = b"-----BEGIN PGP "
+# A gpgv run costs several ms, most of a warm pull: a signature verified against the same keys
+# is taken from memory for a while. Bounded in time, as a key may expire; a key added, removed
+# or revoked (in the keyring bytes) is another keyring, so another entry.
+VERIFIED_CACHE_SIZE = 512
+VERIFIED_CACHE_SECONDS = 600.0
 
 
 class SignatureInvalid(Exception):
@@ -87,10 +96,55 @@ def dearmor(key: bytes) -> bytes:
     return b"".join(out)
 
 
+class _VerifiedSignatures:
+    """Claims of signatures gpgv accepted, by the digests of the signature and of the keys."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[bytes, bytes], tuple[float, SignedClaim]] = OrderedDict()
+
+    @staticmethod
+    def key(signature: bytes, keys: Sequence[bytes]) -> tuple[bytes, bytes]:
+        keyring = hashlib.sha256()
+        for key in keys:
+            keyring.update(hashlib.sha256(key).digest())
+        return hashlib.sha256(signature).digest(), keyring.digest()
+
+    def get(self, key: tuple[bytes, bytes]) -> SignedClaim | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[bytes, bytes], claim: SignedClaim) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic() + VERIFIED_CACHE_SECONDS, claim)
+            self._entries.move_to_end(key)
+            while len(self._entries) > VERIFIED_CACHE_SIZE:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+verified_signatures = _VerifiedSignatures()
+
+
 def verify(signature: bytes, keys: Sequence[bytes], gpgv: str = "gpgv") -> SignedClaim:
     """The claim of ``signature`` if it is one valid OpenPGP signature by one of ``keys``."""
-    payload, fingerprint = _gpgv(signature, keys, gpgv)
-    return SignedClaim(fingerprint, *parse_payload(payload))
+    cache_key = verified_signatures.key(signature, keys)
+    claim = verified_signatures.get(cache_key)
+    if claim is None:
+        payload, fingerprint = _gpgv(signature, keys, gpgv)
+        claim = SignedClaim(fingerprint, *parse_payload(payload))
+        verified_signatures.put(cache_key, claim)
+    return claim
 
 
 def _gpgv(signature: bytes, keys: Sequence[bytes], gpgv: str) -> tuple[bytes, str]:
