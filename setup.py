@@ -47,6 +47,8 @@ RUNTIME_DEPENDENCIES = [
     "dbus-fast>=2.0",
     # containers-registries.d (YAML): where images' GPG signatures are.
     "PyYAML>=6.0",
+    # Sigstore signatures: ECDSA/RSA/Ed25519 verification and Fulcio certificates (not_valid_*_utc: 42).
+    "cryptography>=42",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]

@@ -464,9 +464,9 @@ def check_cgroup_driver(config: Config) -> Finding:
 
 
 def check_signature_policy(config: Config) -> Finding:
-    """The node's signature policy loads, registries.d reads, and gpgv is there if signatures are needed."""
+    """The node's signature policy loads, registries.d reads, and gpgv is there if GPG signatures are needed."""
     from crio_fast.image.lookaside import RegistriesD, RegistriesDError
-    from crio_fast.image.policy import Policy, PolicyError, needs_signatures
+    from crio_fast.image.policy import Policy, PolicyError, SignedBy
 
     part = "signature policy"
     path = config.image.signature_policy
@@ -478,8 +478,9 @@ def check_signature_policy(config: Config) -> Finding:
     except (PolicyError, RegistriesDError) as exc:
         return Finding(Status.MISSING, part, str(exc), "fix the file: the daemon does not start with it")
     requirements = [*policy.default, *(r for scope in policy.docker_scopes.values() for r in scope)]
-    if any(needs_signatures(r) for r in requirements) and shutil.which("gpgv") is None:
-        return Finding(Status.MISSING, part, f"{path} requires signatures but gpgv is not installed",
+    # Only GPG signatures (signedBy) need gpgv; sigstore ones are verified in-process.
+    if any(isinstance(r, SignedBy) for r in requirements) and shutil.which("gpgv") is None:
+        return Finding(Status.MISSING, part, f"{path} requires GPG signatures but gpgv is not installed",
                        "apt-get install gpgv")
     return Finding(Status.OK, part, f"{path} ({len(policy.docker_scopes)} docker scopes)")
 

@@ -288,11 +288,6 @@ def test_every_requirement_must_hold(signer, tmp_path):
     assert "rejected by policy" in message
 
 
-def test_sigstore_signed_is_refused_not_accepted(signer, tmp_path):
-    policy = policy_for([{"type": "sigstoreSigned", "keyData": base64.b64encode(b"k").decode()}], tmp_path)
-    assert "sigstore signatures are not verified yet" in refused(policy, tmp_path)
-
-
 def test_reject_and_accept_need_no_signatures(tmp_path):
     assert "rejected by policy" in refused(policy_for([{"type": "reject"}], tmp_path), tmp_path)
     check(policy_for([{"type": "insecureAcceptAnything"}], tmp_path), tmp_path)

@@ -1,13 +1,17 @@
-"""Where an image's GPG signatures are: containers-registries.d(5) and the lookaside layout.
+"""Where an image's signatures are: containers-registries.d(5) and the lookaside layout.
 
 registries.d is a directory of ``*.yaml`` files, merged; each may hold a
 ``default-docker`` section and a ``docker`` mapping from scope (host[:port],
 namespace, repository, or an image with tag or digest) to a section. For an
-image only the most specific scope's section counts, ``default-docker`` when
-none matches. A section's ``lookaside`` (older name ``sigstore``) is the base
-URL signatures are read from; ``lookaside-staging`` (``sigstore-staging``) is
-for writing them and means nothing to a puller. A scope, or
-``default-docker``, given in two files is an error, as the format says.
+image's lookaside only the most specific scope's section counts,
+``default-docker`` when none matches. A section's ``lookaside`` (older name
+``sigstore``) is the base URL GPG signatures are read from;
+``lookaside-staging`` (``sigstore-staging``) is for writing them and means
+nothing to a puller. ``use-sigstore-attachments`` says whether sigstore
+signatures are read from the registry (:mod:`crio_fast.image.sigstore`); the
+most specific section that sets it decides, as in containers/image, and it is
+off when none does. A scope, or ``default-docker``, given in two files is an
+error, as the format says.
 
 Signatures of the manifest ``sha256:HEX`` of ``host/ns/repo`` are at
 ``BASE/ns/repo@sha256=HEX/signature-1``, ``signature-2``, ... up to the first
@@ -46,10 +50,18 @@ class LookasideUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Section:
+    """What registries.d says for one scope (or ``default-docker``)."""
+
+    lookaside: str = ""
+    use_sigstore_attachments: bool | None = None  # None: not said here
+
+
+@dataclass(frozen=True)
 class RegistriesD:
     directory: str = ""
-    default_lookaside: str = ""
-    lookaside_by_scope: Mapping[str, str] = field(default_factory=dict)
+    default: Section = Section()
+    scopes: Mapping[str, Section] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: str) -> "RegistriesD":
@@ -62,15 +74,15 @@ class RegistriesD:
             return cls(directory)
         except OSError as exc:
             raise RegistriesDError(f"registries.d {directory}: {exc.strerror or exc}") from exc
-        default: tuple[str, str] | None = None  # (lookaside, file)
-        scopes: dict[str, tuple[str, str]] = {}
+        default: tuple[Section, str] | None = None  # (section, file)
+        scopes: dict[str, tuple[Section, str]] = {}
         for name in names:
             path = os.path.join(directory, name)
             document = _read_yaml(path)
             if "default-docker" in document:
                 if default is not None:
                     raise RegistriesDError(f"registries.d {path}: default-docker is also set in {default[1]}")
-                default = (_lookaside(document["default-docker"], path, "default-docker"), path)
+                default = (_section(document["default-docker"], path, "default-docker"), path)
             docker = document.get("docker") or {}
             if not isinstance(docker, dict):
                 raise RegistriesDError(f"registries.d {path}: docker must be a mapping of scopes")
@@ -78,11 +90,11 @@ class RegistriesD:
                 scope = str(scope)
                 if scope in scopes:
                     raise RegistriesDError(f"registries.d {path}: scope {scope!r} is also set in {scopes[scope][1]}")
-                scopes[scope] = (_lookaside(section, path, f"docker scope {scope!r}"), path)
-        return cls(directory, default[0] if default else "", {s: v[0] for s, v in scopes.items()})
+                scopes[scope] = (_section(section, path, f"docker scope {scope!r}"), path)
+        return cls(directory, default[0] if default else Section(), {s: v[0] for s, v in scopes.items()})
 
-    def lookaside_for(self, ref: ImageReference) -> str:
-        """The base URL of ``ref``'s signatures, or "" when none is configured."""
+    def _sections_for(self, ref: ImageReference) -> list[Section]:
+        """The sections that name ``ref``, most specific first, ``default-docker`` last."""
         identity = f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
         candidates = [identity, ref.name]
         path = ref.repository
@@ -90,10 +102,18 @@ class RegistriesD:
             path = path.rsplit("/", 1)[0]
             candidates.append(f"{ref.registry}/{path}")
         candidates.append(ref.registry)
-        for scope in candidates:
-            if scope in self.lookaside_by_scope:
-                return self.lookaside_by_scope[scope]
-        return self.default_lookaside
+        return [self.scopes[s] for s in candidates if s in self.scopes] + [self.default]
+
+    def lookaside_for(self, ref: ImageReference) -> str:
+        """The base URL of ``ref``'s GPG signatures, or "" when none is configured."""
+        return self._sections_for(ref)[0].lookaside
+
+    def uses_sigstore_attachments(self, ref: ImageReference) -> bool:
+        """Whether ``ref``'s sigstore signatures are to be read from its registry."""
+        for section in self._sections_for(ref):
+            if section.use_sigstore_attachments is not None:
+                return section.use_sigstore_attachments
+        return False
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -111,14 +131,21 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return document
 
 
-def _lookaside(section: Any, path: str, where: str) -> str:
+def _section(section: Any, path: str, where: str) -> Section:
     if section is None:
-        return ""
+        return Section()
     if not isinstance(section, dict):
         raise RegistriesDError(f"registries.d {path}: {where} must be a mapping")
     for key in section:
         if key not in _SECTION_KEYS:
             raise RegistriesDError(f"registries.d {path}: {where}: unknown key {key!r}")
+    attachments = section.get("use-sigstore-attachments")
+    if attachments is not None and not isinstance(attachments, bool):
+        raise RegistriesDError(f"registries.d {path}: {where}: use-sigstore-attachments must be true or false")
+    return Section(_lookaside(section, path, where), attachments)
+
+
+def _lookaside(section: dict[str, Any], path: str, where: str) -> str:
     url = section.get("lookaside") or section.get("sigstore") or ""
     if not isinstance(url, str):
         raise RegistriesDError(f"registries.d {path}: {where}: lookaside must be a URL")
@@ -203,4 +230,4 @@ async def _read_http(base: str, ref: ImageReference, manifest_digest: str,
     return signatures
 
 
-__all__ = ["LookasideUnavailable", "RegistriesD", "RegistriesDError", "read_signatures", "signature_url"]
+__all__ = ["LookasideUnavailable", "RegistriesD", "RegistriesDError", "Section", "read_signatures", "signature_url"]

@@ -32,7 +32,13 @@ from crio_fast.image.registries import RegistriesConfError, RegistriesConfig, Re
 from crio_fast.image.registry_client import RegistryClient
 from crio_fast.image.registry_errors import RegistryAuthError, RegistryError, RegistryNotFound, UnsupportedManifest
 from crio_fast.image.resolve import ResolvedImage, resolve
-from crio_fast.image.signatures import SignaturePolicies, decide_without_signatures, enforce, needs_network
+from crio_fast.image.signatures import (
+    Attachments,
+    SignaturePolicies,
+    decide_without_signatures,
+    enforce,
+    needs_network,
+)
 from crio_fast.image.store import ImageRecord, ImageStore, LayerRecord, chain_ids
 
 log = logging.getLogger("crio_fast.image")
@@ -255,7 +261,8 @@ class ImageManager:
             # Before the config or any layer is fetched: a refused image costs only its manifest.
             top = resolved.index if resolved.index is not None else resolved.manifest
             await enforce(policy, ref, top.raw, resolved.repo_digest, registries_d=self.registries_d,
-                          session=self._http())
+                          session=self._http(),
+                          attachments=Attachments(resolved.client, resolved.reference.repository))
             if policy is not None:
                 self._accepted_by[f"{ref.name}@{resolved.repo_digest}"] = policy.digest
             return await self._pull_resolved(ref, resolved)

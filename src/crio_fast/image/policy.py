@@ -203,7 +203,8 @@ class Fulcio:
 
 @dataclass(frozen=True)
 class SigstoreSigned:
-    """A sigstore signature: parsed and validated, but not verified yet (an image needing it is refused)."""
+    """A sigstore (cosign) signature by one of the keys, or by a Fulcio certificate logged in Rekor, for
+    this manifest and a matching identity."""
 
     keys: KeySource
     fulcio: Fulcio | None

@@ -15,11 +15,12 @@ why.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import aiohttp
 
@@ -32,17 +33,24 @@ from crio_fast.image.policy import (
     PolicyError,
     Reject,
     SignedBy,
+    SignedIdentity,
     SigstoreSigned,
     needs_signatures,
 )
 from crio_fast.image.reference import ImageReference, parse_reference
-from crio_fast.image.simple_signing import SignatureInvalid, VerifierUnavailable, verify
+from crio_fast.image.registry_client import RegistryClient
+from crio_fast.image.registry_errors import BlobUnknown, DigestMismatch, InvalidManifest, RegistryAuthError, RegistryError
+from crio_fast.image.simple_signing import SignatureInvalid, SignedClaim, VerifierUnavailable
+from crio_fast.image.simple_signing import verify as verify_gpg
+from crio_fast.image.sigstore import SigstoreSignature, SigstoreTrust, TrustInvalid, load_trust, read_attachments
+from crio_fast.image.sigstore import verify as verify_sigstore
 
 MARKER = "SignatureValidationFailed"
 MAX_KEY_FILE_SIZE = 1 << 20
 _REASON_LIMIT = 600
 # A Kubernetes namespace is a DNS label: it names a file in signature_policy_dir and nothing else.
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_Signature = TypeVar("_Signature", bytes, SigstoreSignature)
 
 
 class SignatureValidationFailed(FailedPrecondition):
@@ -50,6 +58,15 @@ class SignatureValidationFailed(FailedPrecondition):
 
     def __init__(self, image: ImageReference, scope: str, reason: str) -> None:
         super().__init__(f"{MARKER}: image {image} refused by the signature policy ({scope}): {cut(reason, _REASON_LIMIT)}")
+
+
+@dataclass(frozen=True)
+class Attachments:
+    """Where an image's sigstore attachments are read: the endpoint that served the image (a mirror,
+    maybe), through its open client, and the repository there."""
+
+    client: RegistryClient
+    repository: str
 
 
 @dataclass(frozen=True)
@@ -95,28 +112,33 @@ def decide_without_signatures(policy: Policy | None, ref: ImageReference) -> Non
 
 
 async def enforce(policy: Policy | None, ref: ImageReference, manifest_raw: bytes, manifest_digest: str, *,
-                  registries_d: str, session: aiohttp.ClientSession | None = None) -> None:
+                  registries_d: str, session: aiohttp.ClientSession | None = None,
+                  attachments: Attachments | None = None) -> None:
     """Accept ``ref`` (whose top-level manifest is ``manifest_raw``) or raise SignatureValidationFailed.
 
     ``manifest_digest`` is the digest signatures are looked up by: the manifest the reference names
-    (a multi-platform image's index, whose digest covers every platform's manifest)."""
+    (a multi-platform image's index, whose digest covers every platform's manifest). ``attachments`` is
+    where sigstore signatures are read, when registries.d says to; None for an image not from a registry."""
     if policy is None:
         return
     scoped = policy.for_image(ref)
-    signatures: list[bytes] | None = None
+    lookup = _SignatureLookup(ref, manifest_digest, registries_d, scoped.scope)
     for requirement in scoped.requirements:
         if isinstance(requirement, InsecureAcceptAnything):
             continue
         if isinstance(requirement, Reject):
             raise SignatureValidationFailed(ref, scoped.scope, "rejected by policy (requirement \"reject\")")
         if isinstance(requirement, SigstoreSigned):
-            raise SignatureValidationFailed(ref, scoped.scope, "requirement \"sigstoreSigned\": sigstore signatures"
-                                                               " are not verified yet")
+            trust = _sigstore_trust(requirement, ref, scoped.scope)
+            attached = await lookup.attached(attachments)
+            await _one_signature_holds(requirement.signed_identity, functools.partial(verify_sigstore, trust=trust), attached,
+                                       ref, manifest_raw, manifest_digest, scoped.scope)
+            continue
         assert isinstance(requirement, SignedBy)
-        if signatures is None:
-            signatures = await _signatures(ref, manifest_digest, registries_d, session, scoped.scope)
+        signatures = await lookup.lookaside(session)
         keys = _keys(requirement.keys, ref, scoped.scope)
-        await _one_signature_holds(requirement, keys, signatures, ref, manifest_raw, manifest_digest, scoped.scope)
+        await _one_signature_holds(requirement.signed_identity, functools.partial(verify_gpg, keys=keys), signatures,
+                                   ref, manifest_raw, manifest_digest, scoped.scope)
 
 
 async def enforce_import(policy: Policy | None, names: Sequence[str], manifest_raw: bytes | None, *,
@@ -145,47 +167,105 @@ async def enforce_import(policy: Policy | None, names: Sequence[str], manifest_r
                       registries_d=registries_d)
 
 
-async def _signatures(ref: ImageReference, manifest_digest: str, registries_d: str,
-                      session: aiohttp.ClientSession | None, scope: str) -> list[bytes]:
-    loop = asyncio.get_running_loop()
-    try:
-        config = await loop.run_in_executor(None, RegistriesD.load, registries_d)
-    except RegistriesDError as exc:
-        raise FailedPrecondition(str(exc)) from exc
-    base = config.lookaside_for(ref)
-    if not base:
-        raise SignatureValidationFailed(ref, scope, "no signature (registries.d names no lookaside for this image)")
-    try:
-        signatures = await read_signatures(base, ref, manifest_digest, session)
-    except LookasideUnavailable as exc:
-        raise Unavailable(f"reading signatures of {ref}: {exc}") from exc
-    if not signatures:
-        raise SignatureValidationFailed(ref, scope, f"no signature for manifest {manifest_digest} at {base}")
-    return signatures
+class _SignatureLookup:
+    """An image's signatures, each source read at most once per check (a scope may need both)."""
+
+    def __init__(self, ref: ImageReference, manifest_digest: str, registries_d: str, scope: str) -> None:
+        self.ref, self.manifest_digest, self.registries_d, self.scope = ref, manifest_digest, registries_d, scope
+        self._config: RegistriesD | None = None
+        self._lookaside: list[bytes] | None = None
+        self._attached: list[SigstoreSignature] | None = None
+
+    def refuse(self, reason: str) -> SignatureValidationFailed:
+        return SignatureValidationFailed(self.ref, self.scope, reason)
+
+    async def config(self) -> RegistriesD:
+        if self._config is None:
+            loop = asyncio.get_running_loop()
+            try:
+                self._config = await loop.run_in_executor(None, RegistriesD.load, self.registries_d)
+            except RegistriesDError as exc:
+                raise FailedPrecondition(str(exc)) from exc
+        return self._config
+
+    async def lookaside(self, session: aiohttp.ClientSession | None) -> list[bytes]:
+        if self._lookaside is None:
+            base = (await self.config()).lookaside_for(self.ref)
+            if not base:
+                raise self.refuse("no signature (registries.d names no lookaside for this image)")
+            try:
+                signatures = await read_signatures(base, self.ref, self.manifest_digest, session)
+            except LookasideUnavailable as exc:
+                raise Unavailable(f"reading signatures of {self.ref}: {exc}") from exc
+            if not signatures:
+                raise self.refuse(f"no signature for manifest {self.manifest_digest} at {base}")
+            self._lookaside = signatures
+        return self._lookaside
+
+    async def attached(self, attachments: Attachments | None) -> list[SigstoreSignature]:
+        if self._attached is None:
+            if not (await self.config()).uses_sigstore_attachments(self.ref):
+                raise self.refuse("no sigstore signature (registries.d does not set use-sigstore-attachments for"
+                                  " this image)")
+            if attachments is None:
+                raise self.refuse("no sigstore signature (an image not pulled from a registry has no attachments)")
+            try:
+                signatures = await read_attachments(attachments.client, attachments.repository, self.manifest_digest)
+            except SignatureInvalid as exc:
+                raise self.refuse(f"sigstore signatures unusable: {exc}") from exc
+            except (RegistryAuthError, BlobUnknown, DigestMismatch, InvalidManifest) as exc:
+                # The attachment is there but is not what it claims, or may not be read: no usable signature.
+                raise self.refuse(f"sigstore signatures unusable: {exc}") from exc
+            except RegistryError as exc:
+                raise Unavailable(f"reading sigstore signatures of {self.ref}: {exc}") from exc
+            if not signatures:
+                raise self.refuse(f"no sigstore signature for manifest {self.manifest_digest} in"
+                                  f" {attachments.client.host}/{attachments.repository}")
+            self._attached = signatures
+        return self._attached
 
 
 def _keys(source: KeySource, ref: ImageReference, scope: str) -> list[bytes]:
-    keys = list(source.data)
-    for path in source.paths:
-        try:
-            with open(path, "rb") as f:
-                keys.append(f.read(MAX_KEY_FILE_SIZE))
-        except OSError as exc:
-            raise SignatureValidationFailed(ref, scope, f"key file {path}: {exc.strerror or exc}") from exc
-    return keys
+    return [*source.data, *(_read_key_file(path, ref, scope) for path in source.paths)]
+
+
+def _read_key_file(path: str, ref: ImageReference, scope: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_KEY_FILE_SIZE)
+    except OSError as exc:
+        raise SignatureValidationFailed(ref, scope, f"key file {path}: {exc.strerror or exc}") from exc
+
+
+def _sigstore_trust(requirement: SigstoreSigned, ref: ImageReference, scope: str) -> SigstoreTrust:
+    fulcio = requirement.fulcio
+    ca = None
+    if fulcio is not None:
+        ca = _read_key_file(fulcio.ca_path, ref, scope) if fulcio.ca_path else fulcio.ca_data
+    rekor = None
+    if requirement.rekor_public_key_path:
+        rekor = _read_key_file(requirement.rekor_public_key_path, ref, scope)
+    elif requirement.rekor_public_key_data:
+        rekor = requirement.rekor_public_key_data
+    try:
+        return load_trust(_keys(requirement.keys, ref, scope), ca, fulcio.oidc_issuer if fulcio else "",
+                          fulcio.subject_email if fulcio else "", rekor)
+    except TrustInvalid as exc:
+        raise SignatureValidationFailed(ref, scope, f"requirement \"sigstoreSigned\": {exc}") from exc
 
 
 def _digest_of(raw: bytes, algorithm: str) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
 
 
-async def _one_signature_holds(requirement: SignedBy, keys: Sequence[bytes], signatures: Sequence[bytes],
-                               ref: ImageReference, manifest_raw: bytes, manifest_digest: str, scope: str) -> None:
+async def _one_signature_holds(signed_identity: SignedIdentity, verify: Callable[[_Signature], SignedClaim],
+                               signatures: Sequence[_Signature], ref: ImageReference, manifest_raw: bytes,
+                               manifest_digest: str, scope: str) -> None:
     loop = asyncio.get_running_loop()
     reasons: list[str] = []
     for number, signature in enumerate(signatures, 1):
         try:
-            claim = await loop.run_in_executor(None, verify, signature, keys)
+            claim = await loop.run_in_executor(None, verify, signature)
         except SignatureInvalid as exc:
             reasons.append(f"signature {number}: {exc}")
             continue
@@ -196,7 +276,7 @@ async def _one_signature_holds(requirement: SignedBy, keys: Sequence[bytes], sig
             reasons.append(f"signature {number}: digest mismatch: it is for manifest {claim.manifest_digest},"
                            f" not {manifest_digest}")
             continue
-        if not requirement.signed_identity.matches(ref, claim.docker_reference):
+        if not signed_identity.matches(ref, claim.docker_reference):
             reasons.append(f"signature {number}: identity mismatch: it names {claim.docker_reference!r}")
             continue
         return
@@ -205,6 +285,7 @@ async def _one_signature_holds(requirement: SignedBy, keys: Sequence[bytes], sig
 
 __all__ = [
     "MARKER",
+    "Attachments",
     "SignaturePolicies",
     "SignatureValidationFailed",
     "decide_without_signatures",
