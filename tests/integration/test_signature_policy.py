@@ -1,7 +1,9 @@
-"""The signature policy at PullImage: a real daemon, a real registry, real GPG signatures.
+"""The signature policy at PullImage: a real daemon, a real registry, real GPG and sigstore signatures.
 
-Keys and signatures are made with Debian's gnupg in private homes; signatures are
+GPG keys and signatures are made with Debian's gnupg in private homes; signatures are
 published in a lookaside directory read over file:// or served over HTTP on 127.0.0.1.
+Sigstore ones are made with cryptography (a test Fulcio CA and Rekor key for keyless
+ones) and pushed to the registry as cosign attachments (``sha256-HEX.sig``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,21 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from tests.support.daemon import Daemon, make_dirs, remove_dirs, run_cli
 from tests.support.pods import wait_for
-from tests.support.signing import GpgSigner, LookasideServer, gnupg_missing, publish, simple_signing_payload
+from tests.support.signing import (
+    AttachedSignature,
+    CosignKey,
+    GpgSigner,
+    LookasideServer,
+    TestFulcio,
+    TestRekor,
+    cosign_payload,
+    gnupg_missing,
+    publish,
+    publish_sigstore,
+    sign_cosign,
+    sign_keyless,
+    simple_signing_payload,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +78,12 @@ class Node:
         self.daemon: Daemon | None = None
         self.dirs = make_dirs()
 
-    def lookaside_at(self, url: str) -> None:
-        (self.registries_d / "default.yaml").write_text(f"default-docker:\n  lookaside: {url}\n")
+    def lookaside_at(self, url: str, *, sigstore_attachments: bool = False) -> None:
+        (self.registries_d / "default.yaml").write_text(
+            f"default-docker:\n  lookaside: {url}\n  use-sigstore-attachments: {str(sigstore_attachments).lower()}\n")
+
+    def use_sigstore_attachments(self) -> None:
+        self.lookaside_at(self.lookaside.as_uri(), sigstore_attachments=True)
 
     def write_policy(self, document: object, path: Path | None = None) -> None:
         (path or self.policy).write_text(document if isinstance(document, str) else json.dumps(document))
@@ -341,3 +361,173 @@ def test_image_import_applies_the_policy_unless_bypassed(node, signer, tmp_path)
     assert result.returncode == 1 and "rejected by policy" in result.stderr, result.stderr
     result = run_cli(node.dirs, *flags, "image", "import", "--skip-signature-policy", str(tmp_path / "other.tar"))
     assert result.returncode == 0 and rejected.config_digest in result.stdout, result.stderr
+
+
+# -- sigstore -------------------------------------------------------------------
+
+ISSUER = "https://oidc.example.test"
+EMAIL = "release@example.test"
+
+
+@pytest.fixture(scope="module")
+def cosign_key() -> CosignKey:
+    return CosignKey()
+
+
+@pytest.fixture(scope="module")
+def fulcio() -> TestFulcio:
+    return TestFulcio()
+
+
+@pytest.fixture(scope="module")
+def rekor() -> TestRekor:
+    return TestRekor()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def sigstore_key(key: CosignKey, **extra: object) -> dict:
+    return {"type": "sigstoreSigned", "keyData": b64(key.public_pem()), **extra}
+
+
+def sigstore_keyless(fulcio: TestFulcio, rekor: TestRekor, *, email: str = EMAIL, issuer: str = ISSUER) -> dict:
+    return {"type": "sigstoreSigned", "rekorPublicKeyData": b64(rekor.public_pem()),
+            "fulcio": {"caData": b64(fulcio.root_pem()), "oidcIssuer": issuer, "subjectEmail": email}}
+
+
+def only(host: str, *requirements: dict) -> dict:
+    return {"default": [{"type": "reject"}], "transports": {"docker": {host: list(requirements)}}}
+
+
+def attach(registry, pushed, *signatures: AttachedSignature) -> None:
+    publish_sigstore(registry, pushed.repository, pushed.repo_digest, list(signatures))
+
+
+def test_sigstore_key_signed_image_is_pulled_unsigned_refused(node, cosign_key, push_image, registry):
+    node.use_sigstore_attachments()
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    pushed = push_image()
+    details = refused(d, pushed.reference)
+    assert "no sigstore signature" in details and pushed.repo_digest in details
+    assert layers_in_store(d.dirs.root) == []
+
+    attach(registry, pushed, sign_cosign(cosign_key, pushed.repo_digest, pushed.reference))
+    assert pull(d, pushed.reference) == pushed.config_digest
+    assert pull(d, pushed.digest_reference) == pushed.config_digest
+
+
+def test_sigstore_attachments_only_where_registries_d_says(node, cosign_key, push_image, registry):
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    pushed = push_image()
+    attach(registry, pushed, sign_cosign(cosign_key, pushed.repo_digest, pushed.reference))
+    assert "does not set use-sigstore-attachments" in refused(d, pushed.reference)
+    # registries.d is read at each pull.
+    node.use_sigstore_attachments()
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_sigstore_keyless_accepted_and_wrong_email_or_issuer_refused(node, fulcio, rekor, push_image, registry):
+    node.use_sigstore_attachments()
+    pushed = push_image(multi_arch=True)  # signed as its index: the digest the tag names
+    attach(registry, pushed, sign_keyless(fulcio, rekor, pushed.repo_digest, pushed.reference, email=EMAIL,
+                                          oidc_issuer=ISSUER))
+    node.write_policy(only(registry.host, sigstore_keyless(fulcio, rekor, email="someone@example.test")))
+    d = node.start()
+    assert "wrong email" in refused(d, pushed.reference)
+    node.write_policy(only(registry.host, sigstore_keyless(fulcio, rekor, issuer="https://other.test")))
+    node.reload("signature policy")
+    assert "wrong OIDC issuer" in refused(d, pushed.reference)
+    node.write_policy(only(registry.host, sigstore_keyless(TestFulcio("Other"), rekor)))
+    node.reload("signature policy")
+    assert "not chained" in refused(d, pushed.reference)
+    node.write_policy(only(registry.host, sigstore_keyless(fulcio, TestRekor())))
+    node.reload("signature policy")
+    assert "Rekor SET invalid" in refused(d, pushed.reference)
+    assert layers_in_store(d.dirs.root) == []
+    node.write_policy(only(registry.host, sigstore_keyless(fulcio, rekor)))
+    node.reload("signature policy")
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_sigstore_wrong_key_tampered_payload_and_replay_are_refused(node, cosign_key, push_image, registry):
+    node.use_sigstore_attachments()
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    signed, target = push_image(cmd=["signed"]), push_image(cmd=["target"])
+    attach(registry, target, sign_cosign(CosignKey(), target.repo_digest, target.reference))
+    assert "unknown key" in refused(d, target.reference)
+    # A genuine signature whose payload was replaced (the blob and its descriptor consistent).
+    genuine = sign_cosign(cosign_key, target.repo_digest, target.reference)
+    attach(registry, target, AttachedSignature(cosign_payload(target.repo_digest, signed.reference), genuine.signature))
+    assert "altered" in refused(d, target.reference)
+    # A genuine signature of another image, attached to the target.
+    attach(registry, target, sign_cosign(cosign_key, signed.repo_digest, target.reference))
+    details = refused(d, target.reference)
+    assert "digest mismatch" in details and signed.repo_digest in details
+    assert layers_in_store(d.dirs.root) == []
+    # One good signature among bad ones is enough.
+    attach(registry, target, sign_cosign(CosignKey(), target.repo_digest, target.reference), genuine)
+    assert pull(d, target.reference) == target.config_digest
+
+
+def test_sigstore_identity_mismatch_and_signed_identity(node, cosign_key, push_image, registry):
+    node.use_sigstore_attachments()
+    pushed = push_image(tag="v1")
+    repository = pushed.reference.rsplit(":", 1)[0]
+    attach(registry, pushed, sign_cosign(cosign_key, pushed.repo_digest, repository + ":v2"))
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    assert "identity mismatch" in refused(d, pushed.reference)
+    node.write_policy(only(repository, sigstore_key(cosign_key, signedIdentity={"type": "matchRepository"})))
+    node.reload("signature policy")
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_signed_by_and_sigstore_signed_in_one_scope_both_must_hold(node, signer, cosign_key, push_image, registry):
+    node.use_sigstore_attachments()
+    node.write_policy(only(registry.host, signed_by(signer), sigstore_key(cosign_key)))
+    d = node.start()
+    pushed = push_image()
+    attach(registry, pushed, sign_cosign(cosign_key, pushed.repo_digest, pushed.reference))
+    assert "no signature for manifest" in refused(d, pushed.reference)  # the GPG one is missing
+    attach(registry, pushed)
+    sign_image(node, pushed, signer)
+    assert "no sigstore signature" in refused(d, pushed.reference)
+    attach(registry, pushed, sign_cosign(cosign_key, pushed.repo_digest, pushed.reference))
+    assert pull(d, pushed.reference) == pushed.config_digest
+
+
+def test_namespace_policy_requiring_sigstore(node, fulcio, rekor, push_image, registry):
+    node.use_sigstore_attachments()
+    node.write_policy({"default": [{"type": "insecureAcceptAnything"}]})
+    node.write_policy(only(registry.host, sigstore_keyless(fulcio, rekor)), node.policy_dir / "secure.json")
+    d = node.start()
+    pushed = push_image()
+    assert pull(d, pushed.reference, namespace="relaxed") == pushed.config_digest
+    assert "no sigstore signature" in refused(d, pushed.reference, namespace="secure")
+    attach(registry, pushed, sign_keyless(fulcio, rekor, pushed.repo_digest, pushed.reference, email=EMAIL,
+                                          oidc_issuer=ISSUER))
+    assert pull(d, pushed.reference, namespace="secure") == pushed.config_digest
+
+
+def test_check_asks_for_gpgv_only_for_gpg_signatures(node, signer, cosign_key, tmp_path):
+    from tests.support.daemon import daemon_argv
+
+    no_tools = tmp_path / "empty-path"
+    no_tools.mkdir()
+    flags = ["--signature-policy", str(node.policy), "--registries-d", str(node.registries_d), "check"]
+
+    def check_without_gpgv() -> tuple[str, str]:
+        result = subprocess.run(daemon_argv(node.dirs) + flags, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PATH": str(no_tools)})
+        return check_line(result.stdout)
+
+    node.write_policy(only("registry.test", sigstore_key(cosign_key)))
+    assert check_without_gpgv() == ("OK", f"{node.policy} (1 docker scopes)")
+    node.write_policy(only("registry.test", signed_by(signer)))
+    status, detail = check_without_gpgv()
+    assert status == "MISSING" and "gpgv is not installed" in detail
