@@ -531,3 +531,30 @@ def test_check_asks_for_gpgv_only_for_gpg_signatures(node, signer, cosign_key, t
     node.write_policy(only("registry.test", signed_by(signer)))
     status, detail = check_without_gpgv()
     assert status == "MISSING" and "gpgv is not installed" in detail
+
+
+def test_sigstore_attachments_come_from_the_mirror_that_served_the_image(node, cosign_key, push_image, registry,
+                                                                         tmp_path):
+    from tests.support.registry import RegistryServer
+
+    mirror = RegistryServer(tmp_path / "mirror")
+    mirror.start()
+    try:
+        pushed = push_image(repository="mirrored/signed")
+        push_image(repository="mirrored/signed", registry=mirror)  # same build: same digests
+        node.registries_conf.write_text(
+            f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n'
+            f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n')
+        node.use_sigstore_attachments()
+        node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+        d = node.start()
+        signature = sign_cosign(cosign_key, pushed.repo_digest, pushed.reference)
+        attach(registry, pushed, signature)  # on the primary only: the mirror serves the image, without it
+        details = refused(d, pushed.reference)
+        assert f"no sigstore signature for manifest {pushed.repo_digest} in {mirror.host}/mirrored/signed" in details
+        attach(mirror, pushed, signature)
+        assert pull(d, pushed.reference) == pushed.config_digest
+        assert f"GET /v2/mirrored/signed/manifests/{pushed.repo_digest.replace(':', '-')}.sig" in \
+            mirror.log_path.read_text(errors="replace")
+    finally:
+        mirror.stop()

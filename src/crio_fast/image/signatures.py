@@ -204,11 +204,11 @@ class _SignatureLookup:
 
     async def attached(self, attachments: Attachments | None) -> list[SigstoreSignature]:
         if self._attached is None:
+            if attachments is None:
+                raise self.refuse("no sigstore signature (an image not pulled from a registry has no attachments)")
             if not (await self.config()).uses_sigstore_attachments(self.ref):
                 raise self.refuse("no sigstore signature (registries.d does not set use-sigstore-attachments for"
                                   " this image)")
-            if attachments is None:
-                raise self.refuse("no sigstore signature (an image not pulled from a registry has no attachments)")
             try:
                 signatures = await read_attachments(attachments.client, attachments.repository, self.manifest_digest)
             except SignatureInvalid as exc:
