@@ -226,8 +226,9 @@ class TestFulcio:
 
     def issue(self, email: str, oidc_issuer: str, *, at: datetime.datetime | None = None,
               lifetime: datetime.timedelta = datetime.timedelta(minutes=10), issuer_extension: str = FULCIO_ISSUER_V2,
-              code_signing: bool = True):
-        """(leaf PEM, its private key) valid from ``at`` (now) for ``lifetime``."""
+              code_signing: bool = True, extra_critical: str = "", by=None):
+        """(leaf PEM, its private key) valid from ``at`` (now) for ``lifetime``, issued by the intermediate or
+        ``by`` (a (certificate, key) pair); ``extra_critical`` adds a critical extension of that OID."""
 
         key = ec.generate_private_key(ec.SECP256R1())
         start = at or datetime.datetime.now(datetime.timezone.utc)
@@ -235,15 +236,19 @@ class TestFulcio:
         # The newer extension is a DER UTF8String (short-form length here), the legacy one the raw string.
         value = (bytes([0x0C, len(encoded)]) + encoded) if issuer_extension == FULCIO_ISSUER_V2 else encoded
         usage = ExtendedKeyUsageOID.CODE_SIGNING if code_signing else ExtendedKeyUsageOID.SERVER_AUTH
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([]))
-                .issuer_name(self.intermediate.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(start).not_valid_after(start + lifetime)
-                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(issuer_extension), value),
-                               critical=False)
-                .sign(self.intermediate_key, hashes.SHA256()))
+        issuer, issuer_key = by or (self.intermediate, self.intermediate_key)
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([]))
+                   .issuer_name(issuer.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(start + lifetime)
+                   .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(issuer_extension), value),
+                                  critical=False))
+        if extra_critical:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(extra_critical), b"\x05\x00"), critical=True)
+        cert = builder.sign(issuer_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), key
 
 
@@ -296,14 +301,14 @@ def sign_cosign(key: CosignKey, manifest_digest: str, reference: str, *, rekor: 
 
 
 def sign_keyless(fulcio: TestFulcio, rekor: TestRekor, manifest_digest: str, reference: str, *,
-                 email: str, oidc_issuer: str, **issue: object) -> AttachedSignature:
-    """A keyless signature: a fresh Fulcio certificate, logged in Rekor."""
+                 email: str, oidc_issuer: str, chain: bytes | None = None, **issue: object) -> AttachedSignature:
+    """A keyless signature: a fresh Fulcio certificate, logged in Rekor; ``chain`` replaces the usual one."""
     payload = cosign_payload(manifest_digest, reference)
     certificate, key = fulcio.issue(email, oidc_issuer, **issue)
 
     signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
     bundle = rekor.bundle(TestRekor.hashedrekord(signature, certificate, payload))
-    return AttachedSignature(payload, signature, certificate, fulcio.chain_pem(), bundle)
+    return AttachedSignature(payload, signature, certificate, fulcio.chain_pem() if chain is None else chain, bundle)
 
 
 def attachment_manifest(signatures: list[AttachedSignature]) -> tuple[bytes, bytes, list[bytes]]:

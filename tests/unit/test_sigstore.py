@@ -255,6 +255,25 @@ def test_keyless_certificate_must_be_valid_at_the_rekor_time_and_for_code_signin
     assert "code signing" in invalid(server, trust)
 
 
+def test_keyless_path_length_and_unknown_critical_extensions_are_refused(fulcio, rekor):
+    trust = keyless_trust(fulcio, rekor)
+    unknown = sign_keyless(fulcio, rekor, DIGEST, IMAGE, email=EMAIL, oidc_issuer=ISSUER,
+                           extra_critical="1.3.6.1.4.1.99999.1")
+    assert "critical extension" in invalid(unknown, trust)
+    # The intermediate may sign no CA (path length 0): a CA it signed cannot vouch for a leaf.
+    sub_key = ec.generate_private_key(ec.SECP256R1())
+    sub = TestFulcio._ca("sub", sub_key, fulcio.intermediate_key, fulcio.intermediate)
+    chain = sub.public_bytes(serialization.Encoding.PEM) + fulcio.chain_pem()
+    too_deep = sign_keyless(fulcio, rekor, DIGEST, IMAGE, email=EMAIL, oidc_issuer=ISSUER, chain=chain,
+                            by=(sub, sub_key))
+    assert "not chained" in invalid(too_deep, trust)
+    # The same leaf chains when the sub-CA is a direct child of a trusted root.
+    direct = TestFulcio._ca("direct", sub_key, fulcio.root_key, fulcio.root)
+    ok = sign_keyless(fulcio, rekor, DIGEST, IMAGE, email=EMAIL, oidc_issuer=ISSUER,
+                      chain=direct.public_bytes(serialization.Encoding.PEM) + fulcio.root_pem(), by=(direct, sub_key))
+    verify(untrusted(ok), trust)
+
+
 def test_keyless_needs_certificate_and_set_and_a_signature_by_the_certificate(fulcio, rekor):
     trust = keyless_trust(fulcio, rekor)
     attached = sign_keyless(fulcio, rekor, DIGEST, IMAGE, email=EMAIL, oidc_issuer=ISSUER)

@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from crio_fast.image.manifest import Descriptor
 from crio_fast.image.reference import InvalidReference, parse_digest
@@ -192,7 +192,7 @@ def parse_payload(payload: bytes) -> tuple[str, str]:
         raise SignatureInvalid(f"payload larger than {MAX_PAYLOAD_SIZE} bytes")
     try:
         document = json.loads(payload, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SignatureInvalid(f"payload is not valid JSON: {exc}") from exc
     document = _exact_fields(document, {"critical", "optional"}, "payload")
     optional = document["optional"]
@@ -240,7 +240,7 @@ def verify_rekor_set(rekor_key: ec.EllipticCurvePublicKey, bundle: bytes, key_or
     ``key_or_cert_der`` is what the entry must record as the signer: the DER of the public key or certificate."""
     try:
         document = json.loads(bundle, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SignatureInvalid(f"Rekor SET is not valid JSON: {exc}") from exc
     document = _exact_fields(document, {"SignedEntryTimestamp", "Payload"}, "Rekor SET")
     try:
@@ -249,7 +249,7 @@ def verify_rekor_set(rekor_key: ec.EllipticCurvePublicKey, bundle: bytes, key_or
         raise SignatureInvalid("Rekor SET: SignedEntryTimestamp is not base64") from exc
     try:
         canonical = canonical_json(document["Payload"])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SignatureInvalid(f"Rekor SET: payload cannot be canonicalized: {exc}") from exc
     try:
         rekor_key.verify(timestamp, canonical, ec.ECDSA(hashes.SHA256()))
@@ -272,7 +272,7 @@ def _match_hashedrekord(body: Any, key_or_cert_der: bytes, signature: bytes, pay
         raise SignatureInvalid("Rekor SET: body is not a string")
     try:
         entry = json.loads(base64.b64decode(body, validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise SignatureInvalid("Rekor SET: body is not base64 JSON") from exc
     if not isinstance(entry, dict) or entry.get("kind") != "hashedrekord":
         raise SignatureInvalid("Rekor SET: the entry is not a hashedrekord")
@@ -382,14 +382,18 @@ def verify_fulcio_certificate(trust: FulcioTrust, leaf_pem: bytes, chain_pem: by
             raise SignatureInvalid("the chain annotation is not PEM certificates") from exc
         # Its last certificate is the root, which only the policy may supply.
         intermediates = chain[:-1]
-    _check_chain(leaf, intermediates, trust.roots, at)
-    issuer = oidc_issuer(leaf)
-    if issuer != trust.oidc_issuer:
-        raise SignatureInvalid(f"wrong OIDC issuer: the certificate names {issuer!r}, not {trust.oidc_issuer!r}")
-    emails = subject_emails(leaf)
-    if trust.subject_email not in emails:
-        raise SignatureInvalid(f"wrong email: the certificate is for {emails}, not {trust.subject_email!r}")
-    key = leaf.public_key()
+    try:
+        _check_chain(leaf, intermediates, trust.roots, at)
+        issuer = oidc_issuer(leaf)
+        if issuer != trust.oidc_issuer:
+            raise SignatureInvalid(f"wrong OIDC issuer: the certificate names {issuer!r}, not {trust.oidc_issuer!r}")
+        emails = subject_emails(leaf)
+        if trust.subject_email not in emails:
+            raise SignatureInvalid(f"wrong email: the certificate is for {emails}, not {trust.subject_email!r}")
+        key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography parses extensions and keys when first asked for them.
+        raise SignatureInvalid(f"malformed certificate: {exc}") from exc
     if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
         raise SignatureInvalid("the certificate's key is not ECDSA, RSA or Ed25519")
     return key
@@ -399,12 +403,29 @@ def _valid_at(cert: x509.Certificate, at: datetime.datetime) -> bool:
     return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+# Critical extensions checked here; a certificate with any other critical one is refused, as Go's verifier
+# does (name constraints included: they are not enforced here, so a CA that has them is not trusted).
+_HANDLED_CRITICAL = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+})
+
+
+def _critical_extensions_handled(cert: x509.Certificate) -> bool:
+    return all(not e.critical or e.oid in _HANDLED_CRITICAL for e in cert.extensions)
+
+
+def _can_issue(cert: x509.Certificate, intermediates_below: int) -> bool:
+    """Whether ``cert`` is a CA that may sign a path with ``intermediates_below`` CAs under it."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return False
     if not constraints.ca:
+        return False
+    if constraints.path_length is not None and intermediates_below > constraints.path_length:
+        return False
+    if not _critical_extensions_handled(cert):
         return False
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -438,18 +459,22 @@ def _check_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificat
                                f" {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})")
     if not _allows_code_signing(leaf):
         raise SignatureInvalid("certificate not chained: it does not allow code signing")
+    if not _critical_extensions_handled(leaf):
+        raise SignatureInvalid("certificate not chained: it has a critical extension that is not understood")
+
+    def usable_issuer(candidate: x509.Certificate, cert: x509.Certificate, depth: int) -> bool:
+        return (_can_issue(candidate, depth) and _valid_at(candidate, at) and _allows_code_signing(candidate)
+                and _issued_by(cert, candidate))
 
     def reaches_root(cert: x509.Certificate, depth: int, seen: tuple[bytes, ...]) -> bool:
-        for root in roots:
-            if _is_ca(root) and _valid_at(root, at) and _allows_code_signing(root) and _issued_by(cert, root):
-                return True
+        """``depth``: how many intermediates lie between ``cert`` (included, when it is one) and the leaf."""
+        if any(usable_issuer(root, cert, depth) for root in roots):
+            return True
         if depth >= _MAX_CHAIN_DEPTH:
             return False
         for candidate in intermediates:
             fingerprint = candidate.fingerprint(hashes.SHA256())
-            if fingerprint in seen or not (_is_ca(candidate) and _valid_at(candidate, at)):
-                continue
-            if _allows_code_signing(candidate) and _issued_by(cert, candidate):
+            if fingerprint not in seen and usable_issuer(candidate, cert, depth):
                 if reaches_root(candidate, depth + 1, seen + (fingerprint,)):
                     return True
         return False
