@@ -558,3 +558,22 @@ def test_sigstore_attachments_come_from_the_mirror_that_served_the_image(node, c
             mirror.log_path.read_text(errors="replace")
     finally:
         mirror.stop()
+
+
+def test_sigstore_attachment_with_a_missing_payload_blob_is_refused(node, cosign_key, push_image, registry):
+    import hashlib
+    import urllib.request
+
+    node.use_sigstore_attachments()
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    pushed = push_image()
+    signature = sign_cosign(cosign_key, pushed.repo_digest, pushed.reference)
+    attach(registry, pushed, signature)
+    payload_digest = "sha256:" + hashlib.sha256(signature.payload).hexdigest()
+    request = urllib.request.Request(f"{registry.url}/v2/{pushed.repository}/blobs/{payload_digest}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    details = refused(d, pushed.reference)
+    assert "sigstore signatures unusable" in details and payload_digest in details
+    assert layers_in_store(d.dirs.root) == []

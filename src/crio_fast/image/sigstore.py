@@ -60,8 +60,10 @@ OIDC_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 OIDC_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 HASHEDREKORD_API_VERSION = "0.0.1"
 MAX_PAYLOAD_SIZE = 4 << 20
-# Far more than any image carries; bounds the work one attachment manifest can ask for.
+# Far more than any image carries (a payload is under a kilobyte): bounds what one attachment can make a
+# pull fetch and hold.
 MAX_ATTACHED_SIGNATURES = 64
+MAX_ATTACHED_BYTES = 16 << 20
 _MAX_CHAIN_DEPTH = 8
 
 PublicKey = Union[ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey]
@@ -545,10 +547,11 @@ async def read_attachments(client: RegistryClient, repository: str, manifest_dig
                                f" manifest: {exc}") from exc
     if manifest.is_index:
         raise SignatureInvalid(f"the signature attachment {attachment_tag(manifest_digest)} is an index")
-    signatures = []
-    for layer in [layer for layer in manifest.layers if layer.media_type == SIGNATURE_MEDIA_TYPE][:MAX_ATTACHED_SIGNATURES]:
-        signatures.append(await _read_signature(client, repository, layer))
-    return signatures
+    layers = [layer for layer in manifest.layers if layer.media_type == SIGNATURE_MEDIA_TYPE][:MAX_ATTACHED_SIGNATURES]
+    if sum(layer.size for layer in layers) > MAX_ATTACHED_BYTES:
+        raise SignatureInvalid(f"the signature attachment {attachment_tag(manifest_digest)} holds more than"
+                               f" {MAX_ATTACHED_BYTES} bytes of payloads")
+    return [await _read_signature(client, repository, layer) for layer in layers]
 
 
 async def _read_signature(client: RegistryClient, repository: str, layer: Descriptor) -> SigstoreSignature:
