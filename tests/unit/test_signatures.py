@@ -145,8 +145,9 @@ def test_registries_d_most_specific_scope_and_default(tmp_path):
     assert config.lookaside_for(parse_reference("registry.test:5000/team/app:v1")) == "file:///sigs/team"
     assert config.lookaside_for(parse_reference("registry.test:5000/other/app:v1")) == "https://host.test/legacy"
     assert config.lookaside_for(parse_reference("elsewhere.test/app:v1")) == "file:///sigs/default"
-    # The most specific scope's section counts even when it has no lookaside.
-    assert config.lookaside_for(parse_reference("registry.test:5000/team/quiet:v1")) == ""
+    # A section without a lookaside (here one that only turns sigstore attachments on) keeps the broader
+    # scope's, as containers/image reads it.
+    assert config.lookaside_for(parse_reference("registry.test:5000/team/quiet:v1")) == "file:///sigs/team"
     assert RegistriesD.load("").lookaside_for(parse_reference(IMAGE)) == ""
     assert RegistriesD.load(str(tmp_path / "missing")).lookaside_for(parse_reference(IMAGE)) == ""
 

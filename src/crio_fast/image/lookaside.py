@@ -2,16 +2,16 @@
 
 registries.d is a directory of ``*.yaml`` files, merged; each may hold a
 ``default-docker`` section and a ``docker`` mapping from scope (host[:port],
-namespace, repository, or an image with tag or digest) to a section. For an
-image's lookaside only the most specific scope's section counts,
-``default-docker`` when none matches. A section's ``lookaside`` (older name
-``sigstore``) is the base URL GPG signatures are read from;
-``lookaside-staging`` (``sigstore-staging``) is for writing them and means
-nothing to a puller. ``use-sigstore-attachments`` says whether sigstore
-signatures are read from the registry (:mod:`crio_fast.image.sigstore`); the
-most specific section that sets it decides, as in containers/image, and it is
-off when none does. A scope, or ``default-docker``, given in two files is an
-error, as the format says.
+namespace, repository, or an image with tag or digest) to a section. A
+section's ``lookaside`` (older name ``sigstore``) is the base URL GPG
+signatures are read from; ``lookaside-staging`` (``sigstore-staging``) is for
+writing them and means nothing to a puller. ``use-sigstore-attachments`` says
+whether sigstore signatures are read from the registry
+(:mod:`crio_fast.image.sigstore`). Each setting comes from the most specific
+section that gives it, ``default-docker`` last, as in containers/image: a
+section that only turns attachments on keeps the lookaside of a broader one.
+Attachments are off when no section says. A scope, or ``default-docker``,
+given in two files is an error, as the format says.
 
 Signatures of the manifest ``sha256:HEX`` of ``host/ns/repo`` are at
 ``BASE/ns/repo@sha256=HEX/signature-1``, ``signature-2``, ... up to the first
@@ -106,7 +106,7 @@ class RegistriesD:
 
     def lookaside_for(self, ref: ImageReference) -> str:
         """The base URL of ``ref``'s GPG signatures, or "" when none is configured."""
-        return self._sections_for(ref)[0].lookaside
+        return next((section.lookaside for section in self._sections_for(ref) if section.lookaside), "")
 
     def uses_sigstore_attachments(self, ref: ImageReference) -> bool:
         """Whether ``ref``'s sigstore signatures are to be read from its registry."""
