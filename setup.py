@@ -49,6 +49,8 @@ RUNTIME_DEPENDENCIES = [
     "PyYAML>=6.0",
     # Sigstore signatures: ECDSA/RSA/Ed25519 verification and Fulcio certificates (not_valid_*_utc: 42).
     "cryptography>=42",
+    # Rekor signs the canonical JSON (RFC 8785) of its entries.
+    "rfc8785>=0.1.4",
 ]
 
 COMMON_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE", "-fno-strict-aliasing"]

@@ -117,12 +117,13 @@ def test_canonical_json_is_rfc8785():
     assert canonical_json({"\uffff": 1, "\U0001f600": 2}) == '{"\U0001f600":2,"\uffff":1}'.encode()
     # Non-ASCII stays as UTF-8; only quotes, backslashes and control characters are escaped.
     assert canonical_json(["é\"\\\n\x01"]) == '["é\\"\\\\\\n\\u0001"]'.encode()
-    # Numbers as ECMAScript prints them.
-    numbers = [100.0, 1e21, 1e20, 1e-7, 0.000001, 123.456, -0.5, 0.0, 10**30]
+    # Numbers as ECMAScript prints them; what JSON numbers cannot hold exactly is an error.
+    numbers = [100.0, 1e21, 1e20, 1e-7, 0.000001, 123.456, -0.5, 0.0, 2**53 - 1]
     assert canonical_json(numbers) == b"[100,1e+21,100000000000000000000,1e-7,0.000001,123.456,-0.5,0," \
-                                      b"1000000000000000000000000000000]"
-    with pytest.raises(ValueError):
-        canonical_json(float("nan"))
+                                      b"9007199254740991]"
+    for bad in (float("nan"), 10**30):
+        with pytest.raises(ValueError):
+            canonical_json(bad)
 
 
 # -- public keys ----------------------------------------------------------------

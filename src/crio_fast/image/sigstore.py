@@ -34,9 +34,9 @@ import datetime
 import hashlib
 import json
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Sequence, Union
 
+import rfc8785
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -319,48 +319,8 @@ def _pem_body(pem: bytes, what: str) -> bytes:
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) canonical form: keys sorted by UTF-16 code units, no whitespace, ES6 numbers."""
-    return _canonical(value).encode()
-
-
-def _canonical(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _es6_number(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ",".join(_canonical(v) for v in value) + "]"
-    if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
-        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_canonical(value[k])}" for k in keys) + "}"
-    raise ValueError(f"not a JSON value: {type(value).__name__}")
-
-
-def _es6_number(number: float) -> str:
-    """ECMAScript's Number.prototype.toString, which JCS prescribes."""
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError("NaN and infinities have no JSON form")
-    if number == 0:
-        return "0"
-    sign = "-" if number < 0 else ""
-    _, digit_tuple, exponent = Decimal(repr(abs(number))).as_tuple()
-    digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
-    assert isinstance(exponent, int)
-    point = exponent + len("".join(map(str, digit_tuple)))  # where the decimal point falls after the digits
-    count = len(digits)
-    if count <= point <= 21:
-        return sign + digits + "0" * (point - count)
-    if 0 < point <= 21:
-        return sign + digits[:point] + "." + digits[point:]
-    if -6 < point <= 0:
-        return sign + "0." + "0" * -point + digits
-    shown = point - 1
-    mantissa = digits[0] + ("." + digits[1:] if count > 1 else "")
-    return f"{sign}{mantissa}e{'+' if shown > 0 else '-'}{abs(shown)}"
+    """RFC 8785 (JCS) canonical form, which Rekor signs its entries' timestamps over."""
+    return rfc8785.dumps(value)
 
 
 # -- Fulcio ---------------------------------------------------------------------
