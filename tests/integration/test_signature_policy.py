@@ -577,3 +577,26 @@ def test_sigstore_attachment_with_a_missing_payload_blob_is_refused(node, cosign
     details = refused(d, pushed.reference)
     assert "sigstore signatures unusable" in details and payload_digest in details
     assert layers_in_store(d.dirs.root) == []
+
+
+def test_sigstore_warm_pull_reads_the_attachment_again_but_not_its_payloads(node, cosign_key, push_image, registry):
+    import hashlib
+    import urllib.request
+
+    node.use_sigstore_attachments()
+    node.write_policy(only(registry.host, sigstore_key(cosign_key)))
+    d = node.start()
+    pushed = push_image()
+    signature = sign_cosign(cosign_key, pushed.repo_digest, pushed.reference)
+    attach(registry, pushed, signature)
+    assert pull(d, pushed.reference) == pushed.config_digest
+    # The payload, content-addressed, is taken from memory once read: its blob gone, a pull still holds.
+    payload_digest = "sha256:" + hashlib.sha256(signature.payload).hexdigest()
+    request = urllib.request.Request(f"{registry.url}/v2/{pushed.repository}/blobs/{payload_digest}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    assert pull(d, pushed.reference) == pushed.config_digest
+    # The attachment itself is asked each time: signatures taken away refuse the next pull by tag.
+    attach(registry, pushed)
+    assert "no sigstore signature" in refused(d, pushed.reference)
+

@@ -348,3 +348,17 @@ def test_ecdsa_p384_keys_verify_with_sha256():
     pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     signature = private.sign(payload, ec.ECDSA(hashes.SHA256()))
     verify(untrusted(AttachedSignature(payload, signature)), key_trust(pem))
+
+
+def test_payload_cache_is_bounded_in_bytes_and_keeps_the_most_recently_used():
+    from crio_fast.image.sigstore import _PayloadCache
+
+    cache = _PayloadCache(max_bytes=10)
+    cache.put("a", b"1234")
+    cache.put("b", b"5678")
+    assert cache.get("a") == b"1234"  # now the most recently used
+    cache.put("c", b"90ab")  # 12 bytes: the least recently used goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (b"1234", None, b"90ab")
+    cache.put("huge", b"x" * 11)  # larger than the whole cache: not kept, nothing evicted for it
+    assert (cache.get("huge"), cache.get("a"), cache.get("c")) == (None, b"1234", b"90ab")
+

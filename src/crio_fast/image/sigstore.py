@@ -33,6 +33,7 @@ import binascii
 import datetime
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
@@ -514,11 +515,44 @@ async def read_attachments(client: RegistryClient, repository: str, manifest_dig
     return [await _read_signature(client, repository, layer) for layer in layers]
 
 
+class _PayloadCache:
+    """Payload blobs by digest, the most recently used kept. A blob is content-addressed: the bytes
+    read once are the bytes of every later pull, so a warm pull costs the attachment's manifest only
+    (which is asked each time: signatures may have been added or removed)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        blob = self._blobs.get(digest)
+        if blob is not None:
+            self._blobs.move_to_end(digest)
+        return blob
+
+    def put(self, digest: str, blob: bytes) -> None:
+        if digest in self._blobs or len(blob) > self.max_bytes:
+            return
+        self._blobs[digest] = blob
+        self._size += len(blob)
+        while self._size > self.max_bytes:
+            self._size -= len(self._blobs.popitem(last=False)[1])
+
+
+# Payloads are a few hundred bytes each (one JSON claim): this holds thousands.
+payload_cache = _PayloadCache(4 << 20)
+
+
 async def _read_signature(client: RegistryClient, repository: str, layer: Descriptor) -> SigstoreSignature:
     if layer.size > MAX_PAYLOAD_SIZE:
         raise SignatureInvalid(f"signature payload {layer.digest} is {layer.size} bytes, more than"
                                f" {MAX_PAYLOAD_SIZE}")
-    payload = await client.get_blob_bytes(repository, layer.digest, MAX_PAYLOAD_SIZE)  # digest-checked there
+    payload = payload_cache.get(layer.digest)
+    if payload is None:
+        payload = await client.get_blob_bytes(repository, layer.digest, MAX_PAYLOAD_SIZE)  # digest-checked there
+        if len(payload) == layer.size:
+            payload_cache.put(layer.digest, payload)
     if len(payload) != layer.size:
         raise SignatureInvalid(f"signature payload {layer.digest} is {len(payload)} bytes, its descriptor says"
                                f" {layer.size}")
