@@ -69,5 +69,13 @@ class Cancelled(CrioError):
     """The call ended before the work did: the client cancelled it or its deadline passed."""
 
 
+class CriReason(CrioError):
+    """A failure the CRI names (cri-api's errors: SignatureValidationFailed, RegistryUnavailable).
+
+    The kubelet strips the code off an UNKNOWN status and matches the start of its message
+    against these names to give the pod its waiting reason: such an error is UNKNOWN, and its
+    message starts with the name."""
+
+
 class Internal(CrioError):
     """The daemon or the host failed in a way the client cannot fix."""

@@ -24,7 +24,7 @@ from typing import Callable, Sequence, TypeVar
 
 import aiohttp
 
-from crio_fast.errors import FailedPrecondition, InvalidArgument, Unavailable, cut, shown
+from crio_fast.errors import CriReason, FailedPrecondition, InvalidArgument, Unavailable, cut, shown
 from crio_fast.image.lookaside import LookasideUnavailable, RegistriesD, RegistriesDError, read_signatures
 from crio_fast.image.policy import (
     InsecureAcceptAnything,
@@ -53,8 +53,8 @@ _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _Signature = TypeVar("_Signature", bytes, SigstoreSignature)
 
 
-class SignatureValidationFailed(FailedPrecondition):
-    """An image the signature policy refuses."""
+class SignatureValidationFailed(CriReason):
+    """An image the signature policy refuses (cri-api's ErrSignatureValidationFailed)."""
 
     def __init__(self, image: ImageReference, scope: str, reason: str) -> None:
         super().__init__(f"{MARKER}: image {image} refused by the signature policy ({scope}): {cut(reason, _REASON_LIMIT)}")

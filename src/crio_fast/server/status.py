@@ -18,6 +18,7 @@ from crio_fast.errors import (
     AlreadyExists,
     Cancelled,
     CrioError,
+    CriReason,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -41,6 +42,7 @@ STATUS_OF_ERROR: Mapping[type[CrioError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Internal: grpc.StatusCode.INTERNAL,
+    CriReason: grpc.StatusCode.UNKNOWN,
     # A failing cgroup is the host's fault. CgroupError is not made an Internal
     # subclass instead: code that catches Internal (stop_all_in_pod) would then
     # swallow cgroup failures too.
