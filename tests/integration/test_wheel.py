@@ -96,7 +96,8 @@ def test_wheel_runs_a_pod_without_a_compiler(release_wheel: Path, registry, busy
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     bin_dir = venv / "bin"
-    # Nothing but the venv on PATH: no cc/gcc, no Cython, no cffi tooling.
+    # Nothing but the venv on PATH: no cc/gcc, no Cython. (cffi may be there: cryptography's wheels use it
+    # at run time, and it compiles nothing for them.)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "LANG": "C.UTF-8", "PIP_NO_CACHE_DIR": "1"}
     run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-index",
          "--find-links", str(release_wheel.parent), "--find-links", str(wheels), "crio-fast"],
@@ -104,11 +105,10 @@ def test_wheel_runs_a_pod_without_a_compiler(release_wheel: Path, registry, busy
 
     probe = run([str(bin_dir / "python"), "-c",
                  "import shutil, importlib.util, crio_fast, crio_fast._native as n;"
-                 "print(shutil.which('cc'), shutil.which('gcc'), importlib.util.find_spec('Cython'),"
-                 " importlib.util.find_spec('cffi'));"
+                 "print(shutil.which('cc'), shutil.which('gcc'), importlib.util.find_spec('Cython'));"
                  "print(crio_fast.__file__); print(n.monitor_path())"],
                 timeout=60, env=env, cwd=tmp_path).stdout.splitlines()
-    assert probe[0] == "None None None None", probe
+    assert probe[0] == "None None None", probe
     assert probe[1].startswith(str(venv)), f"crio_fast imported from outside the venv: {probe[1]}"
     assert probe[2].startswith(str(venv)) and probe[2].endswith("/_native/bin/crio-fast-monitor"), probe[2]
 
