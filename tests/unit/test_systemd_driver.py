@@ -11,7 +11,7 @@ from crio_fast.cgroups import CgroupError, CgroupValidationError, Resources, Sys
 from crio_fast.cgroups.errors import CgroupRefusedError
 from crio_fast.cgroups.systemd_driver import _start_error, make_cgroup_manager, pod_slice
 from crio_fast.cgroups.systemd_units import (JOB_DEPENDENCY_FAILED, UNIT_MASKED, UNLIMITED, SystemdError, parent_slice,
-                                             slice_path, unit_of, unit_properties)
+                                             scope_properties, slice_path, unit_of, unit_properties)
 from crio_fast.server.status import status_of
 from tests.unit.test_cgroups_layout import hybrid_layout, v1_layout, v2_layout
 
@@ -68,6 +68,9 @@ def test_containers_and_monitors_are_scopes():
     # runc and crun name the scope "<prefix>-<name>.scope" in the slice of "slice:prefix:name".
     assert m.oci_cgroups_path(m.paths(container), "c0ffee") == f"{POD_SLICE}:crio-fast:c0ffee"
     assert m.oci_global_args() == ["--systemd-cgroup"]
+    # runc and crun make their scopes with the collect mode the daemon gives its own (GVariant text).
+    collect_mode = dict((name, value) for name, _, value in scope_properties(POD_SLICE, 1, "d", True))["CollectMode"]
+    assert m.oci_annotations() == {"org.systemd.property.CollectMode": f"'{collect_mode}'"}
     monitor = m.monitor_cgroup_paths(pod, "p1")
     assert monitor.path == f"{POD_PATH}/crio-fast-monitor-p1.scope"
     assert m.pod_path_of_monitor(monitor.path, "p1") == POD_PATH

@@ -222,6 +222,10 @@ class CgroupManager:
         """Options an OCI runtime needs before its command under this driver."""
         return []
 
+    def oci_annotations(self) -> dict[str, str]:
+        """Annotations of a container's OCI spec for its runtime under this driver."""
+        return {}
+
     # -- lifecycle -----------------------------------------------------------
 
     def pod_cgroup_paths(self, cgroup_parent: str, pod_id: str) -> CgroupPaths:

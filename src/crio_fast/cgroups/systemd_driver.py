@@ -43,6 +43,7 @@ from crio_fast.cgroups.systemd_units import (
     UNIT_EXISTS,
     UNIT_MASKED,
     check_unit_name,
+    oci_scope_annotations,
     parent_slice,
     scope_properties,
     slice_path,
@@ -148,6 +149,9 @@ class SystemdCgroupManager(CgroupManager):
 
     def oci_global_args(self) -> list[str]:
         return ["--systemd-cgroup"]
+
+    def oci_annotations(self) -> dict[str, str]:
+        return oci_scope_annotations()
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -160,6 +160,16 @@ def unit_properties(writes: list[tuple[str, str]]) -> list[tuple[str, str, Any]]
     return list(properties.values())
 
 
+SCOPE_COLLECT_MODE = "inactive-or-failed"
+
+
+def oci_scope_annotations() -> dict[str, str]:
+    """What runc and crun, making a container's scope themselves, are told to set on it (their
+    ``org.systemd.property.NAME`` annotations, values in GVariant text form): the scope properties
+    that are ours to choose."""
+    return {"org.systemd.property.CollectMode": f"'{SCOPE_COLLECT_MODE}'"}
+
+
 def scope_properties(slice_name: str, pid: int, description: str, delegate: bool,
                      limits: list[tuple[str, str, Any]] = ()) -> list[tuple[str, str, Any]]:
     """What a transient scope is made with: its slice, the process it starts around, and no default
@@ -170,7 +180,7 @@ def scope_properties(slice_name: str, pid: int, description: str, delegate: bool
         ("PIDs", "au", [pid]),
         ("DefaultDependencies", "b", False),
         # A scope whose processes were OOM-killed ends "failed"; it is collected all the same.
-        ("CollectMode", "s", "inactive-or-failed"),
+        ("CollectMode", "s", SCOPE_COLLECT_MODE),
     ]
     if delegate:
         properties.append(("Delegate", "b", True))

@@ -214,7 +214,7 @@ class ContainerManager:
                     plan, Path(record.bundle), handler, cgroups_path=self.cgroups.oci_cgroups_path(cg, record.id),
                     pod_namespaces=pod.ns_paths, privileged=sc.privileged, seccomp=checked.seccomp,
                     device_rules=[d.cgroup_rule() for d in checked.devices], userns=userns,
-                    global_args=self.cgroups.oci_global_args())
+                    global_args=self.cgroups.oci_global_args(), annotations=self.cgroups.oci_annotations())
                 pending = monitor.begin_create(record.id, plan, log_path, oci=oci_call, log_dir=log_dir)
                 if runtime_makes_cgroup:
                     # Its cgroup exists once create has returned, the command not yet started: the

@@ -46,7 +46,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from crio_fast.config.schema import RuntimeHandler
 from crio_fast.container import security
@@ -216,6 +216,7 @@ def build_spec(
     seccomp: dict[str, Any] | None = None,
     device_rules: Sequence[str] | None = None,
     userns: PodUserNamespace | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The OCI config.json for ``plan`` (already resolved by the container manager).
 
@@ -225,6 +226,7 @@ def build_spec(
     the daemon writes them for native containers; None allows every device the
     plan creates "rwm". ``userns``: the pod's user namespace, which the plan joins by path; its mappings
     go along (a runtime checks them against the namespace, or needs them to know the container's root).
+    ``annotations``: the cgroup driver's, added to the runtime annotations every spec carries.
     """
     caps = plan.capabilities
     mounts, devices, masked, readonly = translate_mounts(plan.mounts, privileged)
@@ -300,7 +302,7 @@ def build_spec(
         "root": {"path": rootfs, "readonly": plan.rootfs_readonly},
         "mounts": mounts,
         "linux": linux,
-        "annotations": dict(RUNTIME_ANNOTATIONS),
+        "annotations": {**RUNTIME_ANNOTATIONS, **(annotations or {})},
     }
 
 
@@ -322,7 +324,8 @@ def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, c
                    pod_namespaces: dict[str, str], privileged: bool, seccomp: str | None,
                    device_rules: list[str],
                    userns: PodUserNamespace | None = None,
-                   global_args: Sequence[str] = ()) -> tuple[LaunchPlan, OciRuntimeCall]:
+                   global_args: Sequence[str] = (),
+                   annotations: Mapping[str, str] | None = None) -> tuple[LaunchPlan, OciRuntimeCall]:
     """For a container of an OCI runtime: its rootfs mounted on the host (over ID-mapped layers in a pod with
     a user namespace), its network sysctls written into the pod's namespace, config.json written; the plan
     the monitor runs it with, and the runtime call."""
@@ -334,7 +337,7 @@ def prepare_bundle(plan: LaunchPlan, bundle: Path, handler: RuntimeHandler, *, c
     plan = dataclasses.replace(plan, overlay=None, rootfs=rootfs)
     spec = build_spec(plan, rootfs=rootfs, cgroups_path=cgroups_path, pod_namespaces=pod_namespaces,
                       privileged=privileged, seccomp=seccomp_profile(seccomp), device_rules=device_rules,
-                      userns=userns)
+                      userns=userns, annotations=annotations)
     apply_network_sysctls(plan.sysctls, pod_namespaces)
     write_bundle(bundle, spec)
     os.makedirs(handler.runtime_root, mode=0o700, exist_ok=True)
