@@ -77,5 +77,12 @@ class CriReason(CrioError):
     message starts with the name."""
 
 
+class UnreachableRegistry(CriReason):
+    """No endpoint of an image's registry could be reached (cri-api's ErrRegistryUnavailable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"RegistryUnavailable: {message}")
+
+
 class Internal(CrioError):
     """The daemon or the host failed in a way the client cannot fix."""

@@ -425,7 +425,9 @@ def test_insecure_registries_setting_allows_a_plain_http_registry(daemon_dirs, t
     try:
         with pytest.raises(grpc.RpcError) as err:
             pull(d, pushed.reference)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        # cri-api's RegistryUnavailable, as the kubelet reads it: UNKNOWN, the message starting with the name.
+        assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value.details()
+        assert err.value.details().startswith("RegistryUnavailable: pulling image "), err.value.details()
     finally:
         d.stop()
     d = Daemon(daemon_dirs, "--registries-conf", str(conf), "--insecure-registry", registry.host).start()

@@ -67,6 +67,8 @@ def test_every_domain_error_has_a_status_of_its_own():
     (CgroupError, grpc.StatusCode.INTERNAL),
     (CgroupValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (CniError, grpc.StatusCode.UNKNOWN),
+    (errors.CriReason, grpc.StatusCode.UNKNOWN),
+    (errors.UnreachableRegistry, grpc.StatusCode.UNKNOWN),
 ])
 def test_status_of_each_error(error_class: type[CrioError], status: grpc.StatusCode):
     assert status_of_class(error_class) == status

@@ -24,13 +24,27 @@ from typing import Any, Callable, Iterable
 
 import aiohttp
 
-from crio_fast.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable, shown
+from crio_fast.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    UnreachableRegistry,
+    shown,
+)
 from crio_fast.image.auth import AuthFileError, Credentials, load_auth_file
 from crio_fast.image.ingest import LayerIngest, LayerVerificationError
 from crio_fast.image.reference import ImageReference, InvalidReference, parse_reference
 from crio_fast.image.registries import RegistriesConfError, RegistriesConfig, RegistryBlocked
 from crio_fast.image.registry_client import RegistryClient
-from crio_fast.image.registry_errors import RegistryAuthError, RegistryError, RegistryNotFound, UnsupportedManifest
+from crio_fast.image.registry_errors import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnavailable,
+    UnsupportedManifest,
+)
 from crio_fast.image.resolve import ResolvedImage, resolve
 from crio_fast.image.signatures import (
     Attachments,
@@ -271,6 +285,8 @@ class ImageManager:
             raise PermissionDenied(message)
         if isinstance(last, RegistryNotFound):
             raise NotFound(message)
+        if isinstance(last, RegistryUnavailable):
+            raise UnreachableRegistry(message)
         raise Unavailable(message)
 
     def _credentials_for(self, ref: ImageReference, explicit: Credentials | None) -> Callable[[str], Credentials | None]:

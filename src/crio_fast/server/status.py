@@ -27,6 +27,7 @@ from crio_fast.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
+    UnreachableRegistry,
 )
 from crio_fast.network.cni import CniError
 
@@ -43,6 +44,7 @@ STATUS_OF_ERROR: Mapping[type[CrioError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Internal: grpc.StatusCode.INTERNAL,
     CriReason: grpc.StatusCode.UNKNOWN,
+    UnreachableRegistry: grpc.StatusCode.UNKNOWN,
     # A failing cgroup is the host's fault. CgroupError is not made an Internal
     # subclass instead: code that catches Internal (stop_all_in_pod) would then
     # swallow cgroup failures too.
