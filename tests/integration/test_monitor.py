@@ -174,6 +174,58 @@ def test_pod_monitor_with_host_namespaces(harness: Harness) -> None:
     assert not (harness.base / "pod" / "shm").exists()
 
 
+def test_pod_monitor_joins_a_network_namespace_made_ahead(harness: Harness) -> None:
+    """`make-netns` makes a namespace with lo up and pins it; `pod --net PATH` joins and pins it anew."""
+    ahead = harness.base / "ahead"
+    ahead.mkdir()
+    made = ahead / "a"
+    subprocess.run([str(monitor_path()), "make-netns", str(made)], check=True, capture_output=True, timeout=30)
+    try:
+        inode = os.stat(made).st_ino
+        assert inode != ns_inode("self", "net")
+        links = subprocess.run(["nsenter", f"--net={made}", "ip", "-o", "link", "show", "lo"],
+                               capture_output=True, text=True, check=True).stdout
+        assert ",UP," in links or "<LOOPBACK,UP" in links
+        monitor = harness.spawn(net_path=str(made), hostname="ahead")
+        assert ns_inode(monitor.pid, "net") == inode
+        assert os.stat(monitor.ns_paths["net"]).st_ino == inode
+        # Only the network namespace is taken: the others are the pod's new ones as usual.
+        assert ns_inode(monitor.pid, "uts") != ns_inode("self", "uts")
+        # A second make-netns on a taken path fails, naming it and the errno, and leaves it alone.
+        again = subprocess.run([str(monitor_path()), "make-netns", str(made)], capture_output=True, text=True)
+        assert again.returncode == 1 and f"create {made}: File exists (errno 17)" in again.stderr
+        assert os.stat(made).st_ino == inode
+    finally:
+        subprocess.run(["umount", "-l", str(made)], capture_output=True)
+        made.unlink()
+
+
+def test_pod_monitor_refuses_a_network_namespace_made_ahead_with_a_user_namespace(harness: Harness) -> None:
+    """A pod's user namespace must own its network namespace: the spec and the monitor both refuse one
+    made ahead."""
+    pod_dir = harness.base / "userns-net"
+    pod_dir.mkdir()
+    spec = PodMonitorSpec("usernsnet", str(pod_dir), str(harness.exits), userns_uid_map="0 100000 65536",
+                          userns_gid_map="0 100000 65536")
+    with pytest.raises(ValueError, match="without a user namespace"):
+        dataclasses.replace(spec, net_path="/proc/self/ns/net").argv(str(monitor_path()), 3)
+    read_fd, write_fd = os.pipe()
+    try:
+        argv = spec.argv(str(monitor_path()), write_fd)
+        argv[argv.index("--net") + 1] = "/proc/self/ns/net"
+        proc = subprocess.run(argv, pass_fds=(write_fd,), capture_output=True, text=True, timeout=30)
+        os.close(write_fd)
+        write_fd = -1
+        line = os.read(read_fd, 4096).decode()
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    assert proc.returncode == 2 and line == ""
+    assert "--net /proc/self/ns/net: a pod with its own user namespace makes its network namespace" in proc.stderr
+    assert sorted(p.name for p in pod_dir.iterdir()) == []
+
+
 def test_spawn_failure_is_reported_and_undone(harness: Harness) -> None:
     pod_dir = harness.base / "bad"
     pod_dir.mkdir()

@@ -52,6 +52,9 @@ class PodMonitorSpec:
     # uid_map(5)'s form, "CONTAINER HOST LENGTH". It owns the pod's new net, ipc and uts namespaces.
     userns_uid_map: str | None = None
     userns_gid_map: str | None = None
+    # The pod's network namespace made ahead (network/netns_pool.py): joined instead of made, with
+    # namespaces["net"] "new" (it is the pod's own); never with a user namespace, which must own it.
+    net_path: str | None = None
 
     def argv(self, monitor_path: str, ready_fd: int, cgroup_gate_fd: int | None = None) -> list[str]:
         args = [monitor_path, "pod", "--pod-id", self.pod_id, "--pod-dir", self.pod_dir,
@@ -62,7 +65,7 @@ class PodMonitorSpec:
             mode = self.namespaces.get(name, "host")
             if mode not in ("new", "host"):
                 raise ValueError(f"namespace {name}: {mode!r} is neither 'new' nor 'host'")
-            args += [f"--{name}", mode]
+            args += [f"--{name}", self.net_path if name == "net" and self.net_path is not None else mode]
         if self.pid not in ("new", "host"):
             raise ValueError(f"pid namespace: {self.pid!r} is neither 'new' nor 'host'")
         args += ["--pid", self.pid]
@@ -75,6 +78,8 @@ class PodMonitorSpec:
             raise ValueError(f"overlay_mount: {self.overlay_mount!r} is neither 'auto' nor 'legacy'")
         if self.overlay_mount != "auto":
             args += ["--overlay-mount", self.overlay_mount]
+        if self.net_path is not None and (self.namespaces.get("net") != "new" or self.userns_uid_map is not None):
+            raise ValueError("net_path is for a pod's own network namespace, without a user namespace")
         if (self.userns_uid_map is None) != (self.userns_gid_map is None):
             raise ValueError("userns_uid_map and userns_gid_map go together")
         if self.userns_uid_map is not None and self.userns_gid_map is not None:

@@ -7,6 +7,7 @@
  *
  * Modes:
  *   pod     the per-pod monitor (pod.c), started by the daemon
+ *   make-netns network namespaces made ahead for the daemon's pool (netns.c)
  *   exec    a short-lived helper running one command in a container (exec.c)
  *   runtime runs an OCI runtime command, optionally without the cgroup2 mount (oci.c)
  *   --check the kernel features the monitor needs are usable (selfcheck.c)
@@ -24,6 +25,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: crio-fast-monitor pod --pod-id ID --pod-dir DIR --exits-dir DIR --ready-fd FD [...]\n"
+            "       crio-fast-monitor make-netns PATH...\n"
             "       crio-fast-monitor exec --plan-fd FD --status-fd FD\n"
             "       crio-fast-monitor runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...\n"
             "       crio-fast-monitor --version\n"
@@ -37,6 +39,8 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "pod") == 0)
         return pod_main(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "make-netns") == 0)
+        return make_netns_main(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         return exec_main(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "runtime") == 0)

@@ -593,6 +593,10 @@ int monitor_self_check(void);
 /* `--probe-fs-param FSTYPE KEY [VALUE]` (fsprobe.c): prints fs_param_probe's answer. */
 int probe_fs_param_main(int argc, char **argv);
 int pod_main(int argc, char **argv);
+/* `make-netns PATH...` (netns.c): network namespaces with lo up, each bind-mounted on its PATH. */
+int make_netns_main(int argc, char **argv);
+/* Set `lo` up in the calling thread's network namespace (netns.c). */
+int bring_loopback_up(struct error *err);
 int exec_main(int argc, char **argv);
 /* `runtime [--hide-cgroup2-mount] -- RUNTIME ARGS...`: exec an OCI runtime command (oci.c). */
 int runtime_main(int argc, char **argv);

@@ -13,7 +13,9 @@
  *      mounts below (nsfs, shm) never propagate to other mount namespaces
  *      (a propagated nsfs copy would pin the namespace after the pod is gone),
  *   3. unshares the requested net/ipc/uts namespaces, sets the hostname and,
- *      in a new network namespace, sets `lo` up; with --userns-uid-map and
+ *      in a new network namespace, sets `lo` up (with --net PATH it joins
+ *      that network namespace instead, made ahead with `lo` up by
+ *      `make-netns`, netns.c); with --userns-uid-map and
  *      --userns-gid-map, the pod's user namespace is made first, with those
  *      mappings, and owns the new net/ipc/uts namespaces, which the monitor
  *      joins without entering the user namespace (userns.c),
@@ -42,9 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <net/if.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -75,6 +75,7 @@ struct pod_options {
     bool overlay_legacy; /* --overlay-mount legacy: mount(2) even where lowerdir+ works */
     const char *userns_uid_map; /* "CONTAINER HOST LENGTH": the pod gets a user namespace of its own */
     const char *userns_gid_map;
+    const char *net_join_path; /* --net PATH: join this network namespace (made with lo up) instead of a new one */
 };
 
 /* The name the pod's pid-namespace init shows in /proc/<pid>/cmdline (and,
@@ -181,12 +182,20 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
             options->new_pid_namespace = strcmp(value, "new") == 0;
         } else if (strcmp(name, "--net") == 0 || strcmp(name, "--ipc") == 0 || strcmp(name, "--uts") == 0) {
             int flag = name[2] == 'n' ? CLONE_NEWNET : name[2] == 'i' ? CLONE_NEWIPC : CLONE_NEWUTS;
-            if (strcmp(value, "new") == 0)
+            if (flag == CLONE_NEWNET)
+                options->net_join_path = NULL;
+            if (strcmp(value, "new") == 0) {
                 options->new_namespaces |= flag;
-            else if (strcmp(value, "host") == 0)
+            } else if (strcmp(value, "host") == 0) {
                 options->new_namespaces &= ~flag;
-            else
-                return error_plain(err, EINVAL, "%s %s: expected new or host", name, value);
+            } else if (flag == CLONE_NEWNET && value[0] == '/') {
+                /* The pod's own network namespace, made ahead: anchored like a new one. */
+                options->new_namespaces |= flag;
+                options->net_join_path = value;
+            } else {
+                return error_plain(err, EINVAL, "%s %s: expected new or host%s", name, value,
+                                   flag == CLONE_NEWNET ? " or an absolute path" : "");
+            }
         } else {
             return error_plain(err, EINVAL, "unknown option %s", name);
         }
@@ -205,6 +214,10 @@ static int parse_options(int argc, char **argv, struct pod_options *options, str
         return error_plain(err, EINVAL, "--hostname needs --uts new");
     if (!options->userns_uid_map != !options->userns_gid_map)
         return error_plain(err, EINVAL, "--userns-uid-map and --userns-gid-map go together");
+    /* A network namespace belongs to the user namespace that made it: the pod's must make its own. */
+    if (options->userns_uid_map && options->net_join_path)
+        return error_plain(err, EINVAL, "--net %s: a pod with its own user namespace makes its network namespace",
+                           options->net_join_path);
     return 0;
 }
 
@@ -471,26 +484,16 @@ static void teardown(struct pod_anchor *anchor, const struct pod_options *option
     memset(&anchor->pod_dir_bound, 0, sizeof(*anchor) - offsetof(struct pod_anchor, pod_dir_bound));
 }
 
-/* A new network namespace has only `lo`, down. Every pod wants it up (what
- * the CNI loopback plugin does, without a process per pod); the kernel then
- * gives it 127.0.0.1/8 and ::1. */
-static int bring_loopback_up(struct error *err)
+static int join_network_namespace(const char *path, struct error *err)
 {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return error_errno(err, errno, "socket for setting lo up");
-    struct ifreq request;
-    memset(&request, 0, sizeof(request));
-    memcpy(request.ifr_name, "lo", sizeof("lo"));
-    int rc = ioctl(fd, SIOCGIFFLAGS, &request);
-    if (rc == 0 && !(request.ifr_flags & IFF_UP)) {
-        request.ifr_flags |= IFF_UP;
-        rc = ioctl(fd, SIOCSIFFLAGS, &request);
-    }
+        return error_errno(err, errno, "open the network namespace %s", path);
+    int rc = setns(fd, CLONE_NEWNET);
     int saved = errno;
     close(fd);
     if (rc < 0)
-        return error_errno(err, saved, "set lo up");
+        return error_errno(err, saved, "join the network namespace %s", path);
     return 0;
 }
 
@@ -664,12 +667,17 @@ static int setup_pod(struct pod_anchor *anchor, const struct pod_options *option
         if (pod_userns_create(options->userns_uid_map, options->userns_gid_map, options->new_namespaces,
                               &anchor->userns_fd, err) < 0)
             return -1;
-    } else if (options->new_namespaces && unshare(options->new_namespaces) < 0) {
-        return error_errno(err, errno, "unshare(%#x)", options->new_namespaces);
+    } else {
+        int to_make = options->net_join_path ? options->new_namespaces & ~CLONE_NEWNET : options->new_namespaces;
+        if (to_make && unshare(to_make) < 0)
+            return error_errno(err, errno, "unshare(%#x)", to_make);
+        if (options->net_join_path && join_network_namespace(options->net_join_path, err) < 0)
+            return -1;
     }
     if (options->hostname && sethostname(options->hostname, strlen(options->hostname)) < 0)
         return error_errno(err, errno, "sethostname %s", options->hostname);
-    if ((options->new_namespaces & CLONE_NEWNET) && bring_loopback_up(err) < 0)
+    /* A namespace made ahead has lo up already. */
+    if ((options->new_namespaces & CLONE_NEWNET) && !options->net_join_path && bring_loopback_up(err) < 0)
         return -1;
     if (anchor_namespaces(anchor, options, err) < 0)
         return -1;
