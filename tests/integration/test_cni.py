@@ -9,9 +9,12 @@ and every iptables rule the plugins left, whatever the test did.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import os
 import re
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
@@ -26,9 +30,9 @@ from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.pods import daemon_with_busybox
 from tests.support.network import (
     PLUGIN_DIR, BridgeNetwork, bridge_ports, existing_hostport_chains, free_port, iptables_nat, link_exists,
-    remove_hostport_chains, remove_network, write_network,
+    mounts_outside_pool, netns_cookie, netns_pool_dir, pool_entries, remove_hostport_chains, remove_network, write_network,
 )
-from tests.support.timing import command_limit
+from tests.support.timing import command_limit, scaled
 
 _pod_numbers = iter(range(1_000_000))
 
@@ -271,7 +275,7 @@ def test_failing_plugin_fails_run_and_leaves_nothing(
         assert network.allocations() == []
         results = dirs.runroot / "cni" / "results"
         assert not results.exists() or os.listdir(results) == []
-        assert str(dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
+        assert mounts_outside_pool(dirs.runroot) == []
     finally:
         try:
             teardown_network(d, network)
@@ -279,3 +283,165 @@ def test_failing_plugin_fails_run_and_leaves_nothing(
         finally:
             d.kill()
             remove_dirs(dirs)
+
+
+# -- network namespaces made ahead (crio_fast.network.netns_pool) -----------------------------------------
+
+NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1): the user namespace that owns a namespace
+
+
+def wait_for_pool(runroot: Path, size: int, timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + scaled(timeout)
+    while len(entries := pool_entries(runroot)) != size:
+        assert time.monotonic() < deadline, f"the pool holds {entries}, not {size} namespaces"
+        time.sleep(0.05)
+    return entries
+
+
+def lo_is_up(netns: Path | str) -> bool:
+    line = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link", "show", "lo"],
+                          capture_output=True, text=True, check=True).stdout
+    return "<LOOPBACK,UP" in line
+
+
+def pool_daemon(tmp_path: Path, size: int) -> Daemon:
+    dirs = make_dirs()
+    (dirs.config_dir / "10-pool.conf").write_text(f"[crio.network]\nnetns_pool_size = {size}\n")
+    return Daemon(dirs, "--cni-plugin-dir", PLUGIN_DIR)
+
+
+def test_a_pod_joins_a_namespace_made_ahead_and_the_pool_refills(env: Daemon, net: BridgeNetwork) -> None:
+    before = wait_for_pool(env.dirs.runroot, 4)
+    inodes = {os.stat(path).st_ino: path for path in before}
+    assert all(lo_is_up(path) for path in before)
+    pod_id, pod = run_pod(env)
+    pod_netns = env.dirs.runroot / "pods" / pod_id / "ns" / "net"
+    taken = inodes.get(os.stat(pod_netns).st_ino)
+    assert taken is not None, "the pod made its own network namespace"
+    # The pool's pin is dropped (the pod holds the namespace by its own) and a new namespace takes its place.
+    after = wait_for_pool(env.dirs.runroot, 4)
+    assert taken not in after and len(set(after) - set(before)) == 1
+    assert lo_is_up(pod_netns)
+    ip = pod_status(env, pod_id).network.ip
+    assert ipaddress.IPv4Address(ip) in net.subnet
+    http_server(env, pod_id, pod, 8080, "hello-from-a-pooled-netns")
+    assert fetch(f"http://{ip}:8080/index.html") == "hello-from-a-pooled-netns"  # from the host, over the bridge
+
+
+def test_pool_size_zero_makes_each_namespace_in_the_request(tmp_path: Path, hostport_chains_guard) -> None:
+    d = pool_daemon(tmp_path, 0)
+    network = write_network(d.dirs.network_dir, tmp_path)
+    try:
+        d.start()
+        pod_id, _ = run_pod(d)
+        assert not netns_pool_dir(d.dirs.runroot).exists()
+        pod_netns = d.dirs.runroot / "pods" / pod_id / "ns" / "net"
+        assert lo_is_up(pod_netns)
+        assert ipaddress.IPv4Address(pod_status(d, pod_id).network.ip) in network.subnet
+        assert len(bridge_ports(network.bridge)) == 1
+    finally:
+        try:
+            teardown_network(d, network)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(d.dirs)
+
+
+def pinned_cookies(paths: list[str]) -> dict[str, int]:
+    return {path: cookie for path in paths if (cookie := netns_cookie(path)) is not None}
+
+
+def holders_of(cookies: set[int]) -> list[str]:
+    """Mounts and processes (their namespace or an open fd) that hold a network namespace of these cookies."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            if line.split()[3].startswith("net:[") and netns_cookie(point) in cookies:
+                found.append(f"mount {point}")
+    for pid in psutil.pids():
+        links = [f"/proc/{pid}/ns/net"]
+        with contextlib.suppress(OSError):
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        for link in links:
+            with contextlib.suppress(OSError):
+                if os.readlink(link).startswith("net:[") and netns_cookie(link) in cookies:
+                    found.append(f"process {pid} ({link})")
+    return found
+
+
+def test_daemon_stop_destroys_the_pool_and_pods_leave_nothing(tmp_path: Path, hostport_chains_guard) -> None:
+    d = pool_daemon(tmp_path, 3)
+    network = write_network(d.dirs.network_dir, tmp_path)
+    try:
+        d.start()
+        cookies = pinned_cookies(wait_for_pool(d.dirs.runroot, 3))
+        assert len(cookies) == 3
+        pod_id, _ = run_pod(d)
+        veth = bridge_ports(network.bridge)
+        assert len(veth) == 1
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        assert not link_exists(veth[0]) and network.allocations() == []
+        assert pod_id not in iptables_nat()
+        remaining = pinned_cookies(wait_for_pool(d.dirs.runroot, 3))
+        assert d.stop() == 0
+        assert not netns_pool_dir(d.dirs.runroot).exists()
+        assert str(d.dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
+        assert holders_of(set(cookies.values()) | set(remaining.values())) == []
+    finally:
+        try:
+            teardown_network(d, network)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(d.dirs)
+
+
+def test_a_killed_daemons_pool_is_destroyed_at_its_next_start(tmp_path: Path) -> None:
+    d = pool_daemon(tmp_path, 2)
+    try:
+        d.start()
+        old = pinned_cookies(wait_for_pool(d.dirs.runroot, 2))
+        d.kill()  # SIGKILL: no shutdown
+        assert holders_of(set(old.values())) != []  # still pinned under the run root
+        d.start()
+        new = pinned_cookies(wait_for_pool(d.dirs.runroot, 2))
+        assert holders_of(set(old.values())) == []
+        assert not set(new) & set(old) and len(new) == 2
+        assert d.stop() == 0
+        assert holders_of(set(new.values())) == []
+    finally:
+        d.kill()
+        remove_dirs(d.dirs)
+
+
+def test_a_pod_in_a_user_namespace_makes_its_own_network_namespace(env: Daemon, net: BridgeNetwork) -> None:
+    status = env.client.runtime.Status(api.StatusRequest(), timeout=10)
+    if not {h.name: h.features for h in status.runtime_handlers}["native"].user_namespaces:
+        pytest.skip("this node's kernel gives pods no user namespaces (see `crio-fast check`)")
+    pool_inodes = {os.stat(path).st_ino for path in wait_for_pool(env.dirs.runroot, 4)}
+    config = pod_config(env)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(api.UserNamespace(
+        mode=api.NamespaceMode.POD, uids=[api.IDMapping(container_id=0, host_id=200000, length=65536)],
+        gids=[api.IDMapping(container_id=0, host_id=200000, length=65536)]))
+    pod_id = env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+    ns_dir = env.dirs.runroot / "pods" / pod_id / "ns"
+    assert os.stat(ns_dir / "net").st_ino not in pool_inodes
+    assert len(pool_entries(env.dirs.runroot)) == 4  # nothing was taken
+    # Its network namespace is owned by its user namespace (so its root has CAP_NET_ADMIN over it).
+    fd = os.open(ns_dir / "net", os.O_RDONLY)
+    try:
+        owner = fcntl.ioctl(fd, NS_GET_USERNS)
+        try:
+            assert os.fstat(owner).st_ino == os.stat(ns_dir / "user").st_ino
+        finally:
+            os.close(owner)
+    finally:
+        os.close(fd)
+    assert lo_is_up(ns_dir / "net")
+    ip = pod_status(env, pod_id).network.ip
+    assert ipaddress.IPv4Address(ip) in net.subnet
+    http_server(env, pod_id, config, 8080, "hello-from-a-user-namespace")
+    assert fetch(f"http://{ip}:8080/index.html") == "hello-from-a-user-namespace"

@@ -23,9 +23,7 @@ import os
 import random
 import secrets
 import signal
-import socket
 import sqlite3
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,12 +37,12 @@ import pytest
 from crio_fast.api import api_pb2 as api
 from crio_fast.cgroups import CgroupManager
 from crio_fast.crashpoints import CRASH_EXIT_CODE, ENVIRONMENT_VARIABLE, STEPS
-from crio_fast.network.netns import socket_in_netns
 from tests.support import cgroups
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 from tests.support.fixtures import write_registries_conf
 from tests.support.oci_runtimes import RUNC, runc_problem
-from tests.support.network import PLUGIN_DIR, BridgeNetwork, bridge_ports, remove_network, write_network
+from tests.support.network import (PLUGIN_DIR, BridgeNetwork, bridge_ports, netns_cookie, netns_pool_dir, pool_entries,
+                                   remove_network, write_network)
 from tests.support.pods import kubelet_container_linux, kubelet_pod_linux, wait_for
 from tests.support.timing import scaled
 
@@ -53,7 +51,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(
 )]
 
 _numbers = iter(range(1_000_000))
-SO_NETNS_COOKIE = 71  # Linux 5.14; not in Python's socket module
 
 
 @dataclass
@@ -192,15 +189,6 @@ def netns_inode(path: str) -> int | None:
         return None
 
 
-def netns_cookie(path: str) -> int | None:
-    """The namespace's cookie, which, unlike its inode number, no later namespace ever gets."""
-    try:
-        with socket_in_netns(path, socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
-    except OSError:
-        return None
-
-
 def begun(node: Node) -> Begun:
     db = sqlite3.connect(f"file:{node.dirs.root / 'state' / 'state.db'}?mode=ro", uri=True)
     try:
@@ -214,6 +202,8 @@ def begun(node: Node) -> Begun:
     # The pods' network namespaces: pinned in the pod dir, or held by a monitor still setting its pod up.
     own = netns_inode("/proc/self/ns/net")
     holders = [str(node.dirs.runroot / "pods" / pod_id / "ns" / "net") for pod_id in found]
+    # And those the pool had made ahead: the next start destroys them.
+    holders += pool_entries(node.dirs.runroot)
     holders += [f"/proc/{proc.pid}/ns/net" for proc in psutil.process_iter(["cmdline"])
                 if str(node.dirs.runroot) in " ".join(proc.info["cmdline"] or [])]
     netns = {}
@@ -300,9 +290,12 @@ def leftovers(node: Node, d: Daemon | None, seen: Begun) -> list[str]:
             continue
         if runroot in cmdline or node.token in cmdline or node.kubelet.root in cgroup or any(i in cgroup for i in ids):
             found.append(f"process {proc.pid}: {cmdline[:200]}")
+    # A live daemon's own pool of network namespaces is not a leftover (a killed one's is, by its cookies).
+    pool = str(netns_pool_dir(node.dirs.runroot)) if daemon_pid != -1 else None
     with open("/proc/self/mountinfo") as f:
-        found += [f"mount {line.split()[4]}" for line in f
-                  if runroot in line.split()[4] or line.split()[4].startswith(root + "/")]
+        found += [f"mount {point}" for point in (line.split()[4] for line in f)
+                  if (runroot in point or point.startswith(root + "/"))
+                  and not (pool is not None and (point == pool or point.startswith(pool + "/")))]
     for pod_id, cgroup_path in seen.pods.items():
         for path in {cgroups.default_pod_path(pod_id), cgroup_path} - {""}:
             for directory in node.cgroup_manager.paths(path).hierarchy_dirs.values():

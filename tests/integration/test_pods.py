@@ -21,6 +21,7 @@ from crio_fast.api import api_pb2 as api
 from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.registries_conf import write_registries_conf
+from tests.support.network import mounts_outside_pool
 from tests.support.images import LayerBuilder
 from tests.support.pods import (daemon_with_busybox, kubelet_pod_linux, log_records, remove_all_pods, status,
                                  wait_exited, wait_for_command)
@@ -460,7 +461,7 @@ def test_pod_whose_cgroup_cannot_be_made_leaves_nothing(cri):
     assert "pod cgroup" in err.value.details() and word in err.value.details()
     assert not cri.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
     assert os.listdir(cri.dirs.runroot / "pods") == []
-    assert str(cri.dirs.runroot) not in Path("/proc/self/mountinfo").read_text()
+    assert mounts_outside_pool(cri.dirs.runroot) == []
     pods_dir = str(cri.dirs.runroot / "pods")
     monitors = [p for p in psutil.process_iter(["cmdline", "status"])
                 if any(pods_dir in arg for arg in p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]

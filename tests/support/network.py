@@ -13,11 +13,15 @@ import os
 import re
 import secrets
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from crio_fast.network.netns import socket_in_netns
+
 PLUGIN_DIR = "/usr/lib/cni"
+SO_NETNS_COOKIE = 71  # Linux 5.14; not in Python's socket module
 HOSTPORT_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ")
 # Subnets 10.250.<base + n>.0/24, a fresh one per test; the base varies per run
 # so that a crashed earlier run's leftovers cannot collide.
@@ -127,3 +131,32 @@ def remove_network(network: BridgeNetwork) -> None:
     remove_iptables_rules_of(network.name)
     if link_exists(network.bridge):
         subprocess.run(["ip", "link", "del", network.bridge], capture_output=True, check=False)
+
+
+def netns_pool_dir(runroot: Path) -> Path:
+    """Where a daemon keeps its network namespaces made ahead (crio_fast.network.netns_pool)."""
+    return runroot / "netns-pool"
+
+
+def pool_entries(runroot: Path) -> list[str]:
+    """The paths of the namespaces the daemon's pool holds now."""
+    directory = netns_pool_dir(runroot)
+    return sorted(str(directory / name) for name in os.listdir(directory)) if directory.is_dir() else []
+
+
+def mounts_outside_pool(runroot: Path) -> list[str]:
+    """Mount points under a live daemon's run root, but those of its network namespace pool (its own, kept
+    while it runs)."""
+    pool = str(netns_pool_dir(runroot))
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(str(runroot) + "/") and p != pool and not p.startswith(pool + "/")]
+
+
+def netns_cookie(path: str) -> int | None:
+    """A network namespace's cookie, which, unlike its inode number, no later namespace ever gets."""
+    try:
+        with socket_in_netns(path, socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return None

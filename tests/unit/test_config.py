@@ -93,6 +93,7 @@ def test_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     assert config.image.pull_progress_timeout == "0s"
     assert config.network.plugin_dirs == ["/opt/cni/bin/", "/usr/lib/cni/"]
     assert config.network.plugin_timeout == 60
+    assert config.network.netns_pool_size == 4
     assert config.metrics.metrics_port == 9090
     assert config.stats.stats_collection_period == 0
     assert config.runtime_handler_names() == ["native"]
@@ -341,6 +342,7 @@ def test_wrong_types_are_errors(tmp_path: Path, toml: str, expected: str) -> Non
             "crio.runtime.log_size_max: expected -1 (unlimited) or a positive integer, got 0",
         ),
         ("[crio.runtime]\npids_limit = -2", "crio.runtime.pids_limit: expected an integer >= -1, got -2"),
+        ("[crio.network]\nnetns_pool_size = -1", "crio.network.netns_pool_size: expected an integer >= 0, got -1"),
         (
             "[crio.image]\nmax_parallel_layer_pulls = 0",
             "crio.image.max_parallel_layer_pulls: expected an integer >= 1, got 0",
@@ -706,12 +708,13 @@ def test_render_comments_every_key(tmp_path: Path) -> None:
     text = render_config(config)
     pairs = _keys_and_the_line_above(text)
     # Every key of every table is present (7 sections' keys plus 3 runtimes' keys) and has a comment right above.
-    assert len(pairs) == 6 + 10 + 28 + 12 + 4 + 5 + 1 + 3 * 9
+    assert len(pairs) == 6 + 10 + 28 + 12 + 5 + 5 + 1 + 3 * 9
     for key, above in pairs:
         assert above.startswith("# "), f"{key} has no comment above it"
     assert "no pause" in text.lower()
     # Keys that differ from their default name the default.
     assert '# Default: "/var/lib/crio-fast"' in text
+    assert "\nnetns_pool_size = 4\n" in text and "made ahead" in text
     tomllib.loads(text)
 
 
@@ -766,3 +769,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_netns_pool_size_zero_disables_the_pool(tmp_path: Path) -> None:
+    config, warnings = load(tmp_path, "[crio.network]\nnetns_pool_size = 0\n")
+    assert warnings == [] and config.network.netns_pool_size == 0
+    assert "\nnetns_pool_size = 0\n" in render_config(config, only_changed=True)

@@ -375,6 +375,12 @@ class NetworkSection:
         each(absolute_path),
     )
     plugin_timeout: int = setting(60, "Seconds a CNI plugin call may take before it is killed.", at_least(1))
+    netns_pool_size: int = setting(
+        4,
+        "Network namespaces (lo up) made ahead, in the background, for pods on a CNI network; a pod takes one"
+        " instead of waiting for a new one. 0 makes each pod's namespace in its RunPodSandbox.",
+        at_least(0),
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ _STATX_MNT_ID = 0x1000
 _STATX_SIZE = 256  # struct statx, padded by the kernel ABI to 0x100
 _STATX_MNT_ID_OFFSET = 0x90
 _MNT_DETACH = 2
+_MS_BIND = 0x1000
+_MS_PRIVATE = 1 << 18
 # Mounts stacked on one path are detached one at a time; more than this is someone else's loop.
 _MAX_STACKED = 64
 
@@ -155,6 +157,20 @@ def _mount_overlay(lower: Sequence[str], target: str, *, upper: str | None, work
     if _libc.mount(b"overlay", os.fsencode(target), b"overlay", flags, data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}", target)
+
+
+def bind_private_self(path: str) -> None:
+    """Bind the directory ``path`` onto itself and make that mount private, as a monitor does its pod
+    dir: nsfs pins made below it then never propagate into other mount namespaces (a propagated copy
+    would keep its namespace alive after the pin is gone)."""
+    target = os.fsencode(path)
+    if _libc.mount(target, target, None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {path} on itself: {os.strerror(err)}", path)
+    if _libc.mount(None, target, None, _MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        detach(path)
+        raise OSError(err, f"make {path} a private mount: {os.strerror(err)}", path)
 
 
 def detach(path: str) -> None:

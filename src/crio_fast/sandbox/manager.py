@@ -32,6 +32,7 @@ from crio_fast.sandbox.sysctls import pod_sysctls
 from crio_fast.sandbox.userns import pod_user_namespace
 from crio_fast.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, shown
 from crio_fast.logs import make_log_directory
+from crio_fast.network.netns_pool import NetnsPool
 from crio_fast.network.pod import PodNetwork
 from crio_fast.runtime.monitor import MonitorError, PodMonitor
 from crio_fast.runtime.idmap_support import IdmapSupport, first_closed_directory, idmapped_overlay_support
@@ -95,8 +96,10 @@ def hosts_file(hostname: str) -> bytes:
 
 
 class SandboxManager:
-    def __init__(self, config: Config, state: StateStore, cgroups: CgroupManager, monitor_path: str) -> None:
+    def __init__(self, config: Config, state: StateStore, cgroups: CgroupManager, monitor_path: str,
+                 netns_pool: NetnsPool | None = None) -> None:
         self.config = config
+        self.netns_pool = netns_pool
         self.state = state
         self.cgroups = cgroups
         self.monitor_path = monitor_path
@@ -258,6 +261,9 @@ class SandboxManager:
         userns = pod_user_namespace(config)
         # The pod's own user namespace owns its new net, ipc and uts namespaces (the monitor makes it first).
         record.namespaces["user"] = "new" if userns is not None else "host"
+        # A pod's own network namespace, made ahead, unless a user namespace of the pod must own it.
+        pooled_net = (self.netns_pool.take() if self.netns_pool is not None and not host_net and userns is None
+                      else None)
         spec = PodMonitorSpec(
             pod_id=record.id,
             pod_dir=record.pod_dir,
@@ -270,6 +276,7 @@ class SandboxManager:
             stderr_path=str(pod_dir / "monitor.log"),
             userns_uid_map=userns.uids.line() if userns is not None else None,
             userns_gid_map=userns.gids.line() if userns is not None else None,
+            net_path=pooled_net,
         )
 
         def make_cgroups(spawned_pid: int) -> None:
@@ -303,6 +310,9 @@ class SandboxManager:
             mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
         except MonitorError as exc:
             raise Internal(f"starting the pod monitor: {exc}") from exc
+        finally:
+            if pooled_net is not None:  # pinned in the pod dir by now, or not wanted any more
+                self.netns_pool.used(pooled_net)
         with self._lock:
             self._monitors[record.id] = mon
         crash_point("runpod", 6)

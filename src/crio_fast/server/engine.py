@@ -29,6 +29,7 @@ from crio_fast.image.manager import ImageManager
 from crio_fast.image.policy import PolicyError
 from crio_fast.image.signatures import SignaturePolicies
 from crio_fast.runtime.monitor_watch import MonitorWatch
+from crio_fast.network.netns_pool import NetnsPool
 from crio_fast.sandbox.manager import SandboxManager
 from crio_fast.state.records import POD_READY, ContainerRecord, StateStore
 from crio_fast.image.store import ImageStore
@@ -124,7 +125,9 @@ class Engine:
         monitor = config.runtime.monitor_path or str(_native.monitor_path())
         self.cgroups = make_cgroup_manager(config.runtime.cgroup_manager, monitor_cgroup=config.runtime.monitor_cgroup)
         self.state = StateStore(config.crio.root)
-        self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor)
+        # Before recovery: what a killed daemon's pool left is destroyed here.
+        self.netns_pool = NetnsPool(config.crio.runroot, config.network.netns_pool_size, monitor)
+        self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor, self.netns_pool)
         self.events = EventBus()
         # The runtime default AppArmor profile: loaded by the daemon once it serves (Daemon.start), when
         # AppArmor is on and it is the built-in one; what stands in its way makes RuntimeReady false
@@ -206,6 +209,7 @@ class Engine:
         self.monitor_watch.close()
         self.containers.reports.abandon_pending()
         self.sandboxes.close()
+        self.netns_pool.close()
         self.cgroups.close()
         await self.images.close()
 
