@@ -189,7 +189,7 @@ def netns_inode(path: str) -> int | None:
         return None
 
 
-def begun(node: Node) -> Begun:
+def begun(node: Node, daemon_killed: bool = False) -> Begun:
     db = sqlite3.connect(f"file:{node.dirs.root / 'state' / 'state.db'}?mode=ro", uri=True)
     try:
         pod_rows = db.execute("SELECT id, record FROM pods").fetchall()
@@ -202,8 +202,9 @@ def begun(node: Node) -> Begun:
     # The pods' network namespaces: pinned in the pod dir, or held by a monitor still setting its pod up.
     own = netns_inode("/proc/self/ns/net")
     holders = [str(node.dirs.runroot / "pods" / pod_id / "ns" / "net") for pod_id in found]
-    # And those the pool had made ahead: the next start destroys them.
-    holders += pool_entries(node.dirs.runroot)
+    # A killed daemon's pool of namespaces made ahead: the next start destroys them (a live daemon keeps its own).
+    if daemon_killed:
+        holders += pool_entries(node.dirs.runroot)
     holders += [f"/proc/{proc.pid}/ns/net" for proc in psutil.process_iter(["cmdline"])
                 if str(node.dirs.runroot) in " ".join(proc.info["cmdline"] or [])]
     netns = {}
@@ -372,7 +373,7 @@ def test_a_crash_at_any_step_leaves_nothing_a_restart_and_remove_all_cannot_clea
                     expect_crash(d, lambda: call(request, timeout=60))
     finally:
         d.kill()
-    seen = begun(node)
+    seen = begun(node, daemon_killed=True)
     d = node.daemon()
     try:
         listed_pods, listed_containers = pods(d), containers(d)
@@ -565,7 +566,7 @@ def test_sigkill_in_the_middle_of_bursts_leaves_nothing_after_restart_and_remove
         d.kill()
         for thread in threads:
             thread.join(60)
-        seen = begun(node)
+        seen = begun(node, daemon_killed=True)
         d = node.daemon()
         try:
             # No running container is lost: every container process still up is one listed running.
