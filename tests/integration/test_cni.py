@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs
 from tests.support.pods import daemon_with_busybox
 from tests.support.network import (
@@ -445,3 +446,25 @@ def test_a_pod_in_a_user_namespace_makes_its_own_network_namespace(env: Daemon, 
     assert ipaddress.IPv4Address(ip) in net.subnet
     http_server(env, pod_id, config, 8080, "hello-from-a-user-namespace")
     assert fetch(f"http://{ip}:8080/index.html") == "hello-from-a-user-namespace"
+
+
+def test_a_start_that_fails_beside_its_add_leaves_no_network_behind(env: Daemon, net: BridgeNetwork) -> None:
+    """With a namespace made ahead the ADD runs beside the monitor's start and the cgroups: a pod cgroup that
+    cannot be made fails the start, and what the ADD did is undone (veth, address, rules, cache entry)."""
+    if cgroups.driver() != "cgroupfs":
+        pytest.skip("a pod parent that cannot be made is a control file only under the cgroupfs driver")
+    wait_for_pool(env.dirs.runroot, 4)
+    config = pod_config(env)
+    config.linux.cgroup_parent = "/cgroup.procs"
+    with pytest.raises(grpc.RpcError) as failure:
+        env.client.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=60)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value.details()
+    assert "pod cgroup" in failure.value.details()
+    assert env.client.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items == []
+    assert os.listdir(env.dirs.runroot / "pods") == []
+    assert bridge_ports(net.bridge) == [] and net.allocations() == []
+    assert "cni-test" not in iptables_nat()
+    results = env.dirs.runroot / "cni" / "results"
+    assert not results.exists() or os.listdir(results) == []
+    assert mounts_outside_pool(env.dirs.runroot) == []
+    wait_for_pool(env.dirs.runroot, 4)

@@ -21,6 +21,7 @@ import shutil
 import socket
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -111,6 +112,8 @@ class SandboxManager:
         self._lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
         self.network = PodNetwork(config.crio.runroot)
+        # CNI ADDs run beside a pod's start when its network namespace was made ahead.
+        self._beside = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-add")
         # Told (pod id, pid) of every monitor this manager starts or reconnects to; the engine watches
         # for its exit (server/recovery.py).
         self.watch_monitor: Callable[[str, int], None] | None = None
@@ -306,23 +309,35 @@ class SandboxManager:
                 make_log_directory(record.log_directory)
             crash_point("runpod", 5)
 
+        # A namespace made ahead exists already: its ADD need not wait for the monitor and runs beside the
+        # monitor's start, the cgroups and the pod files. A failed ADD has undone itself.
+        adding = (self._beside.submit(self.network.attach, self.config, record.id, pooled_net, config)
+                  if pooled_net is not None else None)
         try:
-            mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
-        except MonitorError as exc:
-            raise Internal(f"starting the pod monitor: {exc}") from exc
+            try:
+                mon = spawn_monitor(self.monitor_path, spec, meanwhile=make_cgroups, after_gate=write_pod_files)
+            except MonitorError as exc:
+                raise Internal(f"starting the pod monitor: {exc}") from exc
+            with self._lock:
+                self._monitors[record.id] = mon
+            crash_point("runpod", 6)
+            record.monitor_pid = mon.pid
+            record.ns_paths = dict(mon.ns_paths)
+            if not host_net:
+                # run()'s cleanup shuts the monitor down after a failure.
+                attached = (adding.result() if adding is not None
+                            else self.network.attach(self.config, record.id, record.ns_paths["net"], config))
+                record.ips = attached.ips() if attached is not None else []
+                crash_point("runpod", 9)
+        except BaseException:
+            if adding is not None:
+                self._undo_add_beside(record, adding, pooled_net, config)
+            raise
         finally:
-            if pooled_net is not None:  # pinned in the pod dir by now, or not wanted any more
+            if pooled_net is not None:  # pinned in the pod dir by now, or not wanted any more; ADD done
+                if adding is not None:
+                    futures.wait([adding])
                 self.netns_pool.used(pooled_net)
-        with self._lock:
-            self._monitors[record.id] = mon
-        crash_point("runpod", 6)
-        record.monitor_pid = mon.pid
-        record.ns_paths = dict(mon.ns_paths)
-        if not host_net:
-            # A failed ADD has undone itself; run()'s cleanup then shuts the monitor down.
-            attached = self.network.attach(self.config, record.id, record.ns_paths["net"], config)
-            record.ips = attached.ips() if attached is not None else []
-            crash_point("runpod", 9)
         record.state, record.creating = POD_READY, False
         self.state.pods.save(record)
         if self.watch_monitor is not None:
@@ -330,6 +345,20 @@ class SandboxManager:
         crash_point("runpod", 10)
         log.info("pod %s (%s) ready, monitor pid %d", record.id[:12], record.name, mon.pid)
         return record.id
+
+    def _undo_add_beside(self, record: PodRecord, adding: futures.Future, netns: str,
+                         config: pb.PodSandboxConfig) -> None:
+        """The start failed while (or after) an ADD ran beside it: once it is over, DEL what it did (in the
+        namespace, still pinned by the pool) — a failed ADD has undone itself."""
+        try:
+            if adding.result() is None:
+                return  # no network configured: nothing was added
+        except BaseException:  # noqa: BLE001 - undone by attach itself; the start's own error is reported
+            return
+        try:
+            self.network.detach(self.config, record.id, netns, config)
+        except Exception as exc:  # noqa: BLE001 - the start's error is the one to report; recovery DELs later
+            log.warning("pod %s: DEL after a failed start: %s", record.id[:12], exc)
 
     def _cgroup_parents_made(self, record: PodRecord, pod_cg: CgroupPaths) -> list[str]:
         """The ancestors of the pod's cgroup that crio-fast made: by this creation, or for another pod
@@ -431,6 +460,7 @@ class SandboxManager:
         fails, and a concurrent pod start makes it again.
         """
         self.cgroups.release_default_parent()
+        self._beside.shutdown(wait=True)
 
     # -- List --------------------------------------------------------------
 
