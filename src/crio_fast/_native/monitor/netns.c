@@ -5,9 +5,8 @@
  *
  * For each PATH, in order: a new network namespace (unshare), `lo` up, an
  * empty file created at PATH and the namespace bind-mounted on it. A pod's
- * monitor later joins it (`pod --net PATH`). Making a network namespace
- * costs about 10 ms of the kernel's time; here it is spent before any
- * request. On a failure, what was made for that PATH is undone, the reason
+ * monitor later joins it (`pod --net PATH`), and the daemon can start the
+ * pod's CNI ADD in it before the monitor is up. On a failure, what was made for that PATH is undone, the reason
  * (with errno) goes to stderr and the exit status is 1; namespaces made for
  * earlier PATHs stay (the daemon destroys whatever it asked for).
  */
