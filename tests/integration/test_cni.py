@@ -468,3 +468,57 @@ def test_a_start_that_fails_beside_its_add_leaves_no_network_behind(env: Daemon,
     assert not results.exists() or os.listdir(results) == []
     assert mounts_outside_pool(env.dirs.runroot) == []
     wait_for_pool(env.dirs.runroot, 4)
+
+
+FLAKY_DEL_PLUGIN = """#!/usr/bin/python3
+# A CNI plugin that passes ADD's prevResult on and refuses one DEL: the one made while its marker file exists.
+import json, os, sys
+conf = json.load(sys.stdin)
+if os.environ.get("CNI_COMMAND") == "ADD":
+    print(json.dumps(conf.get("prevResult") or {"cniVersion": conf["cniVersion"]}))
+elif os.environ.get("CNI_COMMAND") == "DEL" and os.path.exists(conf["marker"]):
+    os.unlink(conf["marker"])
+    print(json.dumps({"cniVersion": conf["cniVersion"], "code": 11, "msg": "cf-flaky-del refuses this DEL"}))
+    sys.exit(1)
+"""
+
+
+def test_a_del_that_fails_beside_the_monitors_shutdown_is_run_again_by_the_next_stop(
+    tmp_path: Path, hostport_chains_guard
+) -> None:
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "cf-flaky-del").write_text(FLAKY_DEL_PLUGIN)
+    (plugin_dir / "cf-flaky-del").chmod(0o755)
+    marker = tmp_path / "refuse-next-del"
+    dirs = make_dirs()
+    d = Daemon(dirs, "--cni-plugin-dir", str(plugin_dir), "--cni-plugin-dir", PLUGIN_DIR)
+    network = write_network(dirs.network_dir, tmp_path, extra_plugins=[{"type": "cf-flaky-del", "marker": str(marker)}])
+    try:
+        d.start()
+        pod_id, _ = run_pod(d)
+        assert len(bridge_ports(network.bridge)) == 1 and len(network.allocations()) == 1
+        marker.write_text("")
+        with pytest.raises(grpc.RpcError) as failure:
+            d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        assert "CNI plugin cf-flaky-del failed (DEL): cf-flaky-del refuses this DEL" in failure.value.details()
+        # The monitor went meanwhile: the pod is not ready; its address is still held until a DEL succeeds.
+        assert pod_status(d, pod_id).state == api.PodSandboxState.SANDBOX_NOTREADY
+        assert len(network.allocations()) == 1
+        d.client.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        assert network.allocations() == [] and bridge_ports(network.bridge) == []
+        results = dirs.runroot / "cni" / "results"
+        assert not results.exists() or os.listdir(results) == []
+        d.client.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        assert os.listdir(dirs.runroot / "pods") == []
+        assert mounts_outside_pool(dirs.runroot) == []
+        pods_dir = str(dirs.runroot / "pods")
+        assert [p.pid for p in psutil.process_iter(["cmdline"]) if any(pods_dir in a for a in p.info["cmdline"] or [])
+                ] == []
+    finally:
+        try:
+            teardown_network(d, network)
+            d.stop()
+        finally:
+            d.kill()
+            remove_dirs(dirs)
