@@ -4,8 +4,8 @@ RunPodSandbox makes the pod's files (hostname, resolv.conf, hosts) under its
 pod dir in the run root, its cgroup, and spawns the pod's native monitor,
 which creates and holds the pod's network, IPC and UTS namespaces (unless the
 pod asks for the node's) and its /dev/shm, then attaches the network namespace
-through CNI (network/pod.py). Stopping a pod runs CNI DEL while the monitor
-shuts down (namespaces and shm go with it); removing it removes what is left. Both are
+through CNI (network/pod.py). Stopping a pod runs CNI DEL and shuts the monitor
+down (namespaces and shm go with it); removing it removes what is left. Both are
 idempotent. The engine orders a pod's teardown: its containers first, under the
 pod's lock (server/engine.py stop_pod, remove_pod).
 """
@@ -96,16 +96,6 @@ def hosts_file(hostname: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _open_namespace(path: str) -> int:
-    """A descriptor of the namespace pinned at ``path``; -1 when there is none (a start cut short)."""
-    if not path:
-        return -1
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return -1
-
-
 class SandboxManager:
     def __init__(self, config: Config, state: StateStore, cgroups: CgroupManager, monitor_path: str,
                  netns_pool: NetnsPool | None = None) -> None:
@@ -122,8 +112,8 @@ class SandboxManager:
         self._lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
         self.network = PodNetwork(config.crio.runroot)
-        # CNI calls beside a pod's start (its network namespace made ahead) and beside its monitor's shutdown.
-        self._beside = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni")
+        # CNI ADDs run beside a pod's start when its network namespace was made ahead.
+        self._beside = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-add")
         # Told (pod id, pid) of every monitor this manager starts or reconnects to; the engine watches
         # for its exit (server/recovery.py).
         self.watch_monitor: Callable[[str, int], None] | None = None
@@ -401,59 +391,35 @@ class SandboxManager:
                 # CRI: stopping what is stopped succeeds, and changes nothing; the kubelet repeats it.
                 # Its monitor's pid, long reaped, may be another process's now.
                 return
-            deleting: futures.Future | None = None
-            netns_fd = -1
             if record.namespaces.get("net") == "new":
-                # The DEL runs beside the monitor's shutdown: a descriptor of the namespace keeps it, and what the
-                # plugins clean inside it, after the monitor and its pin are gone.
-                netns_fd = _open_namespace(record.ns_paths.get("net", ""))
-                netns = f"/proc/{os.getpid()}/fd/{netns_fd}" if netns_fd >= 0 else ""
-                deleting = self._beside.submit(self.network.detach, self.config, record.id, netns,
-                                               decode_pod_config(record.config))
-            try:
-                self._shut_monitor_down(record)
-            finally:
-                if deleting is not None:
-                    futures.wait([deleting])
-                if netns_fd >= 0:
-                    os.close(netns_fd)
-            if deleting is not None:
-                try:
-                    deleting.result()
-                except BaseException:
-                    # Its monitor is gone (and reaped: its pid may be another process's now); the next stop
-                    # runs the DEL again, with the namespace gone if need be, as CNI allows.
-                    record.state, record.monitor_pid = POD_NOTREADY, 0
-                    self.state.pods.save(record)
-                    raise
+                # While the monitor still holds the namespace, so plugins can clean inside it.
+                self.network.detach(
+                    self.config, record.id, record.ns_paths.get("net", ""), decode_pod_config(record.config)
+                )
                 record.ips = []
                 crash_point("stoppod", 3)
+            with self._lock:
+                mon = self._monitors.pop(record.id, None)
+            if mon is None and record.state == POD_READY:
+                try:
+                    mon = PodMonitor.attach(record.pod_dir)
+                except MonitorError:
+                    mon = None
+            killed = mon is None or not mon.alive()
+            if mon is not None:
+                try:
+                    mon.shutdown()
+                except MonitorError as exc:
+                    log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
+            if killed:
+                reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
+                if record.namespaces.get("pid") == "new":
+                    reap_dead_pod_inits()  # and so is its pod init, which died with it
             crash_point("stoppod", 4)
             cleanup_pod_dir(record.pod_dir)  # mounts a dead monitor could not undo
             crash_point("stoppod", 5)
             record.state, record.stopped = POD_NOTREADY, True
             self.state.pods.save(record)
-
-    def _shut_monitor_down(self, record: PodRecord) -> None:
-        """The pod's monitor shut down (it kills what is left in the pod and undoes its mounts), or, killed,
-        reaped with its pod init."""
-        with self._lock:
-            mon = self._monitors.pop(record.id, None)
-        if mon is None and record.state == POD_READY:
-            try:
-                mon = PodMonitor.attach(record.pod_dir)
-            except MonitorError:
-                mon = None
-        killed = mon is None or not mon.alive()
-        if mon is not None:
-            try:
-                mon.shutdown()
-            except MonitorError as exc:
-                log.warning("pod %s: monitor shutdown: %s", record.id[:12], exc)
-        if killed:
-            reap_adopted(record.monitor_pid)  # a killed monitor is this subreaper's zombie
-            if record.namespaces.get("pid") == "new":
-                reap_dead_pod_inits()  # and so is its pod init, which died with it
 
     def remove(self, pod_id: str) -> None:
         """Remove a stopped pod (``stop``) whose containers are gone."""
