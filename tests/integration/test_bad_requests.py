@@ -154,7 +154,9 @@ def state_of(d: Daemon, outside: Path) -> dict[str, object]:
         "container dirs": _listing(d.dirs.root / "containers"),
         "bundles": _listing(d.dirs.runroot / "containers"),
         "logs": _listing(d.dirs.log_dir),
-        "cni results": _listing(d.dirs.runroot / "cni"),
+        # The cached ADD results, one file per attachment (the cache's directories are the node's: a refused
+        # pod whose ADD ran beside its start, in a namespace made ahead, and was undone, may have made them).
+        "cni results": _listing(d.dirs.runroot / "cni" / "results"),
         "cgroups": _our_cgroups(),
         "host sysctls": _host_sysctls(),
         "outside": {name: (outside / name).read_bytes() if (outside / name).is_file() else None
