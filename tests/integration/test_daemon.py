@@ -15,9 +15,20 @@ import grpc
 import pytest
 
 from crio_fast.api import api_pb2 as api
+from crio_fast.config.schema import NetworkSection
 from crio_fast.version import __version__
 from tests.support import cgroups
 from tests.support.daemon import Daemon, make_dirs, remove_dirs, run_cli
+from tests.support.network import pool_entries
+from tests.support.pods import wait_for
+
+DEFAULT_POOL_SIZE = NetworkSection().netns_pool_size
+
+
+def mounts_under(directory) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(f"{directory}/")]
 
 pytestmark = pytest.mark.integration
 
@@ -114,15 +125,22 @@ def test_live_socket_is_refused(daemon):
         assert result.returncode != 0
         assert "already listening" in result.stderr
         assert daemon.client.version().runtime_name == "crio-fast"
+        # The refused daemon made nothing that outlives it (its network namespace pool included).
+        assert mounts_under(other.base) == []
     finally:
         remove_dirs(other)
 
 
 def test_second_daemon_on_same_runroot_is_refused(daemon):
+    wait_for(lambda: len(pool_entries(daemon.dirs.runroot)) == DEFAULT_POOL_SIZE, what="the first daemon's pool")
+    pool = pool_entries(daemon.dirs.runroot)
     result = run_cli(daemon.dirs, "--listen", str(daemon.dirs.base / "other.sock"))
     assert result.returncode != 0
     assert "crio-fast.lock" in result.stderr
     assert not (daemon.dirs.base / "other.sock").exists()
+    # The refused daemon left the running one's network namespaces alone.
+    assert pool_entries(daemon.dirs.runroot) == pool
+    assert set(pool) <= set(mounts_under(daemon.dirs.runroot))
 
 
 def test_non_socket_in_the_way_is_refused(daemon_dirs):

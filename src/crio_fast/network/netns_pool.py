@@ -15,7 +15,9 @@ request. An empty pool is no error: the monitor makes the namespace, as
 without a pool.
 
 The daemon owns the directory alone (one daemon per run root): whatever is in
-it at start was left by a daemon that was killed, and is destroyed then.
+it at ``start`` was left by a daemon that was killed, and is destroyed then.
+So ``start`` comes only once the run root's instance lock is held: a second
+daemon refused there must not touch the first one's pool.
 """
 
 from __future__ import annotations
@@ -53,8 +55,13 @@ class NetnsPool:
         self._closing = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._started = False
+
+    def start(self) -> None:
+        """Destroy what a killed daemon's pool left, then fill the pool (in the background)."""
+        self._started = True
         destroy_pool_dir(self.directory)
-        if size > 0:
+        if self.size > 0:
             try:
                 self.directory.mkdir(mode=0o700, parents=True)
                 mounts.bind_private_self(str(self.directory))
@@ -92,7 +99,9 @@ class NetnsPool:
             return len(self._ready)
 
     def close(self) -> None:
-        """Destroy every namespace the pool holds (at daemon shutdown)."""
+        """Destroy every namespace the pool holds (at daemon shutdown); nothing if it never started."""
+        if not self._started:
+            return
         with self._cond:
             self._closing = True
             self._cond.notify()

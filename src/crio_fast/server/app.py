@@ -134,6 +134,7 @@ class Daemon:
             # What calls rely on is up before the first call is taken: its worker threads do not wait
             # for this coroutine.
             self._start_exit_watcher()
+            self.engine.netns_pool.start()
             await self._start_stream_server()
             if self.config.metrics.enable_metrics:
                 self._start_metrics()

@@ -125,7 +125,7 @@ class Engine:
         monitor = config.runtime.monitor_path or str(_native.monitor_path())
         self.cgroups = make_cgroup_manager(config.runtime.cgroup_manager, monitor_cgroup=config.runtime.monitor_cgroup)
         self.state = StateStore(config.crio.root)
-        # Before recovery: what a killed daemon's pool left is destroyed here.
+        # Started by the daemon once it holds the run root's lock (Daemon.start).
         self.netns_pool = NetnsPool(config.crio.runroot, config.network.netns_pool_size, monitor)
         self.sandboxes = SandboxManager(config, self.state, self.cgroups, monitor, self.netns_pool)
         self.events = EventBus()
