@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 from yarl import URL
 
+from crio_fast.image.policy import docker_namespaces
 from crio_fast.image.reference import ImageReference, parse_digest
 from crio_fast.image.registry_errors import RegistryError
 from crio_fast.image.registry_http import BodyTooLarge, RegistryTransport, Retryable, read_error_body, read_limited
@@ -95,14 +96,7 @@ class RegistriesD:
 
     def _sections_for(self, ref: ImageReference) -> list[Section]:
         """The sections that name ``ref``, most specific first, ``default-docker`` last."""
-        identity = f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
-        candidates = [identity, ref.name]
-        path = ref.repository
-        while "/" in path:
-            path = path.rsplit("/", 1)[0]
-            candidates.append(f"{ref.registry}/{path}")
-        candidates.append(ref.registry)
-        return [self.scopes[s] for s in candidates if s in self.scopes] + [self.default]
+        return [self.scopes[s] for s in docker_namespaces(ref) if s in self.scopes] + [self.default]
 
     def lookaside_for(self, ref: ImageReference) -> str:
         """The base URL of ``ref``'s GPG signatures, or "" when none is configured."""

@@ -262,8 +262,10 @@ class Policy:
         return ScopedRequirements("default", self.default)
 
 
-def docker_scope_candidates(ref: ImageReference) -> list[str]:
-    """The ``docker`` scopes that could name ``ref``, most specific first, ending with ``""``."""
+def docker_namespaces(ref: ImageReference) -> list[str]:
+    """What names ``ref`` as a scope, most specific first: the image itself, its repository, each
+    namespace above it, its host[:port] (containers/image's PolicyConfigurationNamespaces, which
+    registries.d's scopes use too)."""
     identity = f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
     candidates = [identity, ref.name]
     path = ref.repository
@@ -271,6 +273,12 @@ def docker_scope_candidates(ref: ImageReference) -> list[str]:
         path = path.rsplit("/", 1)[0]
         candidates.append(f"{ref.registry}/{path}")
     candidates.append(ref.registry)
+    return candidates
+
+
+def docker_scope_candidates(ref: ImageReference) -> list[str]:
+    """The ``docker`` scopes that could name ``ref``, most specific first, ending with ``""``."""
+    candidates = docker_namespaces(ref)
     host = ref.registry.rsplit(":", 1)[0] if not ref.registry.endswith("]") else ref.registry
     labels = host.split(".")
     for start in range(1, len(labels)):
