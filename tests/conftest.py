@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.monitor_fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.monitor_fixtures", "tests.support.signing_fixtures"]
 
 from tests.support.daemon import Daemon, DaemonDirs, make_dirs, remove_dirs
 

@@ -29,7 +29,6 @@ from tests.support.signing import (
     TestFulcio,
     TestRekor,
     cosign_payload,
-    gnupg_missing,
     publish,
     publish_sigstore,
     sign_cosign,
@@ -38,28 +37,6 @@ from tests.support.signing import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def signer():
-    if gnupg_missing():
-        pytest.skip(gnupg_missing())
-    s = GpgSigner("Trusted")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="module")
-def stranger():
-    if gnupg_missing():
-        pytest.skip(gnupg_missing())
-    s = GpgSigner("Stranger")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 class Node:
@@ -369,21 +346,6 @@ def test_image_import_applies_the_policy_unless_bypassed(node, signer, tmp_path)
 
 ISSUER = "https://oidc.example.test"
 EMAIL = "release@example.test"
-
-
-@pytest.fixture(scope="module")
-def cosign_key() -> CosignKey:
-    return CosignKey()
-
-
-@pytest.fixture(scope="module")
-def fulcio() -> TestFulcio:
-    return TestFulcio()
-
-
-@pytest.fixture(scope="module")
-def rekor() -> TestRekor:
-    return TestRekor()
 
 
 def b64(data: bytes) -> str:

@@ -35,28 +35,6 @@ IMAGE = "registry.test:5000/team/app:v1"
 needs_gnupg = pytest.mark.skipif(bool(gnupg_missing()), reason=gnupg_missing() or "gnupg present")
 
 
-@pytest.fixture(scope="module")
-def signer():
-    if gnupg_missing():
-        pytest.skip(gnupg_missing())
-    s = GpgSigner("Trusted")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="module")
-def stranger():
-    if gnupg_missing():
-        pytest.skip(gnupg_missing())
-    s = GpgSigner("Stranger")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def sign(signer: GpgSigner, digest: str = DIGEST, identity: str = IMAGE) -> bytes:
     return signer.sign(simple_signing_payload(digest, identity))
 

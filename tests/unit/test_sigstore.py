@@ -51,16 +51,6 @@ def key() -> CosignKey:
     return CosignKey()
 
 
-@pytest.fixture(scope="module")
-def fulcio() -> TestFulcio:
-    return TestFulcio()
-
-
-@pytest.fixture(scope="module")
-def rekor() -> TestRekor:
-    return TestRekor()
-
-
 def untrusted(attached: AttachedSignature) -> SigstoreSignature:
     """What read_attachments would hand over for ``attached``."""
     annotations = attached.annotations()
