@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # The two modules that are pytest plugins; everything else in tests/support is bench's too.
-PYTEST_PLUGINS = {"fixtures", "monitor_fixtures"}
+PYTEST_PLUGINS = {"fixtures", "monitor_fixtures", "signing_fixtures"}
 
 # pytest made unimportable, as in an environment with only the `bench` extra.
 BLOCK_PYTEST = """
